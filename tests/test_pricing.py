@@ -1,0 +1,187 @@
+"""Pricing: true cost by kind, savings, rate-limit weight, unknown models, hit rates."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import genai_prices
+import pytest
+from convo.pricing import Rates, price, rate_limit_tokens, request_hit_rate, token_hit_rate
+from convo.usage import Usage
+
+#: Published per-million prices (input, 5m write, 1h write, read, output), typed in here
+#: from the pricing page so the test does not share a table with the code under test.
+PUBLISHED = {
+    "claude-sonnet-4-5": ("3", "3.75", "6", "0.30", "15"),
+    "claude-sonnet-4-6": ("3", "3.75", "6", "0.30", "15"),
+    "claude-opus-4-5": ("5", "6.25", "10", "0.50", "25"),
+    "claude-opus-4-6": ("5", "6.25", "10", "0.50", "25"),
+    "claude-opus-4-7": ("5", "6.25", "10", "0.50", "25"),
+    "claude-opus-4-8": ("5", "6.25", "10", "0.50", "25"),
+    "claude-haiku-4-5": ("1", "1.25", "2", "0.10", "5"),
+}
+AT = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+
+
+def _mission(ttl: str) -> Usage:
+    """The mission row: input 3, output 1,021, read 9,390, write 58,869 at *ttl*."""
+    w5, w1 = (58869, 0) if ttl == "5m" else (0, 58869)
+    return Usage(input=3, cache_read=9390, cache_write_5m=w5, cache_write_1h=w1, output=1021)
+
+
+def _independent(model: str, ttl: str) -> Decimal:
+    inp, w5, w1, read, out = (Decimal(p) for p in PUBLISHED[model])
+    write = w5 if ttl == "5m" else w1
+    return (3 * inp + 9390 * read + 58869 * write + 1021 * out) / Decimal(1_000_000)
+
+
+class TestMissionRow:
+    @pytest.mark.parametrize("ttl", ["5m", "1h"])
+    @pytest.mark.parametrize("model", sorted(PUBLISHED))
+    def test_cost_matches_published_prices(self, model: str, ttl: str) -> None:
+        """Cost equals an independent computation from the published per-MTok prices."""
+        cost = price(_mission(ttl), model, at=AT)
+        assert cost.usd == _independent(model, ttl)
+        assert cost.reason is None
+
+    def test_sonnet_figures(self) -> None:
+        """Sonnet 4.6: $0.23889975 with 5m writes, $0.371355 with 1h writes."""
+        assert price(_mission("5m"), "claude-sonnet-4-6", at=AT).usd == Decimal("0.23889975")
+        assert price(_mission("1h"), "claude-sonnet-4-6", at=AT).usd == Decimal("0.371355")
+
+    @pytest.mark.parametrize("model", sorted(PUBLISHED))
+    def test_rate_limit_weight_excludes_reads(self, model: str) -> None:
+        """On current models ITPM weight is input + writes = 58,872; reads are free."""
+        assert price(_mission("5m"), model, at=AT).rate_limit_tokens == 3 + 58869
+
+    def test_rate_limit_weight_haiku_35_counts_reads(self) -> None:
+        """On Haiku 3.5 cache reads count toward ITPM: weight is the total input."""
+        assert rate_limit_tokens(_mission("5m"), "claude-3-5-haiku") == 68262
+
+    def test_breakdown_sums_to_total(self) -> None:
+        """The per-kind breakdown adds up to usd exactly."""
+        cost = price(_mission("1h"), "claude-opus-4-6", at=AT)
+        parts = [v for v in cost.breakdown.values() if v is not None]
+        assert len(parts) == 5
+        assert sum(parts, Decimal(0)) == cost.usd
+        assert cost.cache_write_5m_usd == 0
+        assert cost.cache_write_1h_usd == Decimal(58869) * 10 / Decimal(1_000_000)
+
+    def test_agrees_with_genai_prices_total(self) -> None:
+        """convo's per-kind total equals genai-prices' own calc_price total."""
+        gp = genai_prices.calc_price(
+            genai_prices.Usage(
+                input_tokens=68262,
+                cache_read_tokens=9390,
+                cache_write_tokens=58869,
+                output_tokens=1021,
+            ),
+            "claude-sonnet-4-6",
+            provider_id="anthropic",
+            genai_request_timestamp=AT,
+        )
+        assert price(_mission("5m"), "claude-sonnet-4-6", at=AT).usd == gp.total_price
+
+    def test_source_names_version(self) -> None:
+        """The price source records genai-prices and its version."""
+        cost = price(_mission("5m"), "claude-sonnet-4-6", at=AT)
+        assert cost.source.startswith(f"genai-prices {genai_prices.__version__}")
+
+
+class TestSaved:
+    def test_saved_is_uncached_minus_actual(self) -> None:
+        """saved_usd = all input at base rate + output, minus the actual cost."""
+        u = Usage(input=10, cache_read=100_000, output=50)
+        cost = price(u, "claude-sonnet-4-6", at=AT)
+        uncached = (Decimal(100_010) * 3 + 50 * 15) / Decimal(1_000_000)
+        assert cost.saved_usd == uncached - cost.usd  # type: ignore[operator]
+        assert cost.saved_usd == Decimal(100_000) * Decimal("2.7") / Decimal(1_000_000)
+
+    def test_saved_negative_on_write_only(self) -> None:
+        """A write never read back costs more than no caching: saved is negative."""
+        cost = price(_mission("5m"), "claude-sonnet-4-6", at=AT)
+        assert cost.saved_usd is not None
+        assert cost.saved_usd < 0
+
+
+class TestUnknownModel:
+    def test_usd_none_with_reason(self) -> None:
+        """A model with no known price gives usd=None and a reason, never a default."""
+        cost = price(_mission("5m"), "claude-imaginary-9", at=AT)
+        assert cost.usd is None
+        assert cost.saved_usd is None
+        assert all(v is None for v in cost.breakdown.values())
+        assert cost.reason is not None
+        assert "claude-imaginary-9" in cost.reason
+
+    def test_weight_still_known(self) -> None:
+        """Rate-limit weight needs no price: reads assumed not to count."""
+        assert price(_mission("5m"), "claude-imaginary-9").rate_limit_tokens == 58872
+
+    def test_override_prices_unknown_model(self) -> None:
+        """User overrides price a model genai-prices does not know."""
+        rates = Rates(input=2, output=8)
+        cost = price(_mission("1h"), "private-model", overrides={"private-model": rates})
+        expected = (3 * 2 + 9390 * Decimal("0.2") + 58869 * 4 + 1021 * 8) / Decimal(1_000_000)
+        assert cost.usd == expected
+        assert cost.source == "override"
+        assert len(cost.notes) == 3  # each derived cache rate is recorded
+
+
+class TestMultipliers:
+    def test_batch_half(self) -> None:
+        """Batch costs half of standard, before and after genai-prices' batch variant date."""
+        for at in (AT, dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)):
+            std = price(_mission("5m"), "claude-sonnet-4-6", at=at).usd
+            bat = price(_mission("5m"), "claude-sonnet-4-6", at=at, batch=True).usd
+            assert std is not None
+            assert bat == std / 2
+
+    def test_us_geo_on_46(self) -> None:
+        """US-only inference_geo is 1.1x on 4.6+ models."""
+        std = price(_mission("5m"), "claude-opus-4-6", at=AT).usd
+        assert std is not None
+        assert price(_mission("5m"), "claude-opus-4-6", at=AT, inference_geo="us").usd == (
+            std * Decimal("1.1")
+        )
+
+    def test_us_geo_not_on_45(self) -> None:
+        """US-only inference_geo does not change prices of 4.5 models."""
+        u = Usage(input=1000, inference_geo="us")
+        assert price(u, "claude-haiku-4-5", at=AT).usd == Decimal("0.001")
+
+    def test_geo_from_usage(self) -> None:
+        """The inference_geo reported in usage is used when none is passed."""
+        u = Usage(input=1_000_000, inference_geo="us")
+        assert price(u, "claude-sonnet-4-6", at=AT).usd == Decimal("3.3")
+
+
+class TestMisuse:
+    def test_usage_type(self) -> None:
+        """price() of a dict is a TypeError."""
+        with pytest.raises(TypeError, match=r"convo\.Usage"):
+            price({"input_tokens": 1}, "claude-sonnet-4-6")  # type: ignore[arg-type]
+
+    def test_negative_rate(self) -> None:
+        """A negative override rate is a ValueError."""
+        with pytest.raises(ValueError, match=">= 0"):
+            Rates(input=-1, output=1)
+
+
+class TestHitRates:
+    def test_token_hit_rate(self) -> None:
+        """Token hit rate is cache_read / total_input, at most 1."""
+        rate = token_hit_rate(_mission("5m"))
+        assert rate == 9390 / 68262
+        assert token_hit_rate(Usage(input=1, cache_read=1000)) == 1000 / 1001
+
+    def test_token_hit_rate_empty(self) -> None:
+        """No input gives no rate rather than a division by zero."""
+        assert token_hit_rate(Usage()) is None
+
+    def test_request_hit_rate(self) -> None:
+        """Request hit rate is the share of requests with any cache read."""
+        usages = [Usage(cache_read=5), Usage(input=5), Usage(cache_read=1), Usage(input=1)]
+        assert request_hit_rate(usages) == 0.5
+        assert request_hit_rate([]) is None
