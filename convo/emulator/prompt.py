@@ -1,0 +1,327 @@
+"""Turn a Messages API request body into the block positions the cache keys.
+
+The server sees a prompt as one sequence of blocks: each custom tool definition, then
+each server tool (web search, web fetch, ...), then each system block, then each content
+block of each message. Every position has a key: a cumulative hash of everything up to and
+including that block, with the block's role and position as context. ``cache_control``
+is not part of a block's key, so marking a block does not move its entry.
+
+Request settings that the docs say invalidate later levels are folded into the keys of
+that level: server tools sit between custom tools and system, so toggling web search
+keeps the tool entries and invalidates system and messages; ``tool_choice`` (with
+``disable_parallel_tool_use``), ``thinking`` and whether any image is present fold into
+every message key.
+
+Validation here answers bad input with the API's 400/404 errors before anything is billed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import xxhash
+
+from convo import models, tokens
+from convo.emulator.errors import APIError, invalid
+
+__all__ = ["MAX_BREAKPOINTS", "Breakpoint", "Prompt", "parse_prompt"]
+
+#: The API's limit on blocks carrying ``cache_control`` in one request.
+MAX_BREAKPOINTS = 4
+
+_TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+_LEVELS = ("tools", "server_tools", "system", "messages")
+
+
+@attrs.frozen
+class Breakpoint:
+    """A block position that writes a cache entry, and the entry's TTL."""
+
+    position: int
+    ttl: str
+
+    @property
+    def ttl_seconds(self) -> float:
+        """The TTL in seconds."""
+        return _TTL_SECONDS[self.ttl]
+
+
+@attrs.frozen
+class Prompt:
+    """A validated request, as cache positions.
+
+    Attributes:
+        model: The model's table entry.
+        keys: Cumulative key of each block position.
+        cumulative_tokens: Tokens from the start through each position.
+        levels: Which level (tools, server_tools, system, messages) each position is in.
+        message_index: For message blocks, the index of their message; -1 otherwise.
+        breakpoints: Explicit and automatic breakpoints, in position order.
+        settings_key: Digest of the request settings folded into message keys.
+        has_images: Whether any message carries an image.
+    """
+
+    model: models.ModelInfo
+    keys: tuple[bytes, ...]
+    cumulative_tokens: tuple[int, ...]
+    levels: tuple[str, ...]
+    message_index: tuple[int, ...]
+    breakpoints: tuple[Breakpoint, ...]
+    settings_key: bytes
+    has_images: bool
+
+    @property
+    def total_tokens(self) -> int:
+        """Total input tokens of the request."""
+        return self.cumulative_tokens[-1] if self.cumulative_tokens else 0
+
+    def tokens_through(self, position: int) -> int:
+        """Tokens from the start through *position* (0 for position -1)."""
+        return self.cumulative_tokens[position] if position >= 0 else 0
+
+    def level_key(self, level: str) -> bytes:
+        """Key of the last position at or before the end of *level* (empty if none)."""
+        last = b""
+        order = _LEVELS.index(level)
+        for key, lvl in zip(self.keys, self.levels, strict=True):
+            if _LEVELS.index(lvl) > order:
+                break
+            last = key
+        return last
+
+    def level_tokens(self, level: str) -> int:
+        """Tokens of the prompt up to the end of *level*."""
+        order = _LEVELS.index(level)
+        total = 0
+        for position, lvl in enumerate(self.levels):
+            if _LEVELS.index(lvl) > order:
+                break
+            total = self.cumulative_tokens[position]
+        return total
+
+
+class _TokenMemo:
+    """Token counts by block digest: a cached 10k-token block is counted once, not per request."""
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self._counts: dict[bytes, int] = {}
+        self._capacity = capacity
+
+    def count(self, digest: bytes, block: Mapping[str, Any]) -> int:
+        found = self._counts.get(digest)
+        if found is None:
+            if len(self._counts) >= self._capacity:
+                self._counts.clear()  # simple bound; recounting is cheap relative to a leak
+            found = self._counts[digest] = tokens.block_tokens(block)
+        return found
+
+
+_MEMO = _TokenMemo()
+
+
+def _cache_ttl(value: Any, where: str) -> str:
+    if not isinstance(value, Mapping) or value.get("type") != "ephemeral":
+        raise invalid(f'{where}.cache_control: expected {{"type": "ephemeral"}}')
+    unknown = set(value) - {"type", "ttl"}
+    if unknown:
+        raise invalid(f"{where}.cache_control: Extra inputs are not permitted: {sorted(unknown)}")
+    ttl = value.get("ttl", "5m")
+    if ttl not in _TTL_SECONDS:
+        raise invalid(f"{where}.cache_control.ttl: Input should be '5m' or '1h'")
+    return str(ttl)
+
+
+def _as_blocks(content: Any, where: str) -> list[Mapping[str, Any]]:
+    if isinstance(content, str):
+        if not content:
+            raise invalid(f"{where}: text content blocks must be non-empty")
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise invalid(f"{where}: Input should be a valid string or list of content blocks")
+    if not content:
+        raise invalid(f"{where}: content must contain at least one block")
+    for i, block in enumerate(content):
+        if not isinstance(block, Mapping) or not isinstance(block.get("type"), str):
+            raise invalid(f"{where}.{i}: each content block must be an object with a 'type'")
+        if block["type"] == "text" and not (isinstance(block.get("text"), str) and block["text"]):
+            raise invalid(f"{where}.{i}: text content blocks must be non-empty")
+    return content
+
+
+def _is_server_tool(tool: Mapping[str, Any]) -> bool:
+    kind = tool.get("type")
+    return isinstance(kind, str) and kind != "custom" and "input_schema" not in tool
+
+
+def _check_tools(tools: Any) -> list[Mapping[str, Any]]:
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise invalid("tools: Input should be a valid list")
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, Mapping) or not isinstance(tool.get("name"), str):
+            raise invalid(f"tools.{i}: each tool must be an object with a 'name'")
+        if not _is_server_tool(tool) and not isinstance(tool.get("input_schema"), Mapping):
+            raise invalid(f"tools.{i}.input_schema: Field required")
+    return tools
+
+
+def _settings_key(body: Mapping[str, Any], has_images: bool) -> bytes:
+    settings = {
+        "tool_choice": body.get("tool_choice"),
+        "thinking": body.get("thinking"),
+        "images": has_images,
+    }
+    return xxhash.xxh3_128_digest(tokens.canonical_json(settings).encode())
+
+
+def parse_prompt(
+    body: Mapping[str, Any], table: Mapping[str, models.ModelInfo] = models.MODELS
+) -> Prompt:
+    """Validate a ``/v1/messages`` (or count_tokens) body and lay it out as positions.
+
+    Raises:
+        APIError: 400 for a malformed body, 404 for an unknown model.
+    """
+    model_id = body.get("model")
+    if not isinstance(model_id, str) or not model_id:
+        raise invalid("model: Field required")
+    try:
+        model = models.lookup(model_id, table)
+    except models.UnknownModel:
+        raise APIError("not_found_error", f"model: {model_id}") from None
+
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid("messages: Field required and must contain at least one message")
+    tools = _check_tools(body.get("tools"))
+    system = body.get("system")
+    system_blocks = [] if system is None else _as_blocks(system, "system")
+
+    # (level, message index, context tag, block, where) for each position, in prompt order.
+    layout: list[tuple[str, int, str, Mapping[str, Any], str]] = []
+    custom = [(i, t) for i, t in enumerate(tools) if not _is_server_tool(t)]
+    server = [(i, t) for i, t in enumerate(tools) if _is_server_tool(t)]
+    layout += [("tools", -1, "tool", t, f"tools.{i}") for i, t in custom]
+    layout += [("server_tools", -1, "server_tool", t, f"tools.{i}") for i, t in server]
+    layout += [("system", -1, "system", b, f"system.{i}") for i, b in enumerate(system_blocks)]
+    has_images = False
+    for m, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise invalid(f"messages.{m}: Input should be an object")
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            raise invalid(f"messages.{m}.role: Input should be 'user' or 'assistant'")
+        blocks = _as_blocks(message.get("content"), f"messages.{m}.content")
+        for b, block in enumerate(blocks):
+            has_images = has_images or block.get("type") == "image"
+            layout.append(("messages", m, f"m{m}:{role}", block, f"messages.{m}.content.{b}"))
+
+    settings_key = _settings_key(body, has_images)
+    keys: list[bytes] = []
+    cumulative: list[int] = []
+    breakpoints: list[Breakpoint] = []
+    previous = xxhash.xxh3_128_digest(b"convo-emulator-v1")
+    running = 0
+    for position, (level, _, tag, block, where) in enumerate(layout):
+        payload = {k: v for k, v in block.items() if k != "cache_control"}
+        digest = xxhash.xxh3_128_digest(tokens.canonical_json(payload).encode())
+        context = tag.encode() + (settings_key if level == "messages" else b"")
+        previous = xxhash.xxh3_128_digest(previous + context + digest)
+        keys.append(previous)
+        running += _MEMO.count(digest, block)
+        cumulative.append(running)
+        if "cache_control" in block and block["cache_control"] is not None:
+            breakpoints.append(Breakpoint(position, _cache_ttl(block["cache_control"], where)))
+
+    auto = body.get("cache_control")
+    if auto is not None:
+        ttl = _cache_ttl(auto, "top-level")
+        if len(breakpoints) >= MAX_BREAKPOINTS:
+            raise invalid(
+                "Automatic caching (top-level cache_control) needs a free breakpoint slot, but "
+                f"{MAX_BREAKPOINTS} blocks already have cache_control."
+            )
+        last = len(layout) - 1
+        if breakpoints and breakpoints[-1].position == last:
+            if breakpoints[-1].ttl != ttl:
+                raise invalid(
+                    "Automatic caching (top-level cache_control) conflicts with the last block's "
+                    f"cache_control: ttl '{breakpoints[-1].ttl}' vs '{ttl}'."
+                )
+        else:
+            breakpoints.append(Breakpoint(last, ttl))
+
+    if len(breakpoints) > MAX_BREAKPOINTS:
+        raise invalid(
+            f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. "
+            f"Found {len(breakpoints)}."
+        )
+    seen_5m = False
+    for bp in breakpoints:
+        if bp.ttl == "5m":
+            seen_5m = True
+        elif seen_5m:
+            raise invalid(
+                "cache_control blocks with ttl='1h' must come before those with ttl='5m' "
+                f"(a '1h' breakpoint at {layout[bp.position][4]} follows a '5m' one)."
+            )
+
+    return Prompt(
+        model=model,
+        keys=tuple(keys),
+        cumulative_tokens=tuple(cumulative),
+        levels=tuple(entry[0] for entry in layout),
+        message_index=tuple(entry[1] for entry in layout),
+        breakpoints=tuple(breakpoints),
+        settings_key=settings_key,
+        has_images=has_images,
+    )
+
+
+def check_generation(body: Mapping[str, Any], model: models.ModelInfo) -> int:
+    """Validate the generation settings of a ``/v1/messages`` body; return ``max_tokens``.
+
+    Raises:
+        APIError: 400 for a missing or out-of-range ``max_tokens``, or a pre-warm
+            (``max_tokens: 0``) combined with streaming, extended thinking, structured
+            output or a forced tool choice.
+    """
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        raise invalid("max_tokens: Field required")
+    if max_tokens < 0:
+        raise invalid("max_tokens: Input should be greater than or equal to 0")
+    if max_tokens > model.max_output_tokens:
+        raise invalid(
+            f"max_tokens: {max_tokens} > {model.max_output_tokens}, which is the maximum allowed "
+            f"number of output tokens for {model.id}"
+        )
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise invalid("stream: Input should be a valid boolean")
+    if max_tokens == 0:
+        thinking = body.get("thinking")
+        tool_choice = body.get("tool_choice")
+        output_config = body.get("output_config")
+        reasons: Sequence[tuple[bool, str]] = (
+            (stream, "stream: true"),
+            (
+                isinstance(thinking, Mapping) and thinking.get("type") == "enabled",
+                "extended thinking",
+            ),
+            (
+                isinstance(output_config, Mapping) and "format" in output_config,
+                "output_config.format",
+            ),
+            (
+                isinstance(tool_choice, Mapping) and tool_choice.get("type") in ("any", "tool"),
+                "a forced tool_choice",
+            ),
+        )
+        for bad, what in reasons:
+            if bad:
+                raise invalid(f"max_tokens: 0 (cache pre-warming) cannot be combined with {what}")
+    return max_tokens

@@ -1,0 +1,199 @@
+"""What convo knows about each Claude model, as data.
+
+The emulator and the library read the same table, so a rule changed here changes both
+sides at once: the minimum cacheable prefix, the rate-limit class, and whether cache
+reads count toward input-tokens-per-minute.
+
+The table is data with a source date, not truth: the documentation moves, and one entry
+(Sonnet 4.6) is disputed. Users override entries with :func:`with_overrides` or the
+emulator's config instead of editing code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+__all__ = [
+    "MODELS",
+    "SOURCE_DATE",
+    "ModelInfo",
+    "UnknownModel",
+    "lookup",
+    "with_overrides",
+]
+
+#: When the numbers below were read from the prompt-caching and rate-limit docs.
+SOURCE_DATE = dt.date(2026, 11, 1)
+
+
+@attrs.frozen
+class ModelInfo:
+    """One model's caching and rate-limit facts.
+
+    Attributes:
+        id: The model id as sent in requests (``claude-sonnet-4-6``).
+        display_name: A human name (``Claude Sonnet 4.6``).
+        min_cacheable_tokens: Prefix length, in tokens, below which a breakpoint writes
+            nothing and no error is raised.
+        rate_limit_class: Models of one class share RPM/ITPM/OTPM buckets.
+        cache_reads_count_itpm: Whether cache reads count toward ITPM (Haiku 3.5 only).
+        max_output_tokens: The largest ``max_tokens`` the model accepts.
+        context_window: The largest total input, in tokens.
+        released: Release date, for ``GET /v1/models``.
+        note: Why an entry is uncertain, if it is.
+    """
+
+    id: str
+    display_name: str
+    min_cacheable_tokens: int
+    rate_limit_class: str
+    cache_reads_count_itpm: bool = False
+    max_output_tokens: int = 64_000
+    context_window: int = 200_000
+    released: dt.date = dt.date(2025, 1, 1)
+    note: str = ""
+
+
+class UnknownModel(LookupError):
+    """Raised by :func:`lookup` for a model id the table does not know."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"unknown model {model!r}; known models: {', '.join(sorted(MODELS))}. "
+            "Add it with convo.models.with_overrides(...) or the emulator config."
+        )
+        self.model = model
+
+
+def _m(
+    id: str,
+    name: str,
+    minimum: int,
+    klass: str,
+    released: dt.date,
+    **extra: object,
+) -> ModelInfo:
+    return ModelInfo(id, name, minimum, klass, released=released, **extra)  # type: ignore[arg-type]
+
+
+_TABLE = [
+    _m(
+        "claude-opus-5",
+        "Claude Opus 5",
+        512,
+        "opus-5",
+        dt.date(2026, 9, 1),
+        max_output_tokens=128_000,
+    ),
+    _m("claude-fable-5", "Claude Fable 5", 512, "fable-5", dt.date(2026, 9, 1)),
+    _m("claude-mythos-5", "Claude Mythos 5", 512, "mythos-5", dt.date(2026, 10, 1)),
+    _m("claude-opus-4-8", "Claude Opus 4.8", 1024, "opus-4", dt.date(2026, 7, 1)),
+    _m("claude-sonnet-5", "Claude Sonnet 5", 1024, "sonnet-5", dt.date(2026, 8, 1)),
+    _m(
+        "claude-sonnet-4-6",
+        "Claude Sonnet 4.6",
+        1024,
+        "sonnet-4",
+        dt.date(2026, 2, 17),
+        note="documented 1,024; several users observe about 2,048",
+    ),
+    _m("claude-sonnet-4-5", "Claude Sonnet 4.5", 1024, "sonnet-4", dt.date(2025, 9, 29)),
+    _m("claude-sonnet-4", "Claude Sonnet 4", 1024, "sonnet-4", dt.date(2025, 5, 22)),
+    _m(
+        "claude-opus-4-1",
+        "Claude Opus 4.1",
+        1024,
+        "opus-4",
+        dt.date(2025, 8, 5),
+        max_output_tokens=32_000,
+    ),
+    _m(
+        "claude-opus-4",
+        "Claude Opus 4",
+        1024,
+        "opus-4",
+        dt.date(2025, 5, 22),
+        max_output_tokens=32_000,
+    ),
+    _m("claude-opus-4-7", "Claude Opus 4.7", 2048, "opus-4", dt.date(2026, 5, 1)),
+    _m(
+        "claude-3-5-haiku",
+        "Claude Haiku 3.5",
+        2048,
+        "haiku-3",
+        dt.date(2024, 10, 22),
+        cache_reads_count_itpm=True,
+        max_output_tokens=8_192,
+    ),
+    _m("claude-opus-4-6", "Claude Opus 4.6", 4096, "opus-4", dt.date(2026, 2, 5)),
+    _m("claude-opus-4-5", "Claude Opus 4.5", 4096, "opus-4", dt.date(2025, 11, 24)),
+    _m("claude-haiku-4-5", "Claude Haiku 4.5", 4096, "haiku-4", dt.date(2025, 10, 1)),
+]
+
+#: The built-in table, by model id.
+MODELS: Mapping[str, ModelInfo] = {m.id: m for m in _TABLE}
+
+
+def lookup(model: str, table: Mapping[str, ModelInfo] = MODELS) -> ModelInfo:
+    """Return the entry for *model*, accepting dated snapshot ids.
+
+    ``claude-sonnet-4-5-20250929`` resolves to ``claude-sonnet-4-5``: a snapshot id is the
+    family id followed by ``-YYYYMMDD``, and snapshots share their family's caching rules.
+
+    Raises:
+        UnknownModel: when neither the id nor its family is in *table*.
+    """
+    info = table.get(model)
+    if info is not None:
+        return info
+    family, _, suffix = model.rpartition("-")
+    if suffix.isdigit() and len(suffix) == 8 and family in table:
+        return attrs.evolve(table[family], id=model)
+    if model.endswith("-latest") and model.removesuffix("-latest") in table:
+        return attrs.evolve(table[model.removesuffix("-latest")], id=model)
+    raise UnknownModel(model)
+
+
+def with_overrides(
+    overrides: Mapping[str, Mapping[str, object]] | Iterable[ModelInfo],
+    table: Mapping[str, ModelInfo] = MODELS,
+) -> dict[str, ModelInfo]:
+    """Return a copy of *table* with entries replaced or added.
+
+    *overrides* is either ``ModelInfo`` values, or a mapping from model id to the fields
+    to change, for example ``{"claude-sonnet-4-6": {"min_cacheable_tokens": 2048}}``.
+    A mapping for an id that is not in the table must give every required field.
+
+    Raises:
+        ValueError: for a field name ``ModelInfo`` does not have.
+    """
+    result = dict(table)
+    if isinstance(overrides, Mapping):
+        known = {a.name for a in attrs.fields(ModelInfo)}
+        for model_id, changes in overrides.items():
+            unknown = set(changes) - known
+            if unknown:
+                raise ValueError(
+                    f"model override for {model_id!r} has unknown field(s) {sorted(unknown)}; "
+                    f"allowed: {sorted(known - {'id'})}"
+                )
+            fields = dict(changes)
+            if isinstance(fields.get("released"), str):
+                fields["released"] = dt.date.fromisoformat(str(fields["released"]))
+            if model_id in result:
+                result[model_id] = attrs.evolve(result[model_id], **fields)
+            else:
+                try:
+                    result[model_id] = ModelInfo(id=model_id, **fields)
+                except TypeError as exc:
+                    raise ValueError(
+                        f"new model {model_id!r} needs display_name, min_cacheable_tokens "
+                        f"and rate_limit_class: {exc}"
+                    ) from exc
+    else:
+        for info in overrides:
+            result[info.id] = info
+    return result

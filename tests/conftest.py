@@ -1,0 +1,38 @@
+"""Shared fixtures: one in-process emulator per test session, reset before every test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import anthropic
+import pytest
+
+from convo.emulator import RunningEmulator, serve
+
+API_KEY = "sk-ant-test-key"
+
+
+@pytest.fixture(scope="session")
+def _emulator_server() -> Iterator[RunningEmulator]:
+    with serve() as running:
+        yield running
+
+
+@pytest.fixture
+def emulator(_emulator_server: RunningEmulator) -> RunningEmulator:
+    """The in-process emulator, with its cache, counters, buckets, clock and config reset."""
+    _emulator_server.reset(config=True)
+    return _emulator_server
+
+
+@pytest.fixture
+def client(emulator: RunningEmulator) -> Iterator[anthropic.Anthropic]:
+    """The real sync SDK client on the emulator, with the SDK's own retries off."""
+    with anthropic.Anthropic(base_url=emulator.base_url, api_key=API_KEY, max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture
+async def async_client(emulator: RunningEmulator) -> anthropic.AsyncAnthropic:
+    """The real async SDK client on the emulator, with the SDK's own retries off."""
+    return anthropic.AsyncAnthropic(base_url=emulator.base_url, api_key=API_KEY, max_retries=0)
