@@ -1,0 +1,209 @@
+"""Storage backends: SQLite (default, WAL) and PostgreSQL (psycopg 3).
+
+A backend owns one connection, guarded by a lock, and does four things: migrate, insert a
+batch in one transaction, run a read query, close. SQL is written once with ``?``
+placeholders; the PostgreSQL backend rewrites them to ``%s``. Database exceptions become
+:class:`convo.errors.LedgerError` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+from convo.errors import LedgerError
+from convo.ledger.record import COLUMNS
+from convo.ledger.schema import (
+    META_TABLE,
+    POSTGRES,
+    SCHEMA_VERSION,
+    SQLITE,
+    Dialect,
+    migration_statements,
+)
+
+__all__ = ["Backend", "PostgresBackend", "SQLiteBackend", "redact"]
+
+_INSERT = f"INSERT INTO convo_usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_INSERT_OUTCOME = "INSERT INTO convo_outcomes (ts, task_id, outcome) VALUES (?, ?, ?)"
+_GET_VERSION = "SELECT value FROM convo_meta WHERE key = 'schema_version'"
+
+
+def redact(url: str) -> str:
+    """Return *url* with any password replaced by ``***``, safe to log or show."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+@contextlib.contextmanager
+def _translated(what: str, where: str) -> Iterator[None]:
+    """Turn a database failure into a LedgerError that says what was being done, where."""
+    try:
+        yield
+    except LedgerError:
+        raise
+    except (sqlite3.Error, OSError) as exc:
+        raise LedgerError(f"ledger {where}: could not {what}: {exc}") from exc
+    except Exception as exc:
+        # psycopg is optional, so its base class cannot be named in the except clause above.
+        if type(exc).__module__.startswith("psycopg"):
+            raise LedgerError(f"ledger {where}: could not {what}: {exc}") from exc
+        raise
+
+
+class Backend(Protocol):
+    """What :class:`~convo.ledger.Ledger` needs from a store."""
+
+    dialect: Dialect
+    #: Where the ledger lives, with any password redacted.
+    where: str
+
+    def migrate(self) -> int:
+        """Bring the schema up to date; return the version found before."""
+
+    def insert(self, rows: Sequence[tuple[Any, ...]], outcomes: Sequence[tuple[Any, ...]]) -> None:
+        """Insert usage rows and outcome marks in one transaction."""
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query written with ``?`` placeholders."""
+
+    def close(self) -> None:
+        """Close the connection."""
+
+
+class SQLiteBackend:
+    """A SQLite file in WAL mode (or ``:memory:``), safe across threads and processes.
+
+    WAL with ``synchronous=NORMAL``: a committed batch survives the writer process being
+    killed; only a power loss can drop the last few commits. Speed over the last
+    milliseconds of durability here, because every batch is an fsync otherwise.
+    """
+
+    dialect = SQLITE
+
+    def __init__(self, path: str, *, timeout: float = 60.0) -> None:
+        self.where = path
+        self._lock = threading.Lock()
+        with _translated("open", path):
+            self._conn = sqlite3.connect(
+                path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            if path != ":memory:":
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+
+    @contextlib.contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Cursor]:
+        with self._lock, _translated(what, self.where):
+            cur = self._conn.cursor()
+            # IMMEDIATE takes the write lock up front, so the busy timeout applies to it and
+            # two writers never deadlock upgrading from a read lock.
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    def migrate(self) -> int:
+        with self._write("migrate the schema") as cur:
+            cur.execute(META_TABLE)
+            found = cur.execute(_GET_VERSION).fetchone()
+            version = int(found[0]) if found else 0
+            for statement in migration_statements(self.dialect, version):
+                cur.execute(statement)
+            _set_version(cur, version)
+            return version
+
+    def insert(self, rows: Sequence[tuple[Any, ...]], outcomes: Sequence[tuple[Any, ...]]) -> None:
+        with self._write("append rows") as cur:
+            cur.executemany(_INSERT, rows)
+            cur.executemany(_INSERT_OUTCOME, outcomes)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock, _translated("read", self.where):
+            return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def close(self) -> None:
+        with self._lock, _translated("close", self.where):
+            self._conn.close()
+
+
+class PostgresBackend:
+    """A PostgreSQL database through psycopg 3 (``pip install "convo[postgres]"``)."""
+
+    dialect = POSTGRES
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise ImportError(
+                'a postgresql:// ledger needs psycopg 3: pip install "convo[postgres]"'
+            ) from exc
+        self.where = redact(url)
+        self._lock = threading.Lock()
+        with _translated("connect", self.where):
+            self._conn = psycopg.connect(url)
+
+    @contextlib.contextmanager
+    def _write(self, what: str) -> Iterator[Any]:
+        with self._lock, _translated(what, self.where), self._conn.transaction():
+            yield self._conn.cursor()
+
+    def migrate(self) -> int:
+        with self._write("migrate the schema") as cur:
+            # One migrator at a time across every process; released at commit.
+            cur.execute("SELECT pg_advisory_xact_lock(7130301)")
+            cur.execute(META_TABLE)
+            found = cur.execute(_GET_VERSION).fetchone()
+            version = int(found[0]) if found else 0
+            for statement in migration_statements(self.dialect, version):
+                cur.execute(statement)
+            _set_version(cur, version, placeholder="%s")
+            return version
+
+    def insert(self, rows: Sequence[tuple[Any, ...]], outcomes: Sequence[tuple[Any, ...]]) -> None:
+        with self._write("append rows") as cur:
+            if rows:
+                # COPY is several times faster than INSERT for a batch.
+                with cur.copy(f"COPY convo_usage ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            if outcomes:
+                cur.executemany(_INSERT_OUTCOME.replace("?", "%s"), outcomes)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock, _translated("read", self.where):
+            try:
+                rows: list[tuple[Any, ...]] = self._conn.execute(
+                    sql.replace("?", "%s"), tuple(params)
+                ).fetchall()
+            finally:
+                # End the implicit read transaction so the next read sees new commits.
+                self._conn.rollback()
+            return rows
+
+    def close(self) -> None:
+        with self._lock, _translated("close", self.where):
+            self._conn.close()
+
+
+def _set_version(cur: Any, before: int, *, placeholder: str = "?") -> None:
+    if before >= SCHEMA_VERSION:
+        return
+    p = placeholder
+    cur.execute("DELETE FROM convo_meta WHERE key = 'schema_version'")
+    cur.execute(
+        f"INSERT INTO convo_meta (key, value) VALUES ({p}, {p})",
+        ("schema_version", str(SCHEMA_VERSION)),
+    )

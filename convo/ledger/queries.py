@@ -1,0 +1,269 @@
+"""Read side of the ledger: totals, hit rates, busts, cost per successful task.
+
+Every figure is one ``GROUP BY`` in SQL, so a report over a million rows is one indexed
+pass, not a million Python objects. Money comes back in nano-dollars and leaves as
+``Decimal`` USD.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any, Literal
+
+import attrs
+
+from convo.ledger.backends import Backend
+from convo.ledger.record import COLUMNS, LedgerRow
+from convo.usage import Usage
+
+__all__ = ["BustCount", "Filters", "GroupBy", "TaskCost", "Totals"]
+
+#: What :meth:`~convo.ledger.Ledger.totals` can group by.
+GroupBy = Literal["model", "session", "day", "prefix", "conversation"]
+
+_GROUP_COLUMNS = {
+    "model": "model",
+    "session": "session_id",
+    "prefix": "prefix_fingerprint",
+    "conversation": "conversation_id",
+}
+
+# Multipliers of base input price: input-token equivalents of what the input side costs.
+_BILLED_WEIGHTS = {"input": 1, "cache_read": 0.1, "cache_write_5m": 1.25, "cache_write_1h": 2}
+
+
+def _ts(value: dt.datetime | None, name: str) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"{name} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware; use datetime(..., tzinfo=timezone.utc)")
+    return value.timestamp()
+
+
+@attrs.frozen
+class Filters:
+    """Which rows a query covers; every filter given must match.
+
+    Attributes:
+        since: Rows at or after this time (timezone-aware).
+        until: Rows before this time.
+        model: Only this model id.
+        session: Only this session id.
+        prefix: Only this prefix fingerprint.
+    """
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    model: str | None = None
+    session: str | None = None
+    prefix: str | None = None
+
+    def where(self, *extra: str) -> tuple[str, list[Any]]:
+        """Return a ``WHERE`` clause (or ``""``) and its parameters."""
+        clauses, params = list(extra), []
+        for clause, value in (
+            ("ts >= ?", _ts(self.since, "since")),
+            ("ts < ?", _ts(self.until, "until")),
+            ("model = ?", self.model),
+            ("session_id = ?", self.session),
+            ("prefix_fingerprint = ?", self.prefix),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+@attrs.frozen
+class Totals:
+    """Sums over a set of ledger rows.
+
+    Attributes:
+        key: The group (model id, session id, ``YYYY-MM-DD``, fingerprint), or ``None``.
+        requests: Rows (API attempts).
+        errors: Rows whose status was not ``ok``.
+        input, cache_read, cache_write_5m, cache_write_1h, output: Token sums.
+        cost_usd: Cost of the priced rows.
+        unpriced: Rows with no price; ``cost_usd`` leaves them out.
+        saved_usd: Saving from caching over the priced rows (may be negative).
+        rate_limit_tokens: ITPM weight.
+        hit_requests: Successful rows that read anything from cache.
+    """
+
+    key: str | None
+    requests: int
+    errors: int
+    input: int
+    cache_read: int
+    cache_write_5m: int
+    cache_write_1h: int
+    output: int
+    cost_usd: Decimal
+    unpriced: int
+    saved_usd: Decimal
+    rate_limit_tokens: int
+    hit_requests: int
+
+    @property
+    def usage(self) -> Usage:
+        """The token sums as a :class:`~convo.Usage`."""
+        return Usage(
+            self.input, self.cache_read, self.cache_write_5m, self.cache_write_1h, self.output
+        )
+
+    @property
+    def total_input(self) -> int:
+        """All input tokens: input + cache reads + cache writes."""
+        return self.usage.total_input
+
+    @property
+    def token_hit_rate(self) -> float | None:
+        """``cache_read / total_input``; ``None`` with no input."""
+        return self.cache_read / self.total_input if self.total_input else None
+
+    @property
+    def request_hit_rate(self) -> float | None:
+        """Share of successful requests that read from cache; ``None`` with none."""
+        ok = self.requests - self.errors
+        return self.hit_requests / ok if ok else None
+
+    @property
+    def billed_equivalent_tokens(self) -> float:
+        """Input priced in base-input tokens (reads 0.1×, 5m writes 1.25×, 1h writes 2×)."""
+        return float(sum(getattr(self, kind) * w for kind, w in _BILLED_WEIGHTS.items()))
+
+
+@attrs.frozen
+class BustCount:
+    """How often one cache-bust reason occurred, and what it cost."""
+
+    reason: str
+    requests: int
+    cache_write: int
+    input: int
+    cost_usd: Decimal
+
+
+@attrs.frozen
+class TaskCost:
+    """Cost per successful task: all spend on marked tasks over the successful ones.
+
+    Failed tasks' spend counts against the successes, because that is what a success
+    cost. Tasks never marked are left out of both sides.
+    """
+
+    successful: int
+    failed: int
+    cost_usd: Decimal
+
+    @property
+    def per_success(self) -> Decimal | None:
+        """``cost_usd / successful``; ``None`` when nothing succeeded."""
+        return self.cost_usd / self.successful if self.successful else None
+
+
+_SUMS = """COUNT(*),
+    SUM(CASE WHEN status <> 'ok' THEN 1 ELSE 0 END),
+    SUM(input), SUM(cache_read), SUM(cache_write_5m), SUM(cache_write_1h), SUM(output),
+    SUM(cost_nusd), SUM(CASE WHEN cost_nusd IS NULL THEN 1 ELSE 0 END), SUM(saved_nusd),
+    SUM(rate_limit_tokens),
+    SUM(CASE WHEN cache_read > 0 AND status = 'ok' THEN 1 ELSE 0 END)"""
+
+
+def totals(backend: Backend, filters: Filters, by: GroupBy | None) -> list[Totals]:
+    """Return one :class:`Totals` per group (or one overall when *by* is ``None``)."""
+    if by is None:
+        key = "NULL"
+    elif by == "day":
+        key = backend.dialect.day("ts")
+    elif by in _GROUP_COLUMNS:
+        key = _GROUP_COLUMNS[by]
+    else:
+        raise ValueError(f"by must be one of model, session, day, prefix, conversation; got {by!r}")
+    where, params = filters.where()
+    sql = f"SELECT {key}, {_SUMS} FROM convo_usage{where}"
+    if by is not None:
+        sql += " GROUP BY 1 ORDER BY 1"
+    result = []
+    for row in backend.query(sql, params):
+        if by is None and not row[1]:
+            return [_empty()]
+        n = [0, *(int(v or 0) for v in row[1:])]
+        result.append(
+            Totals(
+                key=None if row[0] is None else str(row[0]),
+                requests=n[1],
+                errors=n[2],
+                input=n[3],
+                cache_read=n[4],
+                cache_write_5m=n[5],
+                cache_write_1h=n[6],
+                output=n[7],
+                cost_usd=_usd(row[8]),
+                unpriced=n[9],
+                saved_usd=_usd(row[10]),
+                rate_limit_tokens=n[11],
+                hit_requests=n[12],
+            )
+        )
+    return result
+
+
+def top_busts(backend: Backend, filters: Filters, limit: int) -> list[BustCount]:
+    """Return the most frequent non-hit cache reasons, most frequent first."""
+    where, params = filters.where("cache_reason IS NOT NULL", "cache_reason <> 'hit'")
+    sql = (
+        "SELECT cache_reason, COUNT(*), SUM(cache_write_5m + cache_write_1h), SUM(input), "
+        f"SUM(cost_nusd) FROM convo_usage{where} GROUP BY cache_reason "
+        "ORDER BY COUNT(*) DESC, cache_reason LIMIT ?"
+    )
+    return [
+        BustCount(r[0], int(r[1]), int(r[2] or 0), int(r[3] or 0), _usd(r[4]))
+        for r in backend.query(sql, [*params, limit])
+    ]
+
+
+def task_cost(backend: Backend, filters: Filters) -> TaskCost:
+    """Return the spend on marked tasks and how many succeeded and failed."""
+    where, params = filters.where("task_id IS NOT NULL")
+    sql = f"""
+        WITH t AS (
+            SELECT task_id, SUM(COALESCE(cost_nusd, 0)) AS c, MAX(outcome) AS o
+            FROM convo_usage{where} GROUP BY task_id
+        ), m AS (
+            SELECT o.task_id, o.outcome FROM convo_outcomes o
+            JOIN (SELECT task_id, MAX(id) AS id FROM convo_outcomes GROUP BY task_id) last
+            ON o.id = last.id
+        )
+        SELECT COALESCE(m.outcome, t.o) AS verdict, COUNT(*), SUM(t.c)
+        FROM t LEFT JOIN m ON m.task_id = t.task_id
+        GROUP BY COALESCE(m.outcome, t.o)"""
+    counts = {"success": 0, "failure": 0}
+    cost = Decimal(0)
+    for verdict, n, nanos in backend.query(sql, params):
+        if verdict in counts:
+            counts[verdict] += int(n)
+            cost += _usd(nanos)
+    return TaskCost(counts["success"], counts["failure"], cost)
+
+
+def rows(backend: Backend, filters: Filters, limit: int | None) -> list[LedgerRow]:
+    """Return the rows matching *filters*, oldest first."""
+    where, params = filters.where()
+    sql = f"SELECT {', '.join(COLUMNS)} FROM convo_usage{where} ORDER BY ts, id"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return [LedgerRow.from_db(tuple(r)) for r in backend.query(sql, params)]
+
+
+def _usd(nanos: Any) -> Decimal:
+    return Decimal(int(nanos)).scaleb(-9) if nanos is not None else Decimal(0)
+
+
+def _empty() -> Totals:
+    zero = Decimal(0)
+    return Totals(None, 0, 0, 0, 0, 0, 0, 0, zero, 0, zero, 0, 0)

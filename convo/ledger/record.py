@@ -1,0 +1,197 @@
+"""One ledger row: the outcome of one API attempt, as a frozen value.
+
+Money is kept to the nano-dollar (an integer column), so sums in SQL are exact and equal
+the sum of the rows' :attr:`LedgerRow.cost_usd`. A cost finer than that (no published
+rate produces one) is rounded half-even when the row is built.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+
+from convo.usage import Usage
+
+if TYPE_CHECKING:  # pricing pulls in the price table; a ledger reader does not need it
+    from convo.pricing import Cost
+
+__all__ = ["COLUMNS", "NANO", "LedgerRow", "Outcome", "from_nanos", "to_nanos"]
+
+#: A task's outcome, marked by the caller.
+Outcome = Literal["success", "failure"]
+OUTCOMES = ("success", "failure")
+
+#: USD per nano-dollar; the ledger's unit of money.
+NANO = Decimal("1e-9")
+
+
+def to_nanos(usd: Decimal | None) -> int | None:
+    """Return *usd* as a whole number of nano-dollars (half-even), or ``None``."""
+    if usd is None:
+        return None
+    return int((usd / NANO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+def from_nanos(nanos: int | Decimal | None) -> Decimal | None:
+    """Return nano-dollars as USD, or ``None``."""
+    if nanos is None:
+        return None
+    return Decimal(nanos).scaleb(-9)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"time must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None:
+        raise ValueError("time must be timezone-aware; use datetime.now(timezone.utc)")
+    return value.astimezone(dt.timezone.utc)
+
+
+def _usd(value: Decimal | None) -> Decimal | None:
+    return from_nanos(to_nanos(value))
+
+
+def _outcome(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and value not in OUTCOMES:
+        raise ValueError(f"outcome must be 'success', 'failure' or None, got {value!r}")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@attrs.frozen
+class LedgerRow:
+    """The record of one API attempt's outcome.
+
+    Attributes:
+        model: Model id as sent.
+        time: When the attempt started (timezone-aware; stored as UTC).
+        session_id: The :class:`~convo.Session` that made it.
+        conversation_id: The conversation it belongs to.
+        task_id: The unit of work ``outcome`` is marked on; defaults to ``conversation_id``.
+        prefix_fingerprint: Fingerprint of the cached prefix sent.
+        input, cache_read, cache_write_5m, cache_write_1h, output: The token counts.
+        cost_usd: Cost, to the nano-dollar; ``None`` when the model was unpriced.
+        saved_usd: Saving from caching, to the nano-dollar; ``None`` when unpriced.
+        price_source: Where the price came from, with version.
+        rate_limit_tokens: Weight against input tokens per minute.
+        latency_ms: Wall time of the attempt.
+        attempts: Which attempt this was (1 for the first).
+        status: ``"ok"`` or ``"error"``.
+        error_type: The API error type (``rate_limit_error``...) when status is error.
+        http_status: HTTP status code, when known.
+        request_id: The server's ``request-id``.
+        cache_outcome: ``"hit"``, ``"partial"``, ``"miss"``, ``"write"``... as the tracker saw it.
+        cache_reason: The bust reason (``"cold"``, ``"system_changed"``...), or ``"hit"``.
+        ttl_split_assumed: The write TTL split was missing and assumed.
+        outcome: The caller's verdict on the task, when known at append time.
+        prompt_text, completion_text: Kept only when the ledger was opened with
+            ``store_text=True``; otherwise dropped on append.
+
+    .. versionadded:: 0.1
+    """
+
+    model: str
+    time: dt.datetime = attrs.field(factory=_now, converter=_utc)
+    session_id: str | None = None
+    conversation_id: str | None = None
+    task_id: str | None = attrs.field(
+        default=attrs.Factory(lambda self: self.conversation_id, takes_self=True)
+    )
+    prefix_fingerprint: str | None = None
+    input: int = 0
+    cache_read: int = 0
+    cache_write_5m: int = 0
+    cache_write_1h: int = 0
+    output: int = 0
+    cost_usd: Decimal | None = attrs.field(default=None, converter=_usd)
+    saved_usd: Decimal | None = attrs.field(default=None, converter=_usd)
+    price_source: str | None = None
+    rate_limit_tokens: int = 0
+    latency_ms: float | None = None
+    attempts: int = 1
+    status: str = "ok"
+    error_type: str | None = None
+    http_status: int | None = None
+    request_id: str | None = None
+    cache_outcome: str | None = None
+    cache_reason: str | None = None
+    ttl_split_assumed: bool = False
+    outcome: str | None = attrs.field(default=None, validator=_outcome)
+    prompt_text: str | None = None
+    completion_text: str | None = None
+
+    @classmethod
+    def build(
+        cls, usage: Usage, cost: Cost | None = None, *, model: str, **fields: Any
+    ) -> LedgerRow:
+        """Build a row from a :class:`~convo.Usage`, its :class:`~convo.Cost`, and the rest.
+
+        Args:
+            usage: The attempt's tokens (``Usage.zero()`` for an attempt that failed).
+            cost: Its price; without one the row is unpriced with zero weight.
+            model: The model id.
+            **fields: Any other :class:`LedgerRow` attribute.
+        """
+        if not isinstance(usage, Usage):
+            raise TypeError(f"usage must be a convo.Usage, got {type(usage).__name__}")
+        if cost is not None:
+            fields.setdefault("cost_usd", cost.usd)
+            fields.setdefault("saved_usd", cost.saved_usd)
+            fields.setdefault("price_source", cost.source)
+            fields.setdefault("rate_limit_tokens", cost.rate_limit_tokens)
+        return cls(
+            model=model,
+            input=usage.input,
+            cache_read=usage.cache_read,
+            cache_write_5m=usage.cache_write_5m,
+            cache_write_1h=usage.cache_write_1h,
+            output=usage.output,
+            ttl_split_assumed=usage.ttl_split_assumed,
+            **fields,
+        )
+
+    @property
+    def usage(self) -> Usage:
+        """The row's token counts as a :class:`~convo.Usage`."""
+        return Usage(
+            input=self.input,
+            cache_read=self.cache_read,
+            cache_write_5m=self.cache_write_5m,
+            cache_write_1h=self.cache_write_1h,
+            output=self.output,
+            ttl_split_assumed=self.ttl_split_assumed,
+        )
+
+    def to_db(self) -> tuple[Any, ...]:
+        """Return the values for :data:`COLUMNS`, in order, as stored."""
+        values = attrs.asdict(self, recurse=False)
+        values["time"] = self.time.timestamp()
+        values["cost_usd"] = to_nanos(self.cost_usd)
+        values["saved_usd"] = to_nanos(self.saved_usd)
+        values["ttl_split_assumed"] = int(self.ttl_split_assumed)
+        return tuple(values[name] for name, _ in _FIELDS)
+
+    @classmethod
+    def from_db(cls, values: tuple[Any, ...]) -> LedgerRow:
+        """Rebuild a row from the values of :data:`COLUMNS`."""
+        d = dict(zip((name for name, _ in _FIELDS), values, strict=True))
+        d["time"] = dt.datetime.fromtimestamp(d["time"], dt.timezone.utc)
+        d["cost_usd"] = from_nanos(d["cost_usd"])
+        d["saved_usd"] = from_nanos(d["saved_usd"])
+        d["ttl_split_assumed"] = bool(d["ttl_split_assumed"])
+        return cls(**d)
+
+
+#: (attribute, column) pairs; columns differ where the stored unit differs.
+_FIELDS: tuple[tuple[str, str], ...] = tuple(
+    (a.name, {"time": "ts", "cost_usd": "cost_nusd", "saved_usd": "saved_nusd"}.get(a.name, a.name))
+    for a in attrs.fields(LedgerRow)
+)
+
+#: Column names of the usage table, in the order of :meth:`LedgerRow.to_db`.
+COLUMNS: tuple[str, ...] = tuple(column for _, column in _FIELDS)

@@ -1,0 +1,150 @@
+"""The background writer: callers enqueue, one thread writes batches.
+
+Invariants:
+
+* :meth:`BatchWriter.put` never blocks and never does I/O, so it is safe on an event loop.
+* Items are written in the order they were put; a flush token is answered only after
+  every item put before it was committed (or failed).
+* A batch that fails to commit is kept and retried with backoff; it is never dropped. Its
+  failure is reported to every flush waiting on it.
+
+Batching is natural: while one batch commits, new rows pile up in the queue, and the next
+cycle takes up to ``batch_size`` of them at once. Under light load a row is written within
+one cycle; under heavy load batches grow and the cost per row falls.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+from convo.errors import LedgerError
+from convo.ledger.backends import Backend
+from convo.ledger.record import LedgerRow
+
+__all__ = ["BatchWriter"]
+
+_STOP = object()
+
+
+class _FlushToken:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: LedgerError | None = None
+
+
+class BatchWriter:
+    """A daemon thread that commits queued rows to a :class:`Backend` in batches.
+
+    Args:
+        backend: Where rows go.
+        batch_size: The most rows committed in one transaction.
+        retry_delay: Seconds before retrying a failed batch (doubles up to 5 s).
+    """
+
+    def __init__(
+        self, backend: Backend, *, batch_size: int = 2000, retry_delay: float = 0.05
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._backend = backend
+        self._batch_size = batch_size
+        self._retry_delay = retry_delay
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending_rows: list[tuple[Any, ...]] = []
+        self._pending_outcomes: list[tuple[Any, ...]] = []
+        self._stopped = threading.Event()
+        self.written = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"convo-ledger-writer({backend.where})", daemon=True
+        )
+        self._thread.start()
+
+    def put(self, item: LedgerRow | tuple[Any, ...]) -> None:
+        """Enqueue a row, or an outcome mark ``(ts, task_id, outcome)``; never blocks."""
+        self._queue.put(item)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until everything put so far is committed.
+
+        Raises:
+            LedgerError: when the writer could not commit (the rows are kept and retried),
+                it has stopped, or *timeout* passed first.
+        """
+        if self._stopped.is_set():
+            if self._pending_rows or self._pending_outcomes:
+                raise LedgerError(
+                    f"ledger {self._backend.where}: writer stopped with "
+                    f"{len(self._pending_rows)} rows not committed"
+                )
+            return
+        token = _FlushToken()
+        self._queue.put(token)
+        if not token.done.wait(timeout):
+            raise LedgerError(f"ledger {self._backend.where}: flush timed out after {timeout} s")
+        if token.error is not None:
+            raise token.error
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Write what is queued, then end the thread."""
+        if not self._thread.is_alive():
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        delay = self._retry_delay
+        stop = False
+        while not stop:
+            waiting = bool(self._pending_rows or self._pending_outcomes)
+            try:
+                # With a failed batch pending, wake up to retry it even if nothing new comes.
+                first = self._queue.get(timeout=delay if waiting else None)
+            except queue.Empty:
+                first = None
+            tokens: list[_FlushToken] = []
+            stop = self._take(first, tokens)
+            while not stop and len(self._pending_rows) < self._batch_size:
+                try:
+                    stop = self._take(self._queue.get_nowait(), tokens)
+                except queue.Empty:
+                    break
+            error = self._commit()
+            delay = self._retry_delay if error is None else min(delay * 2, 5.0)
+            for token in tokens:
+                token.error = error
+                token.done.set()
+            if stop and error is not None:
+                # Closing with a failing store: one last try so nothing is lost silently.
+                self._commit()
+        self._stopped.set()
+
+    def _take(self, item: Any, tokens: list[_FlushToken]) -> bool:
+        if item is None:
+            return False
+        if item is _STOP:
+            return True
+        if isinstance(item, _FlushToken):
+            tokens.append(item)
+        elif isinstance(item, LedgerRow):
+            self._pending_rows.append(item.to_db())
+        else:
+            self._pending_outcomes.append(item)
+        return False
+
+    def _commit(self) -> LedgerError | None:
+        if not (self._pending_rows or self._pending_outcomes):
+            return None
+        try:
+            self._backend.insert(self._pending_rows, self._pending_outcomes)
+        except LedgerError as exc:
+            return exc
+        except Exception as exc:  # a bug or driver surprise must not kill the thread
+            error = LedgerError(f"ledger {self._backend.where}: write failed: {exc!r}")
+            error.__cause__ = exc
+            return error
+        self.written += len(self._pending_rows)
+        self._pending_rows = []
+        self._pending_outcomes = []
+        return None
