@@ -1,0 +1,130 @@
+"""Fingerprints: cumulative per-block keys, segment digests, and the whole-body digest."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convo.fingerprint import BlockChain, chain, fingerprint_body
+
+MODEL = "claude-sonnet-4-6"
+
+
+def body(messages: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "max_tokens": 64,
+        "system": [{"type": "text", "text": "You are terse."}],
+        "tools": [{"name": "t", "input_schema": {"type": "object"}}],
+        "messages": messages,
+        **extra,
+    }
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": [{"type": "text", "text": text}]}
+
+
+class TestKeys:
+    def test_one_key_per_block_in_prompt_order(self) -> None:
+        """Tools, system blocks and message blocks each get one position, in that order."""
+        fp = fingerprint_body(body([user("a"), {"role": "assistant", "content": "b"}, user("c")]))
+        assert len(fp.keys) == 5
+        assert (fp.tools_end, fp.system_end) == (1, 2)
+        assert list(fp.message_starts) == [2, 3, 4]
+        assert len(set(fp.keys)) == 5
+
+    def test_cache_control_does_not_change_keys(self) -> None:
+        """Marking a block keeps its key (as on the server) but changes the body digest."""
+        plain = body([user("hello")])
+        marked = copy.deepcopy(plain)
+        marked["messages"][0]["content"][0]["cache_control"] = {"type": "ephemeral"}
+        a, b = fingerprint_body(plain), fingerprint_body(marked)
+        assert list(a.keys) == list(b.keys)
+        assert a.digest != b.digest
+
+    def test_string_content_keys_like_one_text_block(self) -> None:
+        """String content is keyed like a text block, but its different bytes change the digest."""
+        a = fingerprint_body(body([{"role": "user", "content": "hello"}]))
+        b = fingerprint_body(body([user("hello")]))
+        assert list(a.keys) == list(b.keys)
+        assert a.digest != b.digest
+
+    def test_role_is_part_of_the_key(self) -> None:
+        """The same text as an assistant turn is a different block."""
+        a = fingerprint_body(body([user("x"), user("y")]))
+        b = fingerprint_body(
+            body([user("x"), {"role": "assistant", "content": [user("y")["content"][0]]}])
+        )
+        assert a.keys[-1] != b.keys[-1]
+        assert a.common_prefix(b) == 3
+
+    def test_tool_choice_rekeys_messages_only(self) -> None:
+        """tool_choice folds into message keys; tool and system keys are unchanged."""
+        a = fingerprint_body(body([user("x")]))
+        b = fingerprint_body(body([user("x")], tool_choice={"type": "auto"}))
+        assert a.common_prefix(b) == 2
+        assert a.segments.settings != b.segments.settings
+
+
+class TestBlockChain:
+    def test_appending_keeps_earlier_keys(self) -> None:
+        """Appending a message extends the key chain; earlier keys and views are unchanged."""
+        blocks = BlockChain()
+        blocks.append("user", [{"type": "text", "text": "one"}])
+        seed = b"\x00" * 16
+        before = blocks.keys(seed)
+        first = list(before)
+        blocks.append("assistant", [{"type": "text", "text": "two"}])
+        after = blocks.keys(seed)
+        assert list(before) == first
+        assert list(after)[:1] == first
+        assert after[1] == chain(after[0], blocks._digests[1])
+
+    def test_new_seed_rechains_from_digests(self) -> None:
+        """A different seed (a changed prefix) gives different keys for every message block."""
+        blocks = BlockChain()
+        blocks.append("user", [{"type": "text", "text": "one"}, {"type": "text", "text": "x"}])
+        a, b = list(blocks.keys(b"\x00" * 16)), list(blocks.keys(b"\x01" * 16))
+        assert all(x != y for x, y in zip(a, b, strict=True))
+
+
+texts = st.text(alphabet="abc ", min_size=1, max_size=6).filter(lambda s: s.strip())
+messages = st.lists(texts, min_size=1, max_size=5).map(
+    lambda items: [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": [{"type": "text", "text": t}]}
+        for i, t in enumerate(items)
+    ]
+)
+marks = st.lists(st.integers(min_value=0, max_value=6), max_size=2)
+
+
+class TestDigestProperty:
+    @settings(max_examples=150, deadline=None)
+    @given(messages, marks, messages, marks, st.sampled_from([None, {"type": "auto"}]))
+    def test_digest_changes_iff_bytes_change(
+        self,
+        first: list[dict[str, Any]],
+        first_marks: list[int],
+        second: list[dict[str, Any]],
+        second_marks: list[int],
+        tool_choice: dict[str, str] | None,
+    ) -> None:
+        """Two bodies have equal fingerprints exactly when their serialised bytes are equal."""
+
+        def build(msgs: list[dict[str, Any]], where: list[int], choice: Any) -> dict[str, Any]:
+            msgs = copy.deepcopy(msgs)
+            flat = [b for m in msgs for b in m["content"]]
+            for i in where:
+                if i < len(flat):
+                    flat[i]["cache_control"] = {"type": "ephemeral"}
+            return body(msgs, **({"tool_choice": choice} if choice else {}))
+
+        a = build(first, first_marks, None)
+        b = build(second, second_marks, tool_choice)
+        same_bytes = json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+        assert (fingerprint_body(a).digest == fingerprint_body(b).digest) == same_bytes
