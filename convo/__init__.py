@@ -13,17 +13,26 @@ from convo.errors import (
     SpendCapReached,
     StreamInterrupted,
 )
+from convo.ledger import Ledger, LedgerRow
+from convo.pricing import Cost, Rates, price
+from convo.usage import Usage
 
 __all__ = [
     "BudgetExceeded",
     "ConvoError",
+    "Cost",
     "LayoutError",
+    "Ledger",
     "LedgerError",
+    "LedgerRow",
+    "Rates",
     "RetriesExhausted",
     "SpendCapReached",
     "StreamInterrupted",
+    "Usage",
     "emulator",
     "models",
+    "price",
     "tokens",
 ]
 

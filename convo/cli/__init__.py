@@ -6,6 +6,7 @@ import click
 
 from convo.cli.demo import demo
 from convo.cli.emulator import emulator
+from convo.cli.report import report
 
 __all__ = ["main"]
 
@@ -18,3 +19,4 @@ def main() -> None:
 
 main.add_command(demo)
 main.add_command(emulator)
+main.add_command(report)

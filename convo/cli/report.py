@@ -1,0 +1,366 @@
+"""``convo report``: what a ledger says about tokens, cache hits, cost and rate-limit weight.
+
+The report puts three measures of the same traffic side by side, because their divergence
+is the story most dashboards miss: tokens a naive log shows (input + output, no cache),
+the ITPM rate-limit weight (input + cache writes), and billed-equivalent input (every
+input kind weighted by its price relative to base input).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from convo.ledger import Ledger, Totals
+from convo.ledger.queries import GroupBy
+
+__all__ = ["build_report", "parse_since", "report"]
+
+_RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+#: Group columns, in order: (key, heading).
+_COLUMNS = [
+    ("key", "group"),
+    ("requests", "requests"),
+    ("errors", "errors"),
+    ("input", "input"),
+    ("cache_read", "cache read"),
+    ("cache_write_5m", "write 5m"),
+    ("cache_write_1h", "write 1h"),
+    ("output", "output"),
+    ("token_hit_rate", "token hit"),
+    ("request_hit_rate", "request hit"),
+    ("cost_usd", "cost $"),
+    ("saved_usd", "saved $"),
+    ("unpriced", "unpriced"),
+    ("rate_limit_tokens", "ITPM weight"),
+    ("billed_equivalent_tokens", "billed-equiv input"),
+    ("naive_tokens", "naive log (in+out)"),
+]
+
+
+#: The breakdown columns shown in a terminal table; json, csv and md carry all of them.
+_TABLE_COLUMNS = [
+    c
+    for c in _COLUMNS
+    if c[0] not in {"errors", "unpriced", "billed_equivalent_tokens", "naive_tokens"}
+]
+
+
+def parse_since(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
+    """Parse ``7d``, ``24h``, ``30m``, ``2w`` (before *now*) or an ISO date/time (UTC if naive).
+
+    Raises:
+        click.BadParameter: for anything else, with the forms accepted.
+    """
+    now = now or dt.datetime.now(dt.timezone.utc)
+    match = _RELATIVE.match(text.strip())
+    if match:
+        return now - dt.timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: use 30m, 24h, 7d, 2w, or an ISO date like 2026-11-01"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _group_row(t: Totals) -> dict[str, Any]:
+    return {
+        "key": t.key if t.key is not None else "(all)",
+        "requests": t.requests,
+        "errors": t.errors,
+        "input": t.input,
+        "cache_read": t.cache_read,
+        "cache_write_5m": t.cache_write_5m,
+        "cache_write_1h": t.cache_write_1h,
+        "output": t.output,
+        "token_hit_rate": t.token_hit_rate,
+        "request_hit_rate": t.request_hit_rate,
+        "cost_usd": t.cost_usd,
+        "saved_usd": t.saved_usd,
+        "unpriced": t.unpriced,
+        "rate_limit_tokens": t.rate_limit_tokens,
+        "billed_equivalent_tokens": round(t.billed_equivalent_tokens, 1),
+        "naive_tokens": t.input + t.output,
+    }
+
+
+def build_report(
+    ledger: Ledger, *, by: GroupBy = "model", top: int = 10, **filters: Any
+) -> dict[str, Any]:
+    """Return the report as plain data: ``summary``, ``groups``, ``busts``, ``tasks``.
+
+    Args:
+        ledger: The ledger to read.
+        by: How to group (``model``, ``session``, ``day``, ``prefix``).
+        top: How many bust reasons to list.
+        **filters: ``since``, ``until``, ``model``, ``session`` as for :meth:`Ledger.totals`.
+    """
+    overall = ledger.total(**filters)
+    tasks = ledger.task_cost(**filters)
+    return {
+        "summary": _group_row(overall) | {"total_input": overall.total_input},
+        "groups": [_group_row(t) for t in ledger.totals(by=by, **filters)],
+        "busts": [
+            {
+                "reason": b.reason,
+                "requests": b.requests,
+                "cache_write": b.cache_write,
+                "input": b.input,
+                "cost_usd": b.cost_usd,
+            }
+            for b in ledger.top_busts(limit=top, **filters)
+        ],
+        "tasks": {
+            "successful": tasks.successful,
+            "failed": tasks.failed,
+            "cost_usd": tasks.cost_usd,
+            "cost_per_success_usd": tasks.per_success,
+        },
+    }
+
+
+def _fmt(value: Any, key: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, Decimal):
+        return f"{value:,.4f}"
+    if key.endswith("hit_rate"):
+        return f"{value:.1%}"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: money as exact strings, never floats."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _summary_pairs(data: dict[str, Any]) -> list[tuple[str, str]]:
+    s, t = data["summary"], data["tasks"]
+    return [
+        ("requests (errors)", f"{s['requests']:,} ({s['errors']:,})"),
+        (
+            "input / cache read / write 5m / write 1h / output",
+            " / ".join(
+                f"{s[k]:,}"
+                for k in ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output")
+            ),
+        ),
+        ("total input", f"{s['total_input']:,}"),
+        ("token hit rate (cache read / total input)", _fmt(s["token_hit_rate"], "hit_rate")),
+        ("request hit rate (requests reading cache)", _fmt(s["request_hit_rate"], "hit_rate")),
+        (
+            "cost $",
+            _fmt(s["cost_usd"]) + (f"  (+{s['unpriced']} unpriced)" if s["unpriced"] else ""),
+        ),
+        ("saved by caching $", _fmt(s["saved_usd"])),
+        (
+            "cost per successful task $",
+            f"{_fmt(t['cost_per_success_usd'])}  ({t['successful']} ok, {t['failed']} failed)",
+        ),
+        ("ITPM weight (input + writes)", _fmt(s["rate_limit_tokens"])),
+        ("billed-equivalent input tokens", _fmt(s["billed_equivalent_tokens"])),
+        ("naive log tokens (input + output)", _fmt(s["naive_tokens"])),
+    ]
+
+
+def _render_table(data: dict[str, Any], console: Console, by: str) -> None:
+    summary = Table(title="Summary", show_header=False)
+    summary.add_column("measure", style="bold")
+    summary.add_column("value", justify="right")
+    for name, value in _summary_pairs(data):
+        summary.add_row(name, value)
+    console.print(summary)
+    groups = Table(title=f"By {by}")
+    for key, heading in _TABLE_COLUMNS:
+        groups.add_column(
+            heading, justify="left" if key == "key" else "right", no_wrap=key == "key"
+        )
+    for row in data["groups"]:
+        groups.add_row(*(_fmt(row[k], k) for k, _ in _TABLE_COLUMNS))
+    console.print(groups)
+    busts = Table(title="Top cache busts")
+    for heading in ("reason", "requests", "cache write", "input", "cost $"):
+        busts.add_column(heading, justify="left" if heading == "reason" else "right")
+    for b in data["busts"]:
+        busts.add_row(
+            b["reason"], *(_fmt(b[k]) for k in ("requests", "cache_write", "input", "cost_usd"))
+        )
+    console.print(busts)
+
+
+def _md_table(headings: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _render_md(data: dict[str, Any], by: str) -> str:
+    parts = ["## Summary", _md_table(["measure", "value"], [list(p) for p in _summary_pairs(data)])]
+    parts += [
+        f"## By {by}",
+        _md_table(
+            [h for _, h in _COLUMNS], [[_fmt(r[k], k) for k, _ in _COLUMNS] for r in data["groups"]]
+        ),
+    ]
+    parts += [
+        "## Top cache busts",
+        _md_table(
+            ["reason", "requests", "cache write", "input", "cost $"],
+            [
+                [
+                    b["reason"],
+                    *(_fmt(b[k]) for k in ("requests", "cache_write", "input", "cost_usd")),
+                ]
+                for b in data["busts"]
+            ],
+        ),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def _render_csv(data: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([k for k, _ in _COLUMNS])
+    for row in [*data["groups"], data["summary"]]:
+        writer.writerow(["" if row[k] is None else _plain(row[k]) for k, _ in _COLUMNS])
+    return out.getvalue()
+
+
+def _pyplot() -> Any:
+    """Return matplotlib.pyplot on the file-only backend, or say how to install it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise click.ClickException(
+            '--plot needs matplotlib, which is not installed: pip install "convo[plot]"'
+        ) from None
+    return plt
+
+
+def _plot(ledger: Ledger, path: str, filters: dict[str, Any]) -> None:
+    plt = _pyplot()
+    days = ledger.totals(by="day", **filters)
+    x = [dt.date.fromisoformat(str(d.key)) for d in days]
+    fig, (cost_ax, hit_ax) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    cost_ax.bar(x, [float(d.cost_usd) for d in days], color="tab:blue")
+    cost_ax.set_ylabel("cost (USD)")
+    cost_ax.set_title("convo ledger: cost and cache hit rate per day (UTC)")
+    hit_ax.plot(
+        x, [(d.token_hit_rate or 0) * 100 for d in days], marker="o", label="token hit rate"
+    )
+    hit_ax.plot(
+        x, [(d.request_hit_rate or 0) * 100 for d in days], marker="s", label="request hit rate"
+    )
+    hit_ax.set_ylabel("hit rate (%)")
+    hit_ax.set_ylim(0, 100)
+    hit_ax.legend()
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@click.command()
+@click.option(
+    "--ledger",
+    "url",
+    envvar="CONVO_LEDGER",
+    metavar="PATH_OR_URL",
+    help="Ledger path or URL (sqlite:///..., postgresql://...); default: the user ledger.",
+)
+@click.option("--since", help="Only rows since: 30m, 24h, 7d, 2w or an ISO date/time (UTC).")
+@click.option("--until", help="Only rows before this time (same forms as --since).")
+@click.option("--model", help="Only this model id.")
+@click.option("--session", help="Only this session id.")
+@click.option(
+    "--by",
+    type=click.Choice(["model", "session", "day", "prefix"]),
+    default="model",
+    show_default=True,
+    help="How to group the breakdown table.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="How many cache-bust reasons to list.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv", "md"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, writable=True),
+    help='Also write a PNG of cost and hit rate per day (needs "convo[plot]").',
+)
+def report(
+    url: str | None,
+    since: str | None,
+    until: str | None,
+    model: str | None,
+    session: str | None,
+    by: GroupBy,
+    top: int,
+    fmt: str,
+    plot: str | None,
+) -> None:
+    """Tokens by kind, hit rates, cost, saved and rate-limit weight from a usage ledger."""
+    if plot:
+        _pyplot()  # fail before reading anything when the extra is missing
+    filters: dict[str, Any] = {
+        "since": parse_since(since) if since else None,
+        "until": parse_since(until) if until else None,
+        "model": model,
+        "session": session,
+    }
+    with Ledger.open(url) if url else Ledger.default() as ledger:
+        data = build_report(ledger, by=by, top=top, **filters)
+        if plot:
+            _plot(ledger, plot, filters)
+    if fmt == "json":
+        click.echo(json.dumps(_plain(data), indent=2))
+    elif fmt == "csv":
+        click.echo(_render_csv(data), nl=False)
+    elif fmt == "md":
+        click.echo(_render_md(data, by), nl=False)
+    else:
+        console = Console()
+        if not console.is_terminal:
+            # Piped output has no width to fit; 80 columns would fold the breakdown.
+            console = Console(width=160)
+        _render_table(data, console, by)
+    if plot:
+        click.echo(f"wrote {plot}", err=True)

@@ -1,0 +1,177 @@
+"""convo report: tables, json/csv/md output, filters and the PNG plot."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from convo.cli.report import parse_since, report
+from convo.ledger import Ledger, LedgerRow
+from convo.pricing import price
+from convo.usage import Usage
+
+NOW = dt.datetime.now(dt.timezone.utc)
+
+
+@pytest.fixture
+def ledger_path(tmp_path: Path) -> str:
+    """A SQLite ledger with 40 rows over two models, two sessions and ten days."""
+    path = tmp_path / "r.db"
+    with Ledger.open(path) as led:
+        for i in range(40):
+            model = "claude-sonnet-4-6" if i % 2 else "claude-haiku-4-5"
+            hit = i % 4 != 0
+            usage = Usage(
+                input=10 + i,
+                cache_read=5000 if hit else 0,
+                cache_write_5m=0 if hit else 5000,
+                output=100,
+            )
+            when = NOW - dt.timedelta(days=i // 4, minutes=1)
+            led.append(
+                LedgerRow.build(
+                    usage,
+                    price(usage, model, at=when),
+                    model=model,
+                    time=when,
+                    session_id=f"s{i % 2}",
+                    conversation_id=f"c{i % 5}",
+                    cache_reason="hit" if hit else ("cold" if i % 8 == 0 else "expired"),
+                )
+            )
+        led.mark_outcome("c0", "success")
+        led.mark_outcome("c1", "failure")
+    return str(path)
+
+
+def _run(*args: str) -> str:
+    result = CliRunner().invoke(report, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+class TestFormats:
+    def test_json_matches_ledger(self, ledger_path: str) -> None:
+        """JSON output carries the ledger's exact totals, money as strings."""
+        data = json.loads(_run("--ledger", ledger_path, "--format", "json"))
+        with Ledger.open(ledger_path) as led:
+            total = led.total()
+            tasks = led.task_cost()
+        assert data["summary"]["requests"] == 40
+        assert Decimal(data["summary"]["cost_usd"]) == total.cost_usd
+        assert data["summary"]["rate_limit_tokens"] == total.rate_limit_tokens
+        assert data["summary"]["token_hit_rate"] == total.token_hit_rate
+        assert [g["key"] for g in data["groups"]] == ["claude-haiku-4-5", "claude-sonnet-4-6"]
+        assert {b["reason"]: b["requests"] for b in data["busts"]} == {"cold": 5, "expired": 5}
+        assert Decimal(data["tasks"]["cost_per_success_usd"]) == tasks.per_success
+
+    def test_table(self, ledger_path: str) -> None:
+        """The table format shows the summary, the breakdown and the busts."""
+        out = _run("--ledger", ledger_path)
+        for text in ("Summary", "token hit rate", "ITPM weight", "claude-haiku-4-5", "expired"):
+            assert text in out
+
+    def test_csv(self, ledger_path: str) -> None:
+        """CSV has a header, one row per group and an (all) row."""
+        rows = list(csv.DictReader(io.StringIO(_run("--ledger", ledger_path, "--format", "csv"))))
+        assert [r["key"] for r in rows] == ["claude-haiku-4-5", "claude-sonnet-4-6", "(all)"]
+        assert rows[-1]["key"] == "(all)"
+        assert sum(int(r["requests"]) for r in rows[:-1]) == int(rows[-1]["requests"]) == 40
+
+    def test_markdown(self, ledger_path: str) -> None:
+        """Markdown output has the three sections as pipe tables."""
+        out = _run("--ledger", ledger_path, "--format", "md", "--by", "session")
+        assert "## Summary" in out
+        assert "## By session" in out
+        assert "## Top cache busts" in out
+        assert "| s0 |" in out
+
+
+class TestFilters:
+    def test_model(self, ledger_path: str) -> None:
+        """--model keeps one model's rows."""
+        data = json.loads(
+            _run("--ledger", ledger_path, "--format", "json", "--model", "claude-haiku-4-5")
+        )
+        assert data["summary"]["requests"] == 20
+
+    def test_since_relative(self, ledger_path: str) -> None:
+        """--since 2d keeps the last two days' rows."""
+        data = json.loads(_run("--ledger", ledger_path, "--format", "json", "--since", "2d"))
+        assert data["summary"]["requests"] == 8
+
+    def test_session_and_env(self, ledger_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """--session filters, and CONVO_LEDGER names the ledger."""
+        monkeypatch.setenv("CONVO_LEDGER", ledger_path)
+        data = json.loads(_run("--format", "json", "--session", "s1"))
+        assert data["summary"]["requests"] == 20
+
+    def test_bad_since(self, ledger_path: str) -> None:
+        """An unreadable --since is a usage error naming the accepted forms."""
+        result = CliRunner().invoke(report, ["--ledger", ledger_path, "--since", "yesterday"])
+        assert result.exit_code == 2
+        assert "7d" in result.output
+
+
+class TestParseSince:
+    @pytest.mark.parametrize(
+        ("text", "delta"),
+        [
+            ("30m", dt.timedelta(minutes=30)),
+            ("24h", dt.timedelta(hours=24)),
+            ("7d", dt.timedelta(days=7)),
+            ("2w", dt.timedelta(weeks=2)),
+        ],
+    )
+    def test_relative(self, text: str, delta: dt.timedelta) -> None:
+        """Relative forms count back from now."""
+        assert parse_since(text, now=NOW) == NOW - delta
+
+    def test_iso_naive_is_utc(self) -> None:
+        """A naive ISO date is taken as UTC."""
+        assert parse_since("2026-11-01") == dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+
+    def test_garbage(self) -> None:
+        """Anything else is a BadParameter."""
+        with pytest.raises(click.BadParameter):
+            parse_since("soon")
+
+
+class TestPlot:
+    def test_missing_matplotlib_clear_error(
+        self, ledger_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without matplotlib, --plot fails saying pip install "convo[plot]"."""
+        monkeypatch.setitem(sys.modules, "matplotlib", None)
+        result = CliRunner().invoke(
+            report, ["--ledger", ledger_path, "--plot", str(tmp_path / "x.png")]
+        )
+        assert result.exit_code == 1
+        assert 'pip install "convo[plot]"' in result.output
+        assert not (tmp_path / "x.png").exists()
+
+    def test_png_written(self, ledger_path: str, tmp_path: Path) -> None:
+        """With matplotlib, --plot writes a PNG."""
+        pytest.importorskip("matplotlib")
+        out = tmp_path / "plot.png"
+        _run("--ledger", ledger_path, "--format", "json", "--plot", str(out))
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class TestRegistered:
+    def test_subcommand_of_convo(self, ledger_path: str) -> None:
+        """`convo report` is registered on the main command group."""
+        from convo.cli import main
+
+        result = CliRunner().invoke(main, ["report", "--ledger", ledger_path, "--format", "json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["summary"]["requests"] == 40
