@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import anthropic
 import pytest
@@ -33,6 +33,9 @@ def client(emulator: RunningEmulator) -> Iterator[anthropic.Anthropic]:
 
 
 @pytest.fixture
-async def async_client(emulator: RunningEmulator) -> anthropic.AsyncAnthropic:
+async def async_client(emulator: RunningEmulator) -> AsyncIterator[anthropic.AsyncAnthropic]:
     """The real async SDK client on the emulator, with the SDK's own retries off."""
-    return anthropic.AsyncAnthropic(base_url=emulator.base_url, api_key=API_KEY, max_retries=0)
+    async with anthropic.AsyncAnthropic(
+        base_url=emulator.base_url, api_key=API_KEY, max_retries=0
+    ) as c:
+        yield c

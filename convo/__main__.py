@@ -1,0 +1,5 @@
+"""``python -m convo`` runs the command line."""
+
+from convo.cli import main
+
+main()

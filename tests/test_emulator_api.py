@@ -1,0 +1,490 @@
+"""The emulator's API surface through the real SDK: streaming, errors, limits, faults, control."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from convo import tokens
+from convo.emulator import RunningEmulator
+
+from .conftest import API_KEY
+from .test_emulator_caching import EPHEMERAL, MODEL, block, words
+
+HI = [{"role": "user", "content": "hi"}]
+_HTTP = httpx2.Client()  # one pooled connection: a new one per request costs ~40 ms here
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_http() -> Iterator[None]:
+    yield
+    _HTTP.close()
+
+
+def raw(
+    emulator: RunningEmulator, method: str, path: str, body: Any = None, **headers: str
+) -> httpx2.Response:
+    """One plain HTTP request, for what the SDK refuses to send (no key, broken JSON)."""
+    content = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+    return _HTTP.request(
+        method,
+        f"{emulator.base_url}{path}",
+        content=content,
+        headers={"content-type": "application/json", **headers},
+        timeout=10,
+    )
+
+
+class TestStreaming:
+    """SSE in the documented order, with cumulative usage on every message_delta."""
+
+    def test_stream_events_and_cumulative_usage(self, client: anthropic.Anthropic) -> None:
+        """message_start has the input side; each message_delta repeats cumulative totals."""
+        system = [block(words(1200), EPHEMERAL)]
+        events = list(
+            client.messages.create(
+                model=MODEL, max_tokens=50, system=system, messages=HI, stream=True
+            )
+        )
+        kinds = [e.type for e in events]
+        assert kinds[0] == "message_start"
+        assert kinds[-1] == "message_stop"
+        assert kinds.count("message_delta") >= 2
+        start = events[0].message.usage  # type: ignore[union-attr]
+        assert (start.input_tokens, start.cache_creation_input_tokens) == (1, 1200)
+        assert start.cache_creation is not None
+        assert start.cache_creation.ephemeral_5m_input_tokens == 1200
+        deltas = [e.usage for e in events if e.type == "message_delta"]
+        final_output = deltas[-1].output_tokens
+        assert final_output == 24
+        # Cumulative, not incremental: every delta carries the whole count so far.
+        assert all(d.output_tokens == final_output for d in deltas)
+        assert all(d.cache_creation_input_tokens == 1200 for d in deltas)
+        text = "".join(e.delta.text for e in events if e.type == "content_block_delta")  # type: ignore[union-attr]
+        assert tokens.estimate(text) == final_output
+
+    def test_sdk_stream_helper_settles_the_same_usage_as_json(
+        self, client: anthropic.Anthropic
+    ) -> None:
+        """The SDK's accumulated final message equals the non-streaming answer's usage."""
+        system = [block(words(1200), EPHEMERAL)]
+        ask = {"model": MODEL, "max_tokens": 40, "system": system, "messages": HI}
+        client.messages.create(**ask)
+        plain = client.messages.create(**ask)
+        with client.messages.stream(**ask) as stream:
+            streamed_text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        assert final.usage.model_dump() == {
+            **plain.usage.model_dump(),
+            "service_tier": final.usage.service_tier,
+        }
+        assert streamed_text == plain.content[0].text  # type: ignore[union-attr]
+
+    def test_error_event_mid_stream(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """A stream_error fault sends an error event after N events; the SDK raises."""
+        emulator.configure({"faults": {"script": [{"kind": "stream_error", "after_events": 4}]}})
+        seen: list[str] = []
+        stream = client.messages.create(model=MODEL, max_tokens=50, messages=HI, stream=True)
+        with pytest.raises(anthropic.APIStatusError, match="Overloaded"):
+            seen.extend(event.type for event in stream)
+        # The SDK hides pings: four events were sent (start, ping, block start, one delta).
+        assert seen == ["message_start", "content_block_start", "content_block_delta"]
+
+
+class TestErrors:
+    """Bad input gets the API's 4xx shape, never a 500."""
+
+    def test_unknown_model_is_404(self, client: anthropic.Anthropic) -> None:
+        """An unknown model id answers not_found_error."""
+        with pytest.raises(anthropic.NotFoundError) as caught:
+            client.messages.create(model="claude-nonexistent-9", max_tokens=8, messages=HI)
+        assert caught.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+    def test_missing_api_key_is_401(self, emulator: RunningEmulator) -> None:
+        """No x-api-key header: authentication_error with a request id."""
+        response = raw(
+            emulator, "POST", "/v1/messages", {"model": MODEL, "max_tokens": 8, "messages": HI}
+        )
+        assert response.status_code == 401
+        body = response.json()
+        assert body["type"] == "error"
+        assert body["error"]["type"] == "authentication_error"
+        assert body["request_id"] == response.headers["request-id"]
+
+    @pytest.mark.parametrize(
+        ("body", "fragment"),
+        [
+            ({"max_tokens": 8, "messages": HI}, "model"),
+            ({"model": MODEL, "messages": HI}, "max_tokens"),
+            ({"model": MODEL, "max_tokens": 8}, "messages"),
+            (
+                {"model": MODEL, "max_tokens": 8, "messages": [{"role": "robot", "content": "hi"}]},
+                "role",
+            ),
+            (
+                {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": ""}]},
+                "non-empty",
+            ),
+            ({"model": MODEL, "max_tokens": -1, "messages": HI}, "max_tokens"),
+            ({"model": MODEL, "max_tokens": 10**7, "messages": HI}, "max_tokens"),
+            (
+                {"model": MODEL, "max_tokens": 8, "messages": HI, "tools": [{"name": "t"}]},
+                "input_schema",
+            ),
+        ],
+        ids=[
+            "no-model",
+            "no-max-tokens",
+            "no-messages",
+            "bad-role",
+            "empty-text",
+            "negative",
+            "too-many",
+            "tool-schema",
+        ],
+    )
+    def test_malformed_bodies_are_400(
+        self, emulator: RunningEmulator, body: dict[str, Any], fragment: str
+    ) -> None:
+        """Each malformed body is a 400 invalid_request_error naming the field."""
+        response = raw(emulator, "POST", "/v1/messages", body, **{"x-api-key": API_KEY})
+        assert response.status_code == 400
+        assert response.json()["error"]["type"] == "invalid_request_error"
+        assert fragment in response.json()["error"]["message"]
+
+    def test_invalid_json_is_400(self, emulator: RunningEmulator) -> None:
+        """A body that is not JSON is a 400, not a 500."""
+        response = raw(emulator, "POST", "/v1/messages", b"{not json", **{"x-api-key": API_KEY})
+        assert response.status_code == 400
+
+    @settings(
+        max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(
+        body=st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(
+                    st.sampled_from(
+                        [
+                            "model",
+                            "max_tokens",
+                            "messages",
+                            "role",
+                            "content",
+                            "type",
+                            "text",
+                            "system",
+                            "tools",
+                            "cache_control",
+                            "ttl",
+                            "stream",
+                            "name",
+                        ]
+                    ),
+                    inner,
+                    max_size=5,
+                )
+            ),
+            max_leaves=12,
+        )
+    )
+    def test_arbitrary_bodies_never_cause_a_server_error(
+        self, emulator: RunningEmulator, body: Any
+    ) -> None:
+        """Whatever JSON arrives, the answer is a 2xx or 4xx, never 5xx."""
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):
+            response = raw(emulator, "POST", path, body, **{"x-api-key": API_KEY})
+            assert response.status_code < 500, response.text
+
+
+class TestRateLimits:
+    """Token buckets per class, headers on every response, cache reads free of ITPM."""
+
+    def test_headers_on_every_response(self, client: anthropic.Anthropic) -> None:
+        """Requests, input, output and combined token headers with RFC 3339 resets."""
+        response = client.messages.with_raw_response.create(model=MODEL, max_tokens=8, messages=HI)
+        headers = response.headers
+        assert headers["request-id"].startswith("req_")
+        for name in ("requests", "input-tokens", "output-tokens", "tokens"):
+            for part in ("limit", "remaining", "reset"):
+                assert f"anthropic-ratelimit-{name}-{part}" in headers
+        reset = dt.datetime.fromisoformat(
+            headers["anthropic-ratelimit-input-tokens-reset"].replace("Z", "+00:00")
+        )
+        assert reset.tzinfo is not None
+        assert int(headers["anthropic-ratelimit-requests-remaining"]) == 3999
+        assert int(headers["anthropic-ratelimit-input-tokens-remaining"]) % 1000 == 0
+
+    def test_itpm_refuses_with_retry_after_and_cache_reads_are_free(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """With ITPM 3,000, a cached 1,200-token prompt repeats; an uncached one is refused."""
+        emulator.configure({"limits": {"default": {"rpm": 1000, "itpm": 3000, "otpm": 100000}}})
+        system = [block(words(1200), EPHEMERAL)]
+        client.messages.create(model=MODEL, max_tokens=8, system=system, messages=HI)
+        for _ in range(10):  # reads are free of ITPM: ten cached requests weigh 10 tokens in all
+            cached = client.messages.create(model=MODEL, max_tokens=8, system=system, messages=HI)
+            assert cached.usage.cache_read_input_tokens == 1200
+        big = [{"role": "user", "content": words(1500, "big")}]
+        client.messages.create(model=MODEL, max_tokens=8, messages=big)
+        with pytest.raises(anthropic.RateLimitError) as caught:
+            client.messages.create(
+                model=MODEL,
+                max_tokens=8,
+                messages=[{"role": "user", "content": words(1500, "bog")}],
+            )
+        response = caught.value.response
+        assert response.status_code == 429
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.headers["anthropic-ratelimit-input-tokens-limit"] == "3000"
+        assert caught.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+        emulator.advance(60)
+        client.messages.create(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": words(1500, "bog")}]
+        )
+
+    @pytest.mark.filterwarnings("ignore:The model 'claude-3-5-haiku-latest' is deprecated")
+    def test_haiku_35_counts_cache_reads_toward_itpm(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """On Haiku 3.5 reads weigh on ITPM: a write and a read of 2,101 exhaust 5,000."""
+        emulator.configure({"limits": {"default": {"itpm": 5000}}})
+        ask: Any = {
+            "model": "claude-3-5-haiku-latest",
+            "max_tokens": 8,
+            "system": [block(words(2100), EPHEMERAL)],
+            "messages": HI,
+        }
+        assert client.messages.create(**ask).usage.cache_creation_input_tokens == 2100
+        assert client.messages.create(**ask).usage.cache_read_input_tokens == 2100
+        with pytest.raises(anthropic.RateLimitError):
+            client.messages.create(**ask)
+
+    def test_rpm_refills_continuously(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """6 RPM admits 6 at once, then one every 10 seconds, not 6 a minute later."""
+        emulator.configure({"limits": {"default": {"rpm": 6}}})
+        for _ in range(6):
+            client.messages.create(model=MODEL, max_tokens=1, messages=HI)
+        with pytest.raises(anthropic.RateLimitError) as caught:
+            client.messages.create(model=MODEL, max_tokens=1, messages=HI)
+        assert int(caught.value.response.headers["retry-after"]) in range(9, 11)
+        emulator.advance(10.0)
+        client.messages.create(model=MODEL, max_tokens=1, messages=HI)
+        with pytest.raises(anthropic.RateLimitError):
+            client.messages.create(model=MODEL, max_tokens=1, messages=HI)
+
+    def test_sse_carries_pings(self, emulator: RunningEmulator) -> None:
+        """The raw stream has a ping after message_start (the SDK hides pings)."""
+        body = {"model": MODEL, "max_tokens": 8, "messages": HI, "stream": True}
+        response = raw(emulator, "POST", "/v1/messages", body, **{"x-api-key": API_KEY})
+        names = [
+            line.removeprefix("event: ")
+            for line in response.text.splitlines()
+            if line.startswith("event: ")
+        ]
+        assert names[:2] == ["message_start", "ping"]
+        assert names[-1] == "message_stop"
+
+
+class TestFaults:
+    """Scripted and seeded faults, with the API's bodies and headers."""
+
+    def test_scripted_529_then_success(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """Three 529s in a row, then a normal answer; stats count each status."""
+        emulator.configure({"faults": {"script": ["overloaded", "overloaded", "overloaded"]}})
+        for _ in range(3):
+            with pytest.raises(anthropic.OverloadedError) as caught:
+                client.messages.create(model=MODEL, max_tokens=8, messages=HI)
+            assert caught.value.status_code == 529
+            assert caught.value.body["error"] == {
+                "type": "overloaded_error",
+                "message": "Overloaded",
+            }  # type: ignore[index]
+        client.messages.create(model=MODEL, max_tokens=8, messages=HI)
+        assert emulator.stats()["requests"]["by_status"] == {"529": 3, "200": 1}
+
+    def test_scripted_429_with_retry_after_ms(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """A rate_limit fault carries retry-after and retry-after-ms as scripted."""
+        emulator.configure(
+            {
+                "faults": {
+                    "script": [{"kind": "rate_limit", "retry_after": 2, "retry_after_ms": 1200}]
+                }
+            }
+        )
+        with pytest.raises(anthropic.RateLimitError) as caught:
+            client.messages.create(model=MODEL, max_tokens=8, messages=HI)
+        headers = caught.value.response.headers
+        assert (headers["retry-after"], headers["retry-after-ms"]) == ("2", "1200")
+
+    def test_retry_after_as_http_date(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """retry-after can be sent as an HTTP date instead of seconds."""
+        emulator.configure(
+            {
+                "faults": {
+                    "script": [
+                        {"kind": "rate_limit", "retry_after": 30, "retry_after_http_date": True}
+                    ]
+                }
+            }
+        )
+        with pytest.raises(anthropic.RateLimitError) as caught:
+            client.messages.create(model=MODEL, max_tokens=8, messages=HI)
+        when = email.utils.parsedate_to_datetime(caught.value.response.headers["retry-after"])
+        assert when.timestamp() >= emulator.emulator.clock.now() + 28
+
+    def test_spend_cap_429_has_no_retry_after(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """The spend cap is a 429 with details.error_code and no retry-after."""
+        emulator.configure({"faults": {"script": ["spend_cap"]}})
+        with pytest.raises(anthropic.RateLimitError) as caught:
+            client.messages.create(model=MODEL, max_tokens=8, messages=HI)
+        assert "retry-after" not in caught.value.response.headers
+        assert caught.value.body["error"]["details"] == {
+            "error_code": "enforced_spend_limit_reached"
+        }  # type: ignore[index]
+
+    def test_x_should_retry_header(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """A fault can say x-should-retry: false."""
+        emulator.configure({"faults": {"script": [{"kind": "api_error", "should_retry": False}]}})
+        with pytest.raises(anthropic.InternalServerError) as caught:
+            client.messages.create(model=MODEL, max_tokens=8, messages=HI)
+        assert caught.value.response.headers["x-should-retry"] == "false"
+
+    def test_dropped_connection(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """A drop fault closes the connection mid-response: the SDK raises a connection error."""
+        emulator.configure({"faults": {"script": ["drop"]}})
+        with pytest.raises(anthropic.APIConnectionError):
+            client.messages.create(model=MODEL, max_tokens=8, messages=HI)
+        client.messages.create(model=MODEL, max_tokens=8, messages=HI)
+
+    def test_sdk_retries_are_visible_at_the_emulator(self, emulator: RunningEmulator) -> None:
+        """With the SDK's default retries, two 529s and a success are three requests."""
+        emulator.configure(
+            {"faults": {"script": ["overloaded", {"kind": "overloaded", "retry_after_ms": 10}]}}
+        )
+        with anthropic.Anthropic(
+            base_url=emulator.base_url, api_key=API_KEY, max_retries=2
+        ) as retrying:
+            retrying.messages.create(model=MODEL, max_tokens=8, messages=HI)
+        assert emulator.stats()["requests"]["total"] == 3
+
+    def test_seeded_random_faults_repeat(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """The same seed and rates give the same fault sequence."""
+
+        def sequence() -> list[int]:
+            emulator.reset()
+            emulator.configure(
+                {"seed": 7, "faults": {"rates": {"overloaded": 0.3, "api_error": 0.2}}}
+            )
+            statuses = []
+            for _ in range(30):
+                try:
+                    client.messages.create(model=MODEL, max_tokens=1, messages=HI)
+                    statuses.append(200)
+                except anthropic.APIStatusError as error:
+                    statuses.append(error.status_code)
+            return statuses
+
+        first, second = sequence(), sequence()
+        assert first == second
+        assert {200, 500, 529} <= set(first)
+
+
+class TestEndpoints:
+    """Models and control endpoints."""
+
+    def test_models_list_and_get(self, client: anthropic.Anthropic) -> None:
+        """The SDK lists the table and fetches one entry; unknown ids are 404."""
+        ids = [m.id for m in client.models.list(limit=100)]
+        assert MODEL in ids
+        assert client.models.retrieve(MODEL).display_name == "Claude Sonnet 4.6"
+        page = client.models.list(limit=2)
+        assert len(page.data) == 2
+        assert page.has_more
+        with pytest.raises(anthropic.NotFoundError):
+            client.models.retrieve("claude-nope")
+
+    def test_stats_shape(self, client: anthropic.Anthropic, emulator: RunningEmulator) -> None:
+        """Stats count requests by status and billed tokens by kind."""
+        system = [block(words(1200), EPHEMERAL)]
+        client.messages.create(model=MODEL, max_tokens=8, system=system, messages=HI)
+        client.messages.create(model=MODEL, max_tokens=8, system=system, messages=HI)
+        stats = emulator.stats()
+        assert stats["requests"] == {"total": 2, "by_status": {"200": 2}}
+        assert stats["tokens"] == {
+            "input": 2,
+            "cache_read": 1200,
+            "cache_write_5m": 1200,
+            "cache_write_1h": 0,
+            "output": 16,
+        }
+
+    def test_config_get_put_and_reject(self, emulator: RunningEmulator) -> None:
+        """PUT replaces the config; a bad key is a 400 that names it."""
+        got = raw(emulator, "GET", "/_emulator/config").json()
+        assert got["limits"]["default"]["rpm"] == 4000
+        put = raw(emulator, "PUT", "/_emulator/config", {"limits": {"default": {"rpm": 5}}})
+        assert put.status_code == 200
+        assert put.json()["limits"]["default"]["rpm"] == 5
+        bad = raw(emulator, "PUT", "/_emulator/config", {"limits": {"default": {"rpn": 5}}})
+        assert bad.status_code == 400
+        assert "rpn" in bad.json()["error"]["message"]
+
+    def test_reset_forgets_entries_and_counters(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """After POST /_emulator/reset the prefix is cold and counters are zero."""
+        system = [block(words(1200), EPHEMERAL)]
+        client.messages.create(model=MODEL, max_tokens=8, system=system, messages=HI)
+        assert raw(emulator, "POST", "/_emulator/reset").status_code == 200
+        assert emulator.stats()["requests"]["total"] == 0
+        again = client.messages.create(model=MODEL, max_tokens=8, system=system, messages=HI)
+        assert again.usage.cache_read_input_tokens == 0
+
+    def test_forced_tool_choice_answers_with_tool_use(self, client: anthropic.Anthropic) -> None:
+        """tool_choice {type: tool} gets a tool_use block and stop_reason tool_use."""
+        tools: Any = [{"name": "lookup", "input_schema": {"type": "object"}}]
+        message = client.messages.create(
+            model=MODEL,
+            max_tokens=64,
+            messages=HI,
+            tools=tools,
+            tool_choice={"type": "tool", "name": "lookup"},
+        )
+        assert message.stop_reason == "tool_use"
+        assert message.content[0].type == "tool_use"
+
+    def test_max_tokens_caps_the_reply(self, client: anthropic.Anthropic) -> None:
+        """A reply longer than max_tokens stops at it with stop_reason max_tokens."""
+        message = client.messages.create(model=MODEL, max_tokens=5, messages=HI)
+        assert message.usage.output_tokens == 5
+        assert message.stop_reason == "max_tokens"
