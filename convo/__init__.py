@@ -13,19 +13,29 @@ from convo.errors import (
     SpendCapReached,
     StreamInterrupted,
 )
+from convo.layout import History, Layout, Prefix, PrefixTooShortWarning, RenderedRequest
 from convo.ledger import Ledger, LedgerRow
 from convo.pricing import Cost, Rates, price
+from convo.tracker import CacheOutcome, CacheTracker, Prediction
 from convo.usage import Usage
 
 __all__ = [
     "BudgetExceeded",
+    "CacheOutcome",
+    "CacheTracker",
     "ConvoError",
     "Cost",
+    "History",
+    "Layout",
     "LayoutError",
     "Ledger",
     "LedgerError",
     "LedgerRow",
+    "Prediction",
+    "Prefix",
+    "PrefixTooShortWarning",
     "Rates",
+    "RenderedRequest",
     "RetriesExhausted",
     "SpendCapReached",
     "StreamInterrupted",

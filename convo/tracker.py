@@ -1,0 +1,581 @@
+"""What this process believes the server's cache holds, and why a request reads what it reads.
+
+:class:`CacheTracker` mirrors the server's caching rules on an injected clock:
+
+- an entry is written only at a breakpoint whose prefix reaches the model's minimum, and
+  only above the position the request read from;
+- reads look back at most 20 positions per breakpoint (the breakpoint itself first) for an
+  entry an earlier request wrote that is still live and readable; the highest hit wins;
+- a hit refreshes the entry's lifetime from the start of the reading request;
+- usage follows the documented A/B/C rule (read A, 1h writes up to B, 5m writes up to C).
+
+:meth:`CacheTracker.predict` says before a call what will be read and written and why;
+:meth:`CacheTracker.observe` compares that with the usage the server reported, names the
+reason for any shortfall, updates the tracker's beliefs and calibrates its token estimate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+import attrs
+
+from convo.fingerprint import Fingerprint, fingerprint_body
+from convo.layout.prefix import TTLS, check_cache_control
+from convo.layout.render import LOOKBACK, RenderedRequest
+from convo.models import MODELS, ModelInfo, lookup
+
+__all__ = [
+    "REASONS",
+    "CacheEntry",
+    "CacheOutcome",
+    "CacheTracker",
+    "Prediction",
+    "Reason",
+    "UsageLike",
+]
+
+Reason = Literal[
+    "hit",
+    "cold",
+    "expired",
+    "below_minimum",
+    "model_changed",
+    "tools_changed",
+    "system_changed",
+    "messages_changed",
+    "lookback_exceeded",
+    "evicted_or_unknown",
+]
+#: Every reason a prediction or an outcome can carry.
+REASONS: tuple[Reason, ...] = Reason.__args__  # type: ignore[attr-defined]
+
+#: The server's ``diagnostics.cache_miss_reason`` types that name a divergence.
+_SERVER_DIVERGENCES = ("model_changed", "system_changed", "tools_changed", "messages_changed")
+
+
+class UsageLike(Protocol):
+    """The usage fields the tracker reads (``convo.Usage`` has them)."""
+
+    @property
+    def input(self) -> int: ...
+    @property
+    def cache_read(self) -> int: ...
+    @property
+    def cache_write_5m(self) -> int: ...
+    @property
+    def cache_write_1h(self) -> int: ...
+
+
+@attrs.frozen
+class CacheEntry:
+    """One cache entry the tracker believes exists on the server.
+
+    Attributes:
+        model: The model whose cache holds it.
+        key: The cumulative key of the prefix it caches (16 bytes).
+        tokens: Estimated tokens of that prefix.
+        ttl: ``"5m"`` or ``"1h"``.
+        expires_at: When it stops being readable, on the tracker's clock.
+        readable_from: When the response that wrote it began (reads need it begun).
+    """
+
+    model: str
+    key: bytes = attrs.field(repr=lambda k: k.hex())
+    tokens: int
+    ttl: str
+    expires_at: float
+    readable_from: float
+
+    def live(self, now: float) -> bool:
+        """Whether a request starting at *now* can read it."""
+        return self.readable_from <= now < self.expires_at
+
+
+@attrs.frozen
+class _Point:
+    position: int
+    ttl: str
+
+
+@attrs.frozen
+class Prediction:
+    """What a request is expected to read and write, made before it is sent.
+
+    Token figures are calibrated estimates (exact against the emulator). ``reason`` names
+    why the read falls short of the deepest entry the previous request left, or ``hit``.
+
+    Attributes:
+        model: The model the request is for.
+        at: Request start on the tracker's clock (lifetimes count from it).
+        cache_read: Expected ``cache_read_input_tokens``.
+        cache_write_5m: Expected 5-minute cache writes.
+        cache_write_1h: Expected 1-hour cache writes.
+        input: Expected ``input_tokens`` (neither read nor written).
+        reason: One of :data:`REASONS`.
+        detail: More about the reason (``"static"``/``"suffix"`` for ``system_changed``,
+            ``"settings"`` when request settings re-keyed the messages, ...).
+        message_index: The first changed message, for ``messages_changed``.
+        hit: The block position read from, or -1.
+        writes: Breakpoints expected to write, as ``(position, ttl)``.
+        factor: The calibration factor applied to the raw estimate.
+        fingerprint: The request's fingerprint.
+    """
+
+    model: str
+    at: float
+    cache_read: int
+    cache_write_5m: int
+    cache_write_1h: int
+    input: int
+    reason: Reason
+    detail: str = ""
+    message_index: int | None = None
+    hit: int = -1
+    writes: tuple[tuple[int, str], ...] = ()
+    factor: float = 1.0
+    fingerprint: Fingerprint | None = attrs.field(default=None, eq=False, repr=False)
+    breakpoints: tuple[_Point, ...] = attrs.field(default=(), eq=False, repr=False)
+    minimum: int = attrs.field(default=0, repr=False)
+
+    @property
+    def cache_write(self) -> int:
+        """Expected cache writes of both TTLs."""
+        return self.cache_write_5m + self.cache_write_1h
+
+    @property
+    def total_input(self) -> int:
+        """Expected total input: input + cache reads + cache writes."""
+        return self.input + self.cache_read + self.cache_write
+
+
+@attrs.frozen
+class CacheOutcome:
+    """Predicted against observed cache use for one request, with the reason.
+
+    Attributes:
+        predicted: The prediction made before the call.
+        cache_read: Observed cache reads.
+        cache_write_5m: Observed 5-minute writes.
+        cache_write_1h: Observed 1-hour writes.
+        input: Observed uncached input.
+        reason: One of :data:`REASONS` (``evicted_or_unknown`` when the server read less
+            than this process believed it could; in ``docs/design.md`` this is "unknown").
+        detail: More about the reason (see :class:`Prediction`).
+        message_index: The first changed message, for ``messages_changed``.
+        server_reason: ``diagnostics.cache_miss_reason.type`` if the server gave one.
+        server_missed_tokens: The server's ``cache_missed_input_tokens`` estimate.
+        agrees: Whether the server's reason matches the local one (``None`` when the server
+            gave no verdict to compare).
+        hit: The block position actually read from, or -1.
+        deepest: The deepest block position now cached for this conversation, or -1.
+
+    .. versionadded:: 0.1
+    """
+
+    predicted: Prediction
+    cache_read: int
+    cache_write_5m: int
+    cache_write_1h: int
+    input: int
+    reason: Reason
+    detail: str = ""
+    message_index: int | None = None
+    server_reason: str | None = None
+    server_missed_tokens: int | None = None
+    agrees: bool | None = None
+    hit: int = -1
+    deepest: int = -1
+
+    @property
+    def exact(self) -> bool:
+        """Whether all four observed input figures equal the prediction."""
+        p = self.predicted
+        return (self.cache_read, self.cache_write_5m, self.cache_write_1h, self.input) == (
+            p.cache_read,
+            p.cache_write_5m,
+            p.cache_write_1h,
+            p.input,
+        )
+
+    @property
+    def disagrees(self) -> bool:
+        """True when the server named a different reason than the tracker."""
+        return self.agrees is False
+
+
+def _body_points(body: Mapping[str, Any], fp: Fingerprint) -> tuple[_Point, ...]:
+    """Breakpoints of a raw body: every ``cache_control`` block, plus automatic caching."""
+    blocks: list[Any] = list(body.get("tools") or ())
+    system = body.get("system")
+    if isinstance(system, list | tuple):
+        blocks += list(system)
+    elif system:
+        blocks.append({})
+    for message in body.get("messages", ()):
+        content = message.get("content")
+        blocks += [{}] if isinstance(content, str) else list(content)
+    points = {
+        i: check_cache_control(b["cache_control"], f"block {i}")
+        for i, b in enumerate(blocks)
+        if isinstance(b, Mapping) and "cache_control" in b
+    }
+    if body.get("cache_control") is not None and len(fp):
+        points.setdefault(len(fp) - 1, check_cache_control(body["cache_control"], "request"))
+    return tuple(_Point(p, t) for p, t in sorted(points.items()))
+
+
+class CacheTracker:
+    """The cache entries this process believes exist, and predictions built on them.
+
+    Args:
+        clock: Seconds since the epoch, now (injected so tests never sleep); it must be
+            the same clock the server's lifetimes are measured on, up to an offset.
+        models: The model table (minimum cacheable lengths).
+        forget_after: Seconds an expired entry is remembered (to say ``expired`` rather
+            than ``cold``) before it is dropped.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        models: Mapping[str, ModelInfo] = MODELS,
+        forget_after: float = 3600.0,
+    ) -> None:
+        self._clock = clock
+        self._models = models
+        self._forget_after = forget_after
+        self._entries: dict[tuple[str, bytes], CacheEntry] = {}
+        self._seen_models: set[str] = set()
+        self._calibration: dict[str, tuple[float, float]] = {}
+        self._last: CacheOutcome | None = None
+        self._pruned_at = clock()
+
+    # -- state ------------------------------------------------------------------------
+
+    def entries(self) -> tuple[CacheEntry, ...]:
+        """A snapshot of every remembered entry (live or recently expired)."""
+        return tuple(self._entries.values())
+
+    def add_entry(self, entry: CacheEntry) -> None:
+        """Record an entry learnt elsewhere (a shared registry, another process)."""
+        self._entries[(entry.model, entry.key)] = entry
+        self._seen_models.add(entry.model)
+
+    def factor(self, model: str) -> float:
+        """The calibration factor for *model*: observed total input over the estimate."""
+        observed, estimated = self._calibration.get(model, (0.0, 0.0))
+        return observed / estimated if estimated else 1.0
+
+    @property
+    def last(self) -> CacheOutcome | None:
+        """The most recent outcome (the default ``previous`` for :meth:`predict`)."""
+        return self._last
+
+    # -- prediction -------------------------------------------------------------------
+
+    def predict(
+        self,
+        request: RenderedRequest | Mapping[str, Any],
+        *,
+        previous: CacheOutcome | Literal["last"] | None = "last",
+    ) -> Prediction:
+        """Predict what *request* will read and write if sent now; changes no state.
+
+        Args:
+            request: A :class:`~convo.layout.RenderedRequest`, or any request body.
+            previous: The outcome of this conversation's previous request, to name what
+                changed; ``"last"`` (default) uses the tracker's most recent outcome, which
+                is right when one tracker serves one conversation.
+        """
+        if isinstance(request, RenderedRequest):
+            fp, minimum = request.fingerprint, request.minimum
+            points = tuple(_Point(b.position, b.ttl) for b in request.breakpoints)
+        else:
+            fp = fingerprint_body(request)
+            minimum = lookup(fp.model, self._models).min_cacheable_tokens
+            points = _body_points(request, fp)
+        now, model = self._clock(), fp.model
+        keys, tokens = fp.keys, fp.tokens
+        hit = self._find_hit(model, keys, points, now)
+        writes = self._writes(points, tokens, hit, minimum)
+        factor = self.factor(model)
+        read_raw = tokens[hit] if hit >= 0 else 0
+        one_hour = [tokens[p] for p, ttl in writes if ttl == "1h"]
+        b_raw = max(one_hour) if one_hour else read_raw
+        c_raw = tokens[writes[-1][0]] if writes else max(read_raw, b_raw)
+        a, b, c, total = (round(x * factor) for x in (read_raw, b_raw, c_raw, fp.total_tokens))
+        prior = self._last if previous == "last" else previous
+        reason, detail, index = self._reason(fp, points, tokens, minimum, hit, prior, now)
+        return Prediction(
+            model=model,
+            at=now,
+            cache_read=a,
+            cache_write_5m=c - b,
+            cache_write_1h=b - a,
+            input=total - max(a, c),
+            reason=reason,
+            detail=detail,
+            message_index=index,
+            hit=hit,
+            writes=writes,
+            factor=factor,
+            fingerprint=fp,
+            breakpoints=points,
+            minimum=minimum,
+        )
+
+    def _entry(self, model: str, key: bytes) -> CacheEntry | None:
+        return self._entries.get((model, key))
+
+    def _find_hit(
+        self, model: str, keys: Sequence[bytes], points: Sequence[_Point], now: float
+    ) -> int:
+        hit = -1
+        for point in points:
+            for position in range(point.position, max(point.position - LOOKBACK, -1), -1):
+                if position <= hit:
+                    break
+                entry = self._entries.get((model, keys[position]))
+                if entry is not None and entry.live(now):
+                    hit = position
+                    break
+        return hit
+
+    @staticmethod
+    def _writes(
+        points: Sequence[_Point], tokens: Sequence[int], hit: int, minimum: int
+    ) -> tuple[tuple[int, str], ...]:
+        return tuple(
+            (p.position, p.ttl)
+            for p in points
+            if p.position > hit and tokens[p.position] >= minimum
+        )
+
+    def _reason(
+        self,
+        fp: Fingerprint,
+        points: Sequence[_Point],
+        tokens: Sequence[int],
+        minimum: int,
+        hit: int,
+        prior: CacheOutcome | None,
+        now: float,
+    ) -> tuple[Reason, str, int | None]:
+        if not points:
+            return "cold", "no breakpoints", None
+        if all(tokens[p.position] < minimum for p in points):
+            return "below_minimum", "", None
+        before = prior.predicted.fingerprint if prior is not None else None
+        if prior is None or before is None or prior.deepest < 0:
+            return ("hit", "", None) if hit >= 0 else self._explain(fp, points, hit, now)
+        if before.model != fp.model:
+            return "model_changed", "", None
+        deepest = prior.deepest
+        if deepest < fp.common_prefix(before):
+            # The previous request's deepest entry is part of this request.
+            if hit >= deepest:
+                return "hit", "", None
+            return self._why_unread(fp.model, fp.keys[deepest], now)
+        return _what_changed(before, fp)
+
+    def _why_unread(self, model: str, key: bytes, now: float) -> tuple[Reason, str, int | None]:
+        entry = self._entry(model, key)
+        if entry is None:
+            return "cold", "never written", None
+        if now >= entry.expires_at:
+            return "expired", entry.ttl, None
+        if now < entry.readable_from:
+            return "cold", "write still in flight", None
+        return "lookback_exceeded", "", None
+
+    def _explain(
+        self, fp: Fingerprint, points: Sequence[_Point], hit: int, now: float
+    ) -> tuple[Reason, str, int | None]:
+        """Without a previous request: look for a known entry this request could not read."""
+        top = max(p.position for p in points)
+        for position in range(top, hit, -1):
+            key = fp.keys[position]
+            if self._entry(fp.model, key) is not None:
+                return self._why_unread(fp.model, key, now)
+            for other in self._seen_models - {fp.model}:
+                entry = self._entry(other, key)
+                if entry is not None and entry.live(now):
+                    return "model_changed", other, None
+        return ("hit", "", None) if hit >= 0 else ("cold", "", None)
+
+    # -- observation ------------------------------------------------------------------
+
+    def observe(
+        self, prediction: Prediction, usage: UsageLike, diagnostics: Any = None
+    ) -> CacheOutcome:
+        """Compare *prediction* with observed *usage*, update beliefs, name the reason.
+
+        Args:
+            prediction: What :meth:`predict` said before the call.
+            usage: The observed usage (``convo.Usage`` or anything with its fields).
+            diagnostics: The response's ``diagnostics`` (SDK object or dict), if cache
+                diagnostics was requested; its ``cache_miss_reason`` is recorded beside
+                the local reason.
+        """
+        fp = prediction.fingerprint
+        if fp is None:
+            raise ValueError("observe needs a Prediction made by CacheTracker.predict")
+        model, keys, tokens = prediction.model, fp.keys, fp.tokens
+        read, w5, w1 = usage.cache_read, usage.cache_write_5m, usage.cache_write_1h
+        self._calibrate(model, fp.total_tokens, usage.input + read + w5 + w1)
+        now = self._clock()
+        factor = prediction.factor
+
+        hit = prediction.hit
+        if read != prediction.cache_read:
+            hit = self._position_for(read, tokens, prediction.breakpoints, factor)
+        if hit < prediction.hit:
+            # The server did not have what we believed: forget it.
+            self._entries.pop((model, keys[prediction.hit]), None)
+        deepest = -1
+        if hit >= 0:
+            old = self._entry(model, keys[hit])
+            ttl = old.ttl if old else _ttl_covering(prediction.breakpoints, hit)
+            self._store(model, keys[hit], tokens[hit], ttl, prediction.at, now, old)
+            deepest = hit
+        if w5 + w1 > 0:
+            for position, ttl in self._writes(
+                prediction.breakpoints, tokens, hit, prediction.minimum
+            ):
+                old = self._entry(model, keys[position])
+                self._store(model, keys[position], tokens[position], ttl, prediction.at, now, old)
+                deepest = max(deepest, position)
+        self._seen_models.add(model)
+
+        reason, detail, index = prediction.reason, prediction.detail, prediction.message_index
+        if read < prediction.cache_read:
+            reason, detail, index = "evicted_or_unknown", "", None
+        elif read > prediction.cache_read:
+            reason, detail, index = "hit", "an entry this tracker did not know of", None
+        server, missed = _server_reason(diagnostics)
+        agrees: bool | None = None
+        if server in _SERVER_DIVERGENCES:
+            # A divergence that cost no cached tokens (a suffix folded into the previous
+            # turn and dropped since) is consistent with a local "hit".
+            agrees = server == reason or (reason == "hit" and missed == 0)
+        outcome = CacheOutcome(
+            predicted=prediction,
+            cache_read=read,
+            cache_write_5m=w5,
+            cache_write_1h=w1,
+            input=usage.input,
+            reason=reason,
+            detail=detail,
+            message_index=index,
+            server_reason=server,
+            server_missed_tokens=missed,
+            agrees=agrees,
+            hit=hit,
+            deepest=deepest,
+        )
+        self._last = outcome
+        self._prune(now)
+        return outcome
+
+    def _store(
+        self,
+        model: str,
+        key: bytes,
+        tokens: int,
+        ttl: str,
+        start: float,
+        now: float,
+        old: CacheEntry | None,
+    ) -> None:
+        readable = min(old.readable_from, now) if old is not None else now
+        self._entries[(model, key)] = CacheEntry(
+            model=model,
+            key=key,
+            tokens=tokens,
+            ttl=ttl,
+            expires_at=start + TTLS[ttl],
+            readable_from=readable,
+        )
+
+    def _calibrate(self, model: str, estimated: int, observed: int) -> None:
+        if estimated <= 0 or observed <= 0:
+            return
+        # Decayed sums rather than a running mean of ratios: identical inputs keep the
+        # factor at exactly 1.0, so predictions against the emulator stay exact.
+        old_observed, old_estimated = self._calibration.get(model, (0.0, 0.0))
+        self._calibration[model] = (
+            old_observed * 0.9 + observed,
+            old_estimated * 0.9 + estimated,
+        )
+
+    @staticmethod
+    def _position_for(
+        read: int, tokens: Sequence[int], points: Sequence[_Point], factor: float
+    ) -> int:
+        """The block position whose prefix is *read* tokens (nearest, within reach)."""
+        if read <= 0:
+            return -1
+        best, best_gap = -1, float("inf")
+        for point in points:
+            for position in range(point.position, max(point.position - LOOKBACK, -1), -1):
+                gap = abs(round(tokens[position] * factor) - read)
+                if gap < best_gap:
+                    best, best_gap = position, gap
+        return best
+
+    def _prune(self, now: float) -> None:
+        if now - self._pruned_at < 60:
+            return
+        self._pruned_at = now
+        horizon = now - self._forget_after
+        for key in [k for k, e in self._entries.items() if e.expires_at < horizon]:
+            del self._entries[key]
+
+
+def _ttl_covering(points: Sequence[_Point], position: int) -> str:
+    above = [p.ttl for p in points if p.position >= position]
+    return above[0] if above else "5m"
+
+
+def _what_changed(before: Fingerprint, after: Fingerprint) -> tuple[Reason, str, int | None]:
+    old, new = before.segments, after.segments
+    if old.tools != new.tools or before.tools_end != after.tools_end:
+        return "tools_changed", "", None
+    if old.system != new.system:
+        return "system_changed", "static", None
+    in_system = before.suffix_end > before.system_end or after.suffix_end > after.system_end
+    if old.suffix != new.suffix and in_system:
+        # A system suffix stands in front of every message, so changing it re-keys them.
+        return "system_changed", "suffix", None
+    if old.settings != new.settings:
+        return "messages_changed", "settings", 0
+    for index, (a, b) in enumerate(zip(old.messages, new.messages, strict=False)):
+        if a != b:
+            return "messages_changed", "", index
+    kind, where = after.segment_of(after.common_prefix(before))
+    if kind == "suffix":
+        return "system_changed", "suffix", None
+    return "messages_changed", "", where
+
+
+def _field(obj: Any, name: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _server_reason(diagnostics: Any) -> tuple[str | None, int | None]:
+    if diagnostics is None:
+        return None, None
+    reason = _field(diagnostics, "cache_miss_reason")
+    if reason is None:
+        return None, None
+    kind = _field(reason, "type")
+    missed = _field(reason, "cache_missed_input_tokens")
+    return (str(kind) if kind is not None else None), (int(missed) if missed is not None else None)

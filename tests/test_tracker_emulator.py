@@ -1,0 +1,247 @@
+"""CacheTracker against the emulator, through the real SDK: predictions match token for token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from convo.emulator import DIAGNOSTICS_BETA, RunningEmulator
+from convo.layout import History, Layout, Prefix, RenderedRequest
+from convo.tracker import CacheOutcome, CacheTracker
+from convo.usage import Usage
+
+MODEL = "claude-sonnet-4-6"
+BIG = "rules " * 1200
+TOOLS = [
+    {"name": "lookup", "description": "Look a word up.", "input_schema": {"type": "object"}},
+    {"name": "define", "description": "Define a word.", "input_schema": {"type": "object"}},
+]
+
+
+def send(
+    client: anthropic.Anthropic,
+    tracker: CacheTracker,
+    request: RenderedRequest,
+    previous_id: str | None = None,
+) -> tuple[CacheOutcome, Any]:
+    """Predict, send through the SDK with cache diagnostics on, observe."""
+    prediction = tracker.predict(request)
+    message = client.messages.create(
+        **request.body,
+        extra_headers={"anthropic-beta": DIAGNOSTICS_BETA},
+        extra_body={"diagnostics": {"previous_message_id": previous_id}},
+    )
+    diagnostics = getattr(message, "diagnostics", None)
+    return tracker.observe(prediction, Usage.from_message(message), diagnostics), message
+
+
+class Conversation:
+    """One conversation driven turn by turn against the emulator."""
+
+    def __init__(self, client: anthropic.Anthropic, emulator: RunningEmulator, layout: Layout):
+        self.client, self.layout = client, layout
+        self.tracker = CacheTracker(clock=emulator.emulator.clock.now)
+        self.history = History([{"role": "user", "content": "hello there"}])
+        self.previous_id: str | None = None
+
+    def send(self) -> CacheOutcome:
+        request = self.layout.render(self.history)
+        assert len(request.breakpoints) <= 4
+        outcome, message = send(self.client, self.tracker, request, self.previous_id)
+        self.previous_id = message.id
+        self.history.append({"role": "assistant", "content": message.content})
+        return outcome
+
+    def ask(self, text: str = "and then?", blocks: int = 1) -> None:
+        content = [{"type": "text", "text": f"{text} {i}"} for i in range(blocks)]
+        self.history.append({"role": "user", "content": content})
+
+
+def prefix(**kwargs: Any) -> Prefix:
+    options: dict[str, Any] = {"model": MODEL, "system": [BIG], "tools": TOOLS}
+    options.update(kwargs)
+    return Prefix(**options)
+
+
+# Clock jumps chosen so no sum of them lands within 30 s of 300 s or 3600 s: the emulator's
+# clock also moves in real time, and a jump exactly onto an expiry would make the test race.
+JUMPS = [0, 130, 410, 4000]
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("ask"), st.sampled_from([1, 3, 25])),
+        st.tuples(st.just("wait"), st.sampled_from(JUMPS)),
+        st.tuples(st.just("suffix"), st.sampled_from([None, "User: Ada", "User: Bob"])),
+        st.tuples(st.just("tools"), st.sampled_from([0, 1, 2])),
+        st.tuples(st.just("ttl"), st.sampled_from(["5m", "1h"])),
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+class TestPredictionMatchesEmulator:
+    @settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(
+        steps,
+        st.sampled_from(["none", "rolling", "auto"]),
+        st.sampled_from(["system", "message"]),
+        st.booleans(),
+    )
+    def test_every_turn_token_for_token(
+        self,
+        emulator: RunningEmulator,
+        client: anthropic.Anthropic,
+        actions: list[tuple[str, Any]],
+        strategy: Any,
+        placement: Any,
+        guard: bool,
+    ) -> None:
+        """Over random turns, suffix/tool/TTL changes and clock jumps, prediction == usage."""
+        emulator.reset(config=True)
+        if strategy == "auto":
+            placement = "system"
+        options: dict[str, Any] = {"suffix": "User: Ada", "ttl": "5m", "tools": 0}
+
+        def build() -> Layout:
+            tools = [TOOLS, TOOLS[::-1], TOOLS[:1]][options["tools"]]
+            return Layout(
+                prefix(tools=tools, ttl=options["ttl"]),
+                suffix=options["suffix"],
+                suffix_placement=placement,
+                history=strategy,
+                history_ttl="5m",
+                lookback_guard=guard,
+            )
+
+        convo = Conversation(client, emulator, build())
+        outcome = convo.send()
+        assert outcome.exact, outcome
+        for kind, value in actions:
+            if kind == "wait":
+                emulator.advance(value)
+                continue
+            if kind == "ask":
+                convo.ask(blocks=value)
+            else:
+                options[kind] = value
+                convo.layout = build()
+                convo.ask()
+            outcome = convo.send()
+            assert outcome.exact, (kind, value, outcome)
+            assert outcome.reason != "evicted_or_unknown"
+
+
+class TestBustReasons:
+    def test_timestamp_in_static_system(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """A timestamp in the static system text busts the cache: system_changed (static)."""
+        convo = Conversation(client, emulator, Layout(prefix(system=[BIG, "Now: 10:00:00"])))
+        convo.send()
+        convo.ask()
+        convo.layout = Layout(prefix(system=[BIG, "Now: 10:00:07"]))
+        outcome = convo.send()
+        assert (outcome.reason, outcome.detail) == ("system_changed", "static")
+        assert outcome.server_reason == "system_changed" and outcome.agrees
+        assert outcome.exact
+
+    def test_changing_system_suffix(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """A changed suffix in system keeps the prefix read but re-keys history (suffix)."""
+        convo = Conversation(client, emulator, Layout(prefix(), suffix="plan: free"))
+        convo.send()
+        convo.ask()
+        convo.layout = Layout(prefix(), suffix="plan: pro")
+        outcome = convo.send()
+        assert (outcome.reason, outcome.detail) == ("system_changed", "suffix")
+        assert outcome.cache_read == prefix().tokens
+        assert outcome.exact
+
+    def test_reordered_tool(self, emulator: RunningEmulator, client: anthropic.Anthropic) -> None:
+        """Reordering the tools busts everything: tools_changed."""
+        convo = Conversation(client, emulator, Layout(prefix()))
+        convo.send()
+        convo.ask()
+        convo.layout = Layout(prefix(tools=TOOLS[::-1]))
+        outcome = convo.send()
+        assert outcome.reason == "tools_changed"
+        assert outcome.server_reason == "tools_changed" and outcome.agrees
+        assert (outcome.cache_read, outcome.exact) == (0, True)
+
+    def test_model_switch(self, emulator: RunningEmulator, client: anthropic.Anthropic) -> None:
+        """Switching model reads nothing: caches are per model."""
+        convo = Conversation(client, emulator, Layout(prefix()))
+        convo.send()
+        convo.ask()
+        convo.layout = Layout(prefix(model="claude-sonnet-5"))
+        outcome = convo.send()
+        assert outcome.reason == "model_changed"
+        assert outcome.server_reason == "model_changed" and outcome.agrees
+        assert (outcome.cache_read, outcome.exact) == (0, True)
+
+    def test_edited_earlier_message(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """Editing an earlier message reads only up to it: messages_changed at that index."""
+        convo = Conversation(client, emulator, Layout(prefix()))
+        for _ in range(3):
+            convo.send()
+            convo.ask()
+        edited = list(convo.history)
+        edited[2] = {"role": "user", "content": "an edited question"}
+        convo.history = History(edited)
+        outcome = convo.send()
+        assert (outcome.reason, outcome.message_index) == ("messages_changed", 2)
+        assert outcome.server_reason == "messages_changed" and outcome.agrees
+        assert outcome.cache_read > 0 and outcome.exact
+
+    def test_six_minute_gap_with_5m_ttl(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """Six minutes of silence expires 5-minute entries: expired."""
+        convo = Conversation(client, emulator, Layout(prefix()))
+        convo.send()
+        convo.ask()
+        emulator.advance(360)
+        outcome = convo.send()
+        assert (outcome.reason, outcome.cache_read, outcome.exact) == ("expired", 0, True)
+
+    def test_six_minute_gap_keeps_1h_prefix(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """With a 1h prefix, six minutes expires only the 5m history: the prefix is read."""
+        lay = Layout(prefix(ttl="1h"), history_ttl="5m")
+        convo = Conversation(client, emulator, lay)
+        first = convo.send()
+        convo.ask()
+        emulator.advance(360)
+        outcome = convo.send()
+        assert outcome.reason == "expired"
+        assert outcome.cache_read == first.cache_write_1h > 0
+        assert outcome.exact
+
+    @pytest.mark.parametrize("guard", [False, True], ids=["without-guard", "with-guard"])
+    def test_25_block_fan_out(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic, guard: bool
+    ) -> None:
+        """25 new blocks outrun the 20-block lookback unless the extra breakpoint is placed."""
+        convo = Conversation(client, emulator, Layout(prefix(), lookback_guard=guard))
+        convo.send()
+        convo.ask()
+        convo.send()
+        convo.ask(blocks=25)
+        outcome = convo.send()
+        assert outcome.exact
+        assert outcome.reason == ("hit" if guard else "lookback_exceeded")
+        if not guard:
+            assert outcome.server_reason is None  # nothing changed: only the reach fell short
