@@ -151,7 +151,8 @@ class TestBustReasons:
         convo.layout = Layout(prefix(system=[BIG, "Now: 10:00:07"]))
         outcome = convo.send()
         assert (outcome.reason, outcome.detail) == ("system_changed", "static")
-        assert outcome.server_reason == "system_changed" and outcome.agrees
+        assert outcome.server_reason == "system_changed"
+        assert outcome.agrees
         assert outcome.exact
 
     def test_changing_system_suffix(
@@ -175,7 +176,8 @@ class TestBustReasons:
         convo.layout = Layout(prefix(tools=TOOLS[::-1]))
         outcome = convo.send()
         assert outcome.reason == "tools_changed"
-        assert outcome.server_reason == "tools_changed" and outcome.agrees
+        assert outcome.server_reason == "tools_changed"
+        assert outcome.agrees
         assert (outcome.cache_read, outcome.exact) == (0, True)
 
     def test_model_switch(self, emulator: RunningEmulator, client: anthropic.Anthropic) -> None:
@@ -186,7 +188,8 @@ class TestBustReasons:
         convo.layout = Layout(prefix(model="claude-sonnet-5"))
         outcome = convo.send()
         assert outcome.reason == "model_changed"
-        assert outcome.server_reason == "model_changed" and outcome.agrees
+        assert outcome.server_reason == "model_changed"
+        assert outcome.agrees
         assert (outcome.cache_read, outcome.exact) == (0, True)
 
     def test_edited_earlier_message(
@@ -202,8 +205,10 @@ class TestBustReasons:
         convo.history = History(edited)
         outcome = convo.send()
         assert (outcome.reason, outcome.message_index) == ("messages_changed", 2)
-        assert outcome.server_reason == "messages_changed" and outcome.agrees
-        assert outcome.cache_read > 0 and outcome.exact
+        assert outcome.server_reason == "messages_changed"
+        assert outcome.agrees
+        assert outcome.cache_read > 0
+        assert outcome.exact
 
     def test_six_minute_gap_with_5m_ttl(
         self, emulator: RunningEmulator, client: anthropic.Anthropic
