@@ -6,7 +6,7 @@ from typing import Any
 
 import anthropic
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from convo.emulator import DIAGNOSTICS_BETA, RunningEmulator
@@ -136,6 +136,7 @@ class TestPredictionMatchesEmulator:
                 convo.layout = build()
                 convo.ask()
             outcome = convo.send()
+            event(f"reason: {outcome.reason}")
             assert outcome.exact, (kind, value, outcome)
             assert outcome.reason != "evicted_or_unknown"
 
