@@ -99,6 +99,8 @@ class SQLiteBackend:
             if path != ":memory:":
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = NORMAL")
+                # Reports scan the table; mapping it saves a copy per page read.
+                self._conn.execute("PRAGMA mmap_size = 268435456")
 
     @contextlib.contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Cursor]:

@@ -8,6 +8,7 @@ rate produces one) is rounded half-even when the row is built.
 from __future__ import annotations
 
 import datetime as dt
+import operator
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -169,12 +170,14 @@ class LedgerRow:
 
     def to_db(self) -> tuple[Any, ...]:
         """Return the values for :data:`COLUMNS`, in order, as stored."""
-        values = attrs.asdict(self, recurse=False)
-        values["time"] = self.time.timestamp()
-        values["cost_usd"] = to_nanos(self.cost_usd)
-        values["saved_usd"] = to_nanos(self.saved_usd)
-        values["ttl_split_assumed"] = int(self.ttl_split_assumed)
-        return tuple(values[name] for name, _ in _FIELDS)
+        # The hot path of the writer: one C-level attrgetter, then four fix-ups by index.
+        values = list(_GET_ALL(self))
+        values[_I_TIME] = self.time.timestamp()
+        # The converters already rounded money to whole nano-dollars, so scaleb is exact.
+        values[_I_COST] = None if self.cost_usd is None else int(self.cost_usd.scaleb(9))
+        values[_I_SAVED] = None if self.saved_usd is None else int(self.saved_usd.scaleb(9))
+        values[_I_TTL] = int(self.ttl_split_assumed)
+        return tuple(values)
 
     @classmethod
     def from_db(cls, values: tuple[Any, ...]) -> LedgerRow:
@@ -191,6 +194,12 @@ class LedgerRow:
 _FIELDS: tuple[tuple[str, str], ...] = tuple(
     (a.name, {"time": "ts", "cost_usd": "cost_nusd", "saved_usd": "saved_nusd"}.get(a.name, a.name))
     for a in attrs.fields(LedgerRow)
+)
+
+_NAMES = [name for name, _ in _FIELDS]
+_GET_ALL = operator.attrgetter(*_NAMES)
+_I_TIME, _I_COST, _I_SAVED, _I_TTL = (
+    _NAMES.index(n) for n in ("time", "cost_usd", "saved_usd", "ttl_split_assumed")
 )
 
 #: Column names of the usage table, in the order of :meth:`LedgerRow.to_db`.

@@ -83,7 +83,6 @@ def _v2(d: Dialect) -> list[str]:
         f"ALTER TABLE convo_usage ADD COLUMN ttl_split_assumed {d.bigint} NOT NULL DEFAULT 0",
         "ALTER TABLE convo_usage ADD COLUMN prompt_text TEXT",
         "ALTER TABLE convo_usage ADD COLUMN completion_text TEXT",
-        "CREATE INDEX IF NOT EXISTS convo_usage_task ON convo_usage (task_id)",
         f"""CREATE TABLE IF NOT EXISTS convo_outcomes (
             id {d.pk},
             ts {d.real} NOT NULL,
