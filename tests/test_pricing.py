@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import genai_prices
 import pytest
+
 from convo.pricing import Rates, price, rate_limit_tokens, request_hit_rate, token_hit_rate
 from convo.usage import Usage
 

@@ -14,9 +14,10 @@ from anthropic.types import (
     RawMessageStartEvent,
     RawMessageStopEvent,
 )
-from convo.usage import ServerToolUse, Usage, UsageAccumulator
 from hypothesis import given
 from hypothesis import strategies as st
+
+from convo.usage import ServerToolUse, Usage, UsageAccumulator
 
 MISSION = {
     "input_tokens": 3,
@@ -251,3 +252,33 @@ class TestConversions:
         assert d["prompt_tokens"] == 68262
         assert d["prompt_tokens_details"] == {"cached_tokens": 9390}
         assert d["total_tokens"] == 68262 + 1021
+
+
+class TestStreamingThroughSdk:
+    def test_emulator_stream_equals_final_message(self, client: Any) -> None:
+        """Through the real SDK, a stream's settled usage equals its final message's."""
+        system = [
+            {
+                "type": "text",
+                "text": "You answer briefly. " * 800,
+                "cache_control": {"type": "ephemeral", "ttl": "1h"},
+            }
+        ]
+        seen = []
+        for _ in range(2):  # a cold write, then a warm read
+            with client.messages.stream(
+                model="claude-sonnet-4-6",
+                max_tokens=200,
+                system=system,
+                messages=[{"role": "user", "content": "Tell me a story"}],
+            ) as stream:
+                events = list(stream)
+                final = stream.get_final_message()
+            deltas = [e for e in events if e.type == "message_delta"]
+            streamed = Usage.from_events(events, requested_ttl="1h")
+            assert streamed == Usage.from_message(final, requested_ttl="1h")
+            seen.append((len(deltas), streamed))
+        (_, cold), (_, warm) = seen
+        assert cold.cache_write_1h > 0
+        assert warm.cache_read == cold.cache_write_1h
+        assert all(n >= 1 for n, _ in seen)
