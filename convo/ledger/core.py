@@ -8,7 +8,6 @@ import contextlib
 import datetime as dt
 import os
 import threading
-import weakref
 from pathlib import Path
 from types import TracebackType
 
@@ -27,7 +26,9 @@ __all__ = ["Ledger"]
 #: The default ledger file's name inside ``$CONVO_HOME`` or the user data dir.
 DEFAULT_FILE = "ledger.sqlite3"
 
-_OPEN: weakref.WeakSet[Ledger] = weakref.WeakSet()
+# Strong references on purpose: a ledger dropped without close() must still be flushed at
+# exit, so it stays reachable until closed (close() removes it).
+_OPEN: set[Ledger] = set()
 _OPEN_LOCK = threading.Lock()
 
 
