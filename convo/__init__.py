@@ -4,6 +4,7 @@ This module only re-exports the public names; each lives in the module named bes
 """
 
 from convo import emulator, models, tokens
+from convo.budget import Budget, BudgetWarning, Spend
 from convo.errors import (
     BudgetExceeded,
     ConvoError,
@@ -15,17 +16,26 @@ from convo.errors import (
 )
 from convo.layout import History, Layout, Prefix, PrefixTooShortWarning, RenderedRequest
 from convo.ledger import Ledger, LedgerRow
+from convo.limits import RateLimiter, RedisRateLimiter
 from convo.pricing import Cost, Rates, price
+from convo.retry import AttemptRecord, RetryPolicy
+from convo.session import AsyncSession, KeepAlive, Reply, Session, Stats
 from convo.tracker import CacheOutcome, CacheTracker, Prediction
 from convo.usage import Usage
+from convo.warm import RedisWarmRegistry, WarmKey, WarmRegistry
 
 __all__ = [
+    "AsyncSession",
+    "AttemptRecord",
+    "Budget",
     "BudgetExceeded",
+    "BudgetWarning",
     "CacheOutcome",
     "CacheTracker",
     "ConvoError",
     "Cost",
     "History",
+    "KeepAlive",
     "Layout",
     "LayoutError",
     "Ledger",
@@ -34,12 +44,22 @@ __all__ = [
     "Prediction",
     "Prefix",
     "PrefixTooShortWarning",
+    "RateLimiter",
     "Rates",
+    "RedisRateLimiter",
+    "RedisWarmRegistry",
     "RenderedRequest",
+    "Reply",
     "RetriesExhausted",
+    "RetryPolicy",
+    "Session",
+    "Spend",
     "SpendCapReached",
+    "Stats",
     "StreamInterrupted",
     "Usage",
+    "WarmKey",
+    "WarmRegistry",
     "emulator",
     "models",
     "price",

@@ -16,6 +16,8 @@ attributes and raised ``from`` their cause::
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BudgetExceeded",
     "ConvoError",
@@ -36,19 +38,92 @@ class LayoutError(ConvoError, ValueError):
 
 
 class BudgetExceeded(ConvoError):
-    """A budget would be exceeded by a request, or was exceeded by one; nothing was sent."""
+    """A budget would be exceeded by a request; nothing was sent.
+
+    Attributes:
+        limit: Which limit (``max_input_tokens``, ``max_output_tokens``, ``max_cost_usd``).
+        maximum: Its value.
+        estimate: What this request was estimated to add.
+        spent: What the scope had already spent.
+        scope: ``request``, ``session`` or ``ledger``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str,
+        maximum: object,
+        estimate: object,
+        spent: object,
+        scope: str,
+    ) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.maximum = maximum
+        self.estimate = estimate
+        self.spent = spent
+        self.scope = scope
 
 
 class RetriesExhausted(ConvoError):
-    """Every attempt the retry policy allowed has failed."""
+    """Every attempt the retry policy allowed has failed.
+
+    Attributes:
+        attempts: Every attempt's record (status, error type, wait, request id).
+        last_error: The last attempt's exception (also the ``__cause__``).
+        reason: Why retrying stopped (attempts, deadline or ``max_wait``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: tuple[Any, ...] = (),
+        last_error: BaseException | None = None,
+        reason: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.last_error = last_error
+        self.reason = reason
 
 
 class SpendCapReached(ConvoError):
-    """The organisation's monthly spend cap was reached; retrying cannot help."""
+    """The organisation's monthly spend cap was reached; retrying cannot help.
+
+    Attributes:
+        attempts: The attempt records (one: it is never retried).
+        request_id: The refused request's id.
+        last_error: The SDK's ``RateLimitError`` (also the ``__cause__``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: tuple[Any, ...] = (),
+        request_id: str | None = None,
+        last_error: BaseException | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.request_id = request_id
+        self.last_error = last_error
 
 
 class StreamInterrupted(ConvoError):
-    """A stream failed after some of its text had already reached the caller."""
+    """A stream failed after some of its text had already reached the caller.
+
+    Attributes:
+        partial_text: The text that reached the caller before the failure.
+        usage: What the stream had used by then (a ``convo.Usage``), as far as known.
+    """
+
+    def __init__(self, message: str, *, partial_text: str = "", usage: Any = None) -> None:
+        super().__init__(message)
+        self.partial_text = partial_text
+        self.usage = usage
 
 
 class LedgerError(ConvoError):

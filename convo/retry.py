@@ -447,9 +447,11 @@ class _Run:
             spend_cap = SpendCapReached(
                 f"the organisation's spend cap is reached ({SPEND_CAP_CODE}, request id "
                 f"{request_id}); retrying cannot help: raise the limit in the Console or wait "
-                "for the next billing period"
+                "for the next billing period",
+                attempts=attempts,
+                request_id=request_id,
+                last_error=error,
             )
-            _attach(spend_cap, attempts=attempts, request_id=request_id, last_error=error)
             raise spend_cap from error
         if not self._decision.retry:
             return  # not retryable: the caller gets the SDK's exception unchanged
@@ -458,9 +460,11 @@ class _Run:
         where = f" (last request id {last_id})" if last_id else ""
         why = self._stop_reason or f"max_attempts={self._policy.max_attempts} reached"
         exhausted = RetriesExhausted(
-            f"{len(attempts)} attempts failed: {outcomes}{where}; stopped: {why}"
+            f"{len(attempts)} attempts failed: {outcomes}{where}; stopped: {why}",
+            attempts=attempts,
+            last_error=error,
+            reason=why,
         )
-        _attach(exhausted, attempts=attempts, last_error=error, reason=why)
         raise exhausted from error
 
 
@@ -470,13 +474,6 @@ class _Stop(stop_base):
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
         return self._run.beyond_limits(retry_state.upcoming_sleep)
-
-
-def _attach(error: Exception, **attributes: object) -> None:
-    # convo.errors owns these classes and does not declare their attributes yet; set them
-    # here so the error still carries its context (see the module's report to the lead).
-    for name, value in attributes.items():
-        setattr(error, name, value)
 
 
 def _body_field(error: anthropic.APIStatusError, *path: str) -> str | None:

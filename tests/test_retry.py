@@ -287,7 +287,7 @@ class TestCallLoop:
         fn = failing(status_error(429, headers={"retry-after": "90"}))
         with pytest.raises(RetriesExhausted, match="above max_wait 60 s") as caught:
             RetryPolicy().call(fn, sleep=vt.sleep, clock=vt.clock)
-        assert (vt.waits, len(caught.value.attempts)) == ([], 1)  # type: ignore[attr-defined]
+        assert (vt.waits, len(caught.value.attempts)) == ([], 1)
 
     def test_deadline_stops_before_a_wait_would_pass_it(self, vt: VirtualTime) -> None:
         """A wait that would reach the deadline is not taken."""
@@ -381,13 +381,13 @@ class TestThroughTheSDK:
         emulator.configure({"faults": {"script": ["overloaded"] * 5}})
         with pytest.raises(RetriesExhausted, match="3 attempts failed: 529, 529, 529") as caught:
             RetryPolicy(max_attempts=3).call(lambda: ask(client), sleep=vt.sleep)
-        attempts: tuple[AttemptRecord, ...] = caught.value.attempts  # type: ignore[attr-defined]
+        attempts: tuple[AttemptRecord, ...] = caught.value.attempts
         assert [r.status for r in attempts] == [529, 529, 529]
         assert len({r.request_id for r in attempts if r.request_id}) == 3
         assert [r.error_type for r in attempts] == ["overloaded_error"] * 3
         assert attempts[-1].wait == 0.0
         assert isinstance(caught.value.__cause__, anthropic.OverloadedError)
-        assert caught.value.last_error is caught.value.__cause__  # type: ignore[attr-defined]
+        assert caught.value.last_error is caught.value.__cause__
         assert total_requests(emulator) == 3
 
     def test_spend_cap_fails_at_once(
@@ -400,8 +400,8 @@ class TestThroughTheSDK:
         assert total_requests(emulator) == 1
         assert vt.waits == []
         assert isinstance(caught.value.__cause__, anthropic.RateLimitError)
-        assert caught.value.request_id == caught.value.__cause__.request_id  # type: ignore[attr-defined]
-        assert len(caught.value.attempts) == 1  # type: ignore[attr-defined]
+        assert caught.value.request_id == caught.value.__cause__.request_id
+        assert len(caught.value.attempts) == 1
 
     def test_dropped_connection_is_retried(
         self, emulator: RunningEmulator, client: anthropic.Anthropic, vt: VirtualTime

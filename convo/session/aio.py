@@ -1,0 +1,286 @@
+"""``AsyncSession``: the asyncio shell over :class:`~convo.session.core.SessionCore`.
+
+Same constructor and behaviour as :class:`convo.Session`; the methods that wait are
+awaitable. Waiting (single flight, rate limits, retries) never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import anthropic
+
+from convo.budget import Budget
+from convo.layout import Prefix
+from convo.ledger import Ledger
+from convo.limits import RateLimiter
+from convo.retry import RetryPolicy
+from convo.session.core import KeepAlive, Pending, SessionCore
+from convo.session.reply import Reply, Stats
+from convo.session.streaming import AsyncReplyStream, open_stream_async
+from convo.session.wiring import default_limiter, observe_error, workspace_of
+from convo.tracker import CacheTracker
+from convo.warm import WarmRegistry
+
+__all__ = ["AsyncSession"]
+
+
+class AsyncSession:
+    """The asyncio twin of :class:`convo.Session` (see it for every argument).
+
+    ``client`` is an ``anthropic.AsyncAnthropic`` (re-wrapped with ``max_retries=0``) and
+    ``sleep`` an awaitable (default ``asyncio.sleep``).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        prefix: Prefix,
+        *,
+        client: anthropic.AsyncAnthropic | None = None,
+        suffix: str | Callable[[], str] | None = None,
+        suffix_placement: str = "system",
+        history: str = "rolling",
+        registry: WarmRegistry | Any | None = None,
+        limiter: RateLimiter | Any | None = None,
+        ledger: Ledger | bool | None = None,
+        retry: RetryPolicy | None = None,
+        budget: Budget | Sequence[Budget] | None = None,
+        max_tokens: int = 1024,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        diagnostics: bool = False,
+        keep_alive: KeepAlive | None = None,
+        session_id: str | None = None,
+        conversation_id: str | None = None,
+        messages: Sequence[Mapping[str, Any]] = (),
+        hooks: Sequence[Callable[[Reply], None]] = (),
+        _tracker: CacheTracker | None = None,
+    ) -> None:
+        if client is not None and not isinstance(client, anthropic.AsyncAnthropic):
+            raise TypeError(
+                f"AsyncSession needs an anthropic.AsyncAnthropic client, got "
+                f"{type(client).__name__}; use convo.Session for Anthropic"
+            )
+        base = client if client is not None else anthropic.AsyncAnthropic()
+        self._client = base.with_options(max_retries=0)
+        self._sleep = sleep
+        self._core = SessionCore(
+            prefix,
+            workspace=workspace_of(base),
+            suffix=suffix,
+            suffix_placement=suffix_placement,
+            history=history,
+            registry=registry if registry is not None else WarmRegistry.default(),
+            limiter=limiter if limiter is not None else default_limiter(prefix.model),
+            ledger=Ledger.default() if ledger is None or ledger is True else (ledger or None),
+            retry=retry if retry is not None else RetryPolicy(),
+            budget=budget,
+            max_tokens=max_tokens,
+            clock=clock,
+            diagnostics=diagnostics,
+            keep_alive=keep_alive,
+            session_id=session_id,
+            conversation_id=conversation_id,
+            messages=messages,
+            hooks=hooks,
+            tracker=_tracker,
+        )
+        self._options: dict[str, Any] = {
+            "suffix": suffix,
+            "suffix_placement": suffix_placement,
+            "history": history,
+            "retry": self._core.retry,
+            "budget": budget,
+            "max_tokens": max_tokens,
+            "clock": clock,
+            "sleep": sleep,
+            "diagnostics": diagnostics,
+            "keep_alive": keep_alive,
+            "hooks": hooks,
+        }
+
+    @property
+    def prefix(self) -> Prefix:
+        """The static prefix."""
+        return self._core.prefix
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """A copy of the conversation so far (what was sent and answered, verbatim)."""
+        return list(self._core.history)
+
+    @property
+    def stats(self) -> Stats:
+        """Totals over this session's replies."""
+        return self._core.stats
+
+    @property
+    def session_id(self) -> str:
+        """This session's id (in every ledger row it writes)."""
+        return self._core.session_id
+
+    @property
+    def conversation_id(self) -> str:
+        """This conversation's id (the default task id for :meth:`mark`)."""
+        return self._core.conversation_id
+
+    @property
+    def tracker(self) -> CacheTracker:
+        """What this session believes the server's cache holds."""
+        return self._core.tracker
+
+    async def send(
+        self,
+        content: str | Sequence[Mapping[str, Any]],
+        *,
+        max_tokens: int | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Reply:
+        """Send one user turn and return the reply (see :meth:`convo.Session.send`)."""
+        pending = self._core.begin_turn(content, max_tokens=max_tokens, params=params)
+        return await self._run(pending)
+
+    async def warm(self) -> Reply | None:
+        """Pre-warm the static prefix if cold or about to expire (single flight)."""
+        margin = self._core.keep_alive.margin_s if self._core.keep_alive else 0.0
+        if not self._core.registry.needs_warming(self._core.warm_key, margin=margin):
+            return None
+        return await self._run(self._core.begin_warm())
+
+    async def keep_alive_tick(self) -> Reply | None:
+        """Re-warm the conversation if keep-alive says it is due."""
+        if not self._core.keep_alive_due():
+            return None
+        return await self._run(self._core.begin_warm(keep_alive=True), flight=False)
+
+    async def run_keep_alive(self, *, interval: float = 5.0) -> None:
+        """Call :meth:`keep_alive_tick` every *interval* seconds until cancelled
+        (``asyncio.create_task(session.run_keep_alive())``)."""
+        while True:
+            await self.keep_alive_tick()
+            await self._sleep(interval)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        content: str | Sequence[Mapping[str, Any]],
+        *,
+        max_tokens: int | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> AsyncIterator[AsyncReplyStream]:
+        """Send one user turn and stream the reply (see :meth:`convo.Session.stream`)."""
+        core = self._core
+        pending = core.begin_turn(content, max_tokens=max_tokens, params=params)
+        await self._before_send(pending)
+        started = time.perf_counter()
+        try:
+            opened, _ = await core.retry.call_async(
+                lambda: open_stream_async(self._client, pending.body, core.limiter),
+                sleep=self._sleep,
+                clock=core.clock,
+                on_attempt=lambda record: core.record_attempt(pending, record),
+            )
+        except BaseException:
+            self._after_failure(pending)
+            raise
+        reply_stream = AsyncReplyStream(
+            opened,
+            requested_ttl=core.requested_ttl(pending),
+            on_start=lambda: self._began(pending),
+            on_done=lambda message, usage: self._finish(pending, message, usage, started),
+            on_error=lambda usage, error: core.fail_stream(pending, usage, error),
+        )
+        try:
+            yield reply_stream
+        finally:
+            await reply_stream.aclose()
+
+    def mark(self, outcome: str, *, task_id: str | None = None) -> None:
+        """Mark the task a ``"success"`` or ``"failure"`` in the ledger."""
+        if self._core.ledger is None:
+            raise ValueError("this session has no ledger (it was built with ledger=False)")
+        self._core.ledger.mark_outcome(task_id or self.conversation_id, outcome)  # type: ignore[arg-type]
+
+    def fork(self) -> AsyncSession:
+        """A new session on the same prefix and history so far (see :meth:`convo.Session.fork`)."""
+        tracker = CacheTracker(clock=self._core.clock)
+        for entry in self._core.tracker.entries():
+            tracker.add_entry(entry)
+        return AsyncSession(
+            self.prefix,
+            client=self._client,
+            registry=self._core.registry,
+            limiter=self._core.limiter,
+            ledger=self._core.ledger or False,
+            session_id=self.session_id,
+            messages=list(self._core.history),
+            _tracker=tracker,
+            **self._options,
+        )
+
+    async def _before_send(self, pending: Pending, *, flight: bool = True) -> None:
+        core = self._core
+        try:
+            if flight and pending.prefix_position is not None:
+                pending.flight = await core.registry.acquire_async(
+                    core.warm_key, ttl_seconds=300.0 if core.prefix.ttl == "5m" else 3600.0
+                )
+                if pending.flight.waited > 0:
+                    core.repredict(pending)
+            pending.reservation = await core.limiter.acquire_async(
+                input_tokens=core.itpm_weight(pending),
+                output_tokens=pending.max_tokens,
+                sleep=self._sleep,
+            )
+        except BaseException:
+            self._after_failure(pending)
+            raise
+
+    async def _run(self, pending: Pending, *, flight: bool = True) -> Reply:
+        core = self._core
+        await self._before_send(pending, flight=flight)
+
+        async def attempt() -> Any:
+            try:
+                raw = await self._client.messages.with_raw_response.create(**pending.body)
+            except anthropic.APIStatusError as error:
+                observe_error(core.limiter, error)
+                raise
+            core.limiter.observe_headers(raw.headers)
+            return await raw.parse()
+
+        started = time.perf_counter()
+        try:
+            message, _ = await core.retry.call_async(
+                attempt,
+                sleep=self._sleep,
+                clock=core.clock,
+                on_attempt=lambda record: core.record_attempt(pending, record),
+            )
+        except BaseException:
+            self._after_failure(pending)
+            raise
+        return self._finish(pending, message, None, started)
+
+    def _began(self, pending: Pending) -> None:
+        if pending.flight is not None and pending.flight.role == "writer":
+            self._core.registry.began(pending.flight)
+
+    def _finish(self, pending: Pending, message: Any, usage: Any, started: float) -> Reply:
+        try:
+            return self._core.complete(
+                pending, message, usage=usage, latency_s=time.perf_counter() - started
+            )
+        finally:
+            self._began(pending)
+
+    def _after_failure(self, pending: Pending) -> None:
+        if pending.flight is not None and pending.flight.role == "writer":
+            self._core.registry.abandon(pending.flight)
+        self._core.fail(pending)

@@ -1,0 +1,487 @@
+"""The I/O-free heart of a session, shared by :class:`Session` and :class:`AsyncSession`.
+
+A turn goes through the same steps in both shells; only the waiting and the HTTP differ::
+
+    begin_turn   history.append(user) -> Layout.render -> CacheTracker.predict
+                 -> Budget.check (refuse before spending)
+    (shell)      WarmRegistry.acquire (single flight) -> maybe repredict
+                 -> RateLimiter.acquire -> RetryPolicy.call(client ...)
+    complete     Usage -> price -> tracker.observe -> registry.record -> limiter.settle
+                 -> ledger.append -> history.append(assistant content, verbatim) -> Reply
+    fail         roll the user message back; release the flight and the reservation
+
+Everything here is synchronous and does no network I/O; the ledger's ``append`` only
+enqueues (its writer thread does the disk work).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from convo import models
+from convo.budget import Budget, Spend
+from convo.layout import History, Layout, Prefix, RenderedRequest
+from convo.ledger import Ledger, LedgerRow
+from convo.limits import RateLimiter, Reservation
+from convo.pricing import price
+from convo.retry import AttemptRecord, RetryPolicy
+from convo.session.reply import Reply, Stats
+from convo.tracker import CacheEntry, CacheTracker, Prediction
+from convo.usage import Usage
+from convo.warm import Flight, WarmKey, WarmRegistry
+
+__all__ = ["KeepAlive", "Pending", "SessionCore"]
+
+_TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+_WARM_TEXT = "(cache pre-warm)"
+
+
+def _optional_money(value: Decimal | float | str | None) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+@attrs.frozen
+class KeepAlive:
+    """Re-warm a session's cache before its TTL ends, while the session is in use.
+
+    Args:
+        margin_s: Re-warm when the entry has less than this many seconds left.
+        active_for_s: A session counts as in use for this long after its last turn.
+        max_cost_usd: Stop re-warming once keep-alive has spent this much (``None``: no cap).
+
+    A keep-alive re-warm sends the conversation so far with ``max_tokens: 0``: it reads
+    (and so refreshes) everything cached, for 0.1× the input price of the read part. See
+    ``docs/sessions.md`` for when that pays.
+
+    .. versionadded:: 0.1
+    """
+
+    margin_s: float = attrs.field(default=30.0, kw_only=True)
+    active_for_s: float = attrs.field(default=900.0, kw_only=True)
+    max_cost_usd: Decimal | None = attrs.field(
+        default=None, kw_only=True, converter=_optional_money
+    )
+
+
+@attrs.define
+class Pending:
+    """One request between planning and its answer (internal to the shells)."""
+
+    rendered: RenderedRequest
+    prediction: Prediction
+    turn: int
+    warm_key: WarmKey
+    prefix_position: int | None
+    user_appended: bool
+    purpose: str = "turn"  # "turn", "warm" or "keep_alive"
+    flight: Flight | None = None
+    reservation: Reservation | None = None
+    records: list[AttemptRecord] = attrs.field(factory=list)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The request body to send."""
+        return self.rendered.body
+
+    @property
+    def max_tokens(self) -> int:
+        """The body's ``max_tokens``."""
+        return int(self.rendered.body["max_tokens"])
+
+
+def user_message(content: str | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Validate *content* for a user turn (before anything is spent) and wrap it."""
+    if isinstance(content, str):
+        if not content.strip():
+            raise ValueError("send() needs non-empty text; got an empty or blank string")
+        return {"role": "user", "content": content}
+    if isinstance(content, Sequence) and content and all(isinstance(b, Mapping) for b in content):
+        return {"role": "user", "content": [dict(b) for b in content if isinstance(b, Mapping)]}
+    raise TypeError(
+        "send() takes a non-empty str or a non-empty list of content-block dicts, "
+        f"got {type(content).__name__}"
+    )
+
+
+def _cache_outcome(usage: Usage) -> str:
+    if usage.cache_read and not usage.cache_write:
+        return "hit"
+    if usage.cache_read:
+        return "partial"
+    return "write" if usage.cache_write else "none"
+
+
+class SessionCore:
+    """State and pure steps of one conversation. The shells own waiting and HTTP."""
+
+    def __init__(
+        self,
+        prefix: Prefix,
+        *,
+        workspace: str,
+        suffix: str | Callable[[], str] | None,
+        suffix_placement: str,
+        history: str,
+        registry: WarmRegistry | Any,
+        limiter: RateLimiter | Any,
+        ledger: Ledger | None,
+        retry: RetryPolicy,
+        budget: Budget | Sequence[Budget] | None,
+        max_tokens: int,
+        clock: Callable[[], float],
+        diagnostics: bool,
+        keep_alive: KeepAlive | None,
+        session_id: str | None,
+        conversation_id: str | None,
+        messages: Sequence[Mapping[str, Any]],
+        hooks: Sequence[Callable[[Reply], None]],
+        tracker: CacheTracker | None = None,
+    ) -> None:
+        if not isinstance(prefix, Prefix):
+            raise TypeError(f"prefix must be a convo.Prefix, got {type(prefix).__name__}")
+        if not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a convo.RetryPolicy, got {type(retry).__name__}")
+        if max_tokens < 1:
+            raise ValueError(
+                f"max_tokens must be >= 1 (use warm() for max_tokens=0), got {max_tokens}"
+            )
+        self.prefix = prefix
+        self.layout = Layout(
+            prefix,
+            suffix=suffix,
+            suffix_placement=suffix_placement,  # type: ignore[arg-type]
+            history=history,  # type: ignore[arg-type]
+            max_tokens=max_tokens,
+        )
+        # Keep-alive renders the conversation as it stands (ending with the assistant),
+        # where a message-placed suffix has no turn to sit in; it is volatile and after every
+        # breakpoint anyway, so leaving it out changes no cache key.
+        self._keep_alive_layout = (
+            self.layout
+            if suffix_placement == "system"
+            else Layout(prefix, history=history, max_tokens=max_tokens)  # type: ignore[arg-type]
+        )
+        self._warm_layout = Layout(prefix, history="none", max_tokens=max_tokens)
+        self.history = History(messages)
+        self.registry = registry
+        self.limiter = limiter
+        self.ledger = ledger
+        self.retry = retry
+        self.budgets: tuple[Budget, ...] = (
+            () if budget is None else (budget,) if isinstance(budget, Budget) else tuple(budget)
+        )
+        self.clock = clock
+        self.tracker = tracker or CacheTracker(clock=clock)
+        self.diagnostics = diagnostics
+        self.keep_alive = keep_alive
+        self.session_id = session_id or f"ses_{uuid.uuid4().hex[:16]}"
+        self.conversation_id = conversation_id or f"conv_{uuid.uuid4().hex[:16]}"
+        self.hooks = tuple(hooks)
+        self.warm_key = WarmKey.for_api_key(workspace, prefix.model, prefix.fingerprint)
+        self.stats = Stats()
+        self.keep_alive_spent = Decimal(0)
+        self.turns = 0
+        self.last_used: float | None = None
+        self._last_message_id: str | None = None
+        self._info = models.lookup(prefix.model)
+
+    # -- planning -------------------------------------------------------------------------
+
+    def begin_turn(
+        self,
+        content: str | Sequence[Mapping[str, Any]],
+        *,
+        max_tokens: int | None,
+        params: Mapping[str, Any] | None,
+    ) -> Pending:
+        """Append the user turn, render, predict and check budgets; roll back on refusal."""
+        message = user_message(content)
+        self.history.append(message)
+        try:
+            rendered = self.layout.render(
+                self.history, params=self._params(params), max_tokens=max_tokens
+            )
+            return self._plan(rendered, turn=self.turns + 1, user_appended=True)
+        except BaseException:
+            self.rollback()
+            raise
+
+    def begin_warm(self, *, keep_alive: bool = False) -> Pending:
+        """Plan a ``max_tokens: 0`` pre-warm: of the prefix, or (keep-alive) the conversation."""
+        if keep_alive and len(self.history):
+            rendered = self._keep_alive_layout.render(self.history, max_tokens=0)
+        else:
+            rendered = self._warm_layout.render(
+                [{"role": "user", "content": _WARM_TEXT}], max_tokens=0
+            )
+        pending = self._plan(rendered, turn=0, user_appended=False)
+        pending.purpose = "keep_alive" if keep_alive else "warm"
+        return pending
+
+    def _params(self, params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        merged = dict(params or {})
+        if self.diagnostics:
+            merged["diagnostics"] = {"previous_message_id": self._last_message_id}
+        return merged or None
+
+    def _plan(self, rendered: RenderedRequest, *, turn: int, user_appended: bool) -> Pending:
+        prefix_position = next(
+            (b.position for b in rendered.breakpoints if b.source == "prefix"), None
+        )
+        self._learn_shared_prefix(rendered, prefix_position)
+        prediction = self.tracker.predict(rendered)
+        pending = Pending(
+            rendered=rendered,
+            prediction=prediction,
+            turn=turn,
+            warm_key=self.warm_key,
+            prefix_position=prefix_position,
+            user_appended=user_appended,
+        )
+        self._check_budgets(pending)
+        return pending
+
+    def repredict(self, pending: Pending) -> Pending:
+        """Predict again after waiting for another session's write of the shared prefix."""
+        self._learn_shared_prefix(pending.rendered, pending.prefix_position)
+        pending.prediction = self.tracker.predict(pending.rendered)
+        return pending
+
+    def _learn_shared_prefix(self, rendered: RenderedRequest, position: int | None) -> None:
+        """Tell the tracker about a prefix entry another session (or process) wrote."""
+        if position is None:
+            return
+        state = self.registry.state(self.warm_key)
+        now = self.clock()
+        if state is None or state.writing or not state.live(now):
+            return
+        key = rendered.fingerprint.keys[position]
+        known = {(e.model, e.key): e for e in self.tracker.entries()}.get((rendered.model, key))
+        if known is not None and known.expires_at >= state.expires_at:
+            return
+        started = state.last_write_start if state.last_write_start is not None else now
+        self.tracker.add_entry(
+            CacheEntry(
+                model=rendered.model,
+                key=key,
+                tokens=rendered.fingerprint.tokens[position],
+                ttl=self.prefix.ttl,
+                expires_at=state.expires_at,
+                readable_from=min(started, now),
+            )
+        )
+
+    def estimate(self, pending: Pending) -> Spend:
+        """What *pending* may spend: predicted input, ``max_tokens`` of output, their price."""
+        p = pending.prediction
+        usage = Usage(
+            input=p.input,
+            cache_read=p.cache_read,
+            cache_write_5m=p.cache_write_5m,
+            cache_write_1h=p.cache_write_1h,
+            output=pending.max_tokens,
+        )
+        return Spend(usage.total_input, usage.output, price(usage, self.prefix.model).usd)
+
+    def spent(self, budget: Budget) -> Spend:
+        """What *budget*'s scope has spent so far."""
+        if budget.scope == "ledger":
+            if self.ledger is None:
+                raise ValueError("a Budget with scope='ledger' needs the session to have a ledger")
+            self.ledger.flush()
+            totals = self.ledger.total(since=budget.since)
+            cost = None if totals.unpriced else totals.cost_usd
+            return Spend(totals.total_input, totals.output, cost)
+        usage, cost = self.stats.usage, self.stats.cost_usd
+        return Spend(usage.total_input, usage.output, cost)
+
+    def _check_budgets(self, pending: Pending) -> None:
+        if not self.budgets:
+            return
+        estimate = self.estimate(pending)
+        for budget in self.budgets:
+            budget.check(estimate, self.spent(budget))
+
+    def itpm_weight(self, pending: Pending) -> int:
+        """The request's predicted weight against input tokens per minute."""
+        p = pending.prediction
+        return p.input + p.cache_write + (p.cache_read if self._info.cache_reads_count_itpm else 0)
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def record_attempt(self, pending: Pending, record: AttemptRecord) -> None:
+        """Keep every attempt; failed ones go to the ledger at once (nothing recorded is lost)."""
+        pending.records.append(record)
+        if record.status == 200 or record.error_type is None:
+            return
+        if self.ledger is not None:
+            self.ledger.append(
+                LedgerRow.build(
+                    Usage.zero(),
+                    model=self.prefix.model,
+                    time=dt.datetime.fromtimestamp(record.started_at, dt.timezone.utc),
+                    session_id=self.session_id,
+                    conversation_id=self.conversation_id,
+                    prefix_fingerprint=self.prefix.fingerprint,
+                    attempts=record.number,
+                    status="error",
+                    error_type=record.error_type,
+                    http_status=record.status,
+                    request_id=record.request_id,
+                )
+            )
+
+    def complete(
+        self, pending: Pending, message: Any, *, usage: Usage | None = None, latency_s: float
+    ) -> Reply:
+        """Account for a successful answer and return its :class:`Reply`."""
+        usage = usage or Usage.from_message(message, requested_ttl=self.requested_ttl(pending))  # type: ignore[arg-type]
+        cost = price(usage, self.prefix.model)
+        outcome = self.tracker.observe(
+            pending.prediction, usage, getattr(message, "diagnostics", None)
+        )
+        self._touch_registry(pending, usage)
+        if pending.reservation is not None:
+            self.limiter.settle(
+                pending.reservation,
+                input_tokens=usage.input
+                + usage.cache_write
+                + (usage.cache_read if self._info.cache_reads_count_itpm else 0),
+                output_tokens=usage.output,
+            )
+        if pending.user_appended:
+            self.history.append({"role": "assistant", "content": message.content})
+            self.turns += 1
+            self._last_message_id = message.id
+        if pending.purpose == "keep_alive" and cost.usd is not None:
+            self.keep_alive_spent += cost.usd
+        request_id = getattr(message, "_request_id", None) or (
+            pending.records[-1].request_id if pending.records else None
+        )
+        reply = Reply(
+            text="".join(
+                getattr(b, "text", "") for b in message.content if getattr(b, "type", "") == "text"
+            ),
+            message=message,
+            usage=usage,
+            cost=cost,
+            cache=outcome,
+            attempts=tuple(pending.records),
+            request_id=request_id,
+            latency_s=latency_s,
+            turn=pending.turn,
+        )
+        if self.ledger is not None:
+            self.ledger.append(
+                LedgerRow.build(
+                    usage,
+                    cost,
+                    model=self.prefix.model,
+                    time=dt.datetime.fromtimestamp(
+                        pending.records[-1].started_at
+                        if pending.records
+                        else pending.prediction.at,
+                        dt.timezone.utc,
+                    ),
+                    session_id=self.session_id,
+                    conversation_id=self.conversation_id,
+                    prefix_fingerprint=self.prefix.fingerprint,
+                    latency_ms=latency_s * 1000,
+                    attempts=max(1, len(pending.records)),
+                    status="ok",
+                    http_status=200,
+                    request_id=request_id,
+                    cache_outcome=_cache_outcome(usage),
+                    cache_reason=str(outcome.reason),
+                )
+            )
+        self.stats = self.stats.add(reply)
+        self.last_used = self.clock()
+        for budget in self.budgets:
+            budget.check_actual(
+                Spend(usage.total_input, usage.output, cost.usd), self.spent(budget)
+            )
+        for hook in self.hooks:
+            hook(reply)
+        return reply
+
+    def _touch_registry(self, pending: Pending, usage: Usage) -> None:
+        """Record that the shared prefix was written or read at this request's start."""
+        if pending.prefix_position is None:
+            return
+        prefix_tokens = pending.rendered.fingerprint.tokens[pending.prefix_position]
+        covered = usage.cache_read + usage.cache_write
+        if covered < prefix_tokens:
+            return  # the prefix was below the minimum, or the cache was not used at all
+        self.registry.record(
+            self.warm_key,
+            started_at=pending.prediction.at,
+            ttl_seconds=_TTL_SECONDS[self.prefix.ttl],
+            wrote=usage.cache_read < prefix_tokens,
+            read=usage.cache_read >= prefix_tokens,
+        )
+
+    def fail_stream(self, pending: Pending, usage: Usage, error: BaseException) -> None:
+        """Record a stream that failed after text reached the caller, with what it used."""
+        if self.ledger is not None:
+            status = getattr(error, "status_code", None)
+            self.ledger.append(
+                LedgerRow.build(
+                    usage,
+                    price(usage, self.prefix.model),
+                    model=self.prefix.model,
+                    time=dt.datetime.fromtimestamp(pending.prediction.at, dt.timezone.utc),
+                    session_id=self.session_id,
+                    conversation_id=self.conversation_id,
+                    prefix_fingerprint=self.prefix.fingerprint,
+                    attempts=max(1, len(pending.records)),
+                    status="error",
+                    error_type="stream_interrupted",
+                    http_status=status if isinstance(status, int) else None,
+                    request_id=pending.records[-1].request_id if pending.records else None,
+                )
+            )
+        self.fail(pending)
+
+    def requested_ttl(self, pending: Pending) -> str:
+        """The TTL writes are attributed to when a response lacks the 5m/1h split."""
+        ttls = [b.ttl for b in pending.rendered.breakpoints]
+        return ttls[-1] if ttls else self.prefix.ttl
+
+    def rollback(self) -> None:
+        """Remove the user turn a failed request appended (history stays what was answered)."""
+        self.history = History(list(self.history.stored)[:-1])
+
+    def fail(self, pending: Pending) -> None:
+        """Undo what *pending* reserved after it failed for good."""
+        if pending.user_appended:
+            self.rollback()
+        if pending.reservation is not None:
+            self.limiter.settle(pending.reservation, input_tokens=0, output_tokens=0)
+
+    # -- keep-alive -----------------------------------------------------------------------
+
+    def keep_alive_due(self) -> bool:
+        """Whether a keep-alive re-warm should be sent now."""
+        policy = self.keep_alive
+        if policy is None or self.last_used is None:
+            return False
+        now = self.clock()
+        if now - self.last_used > policy.active_for_s:
+            return False  # nobody is using this session: let the cache go
+        if policy.max_cost_usd is not None and self.keep_alive_spent >= policy.max_cost_usd:
+            return False
+        # The newest entry (the one every later turn reads through) expires last; when even
+        # it is within the margin, refresh the conversation.
+        deepest = max(
+            (e.expires_at for e in self.tracker.entries() if e.expires_at > now), default=None
+        )
+        if deepest is None:
+            return False  # already expired: a re-warm would be a full write, not a refresh
+        return deepest - now <= policy.margin_s

@@ -1,0 +1,339 @@
+"""``Session``: the synchronous shell over :class:`~convo.session.core.SessionCore`."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import anthropic
+
+from convo.budget import Budget
+from convo.layout import Prefix
+from convo.ledger import Ledger
+from convo.limits import RateLimiter
+from convo.retry import RetryPolicy
+from convo.session.core import KeepAlive, Pending, SessionCore
+from convo.session.reply import Reply, Stats
+from convo.session.streaming import ReplyStream, open_stream
+from convo.session.wiring import default_limiter, observe_error, workspace_of
+from convo.tracker import CacheTracker
+from convo.warm import WarmRegistry
+
+__all__ = ["Session"]
+
+
+class Session:
+    """One conversation on a frozen static prefix, with caching, retries, limits and a ledger.
+
+    Args:
+        prefix: The static tools and system blocks (:class:`convo.Prefix`).
+        client: An ``anthropic.Anthropic``; convo re-wraps it with ``max_retries=0`` so
+            retries happen in exactly one layer (convo's). Default: built from the
+            environment (``ANTHROPIC_API_KEY``).
+        suffix: Dynamic text after the prefix (a str, or a callable called every turn).
+        suffix_placement: ``"system"`` or ``"message"`` (see ``docs/layout.md``).
+        history: Breakpoint strategy for messages: ``"rolling"``, ``"none"`` or ``"auto"``.
+        registry: Warm state shared between sessions (single-flight writes of the prefix).
+            Default: the process-wide :meth:`WarmRegistry.default`.
+        limiter: Client-side rate limits. Default: one process-wide limiter per model
+            class, which learns the limits from response headers.
+        ledger: Where every attempt is recorded. Default: :meth:`convo.Ledger.default`;
+            pass ``ledger=False`` to record nothing.
+        retry: The retry policy.
+        budget: One or more :class:`convo.Budget`, checked before sending.
+        max_tokens: Default ``max_tokens`` per turn.
+        clock: Wall-clock seconds (injected in tests; give the registry the same clock).
+        sleep: How to wait (retries, rate limits); injected in tests.
+        diagnostics: Ask the server for ``cache_miss_reason`` (beta) on every turn.
+        keep_alive: Re-warm this conversation before its TTL ends while in use.
+        messages: History to start from.
+        hooks: Called with every :class:`Reply` (telemetry, logging).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        prefix: Prefix,
+        *,
+        client: anthropic.Anthropic | None = None,
+        suffix: str | Callable[[], str] | None = None,
+        suffix_placement: str = "system",
+        history: str = "rolling",
+        registry: WarmRegistry | Any | None = None,
+        limiter: RateLimiter | Any | None = None,
+        ledger: Ledger | bool | None = None,
+        retry: RetryPolicy | None = None,
+        budget: Budget | Sequence[Budget] | None = None,
+        max_tokens: int = 1024,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Any] = time.sleep,
+        diagnostics: bool = False,
+        keep_alive: KeepAlive | None = None,
+        session_id: str | None = None,
+        conversation_id: str | None = None,
+        messages: Sequence[Mapping[str, Any]] = (),
+        hooks: Sequence[Callable[[Reply], None]] = (),
+        _tracker: CacheTracker | None = None,
+    ) -> None:
+        if client is not None and not isinstance(client, anthropic.Anthropic):
+            raise TypeError(
+                f"Session needs an anthropic.Anthropic client, got {type(client).__name__}; "
+                "use convo.AsyncSession for AsyncAnthropic"
+            )
+        base = client if client is not None else anthropic.Anthropic()
+        self._client = base.with_options(max_retries=0)
+        self._sleep = sleep
+        self._core = SessionCore(
+            prefix,
+            workspace=workspace_of(base),
+            suffix=suffix,
+            suffix_placement=suffix_placement,
+            history=history,
+            registry=registry if registry is not None else WarmRegistry.default(),
+            limiter=limiter if limiter is not None else default_limiter(prefix.model),
+            ledger=Ledger.default() if ledger is None or ledger is True else (ledger or None),
+            retry=retry if retry is not None else RetryPolicy(),
+            budget=budget,
+            max_tokens=max_tokens,
+            clock=clock,
+            diagnostics=diagnostics,
+            keep_alive=keep_alive,
+            session_id=session_id,
+            conversation_id=conversation_id,
+            messages=messages,
+            hooks=hooks,
+            tracker=_tracker,
+        )
+        self._options: dict[str, Any] = {
+            "suffix": suffix,
+            "suffix_placement": suffix_placement,
+            "history": history,
+            "retry": self._core.retry,
+            "budget": budget,
+            "max_tokens": max_tokens,
+            "clock": clock,
+            "sleep": sleep,
+            "diagnostics": diagnostics,
+            "keep_alive": keep_alive,
+            "hooks": hooks,
+        }
+
+    # -- what the session knows -----------------------------------------------------------
+
+    @property
+    def prefix(self) -> Prefix:
+        """The static prefix."""
+        return self._core.prefix
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """A copy of the conversation so far (what was sent and answered, verbatim)."""
+        return list(self._core.history)
+
+    @property
+    def stats(self) -> Stats:
+        """Totals over this session's replies."""
+        return self._core.stats
+
+    @property
+    def session_id(self) -> str:
+        """This session's id (in every ledger row it writes)."""
+        return self._core.session_id
+
+    @property
+    def conversation_id(self) -> str:
+        """This conversation's id (the default task id for :meth:`mark`)."""
+        return self._core.conversation_id
+
+    @property
+    def tracker(self) -> CacheTracker:
+        """What this session believes the server's cache holds."""
+        return self._core.tracker
+
+    # -- turns --------------------------------------------------------------------------
+
+    def send(
+        self,
+        content: str | Sequence[Mapping[str, Any]],
+        *,
+        max_tokens: int | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Reply:
+        """Send one user turn and return the reply.
+
+        Raises:
+            ValueError, TypeError: bad input, before anything is sent.
+            convo.BudgetExceeded: a budget would be exceeded; nothing was sent.
+            convo.RetriesExhausted, convo.SpendCapReached: the call failed for good.
+            anthropic.APIStatusError: a non-retryable API error (400, 401, ...).
+        """
+        pending = self._core.begin_turn(content, max_tokens=max_tokens, params=params)
+        return self._run(pending)
+
+    def warm(self) -> Reply | None:
+        """Pre-warm the static prefix with ``max_tokens: 0`` if the registry says it is cold
+        or about to expire; single flight, so concurrent sessions send one write.
+
+        Returns:
+            The pre-warm's reply, or ``None`` when nothing needed warming.
+        """
+        margin = self._core.keep_alive.margin_s if self._core.keep_alive else 0.0
+        if not self._core.registry.needs_warming(self._core.warm_key, margin=margin):
+            return None
+        return self._run(self._core.begin_warm())
+
+    def keep_alive_tick(self) -> Reply | None:
+        """Re-warm the conversation if keep-alive says it is due; call it periodically
+        (:meth:`run_keep_alive` does).
+
+        Returns:
+            The re-warm's reply, or ``None`` when none was due.
+        """
+        if not self._core.keep_alive_due():
+            return None
+        return self._run(self._core.begin_warm(keep_alive=True), flight=False)
+
+    def run_keep_alive(self, *, stop: Callable[[], bool], interval: float = 5.0) -> None:
+        """Call :meth:`keep_alive_tick` every *interval* seconds until *stop()* is true
+        (run it on a thread of its own)."""
+        while not stop():
+            self.keep_alive_tick()
+            self._sleep(interval)
+
+    @contextlib.contextmanager
+    def stream(
+        self,
+        content: str | Sequence[Mapping[str, Any]],
+        *,
+        max_tokens: int | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Iterator[ReplyStream]:
+        """Send one user turn and stream the reply's text as it arrives.
+
+        Usage::
+
+            with session.stream("Tell me more") as s:
+                for text in s.text_stream:
+                    print(text, end="")
+            s.reply.usage   # settled once the stream has ended
+
+        Attempts are retried only until the first text reaches you; an error after that
+        raises :class:`convo.StreamInterrupted` carrying the partial text.
+        """
+        core = self._core
+        pending = core.begin_turn(content, max_tokens=max_tokens, params=params)
+        self._before_send(pending)
+        started = time.perf_counter()
+        try:
+            opened, _ = core.retry.call(
+                lambda: open_stream(self._client, pending.body, core.limiter),
+                sleep=self._sleep,
+                clock=core.clock,
+                on_attempt=lambda record: core.record_attempt(pending, record),
+            )
+        except BaseException:
+            self._after_failure(pending)
+            raise
+        reply_stream = ReplyStream(
+            opened,
+            requested_ttl=core.requested_ttl(pending),
+            on_start=lambda: self._began(pending),
+            on_done=lambda message, usage: self._finish(pending, message, usage, started),
+            on_error=lambda usage, error: core.fail_stream(pending, usage, error),
+        )
+        try:
+            yield reply_stream
+        finally:
+            reply_stream.close()
+
+    def mark(self, outcome: str, *, task_id: str | None = None) -> None:
+        """Mark the task (default: this conversation) a ``"success"`` or ``"failure"`` in
+        the ledger, for cost per successful task."""
+        if self._core.ledger is None:
+            raise ValueError("this session has no ledger (it was built with ledger=False)")
+        self._core.ledger.mark_outcome(task_id or self.conversation_id, outcome)  # type: ignore[arg-type]
+
+    def fork(self) -> Session:
+        """A new session on the same prefix and history so far, sharing the client,
+        registry, limiter and ledger, with its own conversation id and a copy of what
+        this session believes is cached."""
+        tracker = CacheTracker(clock=self._core.clock)
+        for entry in self._core.tracker.entries():
+            tracker.add_entry(entry)
+        return Session(
+            self.prefix,
+            client=self._client,
+            registry=self._core.registry,
+            limiter=self._core.limiter,
+            ledger=self._core.ledger or False,
+            session_id=self.session_id,
+            messages=list(self._core.history),
+            _tracker=tracker,
+            **self._options,
+        )
+
+    # -- the path of one request ----------------------------------------------------------
+
+    def _before_send(self, pending: Pending, *, flight: bool = True) -> None:
+        core = self._core
+        try:
+            if flight and pending.prefix_position is not None:
+                pending.flight = core.registry.acquire(
+                    core.warm_key, ttl_seconds=300.0 if core.prefix.ttl == "5m" else 3600.0
+                )
+                if pending.flight.waited > 0:
+                    core.repredict(pending)
+            pending.reservation = core.limiter.acquire(
+                input_tokens=core.itpm_weight(pending),
+                output_tokens=pending.max_tokens,
+                sleep=self._sleep,
+            )
+        except BaseException:
+            self._after_failure(pending)
+            raise
+
+    def _run(self, pending: Pending, *, flight: bool = True) -> Reply:
+        core = self._core
+        self._before_send(pending, flight=flight)
+
+        def attempt() -> Any:
+            try:
+                raw = self._client.messages.with_raw_response.create(**pending.body)
+            except anthropic.APIStatusError as error:
+                observe_error(core.limiter, error)
+                raise
+            core.limiter.observe_headers(raw.headers)
+            return raw.parse()
+
+        started = time.perf_counter()
+        try:
+            message, _ = core.retry.call(
+                attempt,
+                sleep=self._sleep,
+                clock=core.clock,
+                on_attempt=lambda record: core.record_attempt(pending, record),
+            )
+        except BaseException:
+            self._after_failure(pending)
+            raise
+        return self._finish(pending, message, None, started)
+
+    def _began(self, pending: Pending) -> None:
+        if pending.flight is not None and pending.flight.role == "writer":
+            self._core.registry.began(pending.flight)
+
+    def _finish(self, pending: Pending, message: Any, usage: Any, started: float) -> Reply:
+        try:
+            return self._core.complete(
+                pending, message, usage=usage, latency_s=time.perf_counter() - started
+            )
+        finally:
+            self._began(pending)  # after complete() recorded the write: waiters then read
+
+    def _after_failure(self, pending: Pending) -> None:
+        if pending.flight is not None and pending.flight.role == "writer":
+            self._core.registry.abandon(pending.flight)
+        self._core.fail(pending)

@@ -1,0 +1,40 @@
+"""Small pieces both shells share: defaults, and reading rate-limit facts off errors."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anthropic
+
+from convo import models
+from convo.limits import RateLimiter
+from convo.retry import parse_retry_after
+
+__all__ = ["default_limiter", "observe_error", "workspace_of"]
+
+
+def workspace_of(client: anthropic.Anthropic | anthropic.AsyncAnthropic) -> str:
+    """What scopes the server's cache: the API key, at this endpoint.
+
+    It is only ever hashed (by :meth:`convo.warm.WarmKey.for_api_key`), never stored.
+    """
+    key = client.api_key or client.auth_token or ""
+    return f"{client.base_url}|{key}"
+
+
+def default_limiter(model: str) -> RateLimiter:
+    """The process-wide limiter of *model*'s rate-limit class (limits learnt from headers)."""
+    try:
+        klass = models.lookup(model).rate_limit_class
+    except models.UnknownModel:
+        klass = model
+    return RateLimiter.shared(klass)
+
+
+def observe_error(limiter: Any, error: anthropic.APIStatusError) -> None:
+    """Let the limiter learn from a failed attempt's headers, and back off after a 429."""
+    headers = error.response.headers
+    limiter.observe_headers(headers)
+    if error.status_code == 429:
+        limiter.observe_rate_limited(parse_retry_after(headers, now=time.time()))

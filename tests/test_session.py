@@ -1,0 +1,428 @@
+"""Session and AsyncSession against the emulator through the real SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anthropic
+import pytest
+
+import convo
+from convo.emulator import RunningEmulator
+from convo.ledger import Ledger
+from convo.limits import RateLimiter
+from convo.session import AsyncSession, KeepAlive, Session
+from convo.warm import WarmRegistry
+
+MODEL = "claude-sonnet-4-6"
+SYSTEM = "You answer questions about the travel plan, briefly and exactly. " * 120  # 2,040 tokens
+OVERLAP = {  # requests overlap in time: entries become readable only after 0.3 s
+    "time_scale": 1.0,
+    "latency": {"base_s": 0.3, "prefill_uncached_s": 0.0, "prefill_cached_s": 0.0, "decode_s": 0.0},
+}
+
+
+@pytest.fixture
+def ledger() -> Iterator[Ledger]:
+    with Ledger.open(":memory:") as led:
+        yield led
+
+
+@pytest.fixture
+def registry(emulator: RunningEmulator) -> WarmRegistry:
+    """A registry on the emulator's clock (TTLs are judged on one clock)."""
+    return WarmRegistry(clock=emulator.emulator.clock.now)
+
+
+class Waits:
+    """An injected sleep that records every wait instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def make_session(
+    emulator: RunningEmulator, client: anthropic.Anthropic, registry: WarmRegistry, ledger: Ledger
+) -> Callable[..., Session]:
+    def make(**options: Any) -> Session:
+        options.setdefault("client", client)
+        options.setdefault("clock", emulator.emulator.clock.now)
+        options.setdefault("registry", registry)
+        options.setdefault("limiter", RateLimiter())
+        options.setdefault("ledger", ledger)
+        options.setdefault("max_tokens", 64)
+        return Session(convo.Prefix(model=MODEL, system=[SYSTEM]), **options)
+
+    return make
+
+
+class TestConversation:
+    """Turns, history, replies and the ledger."""
+
+    def test_turns_hit_the_cache_and_predictions_are_exact(
+        self, make_session: Callable[..., Session]
+    ) -> None:
+        """A cold first turn, then hits; every prediction equals the observed usage."""
+        session = make_session(suffix="User: Ada, plan: pro")
+        replies = [session.send(q) for q in ("Where first?", "And then?", "How long?")]
+        assert [r.reason for r in replies] == ["cold", "hit", "hit"]
+        assert all(r.cache.exact for r in replies)
+        assert replies[1].usage.cache_read == replies[0].usage.cache_write
+        assert [r.turn for r in replies] == [1, 2, 3]
+        assert session.stats.requests == 3
+        assert session.stats.hit_requests == 2
+
+    def test_history_echoes_assistant_content_verbatim(
+        self, make_session: Callable[..., Session]
+    ) -> None:
+        """History holds the user turns and the assistant's content blocks exactly as returned."""
+        session = make_session()
+        reply = session.send("Hello")
+        history = session.history
+        assert history[0] == {"role": "user", "content": [{"type": "text", "text": "Hello"}]}
+        assert history[1]["role"] == "assistant"
+        assert history[1]["content"] == [
+            b.model_dump(exclude_none=True) for b in reply.message.content
+        ]
+
+    def test_every_attempt_is_in_the_ledger(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session], ledger: Ledger
+    ) -> None:
+        """A 529 then a success are two rows: an error row and the priced reply."""
+        emulator.configure({"faults": {"script": ["overloaded"]}})
+        session = make_session(sleep=Waits())
+        reply = session.send("Hello")
+        ledger.flush()
+        rows = ledger.rows(session=session.session_id)
+        assert [(r.status, r.http_status) for r in rows] == [("error", 529), ("ok", 200)]
+        assert rows[1].request_id == reply.request_id
+        assert rows[1].cost_usd == reply.cost.usd
+        assert rows[1].cache_reason == "cold"
+
+    def test_mark_outcome_feeds_cost_per_success(
+        self, make_session: Callable[..., Session], ledger: Ledger
+    ) -> None:
+        """A conversation marked success counts in the ledger's cost per successful task."""
+        session = make_session()
+        reply = session.send("Hello")
+        session.mark("success")
+        ledger.flush()
+        per_task = ledger.task_cost()
+        assert per_task.per_success == reply.cost.usd
+
+    def test_fork_shares_the_cached_history(self, make_session: Callable[..., Session]) -> None:
+        """A fork continues from the same history and reads what the parent cached."""
+        parent = make_session()
+        parent.send("Plan a day in Lisbon")
+        child = parent.fork()
+        assert child.history == parent.history
+        assert child.conversation_id != parent.conversation_id
+        reply = child.send("Make it rainy-day friendly")
+        assert reply.reason == "hit"
+        assert reply.usage.cache_read >= parent.stats.usage.cache_write
+
+    def test_bad_input_is_refused_before_sending(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """Blank text and wrong types raise at once; the emulator sees nothing."""
+        session = make_session()
+        with pytest.raises(ValueError, match="non-empty"):
+            session.send("   ")
+        with pytest.raises(TypeError, match="content-block"):
+            session.send(42)  # type: ignore[arg-type]
+        assert emulator.stats()["requests"]["total"] == 0
+        assert session.history == []
+
+    def test_caller_client_is_rewrapped_without_sdk_retries(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """Even a client built with max_retries=5 makes exactly the attempts convo decides."""
+        emulator.configure({"faults": {"script": ["overloaded", "overloaded"]}})
+        with anthropic.Anthropic(
+            base_url=emulator.base_url, api_key="sk-test", max_retries=5
+        ) as eager:
+            session = make_session(
+                client=eager, sleep=Waits(), retry=convo.RetryPolicy(max_attempts=2)
+            )
+            with pytest.raises(convo.RetriesExhausted):
+                session.send("Hello")
+        assert emulator.stats()["requests"]["total"] == 2
+
+
+class TestRetries:
+    """429/529 retried honouring retry-after; the spend cap fails fast."""
+
+    def test_429_with_retry_after_ms_is_waited_then_succeeds(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """retry-after-ms: 1200 (with retry-after: 2) is waited exactly 1.2 s, then a 200."""
+        emulator.configure(
+            {
+                "faults": {
+                    "script": [{"kind": "rate_limit", "retry_after": 2, "retry_after_ms": 1200}]
+                }
+            }
+        )
+        waits = Waits()
+        reply = make_session(sleep=waits).send("Hello")
+        assert waits.waits == [1.2]
+        assert [a.status for a in reply.attempts] == [429, 200]
+        assert reply.attempts[0].wait == 1.2
+        assert emulator.stats()["requests"]["total"] == len(reply.attempts) == 2
+
+    def test_three_529s_then_success(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """529 × 3 then a 200: four attempts, and the emulator saw exactly four."""
+        emulator.configure({"faults": {"script": ["overloaded"] * 3}})
+        reply = make_session(sleep=Waits(), retry=convo.RetryPolicy(max_attempts=4)).send("Hello")
+        assert [a.status for a in reply.attempts] == [529, 529, 529, 200]
+        assert emulator.stats()["requests"]["total"] == 4
+
+    def test_spend_cap_fails_without_retry(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """The spend-cap 429 raises SpendCapReached after one attempt; history is unchanged."""
+        emulator.configure({"faults": {"script": ["spend_cap"]}})
+        session = make_session(sleep=Waits())
+        with pytest.raises(convo.SpendCapReached):
+            session.send("Hello")
+        assert emulator.stats()["requests"]["total"] == 1
+        assert session.history == []
+
+    def test_exhausted_retries_carry_every_attempt(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """Five 529s against three attempts: RetriesExhausted with three records."""
+        emulator.configure({"faults": {"script": ["overloaded"] * 5}})
+        session = make_session(sleep=Waits(), retry=convo.RetryPolicy(max_attempts=3))
+        with pytest.raises(convo.RetriesExhausted) as caught:
+            session.send("Hello")
+        attempts = caught.value.attempts
+        assert [a.status for a in attempts] == [529, 529, 529]
+        assert all(a.request_id for a in attempts)
+        assert emulator.stats()["requests"]["total"] == 3
+
+
+class TestBudget:
+    """Budgets refuse before any money is spent."""
+
+    def test_request_over_the_input_budget_is_not_sent(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """A 500-token per-request input cap refuses a 2,000-token request, naming both."""
+        session = make_session(budget=convo.Budget(max_input_tokens=500, scope="request"))
+        with pytest.raises(convo.BudgetExceeded) as caught:
+            session.send("Hello")
+        error = caught.value
+        assert error.limit == "max_input_tokens"
+        assert error.maximum == 500
+        assert error.estimate > 500  # type: ignore[operator]
+        assert emulator.stats()["requests"]["total"] == 0
+        assert session.history == []
+
+    def test_session_cost_budget_counts_what_was_spent(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """After spending, the next request's estimate on top of it is refused."""
+        session = make_session(budget=convo.Budget(max_cost_usd="0.009", warn_at=1.0))
+        first = session.send("Hello")
+        assert first.cost.usd is not None
+        with pytest.raises(convo.BudgetExceeded) as caught:
+            session.send("Again")
+        assert caught.value.spent == first.cost.usd
+        assert emulator.stats()["requests"]["total"] == 1
+
+
+class TestStreaming:
+    """Text as it arrives; usage settled at the end; retries only before the first text."""
+
+    def test_stream_yields_text_and_settles_usage(
+        self, make_session: Callable[..., Session]
+    ) -> None:
+        """The streamed text is the reply's text; usage and reason are settled."""
+        session = make_session()
+        session.send("Hello")
+        with session.stream("Tell me more") as s:
+            pieces = list(s.text_stream)
+        assert len(pieces) > 1
+        assert "".join(pieces) == s.reply.text
+        assert s.reply.reason == "hit"
+        assert s.reply.cache.exact
+        assert session.history[-1]["role"] == "assistant"
+
+    def test_error_before_text_is_retried(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """An error event right after message_start (no text yet) is retried transparently."""
+        emulator.configure({"faults": {"script": [{"kind": "stream_error", "after_events": 2}]}})
+        session = make_session(sleep=Waits())
+        with session.stream("Hello") as s:
+            text = "".join(s.text_stream)
+        assert text
+        assert len(s.reply.attempts) == 2
+        assert emulator.stats()["requests"]["total"] == 2
+
+    def test_error_after_text_keeps_the_partial_text(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """An error event after text reached the caller raises StreamInterrupted with it."""
+        emulator.configure({"faults": {"script": [{"kind": "stream_error", "after_events": 5}]}})
+        session = make_session(sleep=Waits())
+        received: list[str] = []
+        with pytest.raises(convo.StreamInterrupted) as caught, session.stream("Hello") as s:  # noqa: PT012
+            for text in s.text_stream:
+                received.append(text)
+        assert received
+        assert caught.value.partial_text == "".join(received)
+        assert session.history == []
+        assert emulator.stats()["requests"]["total"] == 1
+
+
+class TestWarmState:
+    """Single flight, pre-warming, TTLs and keep-alive."""
+
+    async def test_fifty_concurrent_sessions_write_the_prefix_once(
+        self,
+        emulator: RunningEmulator,
+        async_client: anthropic.AsyncAnthropic,
+        registry: WarmRegistry,
+        ledger: Ledger,
+    ) -> None:
+        """50 AsyncSessions on one cold prefix: one request writes, 49 wait and read."""
+        emulator.configure(OVERLAP)
+        prefix = convo.Prefix(model=MODEL, system=[SYSTEM])
+        sessions = [
+            AsyncSession(
+                prefix,
+                client=async_client,
+                history="none",
+                registry=registry,
+                limiter=RateLimiter(),
+                ledger=ledger,
+                clock=emulator.emulator.clock.now,
+                max_tokens=16,
+            )
+            for _ in range(50)
+        ]
+        replies = await asyncio.gather(*(s.send(f"Question {i}") for i, s in enumerate(sessions)))
+        stats = emulator.stats()
+        assert stats["cache"]["writes"] == 1
+        assert stats["tokens"]["cache_write_5m"] == prefix.tokens
+        assert sum(r.usage.cache_read == prefix.tokens for r in replies) == 49
+        assert all(r.cache.exact for r in replies)
+
+    async def test_without_a_shared_registry_each_cold_session_writes(
+        self, emulator: RunningEmulator, async_client: anthropic.AsyncAnthropic, ledger: Ledger
+    ) -> None:
+        """The control: sessions with registries of their own each pay a write."""
+        emulator.configure(OVERLAP)
+        prefix = convo.Prefix(model=MODEL, system=[SYSTEM])
+        sessions = [
+            AsyncSession(
+                prefix,
+                client=async_client,
+                history="none",
+                limiter=RateLimiter(),
+                ledger=ledger,
+                registry=WarmRegistry(clock=emulator.emulator.clock.now),
+                clock=emulator.emulator.clock.now,
+                max_tokens=16,
+            )
+            for _ in range(10)
+        ]
+        await asyncio.gather(*(s.send("Question") for s in sessions))
+        assert emulator.stats()["cache"]["writes"] == 10
+
+    def test_warm_only_when_cold(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """warm() sends max_tokens 0 when cold, nothing when warm; the first turn then hits."""
+        session = make_session()
+        warm = session.warm()
+        assert warm is not None
+        assert warm.message.content == []
+        assert warm.usage.output == 0
+        assert session.warm() is None
+        reply = session.send("Hello")
+        assert reply.usage.cache_read == session.prefix.tokens
+        assert emulator.stats()["requests"]["total"] == 2
+
+    def test_ttl_on_the_virtual_clock(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """Warm, idle 4 min, send: hit. Idle 6 min, send: expired."""
+        session = make_session()
+        session.warm()
+        emulator.advance(240)
+        assert session.send("After four minutes").reason == "hit"
+        emulator.advance(360)
+        assert session.send("After six more").reason == "expired"
+
+    def test_keep_alive_bridges_the_six_minute_gap(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """With keep-alive ticking through the gap, the turn after 6 idle minutes is a hit."""
+        session = make_session(keep_alive=KeepAlive(margin_s=60))
+        session.warm()
+        emulator.advance(240)
+        assert session.send("After four minutes").reason == "hit"
+        ticks = []
+        for _ in range(6):  # a tick a minute, as run_keep_alive(interval=60) would
+            emulator.advance(60)
+            ticks.append(session.keep_alive_tick())
+        rewarms = [t for t in ticks if t is not None]
+        assert len(rewarms) == 1
+        assert rewarms[0].usage.output == 0
+        assert session.send("After six more").reason == "hit"
+
+    def test_keep_alive_respects_its_spend_cap(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """A zero spend cap means no re-warm is ever sent."""
+        session = make_session(keep_alive=KeepAlive(margin_s=60, max_cost_usd=0))
+        session.send("Hello")
+        emulator.advance(250)
+        assert session.keep_alive_tick() is None
+
+
+class TestRateLimits:
+    """A shared limiter paces sessions under the emulator's limits: no 429s."""
+
+    async def test_sessions_under_small_itpm_draw_no_429(
+        self, emulator: RunningEmulator, async_client: anthropic.AsyncAnthropic, ledger: Ledger
+    ) -> None:
+        """12 uncached requests of 2,044 tokens under ITPM 6,000: paced, none refused."""
+        emulator.configure({"limits": {"default": {"rpm": 1000, "itpm": 6000, "otpm": 100000}}})
+        clock = emulator.emulator.clock.now
+        limiter = RateLimiter(itpm=6000, clock=clock, wall_clock=clock)
+        slept: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            emulator.advance(seconds)  # the emulator's buckets refill on its own clock
+
+        sessions = [
+            AsyncSession(
+                convo.Prefix(model=MODEL, system=[f"Case {i}. " + SYSTEM]),
+                client=async_client,
+                history="none",
+                limiter=limiter,
+                ledger=ledger,
+                sleep=sleep,
+                registry=WarmRegistry(clock=emulator.emulator.clock.now),
+                clock=emulator.emulator.clock.now,
+                max_tokens=16,
+            )
+            for i in range(12)
+        ]
+        for s in sessions:
+            await s.send("Go")
+        assert emulator.stats()["requests"]["by_status"] == {"200": 12}
+        assert sum(slept) > 0
