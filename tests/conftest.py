@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 
 import anthropic
@@ -10,6 +12,10 @@ import pytest
 from convo.emulator import RunningEmulator, serve
 
 API_KEY = "sk-ant-test-key"
+
+# Anything that falls back to convo's default ledger writes to a throwaway folder, never to
+# the user's data directory.
+os.environ["CONVO_HOME"] = tempfile.mkdtemp(prefix="convo-tests-")
 
 
 @pytest.fixture(scope="session")

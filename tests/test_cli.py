@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import anthropic
 from click.testing import CliRunner
@@ -76,11 +77,9 @@ class TestEmulatorServe:
             if process.stderr:
                 process.stderr.close()
 
-    def test_bad_config_file_is_a_usage_error(self, tmp_path: object) -> None:
+    def test_bad_config_file_is_a_usage_error(self, tmp_path: Path) -> None:
         """A config with an unknown key exits 2 naming the key, before serving."""
-        from pathlib import Path
-
-        path = Path(str(tmp_path)) / "bad.json"
+        path = tmp_path / "bad.json"
         path.write_text('{"limitz": {}}')
         result = CliRunner().invoke(main, ["emulator", "serve", "--config", str(path)])
         assert result.exit_code == 2
@@ -88,11 +87,17 @@ class TestEmulatorServe:
 
 
 class TestDemo:
-    """`convo demo` runs a cached conversation on the embedded emulator."""
+    """`convo demo` runs convo's main job on the embedded emulator."""
 
-    def test_demo_shows_reads_after_the_first_turn(self) -> None:
-        """The demo's table shows a write on turn 1 and reads afterwards."""
-        result = CliRunner().invoke(main, ["demo", "--turns", "3"])
+    def test_demo_shows_outcomes_expiry_and_one_write_burst(self, tmp_path: Path) -> None:
+        """Per-turn reasons (cold, hit, expired), a one-write burst, and ledger rows."""
+        ledger = tmp_path / "demo.sqlite3"
+        result = CliRunner().invoke(main, ["demo", "--burst", "8", "--ledger", str(ledger)])
         assert result.exit_code == 0, result.output
-        assert "convo demo" in result.output
-        assert "3 requests" in result.output
+        table = result.output.split("2. A burst")[0]
+        assert [w for w in ("cold", "hit", "expired") if w in table] == ["cold", "hit", "expired"]
+        text = " ".join(result.output.split())  # the console wraps long lines
+        assert "8 concurrent sessions" in text
+        assert "1 cache write, 7 reads" in text
+        assert "4 rows for the conversation" in text
+        assert ledger.exists()

@@ -24,7 +24,7 @@ from convo.session.reply import Reply, Stats
 from convo.session.streaming import AsyncReplyStream, open_stream_async
 from convo.session.wiring import default_limiter, observe_error, workspace_of
 from convo.tracker import CacheTracker
-from convo.warm import WarmRegistry
+from convo.warm import WarmKey, WarmRegistry
 
 __all__ = ["AsyncSession"]
 
@@ -129,6 +129,11 @@ class AsyncSession:
     def conversation_id(self) -> str:
         """This conversation's id (the default task id for :meth:`mark`)."""
         return self._core.conversation_id
+
+    @property
+    def warm_key(self) -> WarmKey:
+        """The registry key of this session's static prefix (the API key only hashed)."""
+        return self._core.warm_key
 
     @property
     def tracker(self) -> CacheTracker:
