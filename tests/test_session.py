@@ -382,6 +382,23 @@ class TestWarmState:
         assert rewarms[0].usage.output == 0
         assert session.send("After six more").reason == "hit"
 
+    def test_adaptive_ttl_moves_to_one_hour_when_gaps_make_it_pay(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """After a 400 s gap the prefix switches to 1h; a 16-minute gap later still hits."""
+        session = make_session(adaptive_ttl=True)
+        assert session.send("First").usage.cache_write_5m > 0
+        emulator.advance(240)
+        assert session.send("Four minutes later").reason == "hit"
+        assert session.prefix.ttl == "5m"  # a gap under 5 minutes decides nothing
+        emulator.advance(400)
+        expired = session.send("Almost seven minutes later")
+        assert session.prefix.ttl == "1h"
+        assert expired.reason == "expired"
+        assert expired.usage.cache_write_1h > 0
+        emulator.advance(16 * 60)
+        assert session.send("Sixteen minutes later").reason == "hit"
+
     def test_keep_alive_respects_its_spend_cap(
         self, emulator: RunningEmulator, make_session: Callable[..., Session]
     ) -> None:

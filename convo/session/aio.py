@@ -24,7 +24,7 @@ from convo.session.reply import Reply, Stats
 from convo.session.streaming import AsyncReplyStream, open_stream_async
 from convo.session.wiring import default_limiter, observe_error, workspace_of
 from convo.tracker import CacheTracker
-from convo.warm import WarmKey, WarmRegistry
+from convo.warm import WarmBackend, WarmKey, WarmRegistry
 
 __all__ = ["AsyncSession"]
 
@@ -46,7 +46,7 @@ class AsyncSession:
         suffix: str | Callable[[], str] | None = None,
         suffix_placement: str = "system",
         history: str = "rolling",
-        registry: WarmRegistry | Any | None = None,
+        registry: WarmBackend | None = None,
         limiter: RateLimiter | Any | None = None,
         ledger: Ledger | bool | None = None,
         retry: RetryPolicy | None = None,
@@ -56,6 +56,7 @@ class AsyncSession:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         diagnostics: bool = False,
         keep_alive: KeepAlive | None = None,
+        adaptive_ttl: bool = False,
         session_id: str | None = None,
         conversation_id: str | None = None,
         messages: Sequence[Mapping[str, Any]] = (),
@@ -85,6 +86,7 @@ class AsyncSession:
             clock=clock,
             diagnostics=diagnostics,
             keep_alive=keep_alive,
+            adaptive_ttl=adaptive_ttl,
             session_id=session_id,
             conversation_id=conversation_id,
             messages=messages,
@@ -102,6 +104,7 @@ class AsyncSession:
             "sleep": sleep,
             "diagnostics": diagnostics,
             "keep_alive": keep_alive,
+            "adaptive_ttl": adaptive_ttl,
             "hooks": hooks,
         }
 
@@ -154,7 +157,8 @@ class AsyncSession:
     async def warm(self) -> Reply | None:
         """Pre-warm the static prefix if cold or about to expire (single flight)."""
         margin = self._core.keep_alive.margin_s if self._core.keep_alive else 0.0
-        if not self._core.registry.needs_warming(self._core.warm_key, margin=margin):
+        needs = await self._core.registry.needs_warming_async(self._core.warm_key, margin=margin)
+        if not needs:
             return None
         return await self._run(self._core.begin_warm())
 

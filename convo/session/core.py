@@ -34,7 +34,7 @@ from convo.retry import AttemptRecord, RetryPolicy
 from convo.session.reply import Reply, Stats
 from convo.tracker import CacheEntry, CacheTracker, Prediction
 from convo.usage import Usage
-from convo.warm import Flight, WarmKey, WarmRegistry
+from convo.warm import Flight, WarmBackend, WarmKey, choose_ttl
 
 __all__ = ["KeepAlive", "Pending", "SessionCore"]
 
@@ -128,7 +128,7 @@ class SessionCore:
         suffix: str | Callable[[], str] | None,
         suffix_placement: str,
         history: str,
-        registry: WarmRegistry | Any,
+        registry: WarmBackend,
         limiter: RateLimiter | Any,
         ledger: Ledger | None,
         retry: RetryPolicy,
@@ -142,6 +142,7 @@ class SessionCore:
         messages: Sequence[Mapping[str, Any]],
         hooks: Sequence[Callable[[Reply], None]],
         tracker: CacheTracker | None = None,
+        adaptive_ttl: bool = False,
     ) -> None:
         if not isinstance(prefix, Prefix):
             raise TypeError(f"prefix must be a convo.Prefix, got {type(prefix).__name__}")
@@ -151,23 +152,17 @@ class SessionCore:
             raise ValueError(
                 f"max_tokens must be >= 1 (use warm() for max_tokens=0), got {max_tokens}"
             )
-        self.prefix = prefix
-        self.layout = Layout(
-            prefix,
-            suffix=suffix,
-            suffix_placement=suffix_placement,  # type: ignore[arg-type]
-            history=history,  # type: ignore[arg-type]
-            max_tokens=max_tokens,
-        )
-        # Keep-alive renders the conversation as it stands (ending with the assistant),
-        # where a message-placed suffix has no turn to sit in; it is volatile and after every
-        # breakpoint anyway, so leaving it out changes no cache key.
-        self._keep_alive_layout = (
-            self.layout
-            if suffix_placement == "system"
-            else Layout(prefix, history=history, max_tokens=max_tokens)  # type: ignore[arg-type]
-        )
-        self._warm_layout = Layout(prefix, history="none", max_tokens=max_tokens)
+        self._layout_options = {
+            "suffix": suffix,
+            "suffix_placement": suffix_placement,
+            "history": history,
+            "max_tokens": max_tokens,
+        }
+        self._use_prefix(prefix, workspace)
+        self._workspace = workspace
+        self.adaptive_ttl = adaptive_ttl
+        self._gaps: list[float] = []
+        self._last_turn_start: float | None = None
         self.history = History(messages)
         self.registry = registry
         self.limiter = limiter
@@ -183,13 +178,42 @@ class SessionCore:
         self.session_id = session_id or f"ses_{uuid.uuid4().hex[:16]}"
         self.conversation_id = conversation_id or f"conv_{uuid.uuid4().hex[:16]}"
         self.hooks = tuple(hooks)
-        self.warm_key = WarmKey.for_api_key(workspace, prefix.model, prefix.fingerprint)
         self.stats = Stats()
         self.keep_alive_spent = Decimal(0)
         self.turns = 0
         self.last_used: float | None = None
         self._last_message_id: str | None = None
         self._info = models.lookup(prefix.model)
+
+    def _use_prefix(self, prefix: Prefix, workspace: str) -> None:
+        """(Re)build the layouts for *prefix* (at start, and when the adaptive TTL switches)."""
+        options: Any = self._layout_options
+        self.prefix = prefix
+        self.layout = Layout(prefix, **options)
+        # Keep-alive renders the conversation as it stands (ending with the assistant),
+        # where a message-placed suffix has no turn to sit in; it is volatile and after every
+        # breakpoint anyway, so leaving it out changes no cache key.
+        self._keep_alive_layout = (
+            self.layout
+            if options["suffix_placement"] == "system"
+            else Layout(prefix, history=options["history"], max_tokens=options["max_tokens"])
+        )
+        self._warm_layout = Layout(prefix, history="none", max_tokens=options["max_tokens"])
+        self.warm_key = WarmKey.for_api_key(workspace, prefix.model, prefix.fingerprint)
+
+    def _adapt_ttl(self) -> None:
+        """Track gaps between turns; with ``adaptive_ttl``, switch to the TTL they favour.
+
+        Cache keys do not include ``cache_control``, so switching TTL keeps every entry.
+        """
+        now = self.clock()
+        if self._last_turn_start is not None:
+            self._gaps = [*self._gaps[-99:], now - self._last_turn_start]
+        self._last_turn_start = now
+        if self.adaptive_ttl and self._gaps:
+            best = choose_ttl(self._gaps)
+            if best != self.prefix.ttl:
+                self._use_prefix(attrs.evolve(self.prefix, ttl=best), self._workspace)
 
     # -- planning -------------------------------------------------------------------------
 
@@ -202,6 +226,7 @@ class SessionCore:
     ) -> Pending:
         """Append the user turn, render, predict and check budgets; roll back on refusal."""
         message = user_message(content)
+        self._adapt_ttl()
         self.history.append(message)
         try:
             rendered = self.layout.render(

@@ -19,7 +19,7 @@ from convo.session.reply import Reply, Stats
 from convo.session.streaming import ReplyStream, open_stream
 from convo.session.wiring import default_limiter, observe_error, workspace_of
 from convo.tracker import CacheTracker
-from convo.warm import WarmKey, WarmRegistry
+from convo.warm import WarmBackend, WarmKey, WarmRegistry
 
 __all__ = ["Session"]
 
@@ -48,6 +48,9 @@ class Session:
         sleep: How to wait (retries, rate limits); injected in tests.
         diagnostics: Ask the server for ``cache_miss_reason`` (beta) on every turn.
         keep_alive: Re-warm this conversation before its TTL ends while in use.
+        adaptive_ttl: Switch the prefix between 5m and 1h TTLs as the observed gaps between
+            turns make one cheaper (:func:`convo.warm.choose_ttl`; the break-even is in
+            ``docs/sessions.md``). Switching keeps every cache entry.
         messages: History to start from.
         hooks: Called with every :class:`Reply` (telemetry, logging).
 
@@ -62,7 +65,7 @@ class Session:
         suffix: str | Callable[[], str] | None = None,
         suffix_placement: str = "system",
         history: str = "rolling",
-        registry: WarmRegistry | Any | None = None,
+        registry: WarmBackend | None = None,
         limiter: RateLimiter | Any | None = None,
         ledger: Ledger | bool | None = None,
         retry: RetryPolicy | None = None,
@@ -72,6 +75,7 @@ class Session:
         sleep: Callable[[float], Any] = time.sleep,
         diagnostics: bool = False,
         keep_alive: KeepAlive | None = None,
+        adaptive_ttl: bool = False,
         session_id: str | None = None,
         conversation_id: str | None = None,
         messages: Sequence[Mapping[str, Any]] = (),
@@ -101,6 +105,7 @@ class Session:
             clock=clock,
             diagnostics=diagnostics,
             keep_alive=keep_alive,
+            adaptive_ttl=adaptive_ttl,
             session_id=session_id,
             conversation_id=conversation_id,
             messages=messages,
@@ -118,6 +123,7 @@ class Session:
             "sleep": sleep,
             "diagnostics": diagnostics,
             "keep_alive": keep_alive,
+            "adaptive_ttl": adaptive_ttl,
             "hooks": hooks,
         }
 
