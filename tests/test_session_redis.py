@@ -79,7 +79,10 @@ class TestRedisSingleFlight:
     ) -> None:
         """Exactly one of the 40 requests writes; the other 39 wait for it and read."""
         emulator.configure(OVERLAP)
-        context = multiprocessing.get_context("spawn")
+        # forkserver: no fork of this threaded test process, and the server imports convo and
+        # the SDK once for all four children instead of each spawned child importing them.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["tests.test_session_redis"])
         out: multiprocessing.Queue[object] = context.Queue()
         ready = context.Barrier(PROCESSES)  # all 40 requests leave together
         workers = [
