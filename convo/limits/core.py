@@ -1,0 +1,330 @@
+"""The pure core of client-side rate limiting: bucket arithmetic, headers, validation.
+
+Nothing here sleeps, locks or reads a clock; every function takes ``now``. The in-process
+:class:`~convo.limits.RateLimiter` wraps :class:`Buckets` in a lock, and the Redis Lua
+script in :mod:`convo.limits.redis_limiter` mirrors the same arithmetic line for line (a
+change here must be made there too; the tests run both against the same scenarios).
+
+The model, per kind (requests, input tokens, output tokens):
+
+* A bucket of ``capacity`` = one minute's allowance refills continuously at
+  ``capacity / 60`` per second and never holds more than ``capacity``.
+* A reservation takes its amount *at once*, so the level may go negative (debt). The caller
+  must wait until the level *before* its take has refilled to ``min(amount, capacity)``.
+  That is the server's admission rule (a bucket admits a request when it holds the request's
+  weight; a request bigger than a minute's allowance goes on a full bucket), shifted so that
+  every earlier reservation's debt is paid first: FIFO by construction, as in GCRA.
+
+Invariant (why pacing never draws a 429 from a server in step with us): our level is never
+above the server's level minus what we have reserved but not yet sent. Both refill at the
+same rate; we take at reservation, the server later, at admission. The cap is where this
+could break: a server bucket that is full when we release a request stops refilling until
+the request arrives, while ours, already debited, refills on. So each take also debits the
+refill the server may miss in ``latency`` seconds of flight, ``rate × latency`` less the
+room the bucket still had at release (nothing when it was far from full).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+
+import attrs
+
+__all__ = [
+    "DEFAULT_PENALTY_S",
+    "KINDS",
+    "Buckets",
+    "HeaderReading",
+    "Reservation",
+    "check_amount",
+    "check_limit",
+    "parse_headers",
+    "parse_rfc3339",
+    "server_level",
+    "sleep_out",
+    "sleep_out_async",
+]
+
+#: The three buckets, in a fixed order, named as in ``anthropic-ratelimit-<kind>-*``.
+KINDS: tuple[str, str, str] = ("requests", "input-tokens", "output-tokens")
+
+#: How long to hold everything back after a 429 that carried no ``retry-after``.
+DEFAULT_PENALTY_S = 5.0
+
+
+@attrs.frozen
+class Reservation:
+    """What one :meth:`~convo.limits.RateLimiter.reserve` took, and how long to wait.
+
+    Attributes:
+        input_tokens: ITPM weight reserved (input plus cache writes, plus cache reads only
+            for models whose reads count; the caller computes it).
+        output_tokens: OTPM reserved: an estimate, corrected later by ``settle``.
+        wait: Seconds the caller had to wait before sending (0 if none).
+        at: Clock time the reservation was made (the limiter's clock; server time for Redis).
+    """
+
+    input_tokens: int
+    output_tokens: int
+    wait: float
+    at: float
+
+
+@attrs.frozen
+class HeaderReading:
+    """One bucket's ``anthropic-ratelimit-<kind>-{limit,remaining,reset}`` headers.
+
+    Attributes:
+        limit: The bucket's capacity (one minute's allowance), if sent.
+        remaining: What the server had left when it answered, if sent.
+        reset_in: Seconds from now until the server's bucket is full again, if sent.
+    """
+
+    limit: int | None
+    remaining: int | None
+    reset_in: float | None
+
+
+def check_limit(name: str, value: int | None) -> int | None:
+    """Return *value* if it is a usable per-minute limit (a positive int or ``None``)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int (per minute) or None, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(
+            f"{name}={value}: a limit must be a positive number per minute; "
+            f"pass {name}=None for no limit on this bucket"
+        )
+    return value
+
+
+def check_amount(name: str, value: int) -> int:
+    """Return *value* if it is a usable token amount (an int ≥ 0)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name}={value}: token amounts cannot be negative; pass 0 for none")
+    return value
+
+
+def parse_rfc3339(text: str) -> float | None:
+    """Return the epoch seconds of an RFC 3339 time, or ``None`` if it is not one."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        # datetime.fromisoformat accepts "Z" only from Python 3.11.
+        value = value[:-1] + "+00:00"
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.timestamp()
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        return int(float(raw))
+    except ValueError:
+        return None
+
+
+def parse_headers(headers: Mapping[str, str], *, wall_now: float) -> dict[str, HeaderReading]:
+    """Read the ``anthropic-ratelimit-*`` headers of one response, by kind.
+
+    Header names are matched case-insensitively; a malformed value is ignored rather than
+    raised, because a response that arrived must never fail on its bookkeeping.
+
+    Args:
+        headers: The response headers (an ``httpx.Headers`` or any mapping).
+        wall_now: Seconds since the epoch, to turn the RFC 3339 ``reset`` into a duration.
+    """
+    lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+    readings: dict[str, HeaderReading] = {}
+    for kind in KINDS:
+        prefix = f"anthropic-ratelimit-{kind}-"
+        limit = _int_header(lowered, prefix + "limit")
+        remaining = _int_header(lowered, prefix + "remaining")
+        reset_at = parse_rfc3339(lowered[prefix + "reset"]) if prefix + "reset" in lowered else None
+        reset_in = None if reset_at is None else max(0.0, reset_at - wall_now)
+        if limit is not None or remaining is not None:
+            readings[kind] = HeaderReading(limit, remaining, reset_in)
+    return readings
+
+
+def server_level(kind: str, reading: HeaderReading, capacity: int) -> tuple[float, float] | None:
+    """Return (best estimate, upper bound) of the server's level from one reading.
+
+    Token ``remaining`` values are rounded down to thousands and ``requests`` ones to whole
+    requests, so the true level lies in ``[remaining, remaining + step)``. The RFC 3339
+    ``reset`` (rounded up to a whole second) narrows that: ``capacity - rate * reset_in`` is
+    a lower bound on the level. It is clamped into the interval so a skewed wall clock can
+    cost at most one rounding step.
+    """
+    if reading.remaining is None:
+        return None
+    remaining = float(max(0, reading.remaining))
+    step = 1.0 if kind == "requests" or reading.remaining % 1000 else 1000.0
+    upper = remaining + step
+    estimate = remaining
+    if reading.reset_in is not None:
+        from_reset = capacity - capacity / 60.0 * reading.reset_in
+        estimate = min(max(from_reset, remaining), upper)
+    return estimate, upper
+
+
+class Buckets:
+    """The three buckets and the 429 hold, as plain state; callers hold a lock around it.
+
+    A kind's capacity is the lower of the configured limit and the one the server
+    announced; ``None`` for both means unlimited (nothing to wait for). Levels are kept for
+    limited kinds only. ``pending`` holds reservations whose release time is still ahead:
+    the server has not seen them, so header sync adds them back before comparing.
+    """
+
+    def __init__(self, limits: Mapping[str, int | None], now: float, latency: float) -> None:
+        self.latency = latency
+        self.configured: dict[str, int | None] = {k: limits.get(k) for k in KINDS}
+        self.announced: dict[str, int | None] = dict.fromkeys(KINDS)
+        self.level: dict[str, float] = {}
+        for kind in KINDS:
+            capacity = self.capacity(kind)
+            if capacity is not None:
+                self.level[kind] = float(capacity)  # a fresh bucket is full
+        self.updated = now
+        self.blocked_until = -math.inf
+        # (release time, requests, input, output); release times are not strictly sorted
+        # (a 429 hold or a smaller amount can release earlier), so pruning scans them all.
+        self.pending: deque[tuple[float, int, int, int]] = deque()
+
+    def capacity(self, kind: str) -> int | None:
+        """Return the effective capacity of *kind* (``None``: unlimited)."""
+        known = [c for c in (self.configured[kind], self.announced[kind]) if c is not None]
+        return min(known) if known else None
+
+    def refill(self, now: float) -> None:
+        """Bring every level up to *now* (a clock that steps back is treated as standing still)."""
+        elapsed = max(0.0, now - self.updated)
+        for kind, level in self.level.items():
+            capacity = self.capacity(kind)
+            assert capacity is not None  # levels exist for limited kinds only
+            self.level[kind] = min(float(capacity), level + elapsed * capacity / 60.0)
+        self.updated = max(self.updated, now)
+
+    def reserve(self, now: float, amounts: tuple[int, int, int]) -> float:
+        """Take *amounts* (requests, input, output) now; return the seconds to wait."""
+        self.refill(now)
+        wait = max(0.0, self.blocked_until - now)
+        for kind, amount in zip(KINDS, amounts, strict=True):
+            if kind not in self.level:
+                continue
+            capacity = self.capacity(kind)
+            assert capacity is not None
+            need = min(amount, capacity)
+            wait = max(wait, (need - self.level[kind]) * 60.0 / capacity)
+        for kind, amount in zip(KINDS, amounts, strict=True):
+            if kind not in self.level:
+                continue
+            capacity = self.capacity(kind)
+            assert capacity is not None
+            rate = capacity / 60.0
+            at_release = min(float(capacity), self.level[kind] + rate * wait)
+            in_flight = max(0.0, rate * self.latency - (capacity - at_release))
+            self.level[kind] -= amount + in_flight
+        if wait > 0:
+            self.pending.append((now + wait, *amounts))
+        return wait
+
+    def settle(self, now: float, deltas: tuple[int, int]) -> None:
+        """Charge (positive) or refund (negative) input and output tokens."""
+        self.refill(now)
+        for kind, delta in zip(KINDS[1:], deltas, strict=True):
+            if kind in self.level:
+                capacity = self.capacity(kind)
+                assert capacity is not None
+                self.level[kind] = min(float(capacity), self.level[kind] - delta)
+
+    def unsent(self, now: float) -> tuple[int, int, int]:
+        """Return the amounts reserved but not yet released (the server has not seen them)."""
+        self.pending = deque(p for p in self.pending if p[0] > now)
+        return (
+            sum(p[1] for p in self.pending),
+            sum(p[2] for p in self.pending),
+            sum(p[3] for p in self.pending),
+        )
+
+    def sync(self, now: float, readings: Mapping[str, HeaderReading]) -> None:
+        """Adopt what the server's headers say where it knows better than we do."""
+        self.refill(now)
+        unsent = dict(zip(KINDS, self.unsent(now), strict=True))
+        for kind, reading in readings.items():
+            if reading.limit is not None and reading.limit > 0:
+                before = self.capacity(kind)
+                self.announced[kind] = reading.limit
+                capacity = self.capacity(kind)
+                assert capacity is not None
+                if before is None:
+                    # Learned now: start from what the server says is left (below).
+                    self.level[kind] = math.inf
+                else:
+                    self.level[kind] = min(self.level[kind], float(capacity))
+            capacity = self.capacity(kind)
+            if capacity is None:
+                continue
+            # The reset time describes the server's bucket, so it is read at its capacity.
+            bounds = server_level(kind, reading, reading.limit or capacity)
+            if bounds is None:
+                if math.isinf(self.level[kind]):
+                    self.level[kind] = float(capacity)
+                continue
+            estimate, upper = bounds
+            # Our level plus what we have not sent yet is our view of the server's level.
+            # Above the server's upper bound means someone else spent from this budget.
+            if self.level[kind] + unsent[kind] > upper:
+                self.level[kind] = min(float(capacity), estimate) - unsent[kind]
+
+    def hold(self, now: float, seconds: float) -> None:
+        """Release nothing more until ``now + seconds`` (a 429 was seen)."""
+        self.blocked_until = max(self.blocked_until, now + seconds)
+
+
+def sleep_out(
+    grant: Reservation, hold_until: Callable[[], float], sleep: Callable[[float], None]
+) -> Reservation:
+    """Sleep a reservation's wait, then on while a 429 hold seen meanwhile lasts.
+
+    *hold_until* reads the current hold (clock time; -inf for none). Each extra round runs
+    only if the hold moved past the previous deadline, so the loop ends. Returns the
+    reservation with ``wait`` = the total slept.
+    """
+    waited, deadline = grant.wait, grant.at + grant.wait
+    if waited > 0:
+        sleep(waited)
+    while (extra := hold_until() - deadline) > 0:
+        sleep(extra)
+        waited += extra
+        deadline += extra
+    return attrs.evolve(grant, wait=waited)
+
+
+async def sleep_out_async(
+    grant: Reservation,
+    hold_until: Callable[[], Awaitable[float]],
+    sleep: Callable[[float], Awaitable[None]],
+) -> Reservation:
+    """:func:`sleep_out`, awaiting *hold_until* and *sleep*."""
+    waited, deadline = grant.wait, grant.at + grant.wait
+    if waited > 0:
+        await sleep(waited)
+    while (extra := await hold_until() - deadline) > 0:
+        await sleep(extra)
+        waited += extra
+        deadline += extra
+    return attrs.evolve(grant, wait=waited)
