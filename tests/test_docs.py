@@ -38,7 +38,9 @@ class TestDocs:
         """The concept pages carry emulator-backed examples (so the next test checks something)."""
         assert len(runnable_examples()) >= 4
 
-    @pytest.mark.parametrize(("where", "code"), runnable_examples(), ids=lambda v: str(v)[:40])
+    @pytest.mark.parametrize(
+        ("where", "code"), runnable_examples(), ids=[where for where, _ in runnable_examples()]
+    )
     def test_example_runs_as_pasted(self, where: str, code: str, tmp_path: Path) -> None:
         """The example exits 0 in a fresh interpreter."""
         result = subprocess.run(
