@@ -14,17 +14,18 @@ from convo.layout import Prefix
 from convo.ledger import Ledger
 from convo.limits import RateLimiter
 from convo.retry import RetryPolicy
-from convo.session.core import KeepAlive, Pending, SessionCore
-from convo.session.reply import Reply, Stats
+from convo.session.base import SessionBase
+from convo.session.core import KeepAlive, Pending
+from convo.session.reply import Reply
 from convo.session.streaming import ReplyStream, open_stream
-from convo.session.wiring import default_limiter, observe_error, workspace_of
+from convo.session.wiring import observe_error
 from convo.tracker import CacheTracker
-from convo.warm import WarmBackend, WarmKey, WarmRegistry
+from convo.warm import WarmBackend
 
 __all__ = ["Session"]
 
 
-class Session:
+class Session(SessionBase):
     """One conversation on a frozen static prefix, with caching, retries, limits and a ledger.
 
     Args:
@@ -82,87 +83,15 @@ class Session:
         hooks: Sequence[Callable[[Reply], None]] = (),
         _tracker: CacheTracker | None = None,
     ) -> None:
+        # Every constructor argument, as given, for the shared wiring (and for forks).
+        arguments = {k: v for k, v in locals().items() if k not in ("self", "prefix", "client")}
         if client is not None and not isinstance(client, anthropic.Anthropic):
             raise TypeError(
                 f"Session needs an anthropic.Anthropic client, got {type(client).__name__}; "
                 "use convo.AsyncSession for AsyncAnthropic"
             )
         base = client if client is not None else anthropic.Anthropic()
-        self._client = base.with_options(max_retries=0)
-        self._sleep = sleep
-        self._core = SessionCore(
-            prefix,
-            workspace=workspace_of(base),
-            suffix=suffix,
-            suffix_placement=suffix_placement,
-            history=history,
-            registry=registry if registry is not None else WarmRegistry.default(),
-            limiter=limiter if limiter is not None else default_limiter(prefix.model),
-            ledger=Ledger.default() if ledger is None or ledger is True else (ledger or None),
-            retry=retry if retry is not None else RetryPolicy(),
-            budget=budget,
-            max_tokens=max_tokens,
-            clock=clock,
-            diagnostics=diagnostics,
-            keep_alive=keep_alive,
-            adaptive_ttl=adaptive_ttl,
-            session_id=session_id,
-            conversation_id=conversation_id,
-            messages=messages,
-            hooks=hooks,
-            tracker=_tracker,
-        )
-        self._options: dict[str, Any] = {
-            "suffix": suffix,
-            "suffix_placement": suffix_placement,
-            "history": history,
-            "retry": self._core.retry,
-            "budget": budget,
-            "max_tokens": max_tokens,
-            "clock": clock,
-            "sleep": sleep,
-            "diagnostics": diagnostics,
-            "keep_alive": keep_alive,
-            "adaptive_ttl": adaptive_ttl,
-            "hooks": hooks,
-        }
-
-    # -- what the session knows -----------------------------------------------------------
-
-    @property
-    def prefix(self) -> Prefix:
-        """The static prefix."""
-        return self._core.prefix
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """A copy of the conversation so far (what was sent and answered, verbatim)."""
-        return list(self._core.history)
-
-    @property
-    def stats(self) -> Stats:
-        """Totals over this session's replies."""
-        return self._core.stats
-
-    @property
-    def session_id(self) -> str:
-        """This session's id (in every ledger row it writes)."""
-        return self._core.session_id
-
-    @property
-    def conversation_id(self) -> str:
-        """This conversation's id (the default task id for :meth:`mark`)."""
-        return self._core.conversation_id
-
-    @property
-    def warm_key(self) -> WarmKey:
-        """The registry key of this session's static prefix (the API key only hashed)."""
-        return self._core.warm_key
-
-    @property
-    def tracker(self) -> CacheTracker:
-        """What this session believes the server's cache holds."""
-        return self._core.tracker
+        self._build(prefix, base, arguments)
 
     # -- turns --------------------------------------------------------------------------
 
@@ -260,31 +189,11 @@ class Session:
         finally:
             reply_stream.close()
 
-    def mark(self, outcome: str, *, task_id: str | None = None) -> None:
-        """Mark the task (default: this conversation) a ``"success"`` or ``"failure"`` in
-        the ledger, for cost per successful task."""
-        if self._core.ledger is None:
-            raise ValueError("this session has no ledger (it was built with ledger=False)")
-        self._core.ledger.mark_outcome(task_id or self.conversation_id, outcome)  # type: ignore[arg-type]
-
     def fork(self) -> Session:
         """A new session on the same prefix and history so far, sharing the client,
         registry, limiter and ledger, with its own conversation id and a copy of what
         this session believes is cached."""
-        tracker = CacheTracker(clock=self._core.clock)
-        for entry in self._core.tracker.entries():
-            tracker.add_entry(entry)
-        return Session(
-            self.prefix,
-            client=self._client,
-            registry=self._core.registry,
-            limiter=self._core.limiter,
-            ledger=self._core.ledger or False,
-            session_id=self.session_id,
-            messages=list(self._core.history),
-            _tracker=tracker,
-            **self._options,
-        )
+        return Session(self.prefix, **self._fork_options())
 
     # -- the path of one request ----------------------------------------------------------
 
@@ -331,20 +240,3 @@ class Session:
             self._after_failure(pending)
             raise
         return self._finish(pending, message, None, started)
-
-    def _began(self, pending: Pending) -> None:
-        if pending.flight is not None and pending.flight.role == "writer":
-            self._core.registry.began(pending.flight)
-
-    def _finish(self, pending: Pending, message: Any, usage: Any, started: float) -> Reply:
-        try:
-            return self._core.complete(
-                pending, message, usage=usage, latency_s=time.perf_counter() - started
-            )
-        finally:
-            self._began(pending)  # after complete() recorded the write: waiters then read
-
-    def _after_failure(self, pending: Pending) -> None:
-        if pending.flight is not None and pending.flight.role == "writer":
-            self._core.registry.abandon(pending.flight)
-        self._core.fail(pending)

@@ -1,0 +1,164 @@
+"""What :class:`Session` and :class:`AsyncSession` share: construction, what a session
+knows, outcomes and forks. Only waiting and HTTP differ between the two shells."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import anthropic
+
+from convo.layout import Prefix
+from convo.ledger import Ledger
+from convo.retry import RetryPolicy
+from convo.session.core import Pending, SessionCore
+from convo.session.reply import Reply, Stats
+from convo.session.wiring import default_limiter, workspace_of
+from convo.tracker import CacheTracker
+from convo.warm import WarmKey, WarmRegistry
+
+__all__ = ["SessionBase"]
+
+# Options a fork inherits as they are (client, registry, limiter, ledger are shared objects).
+_INHERITED = (
+    "suffix",
+    "suffix_placement",
+    "history",
+    "retry",
+    "budget",
+    "max_tokens",
+    "clock",
+    "sleep",
+    "diagnostics",
+    "keep_alive",
+    "adaptive_ttl",
+    "hooks",
+)
+
+
+class SessionBase:
+    """The shared half of a session shell (not public: use Session or AsyncSession)."""
+
+    _core: SessionCore
+    _client: Any
+    _sleep: Any
+    _options: dict[str, Any]
+
+    def _build(
+        self,
+        prefix: Prefix,
+        client: anthropic.Anthropic | anthropic.AsyncAnthropic,
+        options: Mapping[str, Any],
+    ) -> None:
+        """Wire the core from the shell's constructor arguments (filling the defaults)."""
+        self._client = client.with_options(max_retries=0)  # convo's retry loop is the only one
+        self._sleep = options["sleep"]
+        registry = options["registry"]
+        limiter = options["limiter"]
+        ledger = options["ledger"]
+        retry = options["retry"]
+        self._core = SessionCore(
+            prefix,
+            workspace=workspace_of(client),
+            suffix=options["suffix"],
+            suffix_placement=options["suffix_placement"],
+            history=options["history"],
+            registry=registry if registry is not None else WarmRegistry.default(),
+            limiter=limiter if limiter is not None else default_limiter(prefix.model),
+            ledger=Ledger.default() if ledger is None or ledger is True else (ledger or None),
+            retry=retry if retry is not None else RetryPolicy(),
+            budget=options["budget"],
+            max_tokens=options["max_tokens"],
+            clock=options["clock"],
+            diagnostics=options["diagnostics"],
+            keep_alive=options["keep_alive"],
+            adaptive_ttl=options["adaptive_ttl"],
+            session_id=options["session_id"],
+            conversation_id=options["conversation_id"],
+            messages=options["messages"],
+            hooks=options["hooks"],
+            tracker=options["_tracker"],
+        )
+        self._options = {name: options[name] for name in _INHERITED}
+        self._options["retry"] = self._core.retry
+
+    # -- what the session knows -----------------------------------------------------------
+
+    @property
+    def prefix(self) -> Prefix:
+        """The static prefix (its TTL may change with ``adaptive_ttl``)."""
+        return self._core.prefix
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """A copy of the conversation so far (what was sent and answered, verbatim)."""
+        return list(self._core.history)
+
+    @property
+    def stats(self) -> Stats:
+        """Totals over this session's replies."""
+        return self._core.stats
+
+    @property
+    def session_id(self) -> str:
+        """This session's id (in every ledger row it writes)."""
+        return self._core.session_id
+
+    @property
+    def conversation_id(self) -> str:
+        """This conversation's id (the default task id for :meth:`mark`)."""
+        return self._core.conversation_id
+
+    @property
+    def warm_key(self) -> WarmKey:
+        """The registry key of this session's static prefix (the API key only hashed)."""
+        return self._core.warm_key
+
+    @property
+    def tracker(self) -> CacheTracker:
+        """What this session believes the server's cache holds."""
+        return self._core.tracker
+
+    def mark(self, outcome: str, *, task_id: str | None = None) -> None:
+        """Mark the task (default: this conversation) a ``"success"`` or ``"failure"`` in
+        the ledger, for cost per successful task."""
+        if self._core.ledger is None:
+            raise ValueError("this session has no ledger (it was built with ledger=False)")
+        self._core.ledger.mark_outcome(task_id or self.conversation_id, outcome)  # type: ignore[arg-type]
+
+    def _fork_options(self) -> dict[str, Any]:
+        """Arguments for a fork: same prefix, history so far, shared client and backends,
+        and a copy of what this session believes is cached; a new conversation id."""
+        tracker = CacheTracker(clock=self._core.clock)
+        for entry in self._core.tracker.entries():
+            tracker.add_entry(entry)
+        return {
+            "client": self._client,
+            "registry": self._core.registry,
+            "limiter": self._core.limiter,
+            "ledger": self._core.ledger or False,
+            "session_id": self.session_id,
+            "messages": list(self._core.history),
+            "_tracker": tracker,
+            **self._options,
+        }
+
+    # -- the bookkeeping around one request ------------------------------------------------
+
+    def _began(self, pending: Pending) -> None:
+        if pending.flight is not None and pending.flight.role == "writer":
+            self._core.registry.began(pending.flight)
+
+    def _finish(self, pending: Pending, message: Any, usage: Any, started: float) -> Reply:
+        try:
+            return self._core.complete(
+                pending, message, usage=usage, latency_s=time.perf_counter() - started
+            )
+        finally:
+            self._began(pending)  # after complete() recorded the write: waiters then read
+
+    def _after_failure(self, pending: Pending) -> None:
+        if pending.flight is not None and pending.flight.role == "writer":
+            self._core.registry.abandon(pending.flight)
+        self._core.fail(pending)
