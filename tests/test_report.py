@@ -161,7 +161,6 @@ class TestPlot:
 
     def test_png_written(self, ledger_path: str, tmp_path: Path) -> None:
         """With matplotlib, --plot writes a PNG."""
-        pytest.importorskip("matplotlib")
         out = tmp_path / "plot.png"
         _run("--ledger", ledger_path, "--format", "json", "--plot", str(out))
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

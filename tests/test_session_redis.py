@@ -9,11 +9,12 @@ from collections.abc import Iterator
 
 import anthropic
 import pytest
+import redis
 
 import convo
 from convo.emulator import RunningEmulator
 
-from .conftest import API_KEY
+from .conftest import API_KEY, service_missing
 from .test_session import MODEL, OVERLAP, SYSTEM
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -23,13 +24,12 @@ PROCESSES, SESSIONS = 4, 10
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A key prefix of this test's own, removed afterwards."""
-    redis = pytest.importorskip("redis")
     prefix = f"convo:test:{uuid.uuid4().hex}:"
     client = redis.Redis.from_url(REDIS_URL)
     try:
         client.ping()
     except redis.ConnectionError:
-        pytest.fail("Redis is not answering on 127.0.0.1:6379 (.ci/run starts it)")
+        service_missing("no Redis at 127.0.0.1:6379 (.ci/run starts one)")
     yield prefix
     for key in client.scan_iter(f"{prefix}*"):
         client.delete(key)

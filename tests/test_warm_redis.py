@@ -23,19 +23,21 @@ from tests.warm_support import (
     wait_until,
 )
 
+from .conftest import service_missing
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
 MODEL = "claude-sonnet-4-6"
 
 
 @pytest.fixture
 def client() -> Iterator[redis.Redis]:
-    """A sync client on the local Redis (the test is skipped when none runs)."""
+    """A sync client on the local Redis (skipped when none runs, failed in CI)."""
     connection = redis.Redis.from_url(REDIS_URL)
     try:
         connection.ping()
     except redis.ConnectionError:
         connection.close()
-        pytest.skip("no Redis at 127.0.0.1:6379 (.ci/run starts one)")
+        service_missing("no Redis at 127.0.0.1:6379 (.ci/run starts one)")
     yield connection
     connection.close()
 
