@@ -239,6 +239,18 @@ class TestBudget:
         assert caught.value.spent == first.cost.usd
         assert emulator.stats()["requests"]["total"] == 1
 
+    def test_ledger_budget_is_shared_by_sessions_on_one_ledger(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """A ledger-scope budget counts every session's spend: the second session is refused."""
+        budget = convo.Budget(max_cost_usd="0.009", scope="ledger", warn_at=1.0)
+        make_session(budget=budget).send("Hello")
+        with pytest.raises(convo.BudgetExceeded) as caught:
+            make_session(budget=budget).send("Hello from another session")
+        assert caught.value.scope == "ledger"
+        assert caught.value.spent > 0  # type: ignore[operator]
+        assert emulator.stats()["requests"]["total"] == 1
+
 
 class TestStreaming:
     """Text as it arrives; usage settled at the end; retries only before the first text."""
