@@ -17,11 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convo.errors import LedgerError
-from convo.ledger import Ledger, LedgerRow
+from convo.ledger import BustCount, Ledger, LedgerRow, Totals
 from convo.ledger.backends import SQLiteBackend, redact
 from convo.ledger.schema import SCHEMA_VERSION, SQLITE, migration_statements
 from convo.pricing import price
 from convo.usage import Usage
+
+from .conftest import service_missing
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)
 MISSION = Usage(input=3, cache_read=9390, cache_write_5m=58869, output=1021)
@@ -58,7 +60,7 @@ def _pg_available() -> bool:
 def pg_url() -> Iterator[str]:
     """A PostgreSQL URL on a fresh schema, dropped after the test."""
     if not _pg_available():
-        pytest.skip("no PostgreSQL server at 127.0.0.1:5432")
+        service_missing("no PostgreSQL server at 127.0.0.1:5432")
     import psycopg
 
     schema = f"convo_test_{uuid.uuid4().hex[:12]}"
@@ -388,6 +390,161 @@ class TestProperties:
         assert t.unpriced == sum(1 for c in costs if c.usd is None)
 
 
+def _reference(rows: list[LedgerRow], by: str | None, since: Any, until: Any) -> list[Totals]:
+    """Totals computed in Python from the rows themselves: what the roll-up must equal."""
+    column = {"model": "model", "session": "session_id", "prefix": "prefix_fingerprint"}
+    groups: dict[str | None, list[LedgerRow]] = {}
+    for r in rows:
+        if (since is None or r.time >= since) and (until is None or r.time < until):
+            if by is None:
+                key = None
+            elif by == "day":
+                key = r.time.strftime("%Y-%m-%d")
+            else:
+                key = getattr(r, column[by])
+            groups.setdefault(key, []).append(r)
+    if by is None and not groups:
+        groups[None] = []
+    out = []
+    for key in sorted(groups, key=lambda k: (k is not None, k or "")):
+        g = groups[key]
+        out.append(
+            Totals(
+                key=key,
+                requests=len(g),
+                errors=sum(r.status != "ok" for r in g),
+                input=sum(r.input for r in g),
+                cache_read=sum(r.cache_read for r in g),
+                cache_write_5m=sum(r.cache_write_5m for r in g),
+                cache_write_1h=sum(r.cache_write_1h for r in g),
+                output=sum(r.output for r in g),
+                cost_usd=sum((r.cost_usd for r in g if r.cost_usd is not None), Decimal(0)),
+                unpriced=sum(r.cost_usd is None for r in g),
+                saved_usd=sum((r.saved_usd for r in g if r.saved_usd is not None), Decimal(0)),
+                rate_limit_tokens=sum(r.rate_limit_tokens for r in g),
+                hit_requests=sum(r.cache_read > 0 and r.status == "ok" for r in g),
+            )
+        )
+    return out
+
+
+def _reference_busts(rows: list[LedgerRow], since: Any, until: Any, limit: int) -> list[BustCount]:
+    by_reason: dict[str, list[LedgerRow]] = {}
+    for r in rows:
+        if r.cache_reason in (None, "hit"):
+            continue
+        if (since is None or r.time >= since) and (until is None or r.time < until):
+            by_reason.setdefault(r.cache_reason, []).append(r)
+    busts = [
+        BustCount(
+            reason,
+            len(g),
+            sum(r.cache_write_5m + r.cache_write_1h for r in g),
+            sum(r.input for r in g),
+            sum((r.cost_usd for r in g if r.cost_usd is not None), Decimal(0)),
+        )
+        for reason, g in by_reason.items()
+    ]
+    return sorted(busts, key=lambda b: (-b.requests, b.reason))[:limit]
+
+
+# Times cluster around a few UTC midnights, to the microsecond, so day edges are hit.
+_MIDNIGHTS = [dt.datetime(2026, 11, d, tzinfo=dt.timezone.utc) for d in (1, 2, 3, 5)]
+times = st.builds(
+    lambda m, us: m + dt.timedelta(microseconds=us),
+    st.sampled_from(_MIDNIGHTS),
+    st.one_of(st.integers(-2_000_000, 2_000_000), st.integers(-86_400_000_000, 86_400_000_000)),
+)
+ledger_rows = st.builds(
+    LedgerRow,
+    model=st.sampled_from(["claude-sonnet-4-6", "claude-haiku-4-5"]),
+    time=times,
+    session_id=st.sampled_from([None, "s1", "s2"]),
+    prefix_fingerprint=st.sampled_from([None, "fp1", "fp2"]),
+    cache_reason=st.sampled_from([None, "hit", "cold", "expired"]),
+    input=st.integers(0, 10**6),
+    cache_read=st.integers(0, 10**6),
+    cache_write_1h=st.integers(0, 10**5),
+    cost_usd=st.one_of(st.none(), st.decimals(0, 10, places=9)),
+    saved_usd=st.one_of(st.none(), st.decimals(-1, 1, places=9)),
+    rate_limit_tokens=st.integers(0, 10**6),
+    status=st.sampled_from(["ok", "ok", "error"]),
+)
+
+
+class TestRollup:
+    """The daily roll-up gives exactly the answers the raw rows give."""
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        batches=st.lists(st.lists(ledger_rows, max_size=12), max_size=4),
+        since=st.one_of(st.none(), times),
+        until=st.one_of(st.none(), times),
+        by=st.sampled_from([None, "model", "session", "prefix", "day"]),
+    )
+    def test_rollup_equals_raw(
+        self, batches: list[list[LedgerRow]], since: Any, until: Any, by: Any
+    ) -> None:
+        """Whatever the rows, batches and time window, totals and busts equal the rows' sums."""
+        with Ledger.open(":memory:") as led:
+            for batch in batches:
+                for row in batch:
+                    led.append(row)
+                led.flush()  # each batch a transaction, so roll-up rows are merged
+            rows = led.rows()
+            window = {"since": since, "until": until}
+            assert led.totals(by=by, **window) == _reference(rows, by, since, until)
+            assert led.top_busts(limit=2, **window) == _reference_busts(rows, since, until, 2)
+            one = led.total(model="claude-haiku-4-5", session="s1", **window)
+            picked = [r for r in rows if (r.model, r.session_id) == ("claude-haiku-4-5", "s1")]
+            assert one == _reference(picked, None, since, until)[0]
+
+    def test_rows_from_an_older_writer(self, tmp_path: Path) -> None:
+        """Rows inserted without the roll-up (an older convo) count, and are folded next."""
+        path = tmp_path / "mixed.db"
+        with Ledger.open(path) as led:
+            led.append(_row(0))
+            led.flush()
+        conn = sqlite3.connect(path)
+        conn.execute(
+            "INSERT INTO convo_usage (ts, model, input, cache_reason) VALUES (?, 'old', 5, 'cold')",
+            (T0.timestamp() + 86400 * 3,),
+        )
+        conn.commit()
+        with Ledger.open(path) as led:
+            assert led.total().requests == 2
+            assert [b.reason for b in led.top_busts()] == ["cold"]
+            led.append(_row(1))
+            led.flush()
+            mark, folded = conn.execute(
+                "SELECT (SELECT last_id FROM convo_rollup_mark), SUM(requests) FROM convo_rollup"
+            ).fetchone()
+            assert (mark, folded) == (3, 3)
+            assert led.totals(by="model") == _reference(led.rows(), "model", None, None)
+        conn.close()
+
+    def test_v2_file_rolled_up_on_open(self, tmp_path: Path) -> None:
+        """Opening a version-2 ledger builds the roll-up from the rows it already has."""
+        path = tmp_path / "v2.db"
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE convo_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        for statement in migration_statements(SQLITE, 0, 2):
+            conn.execute(statement)
+        conn.execute("INSERT INTO convo_meta VALUES ('schema_version', '2')")
+        conn.executemany(
+            "INSERT INTO convo_usage (ts, model, session_id, input) VALUES (?, ?, ?, ?)",
+            [(T0.timestamp() + 3600 * i, f"m{i % 3}", f"s{i % 2}", i) for i in range(50)],
+        )
+        conn.commit()
+        with Ledger.open(path) as led:
+            assert led.schema_version_found == 2
+            (n,) = conn.execute("SELECT SUM(requests) FROM convo_rollup").fetchone()
+            assert n == 50
+            for by in (None, "model", "session", "day"):
+                assert led.totals(by=by) == _reference(led.rows(), by, None, None)  # type: ignore[arg-type]
+        conn.close()
+
+
 class TestPostgres:
     def test_same_answers_as_sqlite(self, pg_url: str) -> None:
         """A PostgreSQL ledger stores and reports exactly what SQLite does."""
@@ -396,9 +553,14 @@ class TestPostgres:
                 _fill(led)
                 led.mark_outcome("c2", "success")
             assert pg.rows() == lite.rows()
+            since = T0 + dt.timedelta(hours=7, microseconds=5)
             for by in (None, "model", "day", "session", "prefix"):
                 assert pg.totals(by=by) == lite.totals(by=by)  # type: ignore[arg-type]
+                # A window with partial days at both ends: roll-up plus raw edges.
+                window = {"since": since, "until": since + dt.timedelta(days=1, hours=1)}
+                assert pg.totals(by=by, **window) == lite.totals(by=by, **window)  # type: ignore[arg-type]
             assert pg.top_busts() == lite.top_busts()
+            assert pg.top_busts(since=since) == lite.top_busts(since=since)
             assert pg.task_cost() == lite.task_cost()
 
     def test_many_threads(self, pg_url: str) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from convo.ledger import Ledger
+
 pytestmark = pytest.mark.slow
 
 #: Appends ``rows`` rows from ``threads`` threads into one Ledger, then exits cleanly
@@ -113,6 +115,19 @@ class TestKilledWriter:
         assert max_id == count - 1
         # Whatever was lost was appended after the last flush.
         assert conn.execute("SELECT COUNT(DISTINCT input) FROM convo_usage").fetchone() == (count,)
+        # The roll-up moved in the same transactions: it sums exactly the surviving rows.
+        assert conn.execute(
+            "SELECT SUM(requests), SUM(input), (SELECT last_id FROM convo_rollup_mark) "
+            "FROM convo_rollup"
+        ).fetchone() == (count, count * (count - 1) // 2, count)
+        conn.close()
+        with Ledger.open(path) as led:
+            assert led.total().input == count * (count - 1) // 2
+            days: dict[str, int] = {}
+            for row in led.rows():
+                day = row.time.strftime("%Y-%m-%d")
+                days[day] = days.get(day, 0) + row.input
+            assert {t.key: t.input for t in led.totals(by="day")} == days
 
     def test_clean_exit_without_close_flushes(self, tmp_path: Path) -> None:
         """A process that exits normally without close() still writes every row."""

@@ -67,7 +67,7 @@ class Ledger:
     """
 
     def __init__(
-        self, backend: Backend, *, store_text: bool = False, batch_size: int = 2000
+        self, backend: Backend, *, store_text: bool = False, batch_size: int = 50_000
     ) -> None:
         self._backend = backend
         self.store_text = store_text
@@ -80,7 +80,7 @@ class Ledger:
 
     @classmethod
     def open(
-        cls, url: str | os.PathLike[str], *, store_text: bool = False, batch_size: int = 2000
+        cls, url: str | os.PathLike[str], *, store_text: bool = False, batch_size: int = 50_000
     ) -> Ledger:
         """Open (creating if needed) the ledger at *url*.
 

@@ -1,8 +1,11 @@
 """Read side of the ledger: totals, hit rates, busts, cost per successful task.
 
-Every figure is one ``GROUP BY`` in SQL, so a report over a million rows is one indexed
-pass, not a million Python objects. Money comes back in nano-dollars and leaves as
-``Decimal`` USD.
+Every figure is one SQL statement, so a report over a million rows is never a million
+Python objects. Totals and busts read the daily roll-up (``convo_rollup``) for the whole
+UTC days a query covers and the raw rows only for the partial days at its ``since`` /
+``until`` edges (and, on SQLite, for rows not folded yet); both halves are one
+``UNION ALL`` in one statement, so they see one snapshot and every sum is exact. Money
+comes back in nano-dollars and leaves as ``Decimal`` USD.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import attrs
 
 from convo.ledger.backends import Backend
 from convo.ledger.record import COLUMNS, LedgerRow
+from convo.ledger.schema import DAY, ROLLUP_SUMS, day_start
 from convo.usage import Usage
 
 __all__ = ["BustCount", "Filters", "GroupBy", "TaskCost", "Totals"]
@@ -61,12 +65,17 @@ class Filters:
     session: str | None = None
     prefix: str | None = None
 
-    def where(self, *extra: str) -> tuple[str, list[Any]]:
-        """Return a ``WHERE`` clause (or ``""``) and its parameters."""
+    def where(self, *extra: str, times: bool = True) -> tuple[str, list[Any]]:
+        """Return a ``WHERE`` clause (or ``""``) and its parameters.
+
+        Args:
+            *extra: More clauses, ANDed in, without parameters.
+            times: Include ``since`` / ``until``; off when the caller bounds time itself.
+        """
         clauses, params = list(extra), []
         for clause, value in (
-            ("ts >= ?", _ts(self.since, "since")),
-            ("ts < ?", _ts(self.until, "until")),
+            ("ts >= ?", _ts(self.since, "since") if times else None),
+            ("ts < ?", _ts(self.until, "until") if times else None),
             ("model = ?", self.model),
             ("session_id = ?", self.session),
             ("prefix_fingerprint = ?", self.prefix),
@@ -165,28 +174,84 @@ class TaskCost:
         return self.cost_usd / self.successful if self.successful else None
 
 
-_SUMS = """COUNT(*),
-    SUM(CASE WHEN status <> 'ok' THEN 1 ELSE 0 END),
-    SUM(input), SUM(cache_read), SUM(cache_write_5m), SUM(cache_write_1h), SUM(output),
-    SUM(cost_nusd), SUM(CASE WHEN cost_nusd IS NULL THEN 1 ELSE 0 END), SUM(saved_nusd),
-    SUM(rate_limit_tokens),
-    SUM(CASE WHEN cache_read > 0 AND status = 'ok' THEN 1 ELSE 0 END)"""
+# The raw rows' sums, in the order of ROLLUP_SUMS, so the two halves of a query line up.
+# SUM(1) rather than COUNT(*): over no rows it is NULL like the rest, and reads as 0.
+_RAW_SUMS = ", ".join(f"SUM({expr}) AS s{i}" for i, (_, expr) in enumerate(ROLLUP_SUMS))
+_ROLLUP_SUMS = ", ".join(f"SUM({name}) AS s{i}" for i, (name, _) in enumerate(ROLLUP_SUMS))
+_OUTER_SUMS = ", ".join(f"SUM(s{i})" for i in range(len(ROLLUP_SUMS)))
+
+
+def _union(
+    backend: Backend, filters: Filters, raw_key: str, rollup_key: str, *extra: str
+) -> tuple[str, list[Any]]:
+    """A subquery ``(key, s0..s11)`` of sums per key over the rows *filters* select.
+
+    Whole UTC days inside ``[since, until)`` come from the roll-up; the partial days at
+    the edges from the raw rows (through the ``ts`` index); on SQLite, also any raw rows
+    past the roll-up's mark (appended by a convo that predates the roll-up, not folded
+    yet). The parts cover disjoint rows, so adding them gives exactly the raw-row answer.
+    """
+    since, until = _ts(filters.since, "since"), _ts(filters.until, "until")
+    # The whole days, [lo, hi); None is unbounded on that side.
+    lo = None if since is None else day_start(since) + (0 if since == day_start(since) else DAY)
+    hi = None if until is None else day_start(until)
+    other, params = filters.where(*extra, times=False)
+    all_params: list[Any] = []
+    parts: list[str] = []
+
+    def part(table: str, key: str, sums: str, *clauses: tuple[str, Any], tail: str = "") -> None:
+        # A None bound is no bound.
+        bounds = [(sql, value) for sql, value in clauses if value is not None]
+        more = [sql for sql, _ in bounds] + ([tail] if tail else [])
+        where = other + ((" AND " if other else " WHERE ") + " AND ".join(more) if more else "")
+        # No key, no GROUP BY: grouping 150,000 roll-up rows on a constant still sorts.
+        group = "" if key == "NULL" else " GROUP BY 1"
+        parts.append(f"SELECT {key} AS key, {sums} FROM {table}{where}{group}")
+        all_params.extend(params)
+        all_params.extend(value for _, value in bounds)
+
+    raw, rollup = ("convo_usage", raw_key, _RAW_SUMS), ("convo_rollup", rollup_key, _ROLLUP_SUMS)
+    if lo is not None and hi is not None and lo >= hi:
+        # Less than one whole day: the raw rows only.
+        part(*raw, ("ts >= ?", since), ("ts < ?", until))
+    else:
+        part(*rollup, ("day >= ?", lo), ("day < ?", hi))
+        if since is not None and lo is not None and since < lo:
+            part(*raw, ("ts >= ?", since), ("ts < ?", lo))
+        if until is not None and hi is not None and hi < until:
+            part(*raw, ("ts >= ?", hi), ("ts < ?", until))
+        if not backend.dialect.rollup_by_trigger:
+            # NOT INDEXED keeps SQLite on the rowid: the rows past the mark are a short
+            # rowid range (none at all unless an older convo wrote), while the planner
+            # would otherwise walk a whole index to save the GROUP BY a sort.
+            tail = "id > (SELECT last_id FROM convo_rollup_mark)"
+            unindexed = ("convo_usage NOT INDEXED", raw_key, _RAW_SUMS)
+            part(*unindexed, ("ts >= ?", lo), ("ts < ?", hi), tail=tail)
+    return "(" + " UNION ALL ".join(parts) + ")", all_params
 
 
 def totals(backend: Backend, filters: Filters, by: GroupBy | None) -> list[Totals]:
     """Return one :class:`Totals` per group (or one overall when *by* is ``None``)."""
-    if by is None:
-        key = "NULL"
-    elif by == "day":
-        key = backend.dialect.day("ts")
-    elif by in _GROUP_COLUMNS:
-        key = _GROUP_COLUMNS[by]
+    if by == "conversation":
+        # Not a roll-up dimension: one pass over the raw rows.
+        where, params = filters.where()
+        sql = f"SELECT conversation_id, {_RAW_SUMS} FROM convo_usage{where} GROUP BY 1 ORDER BY 1"
     else:
-        raise ValueError(f"by must be one of model, session, day, prefix, conversation; got {by!r}")
-    where, params = filters.where()
-    sql = f"SELECT {key}, {_SUMS} FROM convo_usage{where}"
-    if by is not None:
-        sql += " GROUP BY 1 ORDER BY 1"
+        if by is None:
+            raw_key = rollup_key = "NULL"
+        elif by == "day":
+            raw_key = backend.dialect.day("ts")
+            rollup_key = backend.dialect.day_text("day")
+        elif by in _GROUP_COLUMNS:
+            raw_key = rollup_key = _GROUP_COLUMNS[by]
+        else:
+            raise ValueError(
+                f"by must be one of model, session, day, prefix, conversation; got {by!r}"
+            )
+        source, params = _union(backend, filters, raw_key, rollup_key)
+        sql = f"SELECT {'NULL' if by is None else 'key'}, {_OUTER_SUMS} FROM {source} AS u"
+        if by is not None:
+            sql += " GROUP BY key ORDER BY key"
     result = []
     for row in backend.query(sql, params):
         if by is None and not row[1]:
@@ -209,16 +274,23 @@ def totals(backend: Backend, filters: Filters, by: GroupBy | None) -> list[Total
                 hit_requests=n[12],
             )
         )
-    return result
+    return result or ([_empty()] if by is None else [])
 
 
 def top_busts(backend: Backend, filters: Filters, limit: int) -> list[BustCount]:
     """Return the most frequent non-hit cache reasons, most frequent first."""
-    where, params = filters.where("cache_reason IS NOT NULL", "cache_reason <> 'hit'")
+    source, params = _union(
+        backend,
+        filters,
+        "cache_reason",
+        "cache_reason",
+        "cache_reason IS NOT NULL",
+        "cache_reason <> 'hit'",
+    )
+    # s0 requests, s2 input, s4 + s5 the two cache writes, s7 cost: see ROLLUP_SUMS.
     sql = (
-        "SELECT cache_reason, COUNT(*), SUM(cache_write_5m + cache_write_1h), SUM(input), "
-        f"SUM(cost_nusd) FROM convo_usage{where} GROUP BY cache_reason "
-        "ORDER BY COUNT(*) DESC, cache_reason LIMIT ?"
+        "SELECT key, SUM(s0), SUM(s4) + SUM(s5), SUM(s2), SUM(s7) "
+        f"FROM {source} AS u GROUP BY key ORDER BY SUM(s0) DESC, key LIMIT ?"
     )
     return [
         BustCount(r[0], int(r[1]), int(r[2] or 0), int(r[3] or 0), _usd(r[4]))
@@ -228,7 +300,15 @@ def top_busts(backend: Backend, filters: Filters, limit: int) -> list[BustCount]
 
 def task_cost(backend: Backend, filters: Filters) -> TaskCost:
     """Return the spend on marked tasks and how many succeeded and failed."""
-    where, params = filters.where("task_id IS NOT NULL")
+    # Only marked tasks count, so only their rows are grouped: a task marked through
+    # convo_outcomes, or one with an outcome on any of its rows (found through the small
+    # partial index convo_usage_outcome). Sorting a third of a million rows instead of
+    # all of them is most of this query's time.
+    where, params = filters.where(
+        "task_id IS NOT NULL",
+        "task_id IN (SELECT task_id FROM convo_outcomes"
+        " UNION SELECT task_id FROM convo_usage WHERE outcome IS NOT NULL)",
+    )
     sql = f"""
         WITH t AS (
             SELECT task_id, SUM(COALESCE(cost_nusd, 0)) AS c, MAX(outcome) AS o
@@ -261,7 +341,9 @@ def rows(backend: Backend, filters: Filters, limit: int | None) -> list[LedgerRo
 
 
 def _usd(nanos: Any) -> Decimal:
-    return Decimal(int(nanos)).scaleb(-9) if nanos is not None else Decimal(0)
+    # Zero is Decimal(0) however it was reached (no priced rows, or priced at nothing), so
+    # the roll-up's 0 and the raw rows' NULL read the same.
+    return Decimal(int(nanos)).scaleb(-9) if nanos else Decimal(0)
 
 
 def _empty() -> Totals:

@@ -10,11 +10,15 @@ step exactly once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import attrs
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Dialect", "migration_statements"]
+__all__ = ["MIGRATIONS", "ROLLUP_SUMS", "SCHEMA_VERSION", "Dialect", "migration_statements"]
+
+#: Seconds in a roll-up bucket: one UTC day.
+DAY = 86400
 
 
 @attrs.frozen
@@ -26,17 +30,56 @@ class Dialect:
     pk: str
     real: str
     bigint: str
+    #: How to turn an integer expression into the JSON text of an array of values.
+    json_array: str
+    #: Whether a trigger keeps the roll-up (PostgreSQL); else the writer folds it (SQLite).
+    rollup_by_trigger: bool
+
+    def floor(self, column: str) -> str:
+        """SQL for the whole seconds at or before an epoch-seconds *column*, exactly."""
+        if self.name == "sqlite":
+            # CAST truncates toward zero; step back one for a negative fraction.
+            return f"(CAST({column} AS INTEGER) - ({column} < CAST({column} AS INTEGER)))"
+        return f"CAST(floor({column}) AS BIGINT)"
+
+    def day_start(self, column: str) -> str:
+        """SQL for the epoch seconds of the UTC midnight at or before *column*.
+
+        Integer arithmetic on the floored second, so a row a microsecond before midnight
+        lands in the right day (SQLite's ``date()`` rounds to the millisecond first), and
+        both backends and Python's :func:`day_start` agree to the row.
+        """
+        f = self.floor(column)
+        if self.name == "sqlite":
+            return f"({f} - ((({f}) % {DAY}) + {DAY}) % {DAY})"
+        # mod(), not %: psycopg reads a bare % as a placeholder.
+        return f"({f} - mod(mod({f}, {DAY}) + {DAY}, {DAY}))"
+
+    def day_text(self, day_start: str) -> str:
+        """SQL for ``YYYY-MM-DD`` of an integer epoch-seconds *day_start*."""
+        if self.name == "sqlite":
+            return f"date({day_start}, 'unixepoch')"
+        return f"to_char(to_timestamp({day_start}) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 
     def day(self, column: str) -> str:
         """SQL for the UTC calendar day (``YYYY-MM-DD``) of an epoch-seconds *column*."""
-        if self.name == "sqlite":
-            return f"date({column}, 'unixepoch')"
-        return f"to_char(to_timestamp({column}) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+        return self.day_text(self.day_start(column))
 
 
-SQLITE = Dialect("sqlite", "INTEGER PRIMARY KEY", "REAL", "INTEGER")
+def day_start(ts: float) -> int:
+    """The epoch seconds of the UTC midnight at or before *ts* (as :meth:`Dialect.day_start`)."""
+    f = math.floor(ts)
+    return f - f % DAY
+
+
+SQLITE = Dialect("sqlite", "INTEGER PRIMARY KEY", "REAL", "INTEGER", "json_array", False)
 POSTGRES = Dialect(
-    "postgresql", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "DOUBLE PRECISION", "BIGINT"
+    "postgresql",
+    "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    "DOUBLE PRECISION",
+    "BIGINT",
+    "json_build_array",
+    True,
 )
 
 
@@ -93,8 +136,115 @@ def _v2(d: Dialect) -> list[str]:
     ]
 
 
+#: The roll-up's dimensions, in key order.
+ROLLUP_KEYS = ("model", "session_id", "prefix_fingerprint", "cache_reason")
+
+#: The roll-up's sums, and the per-row SQL each one adds up.
+ROLLUP_SUMS: tuple[tuple[str, str], ...] = (
+    ("requests", "1"),
+    ("errors", "CASE WHEN status <> 'ok' THEN 1 ELSE 0 END"),
+    ("input", "input"),
+    ("cache_read", "cache_read"),
+    ("cache_write_5m", "cache_write_5m"),
+    ("cache_write_1h", "cache_write_1h"),
+    ("output", "output"),
+    ("cost_nusd", "COALESCE(cost_nusd, 0)"),
+    ("unpriced", "CASE WHEN cost_nusd IS NULL THEN 1 ELSE 0 END"),
+    ("saved_nusd", "COALESCE(saved_nusd, 0)"),
+    ("rate_limit_tokens", "rate_limit_tokens"),
+    ("hit_requests", "CASE WHEN cache_read > 0 AND status = 'ok' THEN 1 ELSE 0 END"),
+)
+
+
+def rollup_fold(d: Dialect, source: str, where: str = "") -> str:
+    """SQL that adds the rows of *source* (matching *where*) into ``convo_rollup``.
+
+    One statement: group the new rows by day and the key columns, then add each group's
+    sums to its roll-up row, creating it if new. On PostgreSQL the ``ORDER BY`` makes
+    concurrent writers lock roll-up rows in the same order, so they cannot deadlock;
+    SQLite writers hold the whole-file lock, so there it would be a sort for nothing.
+    """
+    keys = ", ".join(ROLLUP_KEYS)
+    day = d.day_start("ts")
+    sums = ", ".join(f"SUM({expr})" for _, expr in ROLLUP_SUMS)
+    names = ", ".join(name for name, _ in ROLLUP_SUMS)
+    update = ", ".join(f"{name} = convo_rollup.{name} + excluded.{name}" for name, _ in ROLLUP_SUMS)
+    return (
+        f"INSERT INTO convo_rollup (k, day, {keys}, {names}) "
+        f"SELECT CAST({d.json_array}(g.day, {', '.join('g.' + k for k in ROLLUP_KEYS)}) AS TEXT), "
+        f"g.* FROM (SELECT {day} AS day, {keys}, {sums} FROM {source}{where} "
+        # WHERE true: SQLite's parser needs one before an upsert's ON CONFLICT.
+        f"GROUP BY 1, 2, 3, 4, 5) AS g WHERE true{' ORDER BY 1' if d.rollup_by_trigger else ''} "
+        f"ON CONFLICT (k) DO UPDATE SET {update}"
+    )
+
+
+def _v3(d: Dialect) -> list[str]:
+    """The daily roll-up: sums per UTC day, model, session, prefix and cache reason.
+
+    Reports over whole days read it instead of the raw rows. SQLite's writer folds each
+    batch into it in the batch's own transaction and advances ``convo_rollup_mark``; rows
+    past the mark (written by an older convo, which knows nothing of the roll-up) are
+    folded by the next writer and read raw until then. PostgreSQL ids are not in commit
+    order, so a statement trigger folds there instead, whoever writes.
+    """
+    i = d.bigint
+    sums = ",\n            ".join(f"{name} {i} NOT NULL" for name, _ in ROLLUP_SUMS)
+    statements = [
+        f"""CREATE TABLE IF NOT EXISTS convo_rollup (
+            k TEXT PRIMARY KEY,
+            day {i} NOT NULL,
+            model TEXT NOT NULL,
+            session_id TEXT,
+            prefix_fingerprint TEXT,
+            cache_reason TEXT,
+            {sums}
+        ){" WITHOUT ROWID" if d.name == "sqlite" else ""}""",
+    ]
+    # Outcomes set at append are rare; this finds their tasks without a scan (task_cost).
+    statements.append(
+        "CREATE INDEX IF NOT EXISTS convo_usage_outcome ON convo_usage (task_id) "
+        "WHERE outcome IS NOT NULL"
+    )
+    if d.rollup_by_trigger:
+        statements += [
+            f"""CREATE OR REPLACE FUNCTION convo_rollup_fold() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                {rollup_fold(d, "convo_new")};
+                RETURN NULL;
+            END $$""",
+            "DROP TRIGGER IF EXISTS convo_usage_rollup ON convo_usage",
+            """CREATE TRIGGER convo_usage_rollup AFTER INSERT ON convo_usage
+            REFERENCING NEW TABLE AS convo_new FOR EACH STATEMENT
+            EXECUTE PROCEDURE convo_rollup_fold()""",
+            # Rows written before the roll-up existed.
+            rollup_fold(d, "convo_usage"),
+        ]
+    else:
+        statements += [
+            f"""CREATE TABLE IF NOT EXISTS convo_rollup_mark (
+                one {i} PRIMARY KEY CHECK (one = 1),
+                last_id {i} NOT NULL
+            )""",
+            "INSERT OR IGNORE INTO convo_rollup_mark VALUES (1, 0)",
+            # Rows written before the roll-up existed; the mark moves with them.
+            *rollup_catch_up(d),
+        ]
+    return statements
+
+
+def rollup_catch_up(d: Dialect) -> list[str]:
+    """SQLite: fold every row past ``convo_rollup_mark``, and move the mark to the last."""
+    return [
+        rollup_fold(d, "convo_usage", " WHERE id > (SELECT last_id FROM convo_rollup_mark)"),
+        "UPDATE convo_rollup_mark SET last_id = "
+        "(SELECT COALESCE(MAX(id), 0) FROM convo_usage) WHERE one = 1",
+    ]
+
+
 #: Migrations in order; version N is ``MIGRATIONS[N - 1]``. Only ever append to this list.
-MIGRATIONS: tuple[Callable[[Dialect], list[str]], ...] = (_v1, _v2)
+MIGRATIONS: tuple[Callable[[Dialect], list[str]], ...] = (_v1, _v2, _v3)
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -44,7 +44,7 @@ class BatchWriter:
     """
 
     def __init__(
-        self, backend: Backend, *, batch_size: int = 2000, retry_delay: float = 0.05
+        self, backend: Backend, *, batch_size: int = 50_000, retry_delay: float = 0.05
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
