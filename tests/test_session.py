@@ -210,6 +210,23 @@ class TestRetries:
         assert emulator.stats()["requests"]["total"] == 3
 
 
+class TestDiagnostics:
+    """With diagnostics on, the server's reason is recorded beside the local one."""
+
+    def test_server_and_local_reasons_agree(self, make_session: Callable[..., Session]) -> None:
+        """Appending turns: no divergence; a changed system suffix: both say system_changed."""
+        suffix = {"text": "User: Ada"}
+        session = make_session(diagnostics=True, suffix=lambda: suffix["text"])
+        session.send("Hello")
+        hit = session.send("More")
+        assert (hit.reason, hit.cache.server_reason) == ("hit", None)
+        suffix["text"] = "User: Ada, plan: pro"
+        changed = session.send("And now?")
+        assert changed.reason == "system_changed"
+        assert changed.cache.server_reason == "system_changed"
+        assert changed.cache.agrees is True
+
+
 class TestBudget:
     """Budgets refuse before any money is spent."""
 
@@ -410,6 +427,39 @@ class TestWarmState:
         assert expired.usage.cache_write_1h > 0
         emulator.advance(16 * 60)
         assert session.send("Sixteen minutes later").reason == "hit"
+
+    def test_keep_alive_lets_an_idle_session_go(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """Its own re-warms do not keep a session active: after active_for_s they stop."""
+        session = make_session(keep_alive=KeepAlive(margin_s=60, active_for_s=600))
+        session.send("Hello")
+        rewarms = 0
+        for _ in range(30):  # half an hour of ticks, a minute apart, with nobody talking
+            emulator.advance(60)
+            rewarms += session.keep_alive_tick() is not None
+        assert rewarms == 2  # at about 4 and 8 minutes; none once 10 idle minutes passed
+
+    def test_warm_sends_nothing_for_a_prefix_that_cannot_cache(
+        self,
+        emulator: RunningEmulator,
+        client: anthropic.Anthropic,
+        registry: WarmRegistry,
+        ledger: Ledger,
+    ) -> None:
+        """A prefix below the model's minimum has nothing to pre-warm: no request is made."""
+        with pytest.warns(convo.PrefixTooShortWarning):
+            prefix = convo.Prefix(model=MODEL, system=["A short prompt."])
+        session = Session(
+            prefix,
+            client=client,
+            registry=registry,
+            ledger=ledger,
+            limiter=RateLimiter(),
+            clock=emulator.emulator.clock.now,
+        )
+        assert session.warm() is None
+        assert emulator.stats()["requests"]["total"] == 0
 
     def test_keep_alive_respects_its_spend_cap(
         self, emulator: RunningEmulator, make_session: Callable[..., Session]

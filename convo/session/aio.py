@@ -91,13 +91,15 @@ class AsyncSession(SessionBase):
         needs = await self._core.registry.needs_warming_async(self._core.warm_key, margin=margin)
         if not needs:
             return None
-        return await self._run(self._core.begin_warm())
+        pending = self._core.begin_warm()
+        return None if pending is None else await self._run(pending)
 
     async def keep_alive_tick(self) -> Reply | None:
         """Re-warm the conversation if keep-alive says it is due."""
         if not self._core.keep_alive_due():
             return None
-        return await self._run(self._core.begin_warm(keep_alive=True), flight=False)
+        pending = self._core.begin_warm(keep_alive=True)
+        return None if pending is None else await self._run(pending, flight=False)
 
     async def run_keep_alive(self, *, interval: float = 5.0) -> None:
         """Call :meth:`keep_alive_tick` every *interval* seconds until cancelled
@@ -121,7 +123,7 @@ class AsyncSession(SessionBase):
         started = time.perf_counter()
         try:
             opened, _ = await core.retry.call_async(
-                lambda: open_stream_async(self._client, pending.body, core.limiter),
+                lambda: open_stream_async(self._client, pending.call_arguments, core.limiter),
                 sleep=self._sleep,
                 clock=core.clock,
                 on_attempt=lambda record: core.record_attempt(pending, record),
@@ -169,7 +171,7 @@ class AsyncSession(SessionBase):
 
         async def attempt() -> Any:
             try:
-                raw = await self._client.messages.with_raw_response.create(**pending.body)
+                raw = await self._client.messages.with_raw_response.create(**pending.call_arguments)
             except anthropic.APIStatusError as error:
                 observe_error(core.limiter, error)
                 raise

@@ -39,6 +39,9 @@ from convo.warm import Flight, WarmBackend, WarmKey, choose_ttl
 __all__ = ["KeepAlive", "Pending", "SessionCore"]
 
 _TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+
+#: The beta that turns on the server's ``diagnostics.cache_miss_reason``.
+DIAGNOSTICS_BETA = "cache-diagnosis-2026-04-07"
 _WARM_TEXT = "(cache pre-warm)"
 
 
@@ -87,6 +90,13 @@ class Pending:
     @property
     def body(self) -> dict[str, Any]:
         """The request body to send."""
+        return self.rendered.body
+
+    @property
+    def call_arguments(self) -> dict[str, Any]:
+        """The SDK call's keyword arguments: the body, plus the beta header diagnostics needs."""
+        if "diagnostics" in self.rendered.body:
+            return {**self.rendered.body, "extra_headers": {"anthropic-beta": DIAGNOSTICS_BETA}}
         return self.rendered.body
 
     @property
@@ -237,14 +247,20 @@ class SessionCore:
             self.rollback()
             raise
 
-    def begin_warm(self, *, keep_alive: bool = False) -> Pending:
-        """Plan a ``max_tokens: 0`` pre-warm: of the prefix, or (keep-alive) the conversation."""
+    def begin_warm(self, *, keep_alive: bool = False) -> Pending | None:
+        """Plan a ``max_tokens: 0`` pre-warm: of the prefix, or (keep-alive) the conversation.
+
+        Returns ``None`` when there is nothing a pre-warm could cache (a prefix below the
+        model's minimum has no breakpoint): such a request would cost input and write nothing.
+        """
         if keep_alive and len(self.history):
             rendered = self._keep_alive_layout.render(self.history, max_tokens=0)
         else:
             rendered = self._warm_layout.render(
                 [{"role": "user", "content": _WARM_TEXT}], max_tokens=0
             )
+        if not rendered.breakpoints:
+            return None
         pending = self._plan(rendered, turn=0, user_appended=False)
         pending.purpose = "keep_alive" if keep_alive else "warm"
         return pending
@@ -427,7 +443,9 @@ class SessionCore:
                 )
             )
         self.stats = self.stats.add(reply)
-        self.last_used = self.clock()
+        if pending.purpose != "keep_alive":
+            # Only real use keeps a session active: its own re-warms must not keep it alive.
+            self.last_used = self.clock()
         for budget in self.budgets:
             budget.check_actual(
                 Spend(usage.total_input, usage.output, cost.usd), self.spent(budget)

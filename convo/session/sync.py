@@ -123,7 +123,8 @@ class Session(SessionBase):
         margin = self._core.keep_alive.margin_s if self._core.keep_alive else 0.0
         if not self._core.registry.needs_warming(self._core.warm_key, margin=margin):
             return None
-        return self._run(self._core.begin_warm())
+        pending = self._core.begin_warm()
+        return None if pending is None else self._run(pending)
 
     def keep_alive_tick(self) -> Reply | None:
         """Re-warm the conversation if keep-alive says it is due; call it periodically
@@ -134,7 +135,8 @@ class Session(SessionBase):
         """
         if not self._core.keep_alive_due():
             return None
-        return self._run(self._core.begin_warm(keep_alive=True), flight=False)
+        pending = self._core.begin_warm(keep_alive=True)
+        return None if pending is None else self._run(pending, flight=False)
 
     def run_keep_alive(self, *, stop: Callable[[], bool], interval: float = 5.0) -> None:
         """Call :meth:`keep_alive_tick` every *interval* seconds until *stop()* is true
@@ -169,7 +171,7 @@ class Session(SessionBase):
         started = time.perf_counter()
         try:
             opened, _ = core.retry.call(
-                lambda: open_stream(self._client, pending.body, core.limiter),
+                lambda: open_stream(self._client, pending.call_arguments, core.limiter),
                 sleep=self._sleep,
                 clock=core.clock,
                 on_attempt=lambda record: core.record_attempt(pending, record),
@@ -221,7 +223,7 @@ class Session(SessionBase):
 
         def attempt() -> Any:
             try:
-                raw = self._client.messages.with_raw_response.create(**pending.body)
+                raw = self._client.messages.with_raw_response.create(**pending.call_arguments)
             except anthropic.APIStatusError as error:
                 observe_error(core.limiter, error)
                 raise
