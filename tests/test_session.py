@@ -127,6 +127,20 @@ class TestConversation:
         assert reply.reason == "hit"
         assert reply.usage.cache_read >= parent.stats.usage.cache_write
 
+    def test_sessions_without_a_ledger_share_the_default_one(
+        self, client: anthropic.Anthropic, registry: WarmRegistry
+    ) -> None:
+        """Sessions built with no ledger share one default ledger (one writer), not one each."""
+        prefix = convo.Prefix(model=MODEL, system=[SYSTEM])
+        first = Session(prefix, client=client, registry=registry, limiter=RateLimiter())
+        second = Session(prefix, client=client, registry=registry, limiter=RateLimiter())
+        first.send("Hello")
+        ledger = first._core.ledger
+        assert ledger is not None
+        assert ledger is second._core.ledger
+        ledger.flush()
+        assert ledger.total(session=first.session_id).requests == 1
+
     def test_bad_input_is_refused_before_sending(
         self, emulator: RunningEmulator, make_session: Callable[..., Session]
     ) -> None:

@@ -10,11 +10,10 @@ from typing import Any
 import anthropic
 
 from convo.layout import Prefix
-from convo.ledger import Ledger
 from convo.retry import RetryPolicy
 from convo.session.core import Pending, SessionCore
 from convo.session.reply import Reply, Stats
-from convo.session.wiring import default_limiter, workspace_of
+from convo.session.wiring import default_ledger, default_limiter, workspace_of
 from convo.tracker import CacheTracker
 from convo.warm import WarmKey, WarmRegistry
 
@@ -66,7 +65,7 @@ class SessionBase:
             history=options["history"],
             registry=registry if registry is not None else WarmRegistry.default(),
             limiter=limiter if limiter is not None else default_limiter(prefix.model),
-            ledger=Ledger.default() if ledger is None or ledger is True else (ledger or None),
+            ledger=default_ledger() if ledger is None or ledger is True else (ledger or None),
             retry=retry if retry is not None else RetryPolicy(),
             budget=options["budget"],
             max_tokens=options["max_tokens"],

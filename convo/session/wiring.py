@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import anthropic
 
 from convo import models
+from convo.ledger import Ledger
 from convo.limits import RateLimiter
 from convo.retry import parse_retry_after
 
-__all__ = ["default_limiter", "observe_error", "workspace_of"]
+__all__ = ["default_ledger", "default_limiter", "observe_error", "workspace_of"]
+
+_default_ledger: Ledger | None = None
+_default_ledger_lock = threading.Lock()
+
+
+def default_ledger() -> Ledger:
+    """The process-wide default ledger that sessions built without one share.
+
+    One object (one writer thread, one batch) for every such session, reopened if a caller
+    closed it; it lives where :meth:`convo.Ledger.default` says.
+    """
+    global _default_ledger
+    with _default_ledger_lock:
+        if _default_ledger is None or _default_ledger.closed:
+            _default_ledger = Ledger.default()
+        return _default_ledger
 
 
 def workspace_of(client: anthropic.Anthropic | anthropic.AsyncAnthropic) -> str:
