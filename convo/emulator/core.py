@@ -13,7 +13,7 @@ import math
 import random
 import secrets
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,14 +23,14 @@ from convo import models, tokens
 from convo.emulator.cache import CacheDecision, CacheStore
 from convo.emulator.clock import Clock, OffsetClock
 from convo.emulator.config import EmulatorConfig, Fault
-from convo.emulator.errors import APIError, invalid
+from convo.emulator.diagnostics import DIAGNOSTICS_BETA, NOT_ASKED, Diagnostics
+from convo.emulator.errors import APIError
+from convo.emulator.faults import FaultPlan
 from convo.emulator.limits import RateLimits
 from convo.emulator.prompt import Prompt, check_generation, parse_prompt
 
 __all__ = ["DIAGNOSTICS_BETA", "Emulator", "Plan"]
 
-#: The beta header value that turns on cache diagnostics.
-DIAGNOSTICS_BETA = "cache-diagnosis-2026-04-07"
 
 _WORDS = (
     "sure",
@@ -66,21 +66,6 @@ _WORDS = (
     "for",
     "today",
 )
-
-_LEVEL_ORDER = {"tools": 0, "server_tools": 1, "system": 1, "messages": 2}
-
-
-@attrs.frozen
-class _Summary:
-    """What diagnostics needs to remember about an answered request."""
-
-    workspace: str
-    model: str
-    keys: tuple[bytes, ...]
-    levels: tuple[str, ...]
-    cumulative_tokens: tuple[int, ...]
-    settings_key: bytes
-    reach: int
 
 
 @attrs.frozen
@@ -122,7 +107,7 @@ class Emulator:
         self._ids = itertools.count(1)
         self._cache = CacheStore()
         self._limits = RateLimits()
-        self._summaries: OrderedDict[str, _Summary] = OrderedDict()
+        self._diagnostics = Diagnostics()
         self._status: Counter[str] = Counter()
         self._tokens: Counter[str] = Counter()
         self._counters: Counter[str] = Counter()
@@ -145,8 +130,7 @@ class Emulator:
         with self._lock:
             self._config = config
             self._table = table
-            self._script = list(config.faults.script)
-            self._rng = random.Random(config.seed)
+            self._faults = FaultPlan(config.faults, config.seed)
 
     def reset(self, *, config: bool = False) -> None:
         """Forget cache entries, counters, buckets and diagnostics; optionally the config too.
@@ -156,7 +140,7 @@ class Emulator:
         with self._lock:
             self._cache.clear()
             self._limits.clear()
-            self._summaries.clear()
+            self._diagnostics.clear()
             self._status.clear()
             self._tokens.clear()
             self._counters.clear()
@@ -250,13 +234,16 @@ class Emulator:
         with self._lock:
             prompt = parse_prompt(body, self._table)
             max_tokens = check_generation(body, prompt.model)
-            previous_id = self._diagnostics_request(headers, body)
-            fault = self._next_fault(stream=bool(body.get("stream")))
+            previous_id = self._diagnostics.requested(headers, body)
+            fault = self._faults.next(stream=bool(body.get("stream")))
+            if fault is not None:
+                self._counters[f"fault:{fault.kind}"] += 1
             klass = prompt.model.rate_limit_class
             limits = self._config.limits_for(klass)
             now = self.clock.now()
             if fault is not None and fault.kind not in ("drop", "stream_error"):
-                raise self._fault_error(fault, self._limits.headers(workspace, klass, limits, now))
+                limit_headers = self._limits.headers(workspace, klass, limits, now)
+                raise FaultPlan.error(fault, limit_headers=limit_headers, now=now)
             if fault is not None and fault.kind == "drop":
                 return self._dropped(fault)
 
@@ -288,9 +275,9 @@ class Emulator:
                 "stop_sequence": None,
                 "usage": _usage(decision, output),
             }
-            if previous_id is not ...:
-                message["diagnostics"] = self._diagnose(workspace, prompt, previous_id)
-            self._remember(message_id, workspace, prompt, decision)
+            if previous_id is not NOT_ASKED:
+                message["diagnostics"] = self._diagnostics.diagnose(workspace, prompt, previous_id)
+            self._diagnostics.remember(message_id, workspace, prompt, decision)
             response_headers = self._limits.headers(workspace, klass, limits, now)
 
         latency = self._config.latency
@@ -327,60 +314,11 @@ class Emulator:
         if decision.cache_read:
             self._counters["cache_reads"] += 1
 
-    def _next_fault(self, *, stream: bool) -> Fault | None:
-        if self._script:
-            fault = self._script.pop(0)
-        else:
-            fault = None
-            draw = self._rng.random()
-            for kind, rate in sorted(self._config.faults.rates.items()):
-                if draw < rate:
-                    fault = Fault(kind=kind)
-                    break
-                draw -= rate
-        if fault is not None and fault.kind == "stream_error" and not stream:
-            return None  # an error event needs a stream to arrive in
-        if fault is not None:
-            self._counters[f"fault:{fault.kind}"] += 1
-        return fault
-
     def _dropped(self, fault: Fault) -> Plan:
         def nothing() -> None:
             return None
 
         return Plan({}, {}, fault.latency_s, 0.0, fault, nothing, nothing)
-
-    def _fault_error(self, fault: Fault, limit_headers: dict[str, str]) -> APIError:
-        headers: dict[str, str] = {}
-        if fault.kind == "spend_cap":
-            return APIError(
-                "rate_limit_error",
-                "You have reached your specified API usage limits. You will regain access on "
-                "the first day of next month.",
-                headers={**limit_headers, **_should_retry(fault)},
-                details={"error_code": "enforced_spend_limit_reached"},
-            )
-        if fault.retry_after is not None or fault.kind == "rate_limit":
-            seconds = fault.retry_after if fault.retry_after is not None else 1.0
-            if fault.retry_after_http_date:
-                from email.utils import formatdate
-
-                headers["retry-after"] = formatdate(self.clock.now() + seconds, usegmt=True)
-            else:
-                headers["retry-after"] = _seconds(seconds)
-        if fault.retry_after_ms is not None:
-            headers["retry-after-ms"] = str(fault.retry_after_ms)
-        headers.update(_should_retry(fault))
-        if fault.kind == "rate_limit":
-            return APIError(
-                "rate_limit_error",
-                "This request would exceed the rate limit for your organization. "
-                "Please retry after the time in the retry-after header.",
-                headers={**limit_headers, **headers},
-            )
-        if fault.kind == "overloaded":
-            return APIError("overloaded_error", "Overloaded", headers=headers)
-        return APIError("api_error", "Internal server error", headers=headers)
 
     @staticmethod
     def _rate_limited(wait: float, limited: str | None, limit: int | None) -> APIError:
@@ -421,79 +359,6 @@ class Emulator:
         if not text:
             return [], "max_tokens" if wanted else "end_turn"
         return [{"type": "text", "text": text}], "max_tokens" if wanted > max_tokens else "end_turn"
-
-    def _diagnostics_request(self, headers: Mapping[str, str], body: Mapping[str, Any]) -> Any:
-        """Return the previous message id asked about, ``None``, or ``...`` when not asked."""
-        if "diagnostics" not in body or body["diagnostics"] is None:
-            return ...
-        betas = {b.strip() for b in headers.get("anthropic-beta", "").split(",")}
-        if DIAGNOSTICS_BETA not in betas:
-            raise invalid(f"diagnostics: requires the anthropic-beta header {DIAGNOSTICS_BETA}")
-        diagnostics = body["diagnostics"]
-        if not isinstance(diagnostics, Mapping) or "previous_message_id" not in diagnostics:
-            raise invalid("diagnostics.previous_message_id: Field required (a message id or null)")
-        previous = diagnostics["previous_message_id"]
-        if previous is not None and not isinstance(previous, str):
-            raise invalid("diagnostics.previous_message_id: Input should be a string or null")
-        return previous
-
-    def _remember(
-        self, message_id: str, workspace: str, prompt: Prompt, decision: CacheDecision
-    ) -> None:
-        self._summaries[message_id] = _Summary(
-            workspace=workspace,
-            model=prompt.model.id,
-            keys=prompt.keys,
-            levels=prompt.levels,
-            cumulative_tokens=prompt.cumulative_tokens,
-            settings_key=prompt.settings_key,
-            reach=decision.reach,
-        )
-        while len(self._summaries) > 10_000:
-            self._summaries.popitem(last=False)
-
-    def _diagnose(
-        self, workspace: str, prompt: Prompt, previous_id: str | None
-    ) -> dict[str, Any] | None:
-        if previous_id is None:
-            return None  # the first turn of a conversation: nothing to compare with
-        previous = self._summaries.get(previous_id)
-        if previous is None or previous.workspace != workspace:
-            return {"cache_miss_reason": {"type": "previous_message_not_found"}}
-        if previous.model != prompt.model.id:
-            return _miss("model_changed", previous.reach)
-        common = 0
-        for old, new in zip(previous.keys, prompt.keys, strict=False):
-            if old != new:
-                break
-            common += 1
-        if common == len(previous.keys):
-            return None  # only appended to: no divergence
-        level = previous.levels[common]
-        if common < len(prompt.levels):
-            level = min(level, prompt.levels[common], key=_LEVEL_ORDER.__getitem__)
-        missed = max(0, previous.reach - (previous.cumulative_tokens[common - 1] if common else 0))
-        if level == "tools":
-            return _miss("tools_changed", missed)
-        if level in ("server_tools", "system"):
-            return _miss("system_changed", missed)
-        if previous.settings_key != prompt.settings_key:
-            return {"cache_miss_reason": {"type": "unavailable"}}
-        return _miss("messages_changed", missed)
-
-
-def _miss(kind: str, missed: int) -> dict[str, Any]:
-    return {"cache_miss_reason": {"type": kind, "cache_missed_input_tokens": missed}}
-
-
-def _should_retry(fault: Fault) -> dict[str, str]:
-    if fault.should_retry is None:
-        return {}
-    return {"x-should-retry": "true" if fault.should_retry else "false"}
-
-
-def _seconds(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _usage(decision: CacheDecision, output: int) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import attrs
 
 from convo import models
 from convo.budget import Budget, Spend
+from convo.emulator.diagnostics import DIAGNOSTICS_BETA  # the API's beta name, defined once
 from convo.layout import History, Layout, Prefix, RenderedRequest
 from convo.ledger import Ledger, LedgerRow
 from convo.limits import RateLimiter, Reservation
@@ -39,9 +40,6 @@ from convo.warm import Flight, WarmBackend, WarmKey, choose_ttl
 __all__ = ["KeepAlive", "Pending", "SessionCore"]
 
 _TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
-
-#: The beta that turns on the server's ``diagnostics.cache_miss_reason``.
-DIAGNOSTICS_BETA = "cache-diagnosis-2026-04-07"
 _WARM_TEXT = "(cache pre-warm)"
 
 
