@@ -20,9 +20,9 @@ from convo.ledger import Ledger
 from convo.limits import RateLimiter
 from convo.retry import RetryPolicy
 from convo.session.base import SessionBase
-from convo.session.core import KeepAlive, Pending
 from convo.session.reply import Reply
 from convo.session.streaming import AsyncReplyStream, open_stream_async
+from convo.session.turn import KeepAlive, Pending
 from convo.session.wiring import observe_error
 from convo.tracker import CacheTracker
 from convo.warm import WarmBackend

@@ -11,8 +11,9 @@ import anthropic
 
 from convo.layout import Prefix
 from convo.retry import RetryPolicy
-from convo.session.core import Pending, SessionCore
+from convo.session.core import SessionCore
 from convo.session.reply import Reply, Stats
+from convo.session.turn import Pending
 from convo.session.wiring import default_ledger, default_limiter, workspace_of
 from convo.tracker import CacheTracker
 from convo.warm import WarmKey, WarmRegistry

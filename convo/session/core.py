@@ -26,95 +26,21 @@ import attrs
 
 from convo import models
 from convo.budget import Budget, Spend
-from convo.emulator.diagnostics import DIAGNOSTICS_BETA  # the API's beta name, defined once
 from convo.layout import History, Layout, Prefix, RenderedRequest
 from convo.ledger import Ledger, LedgerRow
-from convo.limits import RateLimiter, Reservation
+from convo.limits import RateLimiter
 from convo.pricing import price
 from convo.retry import AttemptRecord, RetryPolicy
 from convo.session.reply import Reply, Stats
-from convo.tracker import CacheEntry, CacheTracker, Prediction
+from convo.session.turn import KeepAlive, Pending, user_message
+from convo.tracker import CacheEntry, CacheTracker
 from convo.usage import Usage
-from convo.warm import Flight, WarmBackend, WarmKey, choose_ttl
+from convo.warm import WarmBackend, WarmKey, choose_ttl
 
-__all__ = ["KeepAlive", "Pending", "SessionCore"]
+__all__ = ["SessionCore"]
 
 _TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 _WARM_TEXT = "(cache pre-warm)"
-
-
-def _optional_money(value: Decimal | float | str | None) -> Decimal | None:
-    return None if value is None else Decimal(str(value))
-
-
-@attrs.frozen
-class KeepAlive:
-    """Re-warm a session's cache before its TTL ends, while the session is in use.
-
-    Args:
-        margin_s: Re-warm when the entry has less than this many seconds left.
-        active_for_s: A session counts as in use for this long after its last turn.
-        max_cost_usd: Stop re-warming once keep-alive has spent this much (``None``: no cap).
-
-    A keep-alive re-warm sends the conversation so far with ``max_tokens: 0``: it reads
-    (and so refreshes) everything cached, for 0.1× the input price of the read part. See
-    ``docs/sessions.md`` for when that pays.
-
-    .. versionadded:: 0.1
-    """
-
-    margin_s: float = attrs.field(default=30.0, kw_only=True)
-    active_for_s: float = attrs.field(default=900.0, kw_only=True)
-    max_cost_usd: Decimal | None = attrs.field(
-        default=None, kw_only=True, converter=_optional_money
-    )
-
-
-@attrs.define
-class Pending:
-    """One request between planning and its answer (internal to the shells)."""
-
-    rendered: RenderedRequest
-    prediction: Prediction
-    turn: int
-    warm_key: WarmKey
-    prefix_position: int | None
-    user_appended: bool
-    purpose: str = "turn"  # "turn", "warm" or "keep_alive"
-    flight: Flight | None = None
-    reservation: Reservation | None = None
-    records: list[AttemptRecord] = attrs.field(factory=list)
-
-    @property
-    def body(self) -> dict[str, Any]:
-        """The request body to send."""
-        return self.rendered.body
-
-    @property
-    def call_arguments(self) -> dict[str, Any]:
-        """The SDK call's keyword arguments: the body, plus the beta header diagnostics needs."""
-        if "diagnostics" in self.rendered.body:
-            return {**self.rendered.body, "extra_headers": {"anthropic-beta": DIAGNOSTICS_BETA}}
-        return self.rendered.body
-
-    @property
-    def max_tokens(self) -> int:
-        """The body's ``max_tokens``."""
-        return int(self.rendered.body["max_tokens"])
-
-
-def user_message(content: str | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Validate *content* for a user turn (before anything is spent) and wrap it."""
-    if isinstance(content, str):
-        if not content.strip():
-            raise ValueError("send() needs non-empty text; got an empty or blank string")
-        return {"role": "user", "content": content}
-    if isinstance(content, Sequence) and content and all(isinstance(b, Mapping) for b in content):
-        return {"role": "user", "content": [dict(b) for b in content if isinstance(b, Mapping)]}
-    raise TypeError(
-        "send() takes a non-empty str or a non-empty list of content-block dicts, "
-        f"got {type(content).__name__}"
-    )
 
 
 def _cache_outcome(usage: Usage) -> str:
@@ -360,20 +286,15 @@ class SessionCore:
         if record.status == 200 or record.error_type is None:
             return
         if self.ledger is not None:
-            self.ledger.append(
-                LedgerRow.build(
-                    Usage.zero(),
-                    model=self.prefix.model,
-                    time=dt.datetime.fromtimestamp(record.started_at, dt.timezone.utc),
-                    session_id=self.session_id,
-                    conversation_id=self.conversation_id,
-                    prefix_fingerprint=self.prefix.fingerprint,
-                    attempts=record.number,
-                    status="error",
-                    error_type=record.error_type,
-                    http_status=record.status,
-                    request_id=record.request_id,
-                )
+            self._record(
+                Usage.zero(),
+                None,
+                started_at=record.started_at,
+                attempts=record.number,
+                status="error",
+                error_type=record.error_type,
+                http_status=record.status,
+                request_id=record.request_id,
             )
 
     def complete(
@@ -417,28 +338,19 @@ class SessionCore:
             turn=pending.turn,
         )
         if self.ledger is not None:
-            self.ledger.append(
-                LedgerRow.build(
-                    usage,
-                    cost,
-                    model=self.prefix.model,
-                    time=dt.datetime.fromtimestamp(
-                        pending.records[-1].started_at
-                        if pending.records
-                        else pending.prediction.at,
-                        dt.timezone.utc,
-                    ),
-                    session_id=self.session_id,
-                    conversation_id=self.conversation_id,
-                    prefix_fingerprint=self.prefix.fingerprint,
-                    latency_ms=latency_s * 1000,
-                    attempts=max(1, len(pending.records)),
-                    status="ok",
-                    http_status=200,
-                    request_id=request_id,
-                    cache_outcome=_cache_outcome(usage),
-                    cache_reason=str(outcome.reason),
-                )
+            self._record(
+                usage,
+                cost,
+                started_at=pending.records[-1].started_at
+                if pending.records
+                else pending.prediction.at,
+                latency_ms=latency_s * 1000,
+                attempts=max(1, len(pending.records)),
+                status="ok",
+                http_status=200,
+                request_id=request_id,
+                cache_outcome=_cache_outcome(usage),
+                cache_reason=str(outcome.reason),
             )
         self.stats = self.stats.add(reply)
         if pending.purpose != "keep_alive":
@@ -472,23 +384,33 @@ class SessionCore:
         """Record a stream that failed after text reached the caller, with what it used."""
         if self.ledger is not None:
             status = getattr(error, "status_code", None)
-            self.ledger.append(
-                LedgerRow.build(
-                    usage,
-                    price(usage, self.prefix.model),
-                    model=self.prefix.model,
-                    time=dt.datetime.fromtimestamp(pending.prediction.at, dt.timezone.utc),
-                    session_id=self.session_id,
-                    conversation_id=self.conversation_id,
-                    prefix_fingerprint=self.prefix.fingerprint,
-                    attempts=max(1, len(pending.records)),
-                    status="error",
-                    error_type="stream_interrupted",
-                    http_status=status if isinstance(status, int) else None,
-                    request_id=pending.records[-1].request_id if pending.records else None,
-                )
+            self._record(
+                usage,
+                price(usage, self.prefix.model),
+                started_at=pending.prediction.at,
+                attempts=max(1, len(pending.records)),
+                status="error",
+                error_type="stream_interrupted",
+                http_status=status if isinstance(status, int) else None,
+                request_id=pending.records[-1].request_id if pending.records else None,
             )
         self.fail(pending)
+
+    def _record(self, usage: Usage, cost: Any, *, started_at: float, **fields: Any) -> None:
+        """Append one attempt's row to the ledger (only enqueued: the writer thread does I/O)."""
+        assert self.ledger is not None
+        self.ledger.append(
+            LedgerRow.build(
+                usage,
+                cost,
+                model=self.prefix.model,
+                time=dt.datetime.fromtimestamp(started_at, dt.timezone.utc),
+                session_id=self.session_id,
+                conversation_id=self.conversation_id,
+                prefix_fingerprint=self.prefix.fingerprint,
+                **fields,
+            )
+        )
 
     def requested_ttl(self, pending: Pending) -> str:
         """The TTL writes are attributed to when a response lacks the 5m/1h split."""

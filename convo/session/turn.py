@@ -1,0 +1,92 @@
+"""The values a session's turn is made of: the request in flight and the keep-alive policy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from convo.emulator.diagnostics import DIAGNOSTICS_BETA  # the API's beta name, defined once
+from convo.layout import RenderedRequest
+from convo.limits import Reservation
+from convo.retry import AttemptRecord
+from convo.tracker import Prediction
+from convo.warm import Flight, WarmKey
+
+__all__ = ["KeepAlive", "Pending", "user_message"]
+
+
+def _optional_money(value: Decimal | float | str | None) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+@attrs.frozen
+class KeepAlive:
+    """Re-warm a session's cache before its TTL ends, while the session is in use.
+
+    Args:
+        margin_s: Re-warm when the entry has less than this many seconds left.
+        active_for_s: A session counts as in use for this long after its last turn.
+        max_cost_usd: Stop re-warming once keep-alive has spent this much (``None``: no cap).
+
+    A keep-alive re-warm sends the conversation so far with ``max_tokens: 0``: it reads
+    (and so refreshes) everything cached, for 0.1× the input price of the read part. See
+    ``docs/sessions.md`` for when that pays.
+
+    .. versionadded:: 0.1
+    """
+
+    margin_s: float = attrs.field(default=30.0, kw_only=True)
+    active_for_s: float = attrs.field(default=900.0, kw_only=True)
+    max_cost_usd: Decimal | None = attrs.field(
+        default=None, kw_only=True, converter=_optional_money
+    )
+
+
+@attrs.define
+class Pending:
+    """One request between planning and its answer (internal to the shells)."""
+
+    rendered: RenderedRequest
+    prediction: Prediction
+    turn: int
+    warm_key: WarmKey
+    prefix_position: int | None
+    user_appended: bool
+    purpose: str = "turn"  # "turn", "warm" or "keep_alive"
+    flight: Flight | None = None
+    reservation: Reservation | None = None
+    records: list[AttemptRecord] = attrs.field(factory=list)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The request body to send."""
+        return self.rendered.body
+
+    @property
+    def call_arguments(self) -> dict[str, Any]:
+        """The SDK call's keyword arguments: the body, plus the beta header diagnostics needs."""
+        if "diagnostics" in self.rendered.body:
+            return {**self.rendered.body, "extra_headers": {"anthropic-beta": DIAGNOSTICS_BETA}}
+        return self.rendered.body
+
+    @property
+    def max_tokens(self) -> int:
+        """The body's ``max_tokens``."""
+        return int(self.rendered.body["max_tokens"])
+
+
+def user_message(content: str | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Validate *content* for a user turn (before anything is spent) and wrap it."""
+    if isinstance(content, str):
+        if not content.strip():
+            raise ValueError("send() needs non-empty text; got an empty or blank string")
+        return {"role": "user", "content": content}
+    if isinstance(content, Sequence) and content and all(isinstance(b, Mapping) for b in content):
+        return {"role": "user", "content": [dict(b) for b in content if isinstance(b, Mapping)]}
+    raise TypeError(
+        "send() takes a non-empty str or a non-empty list of content-block dicts, "
+        f"got {type(content).__name__}"
+    )
