@@ -18,195 +18,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol
-
-import attrs
+from typing import Any, Literal
 
 from convo.fingerprint import Fingerprint, fingerprint_body
 from convo.layout.prefix import TTLS, check_cache_control
 from convo.layout.render import LOOKBACK, RenderedRequest
 from convo.models import MODELS, ModelInfo, lookup
+from convo.tracker.values import (
+    SERVER_DIVERGENCES,
+    CacheEntry,
+    CacheOutcome,
+    Point,
+    Prediction,
+    Reason,
+    UsageLike,
+)
 
-__all__ = [
-    "REASONS",
-    "CacheEntry",
-    "CacheOutcome",
-    "CacheTracker",
-    "Prediction",
-    "Reason",
-    "UsageLike",
-]
-
-Reason = Literal[
-    "hit",
-    "cold",
-    "expired",
-    "below_minimum",
-    "model_changed",
-    "tools_changed",
-    "system_changed",
-    "messages_changed",
-    "lookback_exceeded",
-    "evicted_or_unknown",
-]
-#: Every reason a prediction or an outcome can carry.
-REASONS: tuple[Reason, ...] = Reason.__args__  # type: ignore[attr-defined]
-
-#: The server's ``diagnostics.cache_miss_reason`` types that name a divergence.
-_SERVER_DIVERGENCES = ("model_changed", "system_changed", "tools_changed", "messages_changed")
+__all__ = ["CacheTracker"]
 
 
-class UsageLike(Protocol):
-    """The usage fields the tracker reads (``convo.Usage`` has them)."""
-
-    @property
-    def input(self) -> int: ...
-    @property
-    def cache_read(self) -> int: ...
-    @property
-    def cache_write_5m(self) -> int: ...
-    @property
-    def cache_write_1h(self) -> int: ...
-
-
-@attrs.frozen
-class CacheEntry:
-    """One cache entry the tracker believes exists on the server.
-
-    Attributes:
-        model: The model whose cache holds it.
-        key: The cumulative key of the prefix it caches (16 bytes).
-        tokens: Estimated tokens of that prefix.
-        ttl: ``"5m"`` or ``"1h"``.
-        expires_at: When it stops being readable, on the tracker's clock.
-        readable_from: When the response that wrote it began (reads need it begun).
-    """
-
-    model: str
-    key: bytes = attrs.field(repr=lambda k: k.hex())
-    tokens: int
-    ttl: str
-    expires_at: float
-    readable_from: float
-
-    def live(self, now: float) -> bool:
-        """Whether a request starting at *now* can read it."""
-        return self.readable_from <= now < self.expires_at
-
-
-@attrs.frozen
-class _Point:
-    position: int
-    ttl: str
-
-
-@attrs.frozen
-class Prediction:
-    """What a request is expected to read and write, made before it is sent.
-
-    Token figures are calibrated estimates (exact against the emulator). ``reason`` names
-    why the read falls short of the deepest entry the previous request left, or ``hit``.
-
-    Attributes:
-        model: The model the request is for.
-        at: Request start on the tracker's clock (lifetimes count from it).
-        cache_read: Expected ``cache_read_input_tokens``.
-        cache_write_5m: Expected 5-minute cache writes.
-        cache_write_1h: Expected 1-hour cache writes.
-        input: Expected ``input_tokens`` (neither read nor written).
-        reason: One of :data:`REASONS`.
-        detail: More about the reason (``"static"``/``"suffix"`` for ``system_changed``,
-            ``"settings"`` when request settings re-keyed the messages, ...).
-        message_index: The first changed message, for ``messages_changed``.
-        hit: The block position read from, or -1.
-        writes: Breakpoints expected to write, as ``(position, ttl)``.
-        factor: The calibration factor applied to the raw estimate.
-        fingerprint: The request's fingerprint.
-    """
-
-    model: str
-    at: float
-    cache_read: int
-    cache_write_5m: int
-    cache_write_1h: int
-    input: int
-    reason: Reason
-    detail: str = ""
-    message_index: int | None = None
-    hit: int = -1
-    writes: tuple[tuple[int, str], ...] = ()
-    factor: float = 1.0
-    fingerprint: Fingerprint | None = attrs.field(default=None, eq=False, repr=False)
-    breakpoints: tuple[_Point, ...] = attrs.field(default=(), eq=False, repr=False)
-    minimum: int = attrs.field(default=0, repr=False)
-
-    @property
-    def cache_write(self) -> int:
-        """Expected cache writes of both TTLs."""
-        return self.cache_write_5m + self.cache_write_1h
-
-    @property
-    def total_input(self) -> int:
-        """Expected total input: input + cache reads + cache writes."""
-        return self.input + self.cache_read + self.cache_write
-
-
-@attrs.frozen
-class CacheOutcome:
-    """Predicted against observed cache use for one request, with the reason.
-
-    Attributes:
-        predicted: The prediction made before the call.
-        cache_read: Observed cache reads.
-        cache_write_5m: Observed 5-minute writes.
-        cache_write_1h: Observed 1-hour writes.
-        input: Observed uncached input.
-        reason: One of :data:`REASONS` (``evicted_or_unknown`` when the server read less
-            than this process believed it could; in ``docs/design.md`` this is "unknown").
-        detail: More about the reason (see :class:`Prediction`).
-        message_index: The first changed message, for ``messages_changed``.
-        server_reason: ``diagnostics.cache_miss_reason.type`` if the server gave one.
-        server_missed_tokens: The server's ``cache_missed_input_tokens`` estimate.
-        agrees: Whether the server's reason matches the local one (``None`` when the server
-            gave no verdict to compare).
-        hit: The block position actually read from, or -1.
-        deepest: The deepest block position now cached for this conversation, or -1.
-
-    .. versionadded:: 0.1
-    """
-
-    predicted: Prediction
-    cache_read: int
-    cache_write_5m: int
-    cache_write_1h: int
-    input: int
-    reason: Reason
-    detail: str = ""
-    message_index: int | None = None
-    server_reason: str | None = None
-    server_missed_tokens: int | None = None
-    agrees: bool | None = None
-    hit: int = -1
-    deepest: int = -1
-
-    @property
-    def exact(self) -> bool:
-        """Whether all four observed input figures equal the prediction."""
-        p = self.predicted
-        return (self.cache_read, self.cache_write_5m, self.cache_write_1h, self.input) == (
-            p.cache_read,
-            p.cache_write_5m,
-            p.cache_write_1h,
-            p.input,
-        )
-
-    @property
-    def disagrees(self) -> bool:
-        """True when the server named a different reason than the tracker."""
-        return self.agrees is False
-
-
-def _body_points(body: Mapping[str, Any], fp: Fingerprint) -> tuple[_Point, ...]:
+def _body_points(body: Mapping[str, Any], fp: Fingerprint) -> tuple[Point, ...]:
     """Breakpoints of a raw body: every ``cache_control`` block, plus automatic caching."""
     blocks: list[Any] = list(body.get("tools") or ())
     system = body.get("system")
@@ -224,7 +55,7 @@ def _body_points(body: Mapping[str, Any], fp: Fingerprint) -> tuple[_Point, ...]
     }
     if body.get("cache_control") is not None and len(fp):
         points.setdefault(len(fp) - 1, check_cache_control(body["cache_control"], "request"))
-    return tuple(_Point(p, t) for p, t in sorted(points.items()))
+    return tuple(Point(p, t) for p, t in sorted(points.items()))
 
 
 class CacheTracker:
@@ -295,7 +126,7 @@ class CacheTracker:
         """
         if isinstance(request, RenderedRequest):
             fp, minimum = request.fingerprint, request.minimum
-            points = tuple(_Point(b.position, b.ttl) for b in request.breakpoints)
+            points = tuple(Point(b.position, b.ttl) for b in request.breakpoints)
         else:
             fp = fingerprint_body(request)
             minimum = lookup(fp.model, self._models).min_cacheable_tokens
@@ -334,7 +165,7 @@ class CacheTracker:
         return self._entries.get((model, key))
 
     def _find_hit(
-        self, model: str, keys: Sequence[bytes], points: Sequence[_Point], now: float
+        self, model: str, keys: Sequence[bytes], points: Sequence[Point], now: float
     ) -> int:
         hit = -1
         for point in points:
@@ -349,7 +180,7 @@ class CacheTracker:
 
     @staticmethod
     def _writes(
-        points: Sequence[_Point], tokens: Sequence[int], hit: int, minimum: int
+        points: Sequence[Point], tokens: Sequence[int], hit: int, minimum: int
     ) -> tuple[tuple[int, str], ...]:
         return tuple(
             (p.position, p.ttl)
@@ -360,7 +191,7 @@ class CacheTracker:
     def _reason(
         self,
         fp: Fingerprint,
-        points: Sequence[_Point],
+        points: Sequence[Point],
         tokens: Sequence[int],
         minimum: int,
         hit: int,
@@ -395,7 +226,7 @@ class CacheTracker:
         return "lookback_exceeded", "", None
 
     def _explain(
-        self, fp: Fingerprint, points: Sequence[_Point], hit: int, now: float
+        self, fp: Fingerprint, points: Sequence[Point], hit: int, now: float
     ) -> tuple[Reason, str, int | None]:
         """Without a previous request: look for a known entry this request could not read."""
         top = max(p.position for p in points)
@@ -460,7 +291,7 @@ class CacheTracker:
             reason, detail, index = "hit", "an entry this tracker did not know of", None
         server, missed = _server_reason(diagnostics)
         agrees: bool | None = None
-        if server in _SERVER_DIVERGENCES:
+        if server in SERVER_DIVERGENCES:
             # A divergence that cost no cached tokens (a suffix folded into the previous
             # turn and dropped since) is consistent with a local "hit".
             agrees = server == reason or (reason == "hit" and missed == 0)
@@ -516,7 +347,7 @@ class CacheTracker:
 
     @staticmethod
     def _position_for(
-        read: int, tokens: Sequence[int], points: Sequence[_Point], factor: float
+        read: int, tokens: Sequence[int], points: Sequence[Point], factor: float
     ) -> int:
         """The block position whose prefix is *read* tokens (nearest, within reach)."""
         if read <= 0:
@@ -538,7 +369,7 @@ class CacheTracker:
             del self._entries[key]
 
 
-def _ttl_covering(points: Sequence[_Point], position: int) -> str:
+def _ttl_covering(points: Sequence[Point], position: int) -> str:
     above = [p.ttl for p in points if p.position >= position]
     return above[0] if above else "5m"
 
