@@ -487,7 +487,10 @@ def _body_field(error: anthropic.APIStatusError, *path: str) -> str | None:
 def _failure_facts(error: Exception) -> tuple[int | None, str | None, str | None]:
     if isinstance(error, anthropic.APIStatusError):
         kind = _body_field(error, "error", "type") or type(error).__name__
-        return error.status_code, kind, error.request_id
+        status = error.status_code
+        if status < 400:  # an `error` event inside a 200 stream: record the status it stands for
+            status = _STATUS_OF_TYPE.get(kind, 500)
+        return status, kind, error.request_id
     return None, type(error).__name__, None
 
 

@@ -101,6 +101,17 @@ class TestStreaming:
         # The SDK hides pings: four events were sent (start, ping, block start, one delta).
         assert seen == ["message_start", "content_block_start", "content_block_delta"]
 
+    def test_connection_dropped_mid_stream(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """A stream_drop fault closes the connection after N events: the read fails mid-body."""
+        emulator.configure({"faults": {"script": [{"kind": "stream_drop", "after_events": 4}]}})
+        seen: list[str] = []
+        stream = client.messages.create(model=MODEL, max_tokens=50, messages=HI, stream=True)
+        with pytest.raises((httpx2.RemoteProtocolError, anthropic.APIConnectionError)):
+            seen.extend(event.type for event in stream)
+        assert seen == ["message_start", "content_block_start", "content_block_delta"]
+
 
 class TestErrors:
     """Bad input gets the API's 4xx shape, never a 500."""

@@ -327,6 +327,54 @@ class TestStreaming:
         assert session.history == []
         assert emulator.stats()["requests"]["total"] == 1
 
+    def test_connection_drop_after_text_is_an_interruption(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session], ledger: Ledger
+    ) -> None:
+        """A connection lost mid-stream raises StreamInterrupted; nothing is recorded as ok."""
+        emulator.configure({"faults": {"script": [{"kind": "stream_drop", "after_events": 5}]}})
+        session = make_session(sleep=Waits())
+        received: list[str] = []
+        with pytest.raises(convo.StreamInterrupted) as caught, session.stream("Hello") as s:  # noqa: PT012
+            for text in s.text_stream:
+                received.append(text)
+        assert received
+        assert caught.value.partial_text == "".join(received)
+        assert session.history == []
+        assert session.stats.requests == 0
+        ledger.flush()
+        assert [(r.status, r.error_type) for r in ledger.rows(session=session.session_id)] == [
+            ("error", "stream_interrupted")
+        ]
+
+    def test_streamed_reply_carries_its_request_id(
+        self, make_session: Callable[..., Session], ledger: Ledger
+    ) -> None:
+        """A streamed reply, its attempt and its ledger row all carry the server's request id."""
+        session = make_session()
+        with session.stream("Hello") as s:
+            "".join(s.text_stream)
+        assert s.reply.request_id is not None
+        assert s.reply.request_id.startswith("req_")
+        assert s.reply.attempts[-1].request_id == s.reply.request_id
+        ledger.flush()
+        assert ledger.rows(session=session.session_id)[-1].request_id == s.reply.request_id
+
+    def test_failed_stream_attempt_is_in_the_ledger(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session], ledger: Ledger
+    ) -> None:
+        """An error event before any text is retried, and the failed attempt is recorded as 529."""
+        emulator.configure({"faults": {"script": [{"kind": "stream_error", "after_events": 1}]}})
+        session = make_session(sleep=Waits())
+        with session.stream("Hello") as s:
+            "".join(s.text_stream)
+        assert [a.status for a in s.reply.attempts] == [529, 200]
+        ledger.flush()
+        rows = ledger.rows(session=session.session_id)
+        assert [(r.status, r.http_status, r.error_type) for r in rows] == [
+            ("error", 529, "overloaded_error"),
+            ("ok", 200, None),
+        ]
+
 
 class TestWarmState:
     """Single flight, pre-warming, TTLs and keep-alive."""

@@ -23,7 +23,12 @@ from convo.emulator.config import EmulatorConfig
 from convo.emulator.core import Emulator, Plan
 from convo.emulator.errors import APIError, invalid
 
-__all__ = ["create_app"]
+__all__ = ["DroppedStream", "create_app"]
+
+
+class DroppedStream(Exception):
+    """Raised inside a streaming body to close the connection mid-stream (fault
+    ``stream_drop``); the server then closes it without finishing the chunked body."""
 
 
 class _DroppedResponse(Response):
@@ -211,11 +216,10 @@ def create_app(emulator: Emulator | None = None) -> Starlette:
                 yield b"".join(_sse(name, data) for name, data in events)
                 return
             for sent, (name, data) in enumerate(events):
-                if (
-                    fault is not None
-                    and fault.kind == "stream_error"
-                    and sent == fault.after_events
-                ):
+                at_fault = fault is not None and sent == fault.after_events
+                if at_fault and fault is not None and fault.kind == "stream_drop":
+                    raise DroppedStream(f"fault stream_drop after {sent} events")
+                if at_fault and fault is not None and fault.kind == "stream_error":
                     error = {
                         "type": "error",
                         "error": {"type": "overloaded_error", "message": "Overloaded"},

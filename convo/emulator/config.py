@@ -31,7 +31,9 @@ __all__ = [
     "load_config",
 ]
 
-FaultKind = Literal["overloaded", "api_error", "rate_limit", "spend_cap", "drop", "stream_error"]
+FaultKind = Literal[
+    "overloaded", "api_error", "rate_limit", "spend_cap", "drop", "stream_error", "stream_drop"
+]
 
 #: Every fault the emulator can inject, and what it does.
 FAULT_KINDS: Mapping[str, str] = {
@@ -42,6 +44,7 @@ FAULT_KINDS: Mapping[str, str] = {
     "= enforced_spend_limit_reached",
     "drop": "the connection closes before a complete response",
     "stream_error": "an `error` event after `after_events` SSE events (streams only)",
+    "stream_drop": "the connection closes after `after_events` SSE events (streams only)",
 }
 
 T = TypeVar("T")
@@ -122,7 +125,8 @@ class Fault:
         retry_after_ms: Milliseconds for ``retry-after-ms``, when given.
         retry_after_http_date: Send ``retry-after`` as an HTTP date instead of seconds.
         should_retry: Value of ``x-should-retry`` (``True``/``False``), when given.
-        after_events: For ``stream_error``: SSE events sent before the error event.
+        after_events: For ``stream_error`` and ``stream_drop``: SSE events sent before the
+            error event, or before the connection closes.
         latency_s: Extra seconds before the fault is answered (scaled by time_scale).
     """
 

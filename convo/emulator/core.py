@@ -25,7 +25,7 @@ from convo.emulator.clock import Clock, OffsetClock
 from convo.emulator.config import EmulatorConfig, Fault
 from convo.emulator.diagnostics import DIAGNOSTICS_BETA, NOT_ASKED, Diagnostics
 from convo.emulator.errors import APIError
-from convo.emulator.faults import FaultPlan
+from convo.emulator.faults import STREAM_ONLY, FaultPlan
 from convo.emulator.limits import RateLimits
 from convo.emulator.prompt import Prompt, check_generation, parse_prompt
 
@@ -77,7 +77,8 @@ class Plan:
         headers: Response headers (request id, rate limits).
         time_to_first_byte: Modelled seconds before the response begins (unscaled).
         decode_time: Modelled seconds spent producing the output (unscaled).
-        fault: A fault to apply while delivering (``drop``, ``stream_error``), if any.
+        fault: A fault to apply while delivering (``drop``, ``stream_error``,
+            ``stream_drop``), if any.
         begin: Call when the response begins: makes written cache entries readable.
         abandon: Call if the response never begins: drops the unreadable entries.
     """
@@ -241,7 +242,7 @@ class Emulator:
             klass = prompt.model.rate_limit_class
             limits = self._config.limits_for(klass)
             now = self.clock.now()
-            if fault is not None and fault.kind not in ("drop", "stream_error"):
+            if fault is not None and fault.kind != "drop" and fault.kind not in STREAM_ONLY:
                 limit_headers = self._limits.headers(workspace, klass, limits, now)
                 raise FaultPlan.error(fault, limit_headers=limit_headers, now=now)
             if fault is not None and fault.kind == "drop":

@@ -14,7 +14,10 @@ from email.utils import formatdate
 from convo.emulator.config import Fault, FaultConfig
 from convo.emulator.errors import APIError
 
-__all__ = ["FaultPlan"]
+__all__ = ["STREAM_ONLY", "FaultPlan"]
+
+#: Faults that happen partway through an SSE stream, so only to streaming requests.
+STREAM_ONLY = frozenset({"stream_error", "stream_drop"})
 
 
 def _seconds(value: float) -> str:
@@ -47,13 +50,13 @@ class FaultPlan:
                     fault = Fault(kind=kind)
                     break
                 draw -= rate
-        if fault is not None and fault.kind == "stream_error" and not stream:
-            return None  # an error event needs a stream to arrive in
+        if fault is not None and fault.kind in STREAM_ONLY and not stream:
+            return None  # these need a stream to happen in
         return fault
 
     @staticmethod
     def error(fault: Fault, *, limit_headers: dict[str, str], now: float) -> APIError:
-        """The API error a status fault answers with (not ``drop`` or ``stream_error``)."""
+        """The API error a status fault answers with (not ``drop`` or the stream-only ones)."""
         headers: dict[str, str] = {}
         if fault.kind == "spend_cap":
             return APIError(

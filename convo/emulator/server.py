@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from convo.emulator.app import create_app
+from convo.emulator.app import DroppedStream, create_app
 from convo.emulator.clock import Clock
 from convo.emulator.config import EmulatorConfig
 from convo.emulator.core import Emulator
@@ -22,9 +22,12 @@ __all__ = ["RunningEmulator", "run", "serve"]
 
 
 class _QuietDroppedResponses(logging.Filter):
-    """Hide uvicorn's complaint about the responses the ``drop`` fault leaves unfinished."""
+    """Hide uvicorn's complaints about the responses the ``drop`` and ``stream_drop`` faults
+    leave unfinished on purpose."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], DroppedStream):
+            return False
         return "without completing response" not in record.getMessage()
 
 

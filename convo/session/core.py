@@ -283,8 +283,8 @@ class SessionCore:
     def record_attempt(self, pending: Pending, record: AttemptRecord) -> None:
         """Keep every attempt; failed ones go to the ledger at once (nothing recorded is lost)."""
         pending.records.append(record)
-        if record.status == 200 or record.error_type is None:
-            return
+        if record.error_type is None:
+            return  # the successful attempt: complete() records it with its usage
         if self.ledger is not None:
             self._record(
                 Usage.zero(),

@@ -38,6 +38,11 @@ class Opened:
     buffered: list[Any]
     iterator: Any
 
+    @property
+    def response(self) -> Any:
+        """The HTTP response (its status and ``request-id`` go into the attempt record)."""
+        return self.stream.response
+
 
 def open_stream(client: anthropic.Anthropic, body: dict[str, Any], limiter: Any) -> Opened:
     """Open a stream and read up to its first content event (one retryable attempt)."""
@@ -154,7 +159,9 @@ class ReplyStream(_Base):
             for event in opened.iterator:
                 if (text := self._see(event)) is not None:
                     yield text
-        except anthropic.APIError as error:
+        except Exception as error:
+            # An `error` event (anthropic.APIError) or the connection dropping mid-body (the
+            # transport's own error): either way the turn failed after text reached you.
             opened.manager.__exit__(None, None, None)
             raise self._interrupted(error) from error
         self._settle()
@@ -189,7 +196,7 @@ class AsyncReplyStream(_Base):
             async for event in opened.iterator:
                 if (text := self._see(event)) is not None:
                     yield text
-        except anthropic.APIError as error:
+        except Exception as error:
             await opened.manager.__aexit__(None, None, None)
             raise self._interrupted(error) from error
         await self._settle()
