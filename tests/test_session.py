@@ -141,6 +141,21 @@ class TestConversation:
         ledger.flush()
         assert ledger.total(session=first.session_id).requests == 1
 
+    def test_default_limiters_are_per_api_key(
+        self, emulator: RunningEmulator, registry: WarmRegistry
+    ) -> None:
+        """Two API keys (two organisations' budgets) get separate default limiters."""
+        prefix = convo.Prefix(model=MODEL, system=[SYSTEM])
+        with (
+            anthropic.Anthropic(base_url=emulator.base_url, api_key="sk-org-a") as a,
+            anthropic.Anthropic(base_url=emulator.base_url, api_key="sk-org-b") as b,
+        ):
+            first = Session(prefix, client=a, registry=registry, ledger=False)
+            same = Session(prefix, client=a, registry=registry, ledger=False)
+            other = Session(prefix, client=b, registry=registry, ledger=False)
+        assert first._core.limiter is same._core.limiter
+        assert first._core.limiter is not other._core.limiter
+
     def test_bad_input_is_refused_before_sending(
         self, emulator: RunningEmulator, make_session: Callable[..., Session]
     ) -> None:
@@ -408,6 +423,31 @@ class TestWarmState:
         assert stats["tokens"]["cache_write_5m"] == prefix.tokens
         assert sum(r.usage.cache_read == prefix.tokens for r in replies) == 49
         assert all(r.cache.exact for r in replies)
+
+    async def test_five_minute_and_one_hour_sessions_share_one_write(
+        self,
+        emulator: RunningEmulator,
+        async_client: anthropic.AsyncAnthropic,
+        registry: WarmRegistry,
+        ledger: Ledger,
+    ) -> None:
+        """Sessions on the same prefix bytes with different TTLs are one single flight."""
+        emulator.configure(OVERLAP)
+        sessions = [
+            AsyncSession(
+                convo.Prefix(model=MODEL, system=[SYSTEM], ttl=ttl),
+                client=async_client,
+                history="none",
+                registry=registry,
+                limiter=RateLimiter(),
+                ledger=ledger,
+                clock=emulator.emulator.clock.now,
+                max_tokens=16,
+            )
+            for ttl in ("5m", "1h", "5m", "1h", "5m", "1h")
+        ]
+        await asyncio.gather(*(s.send("Question") for s in sessions))
+        assert emulator.stats()["cache"]["writes"] == 1
 
     async def test_without_a_shared_registry_each_cold_session_writes(
         self, emulator: RunningEmulator, async_client: anthropic.AsyncAnthropic, ledger: Ledger

@@ -58,14 +58,15 @@ class SessionBase:
         limiter = options["limiter"]
         ledger = options["ledger"]
         retry = options["retry"]
+        workspace = workspace_of(client)
         self._core = SessionCore(
             prefix,
-            workspace=workspace_of(client),
+            workspace=workspace,
             suffix=options["suffix"],
             suffix_placement=options["suffix_placement"],
             history=options["history"],
             registry=registry if registry is not None else WarmRegistry.default(),
-            limiter=limiter if limiter is not None else default_limiter(prefix.model),
+            limiter=limiter if limiter is not None else default_limiter(prefix.model, workspace),
             ledger=default_ledger() if ledger is None or ledger is True else (ledger or None),
             retry=retry if retry is not None else RetryPolicy(),
             budget=options["budget"],

@@ -133,7 +133,11 @@ class SessionCore:
             else Layout(prefix, history=options["history"], max_tokens=options["max_tokens"])
         )
         self._warm_layout = Layout(prefix, history="none", max_tokens=options["max_tokens"])
-        self.warm_key = WarmKey.for_api_key(workspace, prefix.model, prefix.fingerprint)
+        # Keyed like the server's cache: on the prefix's content, not its cache_control
+        # markers, so 5m and 1h sessions on the same bytes (or an adaptive-TTL switch) share
+        # one entry and one single flight.
+        content = prefix.keys[-1].hex() if prefix.keys else prefix.fingerprint
+        self.warm_key = WarmKey.for_api_key(workspace, prefix.model, content)
 
     def _adapt_ttl(self) -> None:
         """Track gaps between turns; with ``adaptive_ttl``, switch to the TTL they favour.

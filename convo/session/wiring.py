@@ -12,6 +12,7 @@ from convo import models
 from convo.ledger import Ledger
 from convo.limits import RateLimiter
 from convo.retry import parse_retry_after
+from convo.warm import workspace_id
 
 __all__ = ["default_ledger", "default_limiter", "observe_error", "workspace_of"]
 
@@ -41,13 +42,17 @@ def workspace_of(client: anthropic.Anthropic | anthropic.AsyncAnthropic) -> str:
     return f"{client.base_url}|{key}"
 
 
-def default_limiter(model: str) -> RateLimiter:
-    """The process-wide limiter of *model*'s rate-limit class (limits learnt from headers)."""
+def default_limiter(model: str, workspace: str) -> RateLimiter:
+    """The process-wide limiter of *model*'s rate-limit class for one API key and endpoint
+    (limits are per organisation or workspace; they are learnt from response headers).
+
+    The key is only ever hashed into the limiter's name, never kept.
+    """
     try:
         klass = models.lookup(model).rate_limit_class
     except models.UnknownModel:
         klass = model
-    return RateLimiter.shared(klass)
+    return RateLimiter.shared(f"{workspace_id(workspace)}:{klass}")
 
 
 def observe_error(limiter: Any, error: anthropic.APIStatusError) -> None:
