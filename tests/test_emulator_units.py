@@ -187,6 +187,26 @@ class TestCacheStore:
         third = store.decide("ws", prompt, clock.now())
         assert (third.cache_read, third.cache_write) == (1100, 0)
 
+    def test_abandoning_one_of_two_writers_keeps_the_entry(self) -> None:
+        """If one of two parallel writers fails, the other's response still makes it readable."""
+        store = CacheStore()
+        body = {
+            "model": MODEL,
+            "system": [
+                {"type": "text", "text": "word " * 1100, "cache_control": {"type": "ephemeral"}}
+            ],
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        prompt = parse_prompt(body)
+        first = store.decide("ws", prompt, 0.0)
+        second = store.decide("ws", prompt, 0.0)
+        store.abandon("ws", prompt, second)
+        store.begin_response("ws", prompt, first)
+        assert store.decide("ws", prompt, 1.0).cache_read == 1100
+        lone = store.decide("other", prompt, 0.0)
+        store.abandon("other", prompt, lone)
+        assert store.decide("other", prompt, 1.0).cache_read == 0
+
 
 class TestTokenEstimate:
     """The shared token estimate is deterministic and additive."""

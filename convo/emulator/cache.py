@@ -37,6 +37,7 @@ class Entry:
     ttl_seconds: float
     expires_at: float
     readable: bool = False
+    writers: int = 1  # requests writing it whose responses have not begun
 
     def live(self, now: float) -> bool:
         """Whether the entry has not yet expired at *now*."""
@@ -147,6 +148,7 @@ class CacheStore:
                 # write too, and the entry keeps the longer of the two lifetimes.
                 existing.ttl_seconds = max(existing.ttl_seconds, bp.ttl_seconds)
                 existing.expires_at = max(existing.expires_at, now + bp.ttl_seconds)
+                existing.writers += 1
             else:
                 self._entries[key] = Entry(
                     tokens=prompt.tokens_through(bp.position),
@@ -178,12 +180,18 @@ class CacheStore:
                 entry.readable = True
 
     def abandon(self, workspace: str, prompt: Prompt, decision: CacheDecision) -> None:
-        """Drop entries *decision* wrote that never became readable (the request failed)."""
+        """Withdraw *decision*'s writes (the request failed before its response began).
+
+        An entry another in-flight request is also writing stays for that request.
+        """
         scope = (workspace, prompt.model.id)
         for bp in decision.written:
             key = (*scope, prompt.keys[bp.position])
             entry = self._entries.get(key)
-            if entry is not None and not entry.readable:
+            if entry is None or entry.readable:
+                continue
+            entry.writers -= 1
+            if entry.writers <= 0:
                 del self._entries[key]
 
     def _maybe_sweep(self, now: float) -> None:
