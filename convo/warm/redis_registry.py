@@ -222,7 +222,9 @@ class RedisWarmRegistry:
     # -- keys ------------------------------------------------------------------------------
 
     def _keys(self, key: WarmKey) -> list[str]:
-        base = f"{self._prefix}{key.workspace}:{key.model}:{key.fingerprint}"
+        # A hash tag ({...}) puts both keys of one prefix in one Redis Cluster slot, as the
+        # Lua scripts that touch them together require.
+        base = f"{self._prefix}{{{key.workspace}:{key.model}:{key.fingerprint}}}"
         return [f"{base}:state", f"{base}:writer"]
 
     def _touch_args(
