@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar, overload
 import attrs
 import xxhash
 
+from convo.models import is_server_tool
 from convo.tokens import block_tokens, canonical_json
 
 __all__ = [
@@ -400,7 +401,9 @@ def fingerprint_body(
         cum.append(total)
         return digest
 
-    for tool in body.get("tools", ()) or ():
+    # Custom tools first, then server tools: the order the server keys them in (and the
+    # order convo.Prefix sends them in).
+    for tool in sorted(body.get("tools", ()) or (), key=is_server_tool):
         tools_hash.update(add("tool", tool))
     system_blocks = _as_blocks(body.get("system"))
     static = system_blocks[:-1] if suffix_in_system and system_blocks else system_blocks

@@ -18,12 +18,27 @@ import attrs
 
 __all__ = [
     "MODELS",
+    "SERVER_TOOL_TYPES",
     "SOURCE_DATE",
     "ModelInfo",
     "UnknownModel",
+    "is_server_tool",
     "lookup",
     "with_overrides",
 ]
+
+#: Type prefixes of the server tools (run by Anthropic) whose toggling invalidates system and
+#: messages but not the custom tools: the server keys them after the custom tools.
+#: Anthropic-defined client tools (``bash_*``, ``text_editor_*``, ``computer_*``) are ordinary
+#: tools in this respect and keep their place.
+SERVER_TOOL_TYPES = ("web_search_", "web_fetch_", "code_execution_")
+
+
+def is_server_tool(tool: Mapping[str, object]) -> bool:
+    """Whether *tool* is a server tool (web search, web fetch, code execution)."""
+    kind = tool.get("type")
+    return isinstance(kind, str) and kind.startswith(SERVER_TOOL_TYPES)
+
 
 #: When the numbers below were read from the prompt-caching and rate-limit docs.
 SOURCE_DATE = dt.date(2026, 11, 1)

@@ -174,6 +174,14 @@ class TestErrors:
         assert response.json()["error"]["type"] == "invalid_request_error"
         assert fragment in response.json()["error"]["message"]
 
+    def test_anthropic_defined_tools_need_no_schema(self, client: anthropic.Anthropic) -> None:
+        """A typed tool (bash, text editor, web search) is accepted without input_schema."""
+        tools: Any = [
+            {"type": "bash_20250124", "name": "bash"},
+            {"type": "web_search_20250305", "name": "web_search"},
+        ]
+        assert client.messages.create(model=MODEL, max_tokens=8, messages=HI, tools=tools).content
+
     def test_invalid_json_is_400(self, emulator: RunningEmulator) -> None:
         """A body that is not JSON is a 400, not a 500."""
         response = raw(emulator, "POST", "/v1/messages", b"{not json", **{"x-api-key": API_KEY})

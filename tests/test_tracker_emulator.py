@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from convo.emulator import DIAGNOSTICS_BETA, RunningEmulator
-from convo.layout import History, Layout, Prefix, RenderedRequest
+from convo.layout import History, Layout, Prefix, PrefixTooShortWarning, RenderedRequest
 from convo.tracker import CacheOutcome, CacheTracker
 from convo.usage import Usage
 
@@ -251,3 +251,42 @@ class TestBustReasons:
         assert outcome.reason == ("hit" if guard else "lookback_exceeded")
         if not guard:
             assert outcome.server_reason is None  # nothing changed: only the reach fell short
+
+
+class TestToolOrder:
+    """Server tools are keyed after custom tools, whatever order a raw body lists them in."""
+
+    def test_raw_body_with_a_server_tool_first_is_predicted_exactly(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """A body listing web_search before a cached custom tool: prediction == usage twice."""
+        tracker = CacheTracker(clock=emulator.emulator.clock.now)
+        body: dict[str, Any] = {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 8,
+            "tools": [
+                {"type": "web_search_20250305", "name": "web_search"},
+                {
+                    "name": "lookup",
+                    "description": "Look a record up. " * 300,
+                    "input_schema": {"type": "object"},
+                    "cache_control": {"type": "ephemeral"},
+                },
+            ],
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        for expected in ("cold", "hit"):
+            prediction = tracker.predict(body)
+            usage = Usage.from_message(client.messages.create(**body))
+            outcome = tracker.observe(prediction, usage)
+            assert outcome.exact
+            assert outcome.reason == expected
+
+    def test_anthropic_client_tools_keep_their_place(self) -> None:
+        """bash/text-editor tools are ordinary tools: a Prefix sends them where they were."""
+        bash = {"type": "bash_20250124", "name": "bash"}
+        lookup = {"name": "lookup", "input_schema": {"type": "object"}}
+        search = {"type": "web_search_20250305", "name": "web_search"}
+        with pytest.warns(PrefixTooShortWarning):  # only the order matters here
+            p = Prefix(model="claude-sonnet-4-6", system=["x"], tools=[search, bash, lookup])
+        assert [t["name"] for t in p.tools] == ["bash", "lookup", "web_search"]

@@ -150,9 +150,10 @@ def _as_blocks(content: Any, where: str) -> list[Mapping[str, Any]]:
     return content
 
 
-def _is_server_tool(tool: Mapping[str, Any]) -> bool:
+def _is_typed_tool(tool: Mapping[str, Any]) -> bool:
+    """An Anthropic-defined tool (server or client): it needs no ``input_schema``."""
     kind = tool.get("type")
-    return isinstance(kind, str) and kind != "custom" and "input_schema" not in tool
+    return isinstance(kind, str) and kind != "custom"
 
 
 def _check_tools(tools: Any) -> list[Mapping[str, Any]]:
@@ -163,7 +164,7 @@ def _check_tools(tools: Any) -> list[Mapping[str, Any]]:
     for i, tool in enumerate(tools):
         if not isinstance(tool, Mapping) or not isinstance(tool.get("name"), str):
             raise invalid(f"tools.{i}: each tool must be an object with a 'name'")
-        if not _is_server_tool(tool) and not isinstance(tool.get("input_schema"), Mapping):
+        if not _is_typed_tool(tool) and not isinstance(tool.get("input_schema"), Mapping):
             raise invalid(f"tools.{i}.input_schema: Field required")
     return tools
 
@@ -202,8 +203,8 @@ def parse_prompt(
 
     # (level, message index, context tag, block, where) for each position, in prompt order.
     layout: list[tuple[str, int, str, Mapping[str, Any], str]] = []
-    custom = [(i, t) for i, t in enumerate(tools) if not _is_server_tool(t)]
-    server = [(i, t) for i, t in enumerate(tools) if _is_server_tool(t)]
+    custom = [(i, t) for i, t in enumerate(tools) if not models.is_server_tool(t)]
+    server = [(i, t) for i, t in enumerate(tools) if models.is_server_tool(t)]
     layout += [("tools", -1, "tool", t, f"tools.{i}") for i, t in custom]
     layout += [("server_tools", -1, "server_tool", t, f"tools.{i}") for i, t in server]
     layout += [("system", -1, "system", b, f"system.{i}") for i, b in enumerate(system_blocks)]

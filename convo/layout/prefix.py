@@ -11,7 +11,7 @@ import xxhash
 
 from convo.errors import LayoutError
 from convo.fingerprint import ROOT, block_digest, chain
-from convo.models import MODELS, ModelInfo, UnknownModel, lookup
+from convo.models import MODELS, ModelInfo, UnknownModel, is_server_tool, lookup
 from convo.tokens import block_tokens, canonical_json
 
 __all__ = [
@@ -167,12 +167,7 @@ def _freeze_tools(value: Sequence[Mapping[str, Any]]) -> tuple[FrozenMap, ...]:
         tools.append(freeze(tool, where))
     # The server keys custom tools first, then server tools (web search, ...): sending them
     # in that order keeps block positions equal to the server's.
-    return tuple(sorted(tools, key=_is_server_tool))
-
-
-def _is_server_tool(tool: Mapping[str, Any]) -> bool:
-    kind = tool.get("type")
-    return isinstance(kind, str) and kind != "custom" and "input_schema" not in tool
+    return tuple(sorted(tools, key=is_server_tool))
 
 
 def _check_ttl(instance: object, attribute: attrs.Attribute[str], value: str) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from convo.fingerprint import Fingerprint, fingerprint_body
 from convo.layout.prefix import TTLS, check_cache_control
 from convo.layout.render import LOOKBACK, RenderedRequest
-from convo.models import MODELS, ModelInfo, lookup
+from convo.models import MODELS, ModelInfo, is_server_tool, lookup
 from convo.tracker.values import (
     SERVER_DIVERGENCES,
     CacheEntry,
@@ -39,7 +39,8 @@ __all__ = ["CacheTracker"]
 
 def _body_points(body: Mapping[str, Any], fp: Fingerprint) -> tuple[Point, ...]:
     """Breakpoints of a raw body: every ``cache_control`` block, plus automatic caching."""
-    blocks: list[Any] = list(body.get("tools") or ())
+    # Tools in the order the server keys them: custom tools, then server tools.
+    blocks: list[Any] = sorted(body.get("tools") or (), key=is_server_tool)
     system = body.get("system")
     if isinstance(system, list | tuple):
         blocks += list(system)
