@@ -176,7 +176,8 @@ def price(
         model: The model id as sent (dated snapshot ids work).
         at: When the request was made, for dated price changes; default now (UTC). A naive
             datetime is taken as UTC.
-        batch: Whether the request went through the Batch API (50% off).
+        batch: Whether the request went through the Batch API (50% off); also taken from
+            ``usage.service_tier == "batch"``.
         inference_geo: Where inference ran; default ``usage.inference_geo``. ``"us"``
             (US-only) costs 1.1× on Claude 4.6 and later models.
         overrides: Private pricing: one :class:`Rates` for this call, or a mapping from
@@ -195,6 +196,10 @@ def price(
     when = at or dt.datetime.now(dt.timezone.utc)
     weight = rate_limit_tokens(usage, model)
     notes: list[str] = []
+    if not batch and usage.service_tier == "batch":
+        # The response says it ran through the Batch API: price it so, as with inference_geo.
+        batch = True
+        notes.append("batch: taken from usage.service_tier")
 
     rates, source, batch_applied = _resolve(usage, model, when, batch, overrides, notes)
     if rates is None:

@@ -186,3 +186,18 @@ class TestHitRates:
         usages = [Usage(cache_read=5), Usage(input=5), Usage(cache_read=1), Usage(input=1)]
         assert request_hit_rate(usages) == 0.5
         assert request_hit_rate([]) is None
+
+
+class TestServiceTier:
+    """A usage that says it ran through the Batch API is priced as batch."""
+
+    def test_batch_tier_halves_the_price_without_the_flag(self) -> None:
+        """service_tier 'batch' prices like batch=True; the note says where it came from."""
+        usage = Usage.from_dict(
+            {"input_tokens": 1_000_000, "output_tokens": 0, "service_tier": "batch"}
+        )
+        plain = Usage.from_dict({"input_tokens": 1_000_000, "output_tokens": 0})
+        tiered = price(usage, "claude-sonnet-4-6")
+        flagged = price(plain, "claude-sonnet-4-6", batch=True)
+        assert tiered.usd == flagged.usd == price(plain, "claude-sonnet-4-6").usd / 2  # type: ignore[operator]
+        assert "batch: taken from usage.service_tier" in tiered.notes
