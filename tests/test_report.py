@@ -174,3 +174,92 @@ class TestRegistered:
         result = CliRunner().invoke(main, ["report", "--ledger", ledger_path, "--format", "json"])
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)["summary"]["requests"] == 40
+
+
+@pytest.fixture
+def odd_ledger(tmp_path: Path) -> str:
+    """Rows without a session, an unpriced model, and a session id with a '|' in it."""
+    path = tmp_path / "odd.db"
+    usage = Usage(input=100, cache_read=1000, output=10)
+    with Ledger.open(path) as led:
+        led.append(
+            LedgerRow.build(
+                usage,
+                price(usage, "claude-sonnet-4-6"),
+                model="claude-sonnet-4-6",
+                session_id=None,
+                conversation_id="t1",
+            )
+        )
+        led.append(
+            LedgerRow.build(
+                usage,
+                price(usage, "claude-sonnet-4-6"),
+                model="claude-sonnet-4-6",
+                session_id="a|b",
+                conversation_id="t2",
+            )
+        )
+        led.append(
+            LedgerRow.build(
+                usage,
+                price(usage, "acme-model-1"),
+                model="acme-model-1",
+                session_id="s",
+                conversation_id="t3",
+            )
+        )
+        for task in ("t1", "t3"):
+            led.mark_outcome(task, "success")
+    return str(path)
+
+
+class TestHonestGroups:
+    """What a report must not blur: missing keys, unknown prices, odd characters, typos."""
+
+    def test_rows_without_a_key_are_none_not_all(self, odd_ledger: str) -> None:
+        """A group of rows with no session is '(none)' (null in JSON); '(all)' is the summary."""
+        data = json.loads(_run("--ledger", odd_ledger, "--by", "session", "--format", "json"))
+        assert None in [g["key"] for g in data["groups"]]
+        assert data["summary"]["key"] == "(all)"
+        rows = list(
+            csv.reader(
+                io.StringIO(_run("--ledger", odd_ledger, "--by", "session", "--format", "csv"))
+            )
+        )
+        assert [r[0] for r in rows[1:]].count("(all)") == 1
+
+    def test_an_unpriced_group_has_no_cost(self, odd_ledger: str) -> None:
+        """A model with no known price shows no cost (null), never $0."""
+        data = json.loads(_run("--ledger", odd_ledger, "--format", "json"))
+        acme = next(g for g in data["groups"] if g["key"] == "acme-model-1")
+        assert acme["cost_usd"] is None
+        assert acme["unpriced"] == 1
+        assert data["tasks"]["unpriced_tasks"] == 1
+
+    def test_markdown_escapes_pipes(self, odd_ledger: str) -> None:
+        """A '|' inside a key is escaped, so every row keeps its column count."""
+        table = _run("--ledger", odd_ledger, "--by", "session", "--format", "md").split(
+            "## By session"
+        )[1]
+        lines = [line for line in table.splitlines() if line.startswith("|")]
+        assert "a\\|b" in table
+        counts = {line.replace("\\|", "").count("|") for line in lines}
+        assert len(counts) == 1
+
+    def test_missing_ledger_path_is_an_error_and_creates_nothing(self, tmp_path: Path) -> None:
+        """A mistyped --ledger path fails with a message; no file or folder appears."""
+        missing = tmp_path / "typo" / "ledgr.db"
+        result = CliRunner().invoke(report, ["--ledger", str(missing)])
+        assert result.exit_code == 1
+        assert "no ledger at" in result.output
+        assert not missing.parent.exists()
+
+    def test_unreachable_database_is_a_message_with_the_password_masked(self) -> None:
+        """A PostgreSQL URL that cannot connect: a one-line error, password hidden."""
+        url = "postgresql://postgres@127.0.0.1:1/test?password=hunter2&connect_timeout=2"
+        result = CliRunner().invoke(report, ["--ledger", url])
+        assert result.exit_code == 1
+        assert "hunter2" not in result.output
+        assert "password=***" in result.output
+        assert "Traceback" not in result.output

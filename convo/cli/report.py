@@ -14,12 +14,14 @@ import io
 import json
 import re
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from convo.errors import LedgerError
 from convo.ledger import Ledger, Totals
 from convo.ledger.queries import GroupBy
 
@@ -76,9 +78,11 @@ def parse_since(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
-def _group_row(t: Totals) -> dict[str, Any]:
+def _group_row(t: Totals, *, summary: bool = False) -> dict[str, Any]:
+    # The summary row is "(all)"; a group whose key is missing (rows without a session or
+    # prefix) is None, shown as "(none)", so the two never look alike.
     return {
-        "key": t.key if t.key is not None else "(all)",
+        "key": "(all)" if summary else t.key,
         "requests": t.requests,
         "errors": t.errors,
         "input": t.input,
@@ -88,8 +92,9 @@ def _group_row(t: Totals) -> dict[str, Any]:
         "output": t.output,
         "token_hit_rate": t.token_hit_rate,
         "request_hit_rate": t.request_hit_rate,
-        "cost_usd": t.cost_usd,
-        "saved_usd": t.saved_usd,
+        # Never a made-up price: a group with no priced row has no cost, not $0.
+        "cost_usd": None if t.unpriced and t.unpriced == t.requests else t.cost_usd,
+        "saved_usd": None if t.unpriced and t.unpriced == t.requests else t.saved_usd,
         "unpriced": t.unpriced,
         "rate_limit_tokens": t.rate_limit_tokens,
         "billed_equivalent_tokens": round(t.billed_equivalent_tokens, 1),
@@ -111,7 +116,7 @@ def build_report(
     overall = ledger.total(**filters)
     tasks = ledger.task_cost(**filters)
     return {
-        "summary": _group_row(overall) | {"total_input": overall.total_input},
+        "summary": _group_row(overall, summary=True) | {"total_input": overall.total_input},
         "groups": [_group_row(t) for t in ledger.totals(by=by, **filters)],
         "busts": [
             {
@@ -128,13 +133,14 @@ def build_report(
             "failed": tasks.failed,
             "cost_usd": tasks.cost_usd,
             "cost_per_success_usd": tasks.per_success,
+            "unpriced_tasks": tasks.unpriced,
         },
     }
 
 
 def _fmt(value: Any, key: str = "") -> str:
     if value is None:
-        return "-"
+        return "(none)" if key == "key" else "-"
     if isinstance(value, Decimal):
         return f"{value:,.4f}"
     if key.endswith("hit_rate"):
@@ -178,7 +184,12 @@ def _summary_pairs(data: dict[str, Any]) -> list[tuple[str, str]]:
         ("saved by caching $", _fmt(s["saved_usd"])),
         (
             "cost per successful task $",
-            f"{_fmt(t['cost_per_success_usd'])}  ({t['successful']} ok, {t['failed']} failed)",
+            f"{_fmt(t['cost_per_success_usd'])}  ({t['successful']} ok, {t['failed']} failed"
+            + (
+                f"; {t['unpriced_tasks']} with unpriced rows, so at least this)"
+                if t["unpriced_tasks"]
+                else ")"
+            ),
         ),
         ("ITPM weight (input + writes)", _fmt(s["rate_limit_tokens"])),
         ("billed-equivalent input tokens", _fmt(s["billed_equivalent_tokens"])),
@@ -211,9 +222,23 @@ def _render_table(data: dict[str, Any], console: Console, by: str) -> None:
     console.print(busts)
 
 
+def _check_exists(url: str | None) -> None:
+    """A report only reads: a SQLite path that does not exist is a typo, not a new ledger."""
+    if url is None or url.startswith(("postgresql://", "postgres://")) or ":memory:" in url:
+        return
+    path = Path(url.removeprefix("sqlite:///")).expanduser()
+    if "://" not in url.removeprefix("sqlite:///") and not path.exists():
+        raise click.ClickException(f"no ledger at {path}; check --ledger (nothing was created)")
+
+
+def _md_cell(text: str) -> str:
+    # A "|" in a key (a session id, a reason) would split the cell; a newline, the row.
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
 def _md_table(headings: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -346,10 +371,16 @@ def report(
         "model": model,
         "session": session,
     }
-    with Ledger.open(url) if url else Ledger.default() as ledger:
-        data = build_report(ledger, by=by, top=top, **filters)
-        if plot:
-            _plot(ledger, plot, filters)
+    _check_exists(url)
+    try:
+        with Ledger.open(url) if url else Ledger.default() as ledger:
+            data = build_report(ledger, by=by, top=top, **filters)
+            if plot:
+                _plot(ledger, plot, filters)
+    except (LedgerError, ValueError) as error:
+        # A report reads: a bad URL or an unreachable database is a message, not a traceback
+        # (the ledger's errors already carry the location with any password masked).
+        raise click.ClickException(str(error)) from error
     if fmt == "json":
         click.echo(json.dumps(_plain(data), indent=2))
     elif fmt == "csv":

@@ -35,13 +35,26 @@ _GET_VERSION = "SELECT value FROM convo_meta WHERE key = 'schema_version'"
 _CATCH_UP = rollup_catch_up(SQLITE)
 
 
+_SECRET_PARAMETERS = {"password", "sslpassword"}
+
+
 def redact(url: str) -> str:
-    """Return *url* with any password replaced by ``***``, safe to log or show."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    """Return *url* with any password replaced by ``***``, safe to log or show.
+
+    Both places libpq takes one are covered: ``user:password@host`` and the
+    ``?password=`` / ``?sslpassword=`` query parameters.
+    """
+    original = parts = urllib.parse.urlsplit(url)
+    if parts.password is not None:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        parts = parts._replace(netloc=netloc)
+    if parts.query:
+        pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        hidden = [(k, "***" if k.lower() in _SECRET_PARAMETERS else v) for k, v in pairs]
+        if hidden != pairs:
+            parts = parts._replace(query=urllib.parse.urlencode(hidden, safe="*"))
+    # Rebuild only what changed: urlunsplit would rewrite "sqlite:///path" as "sqlite:/path".
+    return url if parts == original else urllib.parse.urlunsplit(parts)
 
 
 @contextlib.contextmanager

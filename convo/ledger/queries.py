@@ -167,6 +167,7 @@ class TaskCost:
     successful: int
     failed: int
     cost_usd: Decimal
+    unpriced: int = 0  # marked tasks with an unpriced row: cost_usd is then a lower bound
 
     @property
     def per_success(self) -> Decimal | None:
@@ -311,23 +312,26 @@ def task_cost(backend: Backend, filters: Filters) -> TaskCost:
     )
     sql = f"""
         WITH t AS (
-            SELECT task_id, SUM(COALESCE(cost_nusd, 0)) AS c, MAX(outcome) AS o
+            SELECT task_id, SUM(COALESCE(cost_nusd, 0)) AS c, MAX(outcome) AS o,
+                MAX(CASE WHEN cost_nusd IS NULL THEN 1 ELSE 0 END) AS u
             FROM convo_usage{where} GROUP BY task_id
         ), m AS (
             SELECT o.task_id, o.outcome FROM convo_outcomes o
             JOIN (SELECT task_id, MAX(id) AS id FROM convo_outcomes GROUP BY task_id) last
             ON o.id = last.id
         )
-        SELECT COALESCE(m.outcome, t.o) AS verdict, COUNT(*), SUM(t.c)
+        SELECT COALESCE(m.outcome, t.o) AS verdict, COUNT(*), SUM(t.c), SUM(t.u)
         FROM t LEFT JOIN m ON m.task_id = t.task_id
         GROUP BY COALESCE(m.outcome, t.o)"""
     counts = {"success": 0, "failure": 0}
     cost = Decimal(0)
-    for verdict, n, nanos in backend.query(sql, params):
+    unpriced = 0
+    for verdict, n, nanos, unpriced_tasks in backend.query(sql, params):
         if verdict in counts:
             counts[verdict] += int(n)
             cost += _usd(nanos)
-    return TaskCost(counts["success"], counts["failure"], cost)
+            unpriced += int(unpriced_tasks or 0)
+    return TaskCost(counts["success"], counts["failure"], cost, unpriced)
 
 
 def rows(backend: Backend, filters: Filters, limit: int | None) -> list[LedgerRow]:

@@ -290,9 +290,10 @@ class SessionCore:
         if record.error_type is None:
             return  # the successful attempt: complete() records it with its usage
         if self.ledger is not None:
+            # A refused attempt costs nothing: priced at zero (None only for an unpriced model).
             self._record(
                 Usage.zero(),
-                None,
+                price(Usage.zero(), self.prefix.model),
                 started_at=record.started_at,
                 attempts=record.number,
                 status="error",
