@@ -239,9 +239,8 @@ class TestHonestGroups:
 
     def test_markdown_escapes_pipes(self, odd_ledger: str) -> None:
         """A '|' inside a key is escaped, so every row keeps its column count."""
-        table = _run("--ledger", odd_ledger, "--by", "session", "--format", "md").split(
-            "## By session"
-        )[1]
+        output = _run("--ledger", odd_ledger, "--by", "session", "--format", "md")
+        table = output.split("## By session")[1].split("##")[0]
         lines = [line for line in table.splitlines() if line.startswith("|")]
         assert "a\\|b" in table
         counts = {line.replace("\\|", "").count("|") for line in lines}
