@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import warnings
 from collections.abc import Iterable
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Literal
 
 import attrs
@@ -38,7 +38,12 @@ class BudgetWarning(UserWarning):
 def _money(value: Decimal | float | int | str | None) -> Decimal | None:
     if value is None:
         return None
-    result = value if isinstance(value, Decimal) else Decimal(str(value))
+    try:
+        result = value if isinstance(value, Decimal) else Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(
+            f"max_cost_usd must be a number of USD such as '0.50', got {value!r}"
+        ) from None
     if result < 0:
         raise ValueError(f"max_cost_usd must be >= 0, got {value}")
     return result

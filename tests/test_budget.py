@@ -92,6 +92,11 @@ class TestMisuse:
         with pytest.raises(ValueError, match=fragment):
             convo.Budget(**kwargs)  # type: ignore[arg-type]
 
+    def test_malformed_money_names_the_form(self) -> None:
+        """'$0.50' is a ValueError that shows the expected form, not a decimal signal."""
+        with pytest.raises(ValueError, match=r"such as '0\.50'"):
+            convo.Budget(max_cost_usd="$0.50")
+
     def test_money_is_exact(self) -> None:
         """A float limit is converted through its decimal text, not its binary value."""
         assert convo.Budget(max_cost_usd=0.1).max_cost_usd == Decimal("0.1")

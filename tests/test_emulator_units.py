@@ -62,6 +62,17 @@ class TestConfig:
         with pytest.raises(ValueError, match=fragment):
             EmulatorConfig.from_dict(data)
 
+    def test_toml_lets_a_request_through_with_none(self, tmp_path: Path) -> None:
+        """TOML has no null: "none" in a fault script is a request let through."""
+        (tmp_path / "c.toml").write_text('[faults]\nscript = ["overloaded", "none", "api_error"]\n')
+        script = load_config(tmp_path / "c.toml").faults.script
+        assert [f.kind if f else None for f in script] == ["overloaded", None, "api_error"]
+
+    def test_a_fault_without_kind_says_so(self) -> None:
+        """{} in a script is an error that asks for a kind."""
+        with pytest.raises(ValueError, match="needs a 'kind'"):
+            EmulatorConfig.from_dict({"faults": {"script": [{}]}})
+
     def test_load_json_and_toml(self, tmp_path: Path) -> None:
         """The same config loads from JSON and from TOML."""
         data = {"seed": 5, "limits": {"default": {"rpm": 10}}}

@@ -373,3 +373,17 @@ class TestDeterminism:
                 env={"PYTHONHASHSEED": seed, "PATH": ""},
             )
             assert out.stdout.strip() == here
+
+
+class TestPrefixMisuse:
+    """A Prefix refuses what the server would refuse, before anything is sent."""
+
+    def test_custom_tool_needs_an_input_schema(self) -> None:
+        """A custom tool without input_schema is a LayoutError naming the fix."""
+        with pytest.raises(LayoutError, match="input_schema"):
+            Prefix(model="claude-sonnet-4-6", system=["word " * 1100], tools=[{"name": "lookup"}])
+
+    def test_model_must_be_a_string(self) -> None:
+        """Prefix(model=4) is a TypeError, not an AttributeError from deep inside."""
+        with pytest.raises(TypeError, match="model id string"):
+            Prefix(model=4, system=["word " * 1100])  # type: ignore[arg-type]

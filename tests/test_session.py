@@ -50,14 +50,14 @@ class Waits:
 def make_session(
     emulator: RunningEmulator, client: anthropic.Anthropic, registry: WarmRegistry, ledger: Ledger
 ) -> Callable[..., Session]:
-    def make(**options: Any) -> Session:
+    def make(*, prefix_ttl: str = "5m", **options: Any) -> Session:
         options.setdefault("client", client)
         options.setdefault("clock", emulator.emulator.clock.now)
         options.setdefault("registry", registry)
         options.setdefault("limiter", RateLimiter())
         options.setdefault("ledger", ledger)
         options.setdefault("max_tokens", 64)
-        return Session(convo.Prefix(model=MODEL, system=[SYSTEM]), **options)
+        return Session(convo.Prefix(model=MODEL, system=[SYSTEM], ttl=prefix_ttl), **options)
 
     return make
 
@@ -607,3 +607,123 @@ class TestRateLimits:
             await s.send("Go")
         assert emulator.stats()["requests"]["by_status"] == {"200": 12}
         assert sum(slept) > 0
+
+
+class TestFirstUse:
+    """What a new user runs into: clear errors before spending, and the documented behaviour."""
+
+    @pytest.mark.parametrize(
+        ("options", "fragment"),
+        [
+            ({"ledger": ":memory:"}, "convo.Ledger"),
+            ({"budget": {"max_cost_usd": "1"}}, "convo.Budget"),
+            ({"hooks": [1]}, "callables"),
+            ({"registry": "redis://x"}, "WarmRegistry"),
+            ({"max_tokens": "10"}, "int"),
+        ],
+        ids=["ledger-str", "budget-dict", "hook-int", "registry-str", "max-tokens-str"],
+    )
+    def test_wrong_types_fail_at_construction(
+        self,
+        emulator: RunningEmulator,
+        make_session: Callable[..., Session],
+        options: dict[str, Any],
+        fragment: str,
+    ) -> None:
+        """Each wrong type is a TypeError naming what to pass; nothing is sent."""
+        with pytest.raises(TypeError, match=fragment):
+            make_session(**options)
+        assert emulator.stats()["requests"]["total"] == 0
+
+    def test_negative_max_tokens_is_refused_before_sending(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """send(max_tokens=-1) says what is allowed; nothing is sent, history unchanged."""
+        session = make_session()
+        with pytest.raises(ValueError, match=">= 1"):
+            session.send("Hello", max_tokens=-1)
+        assert emulator.stats()["requests"]["total"] == 0
+        assert session.history == []
+
+    def test_a_failing_hook_warns_and_keeps_the_turn(
+        self, make_session: Callable[..., Session]
+    ) -> None:
+        """A hook that raises does not undo a paid, recorded turn."""
+
+        def broken(reply: convo.Reply) -> None:
+            raise RuntimeError("telemetry is down")
+
+        session = make_session(hooks=[broken])
+        with pytest.warns(RuntimeWarning, match="telemetry is down"):
+            session.send("Hello")
+        assert len(session.history) == 2
+
+    def test_a_short_prefix_says_below_minimum(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """A prefix under the model's minimum gives reason below_minimum, not cold."""
+        with pytest.warns(convo.PrefixTooShortWarning):
+            prefix = convo.Prefix(model=MODEL, system=["A short prompt. " * 20])
+        session = Session(
+            prefix,
+            client=client,
+            ledger=False,
+            limiter=RateLimiter(),
+            registry=WarmRegistry(clock=emulator.emulator.clock.now),
+            clock=emulator.emulator.clock.now,
+            history="none",
+        )
+        assert session.send("Hello").reason == "below_minimum"
+
+    def test_the_tracker_reads_the_prefix_model_table(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """Emulator and Prefix given the same override (minimum 2,048): exact predictions."""
+        override = {MODEL: {"min_cacheable_tokens": 2048}}
+        emulator.configure({"models": override})
+        with pytest.warns(convo.PrefixTooShortWarning, match="2048"):
+            prefix = convo.Prefix(
+                model=MODEL, system=["word " * 1500], models=convo.models.with_overrides(override)
+            )
+        session = Session(
+            prefix,
+            client=client,
+            ledger=False,
+            limiter=RateLimiter(),
+            registry=WarmRegistry(clock=emulator.emulator.clock.now),
+            clock=emulator.emulator.clock.now,
+        )
+        replies = [session.send(q) for q in ("One", "Two", "Three")]
+        assert all(
+            r.cache.exact for r in replies
+        )  # with the built-in 1,024 it would predict writes
+        assert {r.reason for r in replies} == {"below_minimum"}
+
+    def test_history_ttl_through_a_session(self, make_session: Callable[..., Session]) -> None:
+        """A 1h prefix with 5m history: the prefix writes 1h, the history 5m."""
+        session = make_session(prefix_ttl="1h", history_ttl="5m")
+        reply = session.send("Hello")
+        assert reply.usage.cache_write_1h > 0
+        assert reply.usage.cache_write_5m > 0
+
+    def test_keep_alive_interval_must_be_shorter_than_the_margin(
+        self, make_session: Callable[..., Session]
+    ) -> None:
+        """run_keep_alive refuses an interval that could step over the re-warm window."""
+        session = make_session(keep_alive=KeepAlive(margin_s=60))
+        with pytest.raises(ValueError, match="shorter than"):
+            session.run_keep_alive(stop=lambda: True, interval=60)
+        with pytest.raises(ValueError, match="> 0 seconds"):
+            KeepAlive(margin_s=-1)
+
+    def test_a_stream_dropped_before_any_text_is_retried(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """A connection lost before the first text is a connection error: retried."""
+        emulator.configure({"faults": {"script": [{"kind": "stream_drop", "after_events": 2}]}})
+        session = make_session(sleep=Waits())
+        with session.stream("Hello") as s:
+            text = "".join(s.text_stream)
+        assert text
+        assert [a.error_type for a in s.reply.attempts] == ["APIConnectionError", None]
+        assert emulator.stats()["requests"]["total"] == 2

@@ -140,11 +140,14 @@ class Fault:
 
     @classmethod
     def from_value(cls, value: str | Mapping[str, Any] | None, where: str) -> Fault | None:
-        """Build from ``"overloaded"``, ``{"kind": ...}`` or ``None`` (no fault)."""
-        if value is None:
+        """Build from ``"overloaded"``, ``{"kind": ...}``, or ``None`` / ``"none"`` (no fault;
+        TOML has no null, so ``"none"`` is the way to let a request through there)."""
+        if value is None or value == "none":
             return None
         if isinstance(value, str):
             return _from_mapping(cls, {"kind": value}, where)
+        if isinstance(value, Mapping) and "kind" not in value:
+            raise ValueError(f"{where}: each fault needs a 'kind' (one of {sorted(FAULT_KINDS)})")
         return _from_mapping(cls, value, where)
 
 

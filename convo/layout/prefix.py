@@ -156,6 +156,12 @@ def _freeze_tools(value: Sequence[Mapping[str, Any]]) -> tuple[FrozenMap, ...]:
         where = f"Prefix.tools[{i}]"
         if not isinstance(tool, Mapping):
             raise LayoutError(f"{where} must be a tool definition dict; got {tool!r}")
+        kind = tool.get("type", "custom")
+        if kind == "custom" and not isinstance(tool.get("input_schema"), Mapping):
+            raise LayoutError(
+                f"{where} needs an 'input_schema' (a JSON Schema object, e.g. "
+                '{"type": "object"}); only Anthropic-defined tools with a "type" go without'
+            )
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise LayoutError(f"{where} needs a non-empty string 'name'")
@@ -216,6 +222,8 @@ class Prefix:
     fingerprint: str = attrs.field(init=False, eq=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise TypeError(f"Prefix.model must be a model id string, got {self.model!r}")
         try:
             info = lookup(self.model, self.models)
         except UnknownModel as exc:

@@ -47,6 +47,7 @@ class AsyncSession(SessionBase):
         suffix: str | Callable[[], str] | None = None,
         suffix_placement: str = "system",
         history: str = "rolling",
+        history_ttl: str | None = None,
         registry: WarmBackend | None = None,
         limiter: RateLimiter | Any | None = None,
         ledger: Ledger | bool | None = None,
@@ -104,6 +105,7 @@ class AsyncSession(SessionBase):
     async def run_keep_alive(self, *, interval: float = 5.0) -> None:
         """Call :meth:`keep_alive_tick` every *interval* seconds until cancelled
         (``asyncio.create_task(session.run_keep_alive())``)."""
+        self._check_interval(interval)
         while True:
             await self.keep_alive_tick()
             await self._sleep(interval)

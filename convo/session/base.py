@@ -25,6 +25,7 @@ _INHERITED = (
     "suffix",
     "suffix_placement",
     "history",
+    "history_ttl",
     "retry",
     "budget",
     "max_tokens",
@@ -75,6 +76,7 @@ class SessionBase:
             diagnostics=options["diagnostics"],
             keep_alive=options["keep_alive"],
             adaptive_ttl=options["adaptive_ttl"],
+            history_ttl=options["history_ttl"],
             session_id=options["session_id"],
             conversation_id=options["conversation_id"],
             messages=options["messages"],
@@ -144,6 +146,18 @@ class SessionBase:
             "_tracker": tracker,
             **self._options,
         }
+
+    def _check_interval(self, interval: float) -> None:
+        policy = self._core.keep_alive
+        if policy is None:
+            raise ValueError(
+                "run_keep_alive needs the session built with keep_alive=KeepAlive(...)"
+            )
+        if not 0 < interval < policy.margin_s:
+            raise ValueError(
+                f"interval={interval} must be > 0 and shorter than KeepAlive.margin_s="
+                f"{policy.margin_s}, or a tick can step over the re-warm window"
+            )
 
     # -- the bookkeeping around one request ------------------------------------------------
 

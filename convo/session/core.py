@@ -16,8 +16,10 @@ enqueues (its writer thread does the disk work).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -26,6 +28,7 @@ import attrs
 
 from convo import models
 from convo.budget import Budget, Spend
+from convo.errors import LayoutError
 from convo.layout import History, Layout, Prefix, RenderedRequest
 from convo.ledger import Ledger, LedgerRow
 from convo.limits import RateLimiter
@@ -77,11 +80,31 @@ class SessionCore:
         hooks: Sequence[Callable[[Reply], None]],
         tracker: CacheTracker | None = None,
         adaptive_ttl: bool = False,
+        history_ttl: str | None = None,
     ) -> None:
         if not isinstance(prefix, Prefix):
             raise TypeError(f"prefix must be a convo.Prefix, got {type(prefix).__name__}")
         if not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a convo.RetryPolicy, got {type(retry).__name__}")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+            raise TypeError(f"max_tokens must be an int, got {type(max_tokens).__name__}")
+        if ledger is not None and not isinstance(ledger, Ledger):
+            raise TypeError(
+                f"ledger must be a convo.Ledger (e.g. convo.Ledger.open(':memory:')), None for the "
+                f"default, or False for none; got {type(ledger).__name__}"
+            )
+        backends = (
+            ("registry", registry, "state", "WarmRegistry"),
+            ("limiter", limiter, "acquire", "RateLimiter"),
+        )
+        for name, backend, needs, kind in backends:
+            if not hasattr(backend, needs):
+                raise TypeError(
+                    f"{name} must be a convo.{kind} (or its Redis twin), "
+                    f"got {type(backend).__name__}"
+                )
+        if not all(callable(hook) for hook in hooks):
+            raise TypeError("hooks must be callables taking a convo.Reply")
         if max_tokens < 1:
             raise ValueError(
                 f"max_tokens must be >= 1 (use warm() for max_tokens=0), got {max_tokens}"
@@ -90,6 +113,7 @@ class SessionCore:
             "suffix": suffix,
             "suffix_placement": suffix_placement,
             "history": history,
+            "history_ttl": history_ttl,
             "max_tokens": max_tokens,
         }
         self._use_prefix(prefix, workspace)
@@ -105,8 +129,11 @@ class SessionCore:
         self.budgets: tuple[Budget, ...] = (
             () if budget is None else (budget,) if isinstance(budget, Budget) else tuple(budget)
         )
+        if not all(isinstance(b, Budget) for b in self.budgets):
+            raise TypeError("budget must be a convo.Budget, or a list of them")
         self.clock = clock
-        self.tracker = tracker or CacheTracker(clock=clock)
+        # The tracker reads the same model table as the layout (overrides included).
+        self.tracker = tracker or CacheTracker(clock=clock, models=prefix.models)
         self.diagnostics = diagnostics
         self.keep_alive = keep_alive
         self.session_id = session_id or f"ses_{uuid.uuid4().hex[:16]}"
@@ -130,7 +157,12 @@ class SessionCore:
         self._keep_alive_layout = (
             self.layout
             if options["suffix_placement"] == "system"
-            else Layout(prefix, history=options["history"], max_tokens=options["max_tokens"])
+            else Layout(
+                prefix,
+                history=options["history"],
+                history_ttl=options["history_ttl"],
+                max_tokens=options["max_tokens"],
+            )
         )
         self._warm_layout = Layout(prefix, history="none", max_tokens=options["max_tokens"])
         # Keyed like the server's cache: on the prefix's content, not its cache_control
@@ -151,7 +183,9 @@ class SessionCore:
         if self.adaptive_ttl and self._gaps:
             best = choose_ttl(self._gaps)
             if best != self.prefix.ttl:
-                self._use_prefix(attrs.evolve(self.prefix, ttl=best), self._workspace)
+                # An explicit history_ttl="1h" rules out a 5m prefix: then keep the 1h one.
+                with contextlib.suppress(LayoutError):
+                    self._use_prefix(attrs.evolve(self.prefix, ttl=best), self._workspace)
 
     # -- planning -------------------------------------------------------------------------
 
@@ -163,6 +197,12 @@ class SessionCore:
         params: Mapping[str, Any] | None,
     ) -> Pending:
         """Append the user turn, render, predict and check budgets; roll back on refusal."""
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
+            raise ValueError(
+                f"max_tokens must be an int >= 1 (use warm() for max_tokens=0), got {max_tokens!r}"
+            )
         message = user_message(content)
         self._adapt_ttl()
         self.history.append(message)
@@ -366,7 +406,16 @@ class SessionCore:
                 Spend(usage.total_input, usage.output, cost.usd), self.spent(budget)
             )
         for hook in self.hooks:
-            hook(reply)
+            try:
+                hook(reply)
+            except Exception as error:
+                # The turn is already recorded and in the history; a telemetry hook's failure
+                # must not turn it into a failure the caller would retry and pay for again.
+                warnings.warn(
+                    f"hook {hook!r} raised {error!r}; the turn was recorded",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         return reply
 
     def _touch_registry(self, pending: Pending, usage: Usage) -> None:

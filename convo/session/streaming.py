@@ -18,6 +18,7 @@ from typing import Any
 
 import anthropic
 import attrs
+import httpx2
 
 from convo.errors import StreamInterrupted
 from convo.session.wiring import observe_error
@@ -44,6 +45,15 @@ class Opened:
         return self.stream.response
 
 
+def _connection_error(stream: Any, error: Exception) -> anthropic.APIConnectionError:
+    """The SDK wraps transport errors only while it sends; one while reading the body (a
+    dropped stream) arrives raw. Before any text, it is a connection error like any other,
+    and the retry policy treats it so."""
+    return anthropic.APIConnectionError(
+        message=f"stream dropped: {error}", request=stream.response.request
+    )
+
+
 def open_stream(client: anthropic.Anthropic, body: dict[str, Any], limiter: Any) -> Opened:
     """Open a stream and read up to its first content event (one retryable attempt)."""
     manager = client.messages.stream(**body)
@@ -60,6 +70,9 @@ def open_stream(client: anthropic.Anthropic, body: dict[str, Any], limiter: Any)
             buffered.append(event)
             if event.type in _CONTENT:
                 break
+    except httpx2.TransportError as error:
+        manager.__exit__(None, None, None)
+        raise _connection_error(stream, error) from error
     except BaseException:
         manager.__exit__(None, None, None)
         raise
@@ -84,6 +97,9 @@ async def open_stream_async(
             buffered.append(event)
             if event.type in _CONTENT:
                 break
+    except httpx2.TransportError as error:
+        await manager.__aexit__(None, None, None)
+        raise _connection_error(stream, error) from error
     except BaseException:
         await manager.__aexit__(None, None, None)
         raise

@@ -36,6 +36,8 @@ class Session(SessionBase):
         suffix: Dynamic text after the prefix (a str, or a callable called every turn).
         suffix_placement: ``"system"`` or ``"message"`` (see ``docs/layout.md``).
         history: Breakpoint strategy for messages: ``"rolling"``, ``"none"`` or ``"auto"``.
+        history_ttl: TTL of the history breakpoints (default: the prefix's); a 1h prefix with
+            ``"5m"`` history keeps the shared part an hour and each conversation 5 minutes.
         registry: Warm state shared between sessions (single-flight writes of the prefix).
             Default: the process-wide :meth:`WarmRegistry.default`.
         limiter: Client-side rate limits. Default: one process-wide limiter per model
@@ -66,6 +68,7 @@ class Session(SessionBase):
         suffix: str | Callable[[], str] | None = None,
         suffix_placement: str = "system",
         history: str = "rolling",
+        history_ttl: str | None = None,
         registry: WarmBackend | None = None,
         limiter: RateLimiter | Any | None = None,
         ledger: Ledger | bool | None = None,
@@ -141,6 +144,7 @@ class Session(SessionBase):
     def run_keep_alive(self, *, stop: Callable[[], bool], interval: float = 5.0) -> None:
         """Call :meth:`keep_alive_tick` every *interval* seconds until *stop()* is true
         (run it on a thread of its own)."""
+        self._check_interval(interval)
         while not stop():
             self.keep_alive_tick()
             self._sleep(interval)

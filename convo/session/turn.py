@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import attrs
@@ -19,7 +19,19 @@ __all__ = ["KeepAlive", "Pending", "user_message"]
 
 
 def _optional_money(value: Decimal | float | str | None) -> Decimal | None:
-    return None if value is None else Decimal(str(value))
+    if value is None:
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(
+            f"max_cost_usd must be a number of USD such as '0.10', got {value!r}"
+        ) from None
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"KeepAlive.{attribute.name} must be > 0 seconds, got {value}")
 
 
 @attrs.frozen
@@ -27,7 +39,8 @@ class KeepAlive:
     """Re-warm a session's cache before its TTL ends, while the session is in use.
 
     Args:
-        margin_s: Re-warm when the entry has less than this many seconds left.
+        margin_s: Re-warm when the entry has less than this many seconds left. Tick more
+            often than this, or a tick can step over the whole window.
         active_for_s: A session counts as in use for this long after its last turn.
         max_cost_usd: Stop re-warming once keep-alive has spent this much (``None``: no cap).
 
@@ -38,8 +51,8 @@ class KeepAlive:
     .. versionadded:: 0.1
     """
 
-    margin_s: float = attrs.field(default=30.0, kw_only=True)
-    active_for_s: float = attrs.field(default=900.0, kw_only=True)
+    margin_s: float = attrs.field(default=60.0, kw_only=True, validator=_positive)
+    active_for_s: float = attrs.field(default=900.0, kw_only=True, validator=_positive)
     max_cost_usd: Decimal | None = attrs.field(
         default=None, kw_only=True, converter=_optional_money
     )

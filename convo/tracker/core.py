@@ -200,6 +200,9 @@ class CacheTracker:
         now: float,
     ) -> tuple[Reason, str, int | None]:
         if not points:
+            if fp.total_tokens < minimum:
+                # The layout left out breakpoints that could never write: say why.
+                return "below_minimum", "", None
             return "cold", "no breakpoints", None
         if all(tokens[p.position] < minimum for p in points):
             return "below_minimum", "", None
