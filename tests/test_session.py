@@ -505,8 +505,8 @@ class TestWarmState:
         emulator.advance(240)
         assert session.send("After four minutes").reason == "hit"
         ticks = []
-        for _ in range(6):  # a tick a minute, as run_keep_alive(interval=60) would
-            emulator.advance(60)
+        for _ in range(12):  # a tick every 30 s, as run_keep_alive(interval=30) would
+            emulator.advance(30)
             ticks.append(session.keep_alive_tick())
         rewarms = [t for t in ticks if t is not None]
         assert len(rewarms) == 1
@@ -537,8 +537,8 @@ class TestWarmState:
         session = make_session(keep_alive=KeepAlive(margin_s=60, active_for_s=600))
         session.send("Hello")
         rewarms = 0
-        for _ in range(30):  # half an hour of ticks, a minute apart, with nobody talking
-            emulator.advance(60)
+        for _ in range(60):  # half an hour of ticks, 30 s apart, with nobody talking
+            emulator.advance(30)
             rewarms += session.keep_alive_tick() is not None
         assert rewarms == 2  # at about 4 and 8 minutes; none once 10 idle minutes passed
 
