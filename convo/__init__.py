@@ -18,7 +18,7 @@ from convo.layout import History, Layout, Prefix, PrefixTooShortWarning, Rendere
 from convo.ledger import Ledger, LedgerRow
 from convo.limits import RateLimiter, RedisRateLimiter
 from convo.pricing import Cost, Rates, price
-from convo.retry import AttemptRecord, RetryPolicy
+from convo.retry import AttemptRecord, RetryPolicy, StackedRetriesWarning
 from convo.session import AsyncSession, KeepAlive, Reply, Session, Stats
 from convo.tracker import CacheOutcome, CacheTracker, Prediction
 from convo.usage import Usage
@@ -55,6 +55,7 @@ __all__ = [
     "Session",
     "Spend",
     "SpendCapReached",
+    "StackedRetriesWarning",
     "Stats",
     "StreamInterrupted",
     "Usage",

@@ -28,6 +28,7 @@ import email.utils
 import math
 import random
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -38,7 +39,13 @@ from tenacity.stop import stop_base
 
 from convo.errors import RetriesExhausted, SpendCapReached
 
-__all__ = ["AttemptRecord", "RetryDecision", "RetryPolicy", "parse_retry_after"]
+__all__ = [
+    "AttemptRecord",
+    "RetryDecision",
+    "RetryPolicy",
+    "StackedRetriesWarning",
+    "parse_retry_after",
+]
 
 T = TypeVar("T")
 
@@ -394,6 +401,7 @@ class _Run:
         if not isinstance(error, Exception):  # cancelled or interrupted: not an API outcome
             return False
         self._decision = self._policy.classify(error, now=self._wall_clock())
+        _warn_if_the_sdk_retried(error)
         status, error_type, request_id = _failure_facts(error)
         self._pending = AttemptRecord(number, status, error_type, request_id, 0.0, self._started_at)
         return self._decision.retry
@@ -482,6 +490,28 @@ def _body_field(error: anthropic.APIStatusError, *path: str) -> str | None:
     for key in path:
         value = value.get(key) if isinstance(value, dict) else None
     return value if isinstance(value, str) else None
+
+
+class StackedRetriesWarning(UserWarning):
+    """The client retried on its own under a RetryPolicy: two retry loops multiply."""
+
+
+def _warn_if_the_sdk_retried(error: Exception) -> None:
+    """Warn when the failed attempt was itself the SDK's retry (its client has max_retries > 0).
+
+    The SDK numbers its own retries in the ``x-stainless-retry-count`` request header; a value
+    above 0 means the policy's attempts are each several requests, and its records undercount.
+    """
+    response = getattr(error, "response", None)
+    request = getattr(response, "request", None)
+    count = getattr(request, "headers", {}).get("x-stainless-retry-count", "0")
+    if count.isdigit() and int(count) > 0:
+        warnings.warn(
+            "the client retried this request itself (x-stainless-retry-count "
+            f"{count}); build it with max_retries=0 so RetryPolicy is the only retry loop",
+            StackedRetriesWarning,
+            stacklevel=2,
+        )
 
 
 def _failure_facts(error: Exception) -> tuple[int | None, str | None, str | None]:

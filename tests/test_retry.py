@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from convo.emulator import RunningEmulator
 from convo.errors import RetriesExhausted, SpendCapReached
-from convo.retry import AttemptRecord, RetryPolicy, parse_retry_after
+from convo.retry import AttemptRecord, RetryPolicy, StackedRetriesWarning, parse_retry_after
 
 MODEL = "claude-sonnet-4-6"
 HI: list[anthropic.types.MessageParam] = [{"role": "user", "content": "hi"}]
@@ -463,3 +463,29 @@ class TestThroughTheSDK:
         assert vt.waits == [1.2]
         assert [r.status for r in records] == [429, 200]
         assert total_requests(emulator) == 2
+
+
+class TestStackedRetries:
+    """Two retry loops multiply requests; convo says so instead of undercounting silently."""
+
+    def test_a_client_that_retries_itself_is_warned_about(self, emulator: RunningEmulator) -> None:
+        """A client with max_retries=2 under a RetryPolicy draws a StackedRetriesWarning."""
+        fast = {"kind": "overloaded", "retry_after_ms": 1}  # so the SDK's own waits are short
+        emulator.configure({"faults": {"script": [fast] * 9}})
+        with anthropic.Anthropic(
+            base_url=emulator.base_url, api_key="sk-test", max_retries=2
+        ) as eager:
+            ask: Any = {
+                "model": "claude-sonnet-4-6",
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            with (
+                pytest.warns(StackedRetriesWarning, match="max_retries=0"),
+                pytest.raises(RetriesExhausted),
+            ):
+                RetryPolicy(max_attempts=3).call(
+                    lambda: eager.with_options(max_retries=2).messages.create(**ask),
+                    sleep=lambda s: None,
+                )
+        assert emulator.stats()["requests"]["total"] == 9
