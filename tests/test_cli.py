@@ -101,3 +101,21 @@ class TestDemo:
         assert "1 cache write, 7 reads" in text
         assert "4 rows for the conversation" in text
         assert ledger.exists()
+
+
+class TestChat:
+    """`convo chat` streams replies and shows each turn's cache outcome."""
+
+    def test_chat_on_the_emulator(self, tmp_path: Path) -> None:
+        """Two messages on a cacheable prompt: the second turn is a hit; end at an empty line."""
+        system = tmp_path / "system.txt"
+        system.write_text("You answer questions about the plan. " * 300)
+        result = CliRunner().invoke(
+            main,
+            ["chat", "--emulator", "--system", str(system), "--ledger", str(tmp_path / "l.db")],
+            input="Hello\nAnd again\n\nnot sent\n",
+        )
+        assert result.exit_code == 0, result.output
+        assert "cold: read 0" in result.output
+        assert "hit: read" in result.output
+        assert "2 turns" in result.output

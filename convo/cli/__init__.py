@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from convo.cli.chat import chat
 from convo.cli.demo import demo
 from convo.cli.emulator import emulator
 from convo.cli.report import report
@@ -17,6 +18,7 @@ def main() -> None:
     """convo: Claude conversations that use the prompt cache well and count every token."""
 
 
+main.add_command(chat)
 main.add_command(demo)
 main.add_command(emulator)
 main.add_command(report)
