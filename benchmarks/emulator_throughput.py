@@ -19,9 +19,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,15 +26,11 @@ from typing import Any
 import anthropic
 import httpx2
 
+from convo.emulator import serve_process
+
 MODEL = "claude-sonnet-4-6"
 # 10,000 tokens by convo.tokens: 10,000 words of at most five letters.
 PREFIX = " ".join(("alpha", "beta", "gamma", "delta")[i % 4] for i in range(10_000))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -47,33 +40,6 @@ def _cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
-
-
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "convo",
-            "emulator",
-            "serve",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("the emulator did not start")
 
 
 async def run_mode(
@@ -148,14 +114,12 @@ async def run_mode(
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    port = free_port()
-    server = start_server(port)
-    try:
+    with serve_process() as server:
         async with (
             anthropic.AsyncAnthropic(
-                base_url=f"http://127.0.0.1:{port}", api_key="sk-bench", max_retries=0
+                base_url=server.base_url, api_key="sk-bench", max_retries=0
             ) as client,
-            httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+            httpx2.AsyncClient(base_url=server.base_url, timeout=30) as http,
         ):
             # Generous limits: this measures the emulator, not its rate limiter.
             await client.put(
@@ -175,10 +139,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 for via in ("sdk", "http")
                 for stream in (False, True)
             ]
-        server_cpu = _cpu_seconds(server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server_cpu = _cpu_seconds(server.process.pid)
     return {
         "benchmark": "emulator_throughput",
         "machine": {

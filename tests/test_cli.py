@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import anthropic
 from click.testing import CliRunner
 
 from convo.cli import main
+from convo.emulator import serve_process
 
 from .conftest import API_KEY
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TestEmulatorServe:
@@ -28,39 +18,11 @@ class TestEmulatorServe:
 
     def test_serves_the_sdk_from_a_subprocess(self) -> None:
         """A cold then warm request through the SDK shows a write, then a read."""
-        port = free_port()
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "convo",
-                "emulator",
-                "serve",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    assert process.poll() is None, process.stderr.read() if process.stderr else ""
-                    assert time.monotonic() < deadline, "the emulator did not start within 20 s"
-                    time.sleep(0.05)
+        with serve_process() as server:
             system = [
                 {"type": "text", "text": "word " * 1100, "cache_control": {"type": "ephemeral"}}
             ]
-            with anthropic.Anthropic(
-                base_url=f"http://127.0.0.1:{port}", api_key=API_KEY, max_retries=0
-            ) as c:
+            with anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY, max_retries=0) as c:
                 ask = {
                     "model": "claude-sonnet-4-6",
                     "max_tokens": 8,
@@ -71,11 +33,6 @@ class TestEmulatorServe:
                 warm = c.messages.create(**ask)  # type: ignore[arg-type]
             assert cold.usage.cache_creation_input_tokens == 1100
             assert warm.usage.cache_read_input_tokens == 1100
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-            if process.stderr:
-                process.stderr.close()
 
     def test_bad_config_file_is_a_usage_error(self, tmp_path: Path) -> None:
         """A config with an unknown key exits 2 naming the key, before serving."""

@@ -20,7 +20,7 @@ from convo.emulator.config import (
 )
 from convo.emulator.core import DIAGNOSTICS_BETA, Emulator
 from convo.emulator.prompt import MAX_BREAKPOINTS
-from convo.emulator.server import RunningEmulator, run, serve
+from convo.emulator.server import EmulatorProcess, RunningEmulator, run, serve, serve_process
 
 __all__ = [
     "DIAGNOSTICS_BETA",
@@ -30,6 +30,7 @@ __all__ = [
     "Clock",
     "Emulator",
     "EmulatorConfig",
+    "EmulatorProcess",
     "Fault",
     "FaultConfig",
     "LatencyModel",
@@ -41,4 +42,5 @@ __all__ = [
     "load_config",
     "run",
     "serve",
+    "serve_process",
 ]

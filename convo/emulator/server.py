@@ -6,7 +6,10 @@ import contextlib
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +21,7 @@ from convo.emulator.clock import Clock
 from convo.emulator.config import EmulatorConfig
 from convo.emulator.core import Emulator
 
-__all__ = ["RunningEmulator", "run", "serve"]
+__all__ = ["EmulatorProcess", "RunningEmulator", "run", "serve", "serve_process"]
 
 
 class _QuietDroppedResponses(logging.Filter):
@@ -121,6 +124,74 @@ def serve(
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+class EmulatorProcess:
+    """An emulator served by another process; what :func:`serve_process` yields.
+
+    Attributes:
+        base_url: Where to point ``anthropic.Anthropic(base_url=...)``.
+        process: The ``convo emulator serve`` process (its ``pid`` for CPU accounting).
+    """
+
+    def __init__(self, base_url: str, process: subprocess.Popen[bytes]) -> None:
+        self.base_url = base_url
+        self.process = process
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_process(
+    *args: str, host: str = "127.0.0.1", port: int | None = None, start_timeout: float = 30.0
+) -> Iterator[EmulatorProcess]:
+    """Run ``convo emulator serve`` in a child process until the ``with`` block ends.
+
+    Measuring throughput needs the server off the caller's interpreter; so does a test of
+    the command itself. *args* are extra ``serve`` options (``"--config", "f.toml"``).
+
+    Raises:
+        RuntimeError: if the server exits, or does not answer within *start_timeout* seconds,
+            with what it wrote to stderr.
+    """
+    port = port or _free_port(host)
+    command = [
+        sys.executable,
+        "-m",
+        "convo",
+        "emulator",
+        "serve",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *args,
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            try:
+                socket.create_connection((host, port), timeout=0.2).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    stderr = process.stderr.read().decode() if process.stderr else ""
+                    raise RuntimeError(f"convo emulator serve did not start: {stderr}") from None
+                time.sleep(0.05)
+        yield EmulatorProcess(f"http://{host}:{port}", process)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stderr:
+            process.stderr.close()
 
 
 def run(
