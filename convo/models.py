@@ -57,6 +57,10 @@ class ModelInfo:
         cache_reads_count_itpm: Whether cache reads count toward ITPM (Haiku 3.5 only).
         max_output_tokens: The largest ``max_tokens`` the model accepts.
         context_window: The largest total input, in tokens.
+        keeps_thinking: Whether earlier turns' thinking blocks stay part of the prompt
+            (Opus 4.5+, Sonnet 4.6+ and the 5 family, per the extended-thinking page). On
+            models that strip them, a user turn that is not a tool result drops earlier
+            thinking from the input, and the cache entry written with it no longer matches.
         released: Release date, for ``GET /v1/models``.
         note: Why an entry is uncertain, if it is.
     """
@@ -68,6 +72,7 @@ class ModelInfo:
     cache_reads_count_itpm: bool = False
     max_output_tokens: int = 64_000
     context_window: int = 200_000
+    keeps_thinking: bool = False
     released: dt.date = dt.date(2025, 1, 1)
     note: str = ""
 
@@ -102,11 +107,35 @@ _TABLE = [
         "opus-5",
         dt.date(2026, 9, 1),
         max_output_tokens=128_000,
+        keeps_thinking=True,
     ),
-    _m("claude-fable-5", "Claude Fable 5", 512, "fable-5", dt.date(2026, 9, 1)),
-    _m("claude-mythos-5", "Claude Mythos 5", 512, "mythos-5", dt.date(2026, 10, 1)),
-    _m("claude-opus-4-8", "Claude Opus 4.8", 1024, "opus-4", dt.date(2026, 7, 1)),
-    _m("claude-sonnet-5", "Claude Sonnet 5", 1024, "sonnet-5", dt.date(2026, 8, 1)),
+    _m(
+        "claude-fable-5", "Claude Fable 5", 512, "fable-5", dt.date(2026, 9, 1), keeps_thinking=True
+    ),
+    _m(
+        "claude-mythos-5",
+        "Claude Mythos 5",
+        512,
+        "mythos-5",
+        dt.date(2026, 10, 1),
+        keeps_thinking=True,
+    ),
+    _m(
+        "claude-opus-4-8",
+        "Claude Opus 4.8",
+        1024,
+        "opus-4",
+        dt.date(2026, 7, 1),
+        keeps_thinking=True,
+    ),
+    _m(
+        "claude-sonnet-5",
+        "Claude Sonnet 5",
+        1024,
+        "sonnet-5",
+        dt.date(2026, 8, 1),
+        keeps_thinking=True,
+    ),
     _m(
         "claude-sonnet-4-6",
         "Claude Sonnet 4.6",
@@ -114,6 +143,7 @@ _TABLE = [
         "sonnet-4",
         dt.date(2026, 2, 17),
         note="documented 1,024; several users observe about 2,048",
+        keeps_thinking=True,
     ),
     _m("claude-sonnet-4-5", "Claude Sonnet 4.5", 1024, "sonnet-4", dt.date(2025, 9, 29)),
     _m("claude-sonnet-4", "Claude Sonnet 4", 1024, "sonnet-4", dt.date(2025, 5, 22)),
@@ -133,7 +163,14 @@ _TABLE = [
         dt.date(2025, 5, 22),
         max_output_tokens=32_000,
     ),
-    _m("claude-opus-4-7", "Claude Opus 4.7", 2048, "opus-4", dt.date(2026, 5, 1)),
+    _m(
+        "claude-opus-4-7",
+        "Claude Opus 4.7",
+        2048,
+        "opus-4",
+        dt.date(2026, 5, 1),
+        keeps_thinking=True,
+    ),
     _m(
         "claude-3-5-haiku",
         "Claude Haiku 3.5",
@@ -143,8 +180,22 @@ _TABLE = [
         cache_reads_count_itpm=True,
         max_output_tokens=8_192,
     ),
-    _m("claude-opus-4-6", "Claude Opus 4.6", 4096, "opus-4", dt.date(2026, 2, 5)),
-    _m("claude-opus-4-5", "Claude Opus 4.5", 4096, "opus-4", dt.date(2025, 11, 24)),
+    _m(
+        "claude-opus-4-6",
+        "Claude Opus 4.6",
+        4096,
+        "opus-4",
+        dt.date(2026, 2, 5),
+        keeps_thinking=True,
+    ),
+    _m(
+        "claude-opus-4-5",
+        "Claude Opus 4.5",
+        4096,
+        "opus-4",
+        dt.date(2025, 11, 24),
+        keeps_thinking=True,
+    ),
     _m("claude-haiku-4-5", "Claude Haiku 4.5", 4096, "haiku-4", dt.date(2025, 10, 1)),
 ]
 
