@@ -24,20 +24,20 @@ retries whatever ``fn`` raises; which stream failures may be retried is the Sess
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import math
 import random
+import sys
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from typing import Any, TypeVar
 
-import anthropic
 import attrs
 import tenacity
 from tenacity.stop import stop_base
 
+from convo import sdk
 from convo.errors import RetriesExhausted, SpendCapReached
+from convo.sdk import parse_retry_after
 
 __all__ = [
     "AttemptRecord",
@@ -49,23 +49,10 @@ __all__ = [
 
 T = TypeVar("T")
 
-SPEND_CAP_CODE = "enforced_spend_limit_reached"
+SPEND_CAP_CODE = sdk.SPEND_CAP_CODE
 
-# The documented error type of each status, so an `error` event inside a 200 stream
-# (which the SDK raises as an APIStatusError with the stream's status, 200) is judged
-# by the status the same error would have had as a response.
-_STATUS_OF_TYPE = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
+#: What :meth:`RetryPolicy.drive` yields when it wants the next attempt made.
+ATTEMPT = "attempt"
 
 
 @attrs.frozen
@@ -108,46 +95,6 @@ class RetryDecision:
     wait: float | None
     reason: str
     spend_cap: bool = False
-
-
-def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None:
-    """Read the server's hinted wait from response headers, in seconds.
-
-    ``retry-after-ms`` comes first (it is the more precise); then ``retry-after`` as a
-    number of seconds (a float is accepted, as the SDK does) or as an HTTP date, taken
-    relative to ``now``. A date already past gives 0.0. No upper cap is applied here: the
-    policy's ``max_wait`` decides what to do with a long wait.
-
-    Args:
-        headers: Response headers (an ``httpx`` ``Headers`` or any mapping; names are
-            matched without regard to case).
-        now: The current wall-clock time as a Unix epoch (``time.time()``).
-
-    Returns:
-        Seconds to wait, or ``None`` when neither header holds a usable value.
-    """
-    lowered = {name.lower(): value for name, value in headers.items()}
-    millis = _non_negative_number(lowered.get("retry-after-ms"))
-    if millis is not None:
-        return millis / 1000
-    value = lowered.get("retry-after")
-    if value is None:
-        return None
-    seconds = _non_negative_number(value)
-    if seconds is not None:
-        return seconds
-    parsed = email.utils.parsedate_tz(value)
-    if parsed is None:
-        return None
-    return max(0.0, float(email.utils.mktime_tz(parsed)) - now)
-
-
-def _non_negative_number(text: str | None) -> float | None:
-    try:
-        number = float(text) if text is not None else math.nan
-    except ValueError:
-        return None
-    return number if math.isfinite(number) and number >= 0 else None
 
 
 def _at_least(minimum: float, *, allow_none: bool = False) -> Callable[[Any, Any, Any], None]:
@@ -214,37 +161,31 @@ class RetryPolicy:
         Returns:
             The verdict, with the server's hinted wait and a reason in words.
         """
-        if isinstance(error, anthropic.APIStatusError):
-            return self._classify_status(error, time.time() if now is None else now)
-        if isinstance(error, anthropic.APIConnectionError):
-            what = (
-                "timed out" if isinstance(error, anthropic.APITimeoutError) else "connection error"
-            )
+        return self.decide(sdk.facts_of(error, now=time.time() if now is None else now))
+
+    def decide(self, facts: sdk.AttemptFacts) -> RetryDecision:
+        """Decide from an attempt's facts (:func:`convo.sdk.facts_of`) whether to retry."""
+        category = facts.category
+        if category == "status":
+            return self._decide_status(facts)
+        if category in ("connection", "timeout", "transport"):
+            what = "timed out" if category == "timeout" else "connection error"
             if self.retry_connection_errors:
                 return RetryDecision(retry=True, wait=None, reason=what)
             return RetryDecision(retry=False, wait=None, reason=f"{what}; not retried by policy")
-        if isinstance(error, anthropic.RetryableError):
+        if category == "retryable":
             return RetryDecision(retry=True, wait=None, reason="RetryableError opted in")
         return RetryDecision(
-            retry=False, wait=None, reason=f"{type(error).__name__} is not an API error"
+            retry=False, wait=None, reason=f"{facts.error_type} is not an API error"
         )
 
-    def _classify_status(self, error: anthropic.APIStatusError, now: float) -> RetryDecision:
-        headers = error.response.headers
-        hint = parse_retry_after(headers, now=now)
-        error_type = _body_field(error, "error", "type")
-        status = error.status_code
-        if status < 400:  # an `error` event in a stream: judge it by its documented status
-            status = _STATUS_OF_TYPE.get(error_type or "", 500)
-        label = f"{status} {error_type}" if error_type else str(status)
-        if (
-            status == 429
-            and "retry-after" not in headers
-            and "retry-after-ms" not in headers
-            and _body_field(error, "error", "details", "error_code") == SPEND_CAP_CODE
-        ):
+    def _decide_status(self, facts: sdk.AttemptFacts) -> RetryDecision:
+        status = facts.status or 500
+        hint = facts.retry_after
+        label = f"{status} {facts.error_type}" if facts.error_type else str(status)
+        if facts.spend_cap:
             return RetryDecision(retry=False, wait=None, reason="spend cap reached", spend_cap=True)
-        should = headers.get("x-should-retry")
+        should = (facts.headers or {}).get("x-should-retry")
         if should in ("true", "false"):
             verdict = "retried" if should == "true" else "not retried"
             reason = f"{label}, {verdict} as x-should-retry: {should} says"
@@ -271,6 +212,47 @@ class RetryPolicy:
         # The exponent is capped so a huge attempt number cannot overflow the float.
         ceiling = min(self.backoff_cap, self.backoff_base * 2.0 ** min(attempt - 1, 1000))
         return ceiling * rng()
+
+    def drive(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+        on_attempt: Callable[[AttemptRecord], None] | None = None,
+    ) -> Generator[str | float, Any, tuple[Any, tuple[AttemptRecord, ...]]]:
+        """The retry loop as a generator, so one function can run it sync or async.
+
+        It yields :data:`ATTEMPT` when it wants an attempt made: send it the attempt's
+        result, or throw its exception in. It yields a float when it wants that many seconds
+        slept: send ``None``. It returns the successful result with every attempt's record,
+        or raises as :meth:`call` does. tenacity makes every decision (the same strategies
+        as :meth:`call`); only who does the waiting changes.
+        """
+        run = _Run(self, clock=clock, wall_clock=wall_clock, rng=rng, on_attempt=on_attempt)
+        retrying = tenacity.Retrying(reraise=True, **run.strategies())
+        retrying.begin()
+        state = tenacity.RetryCallState(retrying, fn=None, args=(), kwargs={})
+        try:
+            while True:
+                do = retrying.iter(retry_state=state)
+                if isinstance(do, tenacity.DoAttempt):
+                    try:
+                        result = yield ATTEMPT
+                    except Exception:
+                        # Only failures are outcomes; a cancellation or Ctrl-C
+                        # (BaseException) goes straight through, never retried.
+                        state.set_exception(sys.exc_info())  # type: ignore[arg-type]
+                    else:
+                        state.set_result(result)
+                elif isinstance(do, tenacity.DoSleep):
+                    state.prepare_for_next_attempt()
+                    yield float(do)
+                else:
+                    return run.succeed(do)
+        except Exception as error:
+            run.fail(error)
+            raise
 
     def call(
         self,
@@ -302,18 +284,22 @@ class RetryPolicy:
             SpendCapReached: The organisation's spend cap; not retried.
             Exception: A failure that is not retryable, re-raised unchanged.
         """
-
-        def nap(seconds: float) -> None:
-            sleep(float(seconds))
-
-        run = _Run(self, clock=clock, wall_clock=wall_clock, rng=rng, on_attempt=on_attempt)
-        retrying = tenacity.Retrying(sleep=nap, reraise=True, **run.strategies())
-        try:
-            result = retrying(fn)
-        except Exception as error:
-            run.fail(error)
-            raise
-        return run.succeed(result)
+        loop = self.drive(clock=clock, wall_clock=wall_clock, rng=rng, on_attempt=on_attempt)
+        request = next(loop)
+        while True:
+            try:
+                if request == ATTEMPT:
+                    try:
+                        value = fn()
+                    except Exception as error:
+                        request = loop.throw(error)
+                    else:
+                        request = loop.send(value)
+                else:
+                    sleep(float(request))
+                    request = loop.send(None)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
 
     async def call_async(
         self,
@@ -329,26 +315,26 @@ class RetryPolicy:
 
         ``fn`` (e.g. ``lambda: async_client.messages.create(...)``) and ``sleep`` are awaited.
         """
-
-        # tenacity awaits only coroutine functions; `fn` is often a lambda returning one.
-        async def attempt() -> T:
-            return await fn()
-
-        async def nap(seconds: float) -> None:
-            await sleep(float(seconds))
-
-        run = _Run(self, clock=clock, wall_clock=wall_clock, rng=rng, on_attempt=on_attempt)
-        retrying = tenacity.AsyncRetrying(sleep=nap, reraise=True, **run.strategies())
-        try:
-            result: T = await retrying(attempt)
-        except Exception as error:
-            run.fail(error)
-            raise
-        return run.succeed(result)
+        loop = self.drive(clock=clock, wall_clock=wall_clock, rng=rng, on_attempt=on_attempt)
+        request = next(loop)
+        while True:
+            try:
+                if request == ATTEMPT:
+                    try:
+                        value = await fn()
+                    except Exception as error:
+                        request = loop.throw(error)
+                    else:
+                        request = loop.send(value)
+                else:
+                    await sleep(float(request))
+                    request = loop.send(None)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
 
 
 class _Run:
-    """The mutable state of one ``call``: tenacity's hooks read and write it in turn.
+    """The mutable state of one retry loop: tenacity's hooks read and write it in turn.
 
     Per attempt tenacity calls ``before``, then ``should_retry``; for a retry ``wait`` and
     ``stop``; then ``before_sleep`` unless stopping. ``_pending`` holds the attempt whose
@@ -394,16 +380,20 @@ class _Run:
         assert outcome is not None  # tenacity asks only after an attempt
         number = state.attempt_number
         if not outcome.failed:
-            ok_status, ok_id = _success_facts(outcome.result())
-            self._pending = AttemptRecord(number, ok_status, None, ok_id, 0.0, self._started_at)
+            facts = _success_facts(outcome.result())
+            self._pending = AttemptRecord(
+                number, facts.status, None, facts.request_id, 0.0, self._started_at
+            )
             return False
         error = self._last_error = outcome.exception()
         if not isinstance(error, Exception):  # cancelled or interrupted: not an API outcome
             return False
-        self._decision = self._policy.classify(error, now=self._wall_clock())
+        facts = sdk.facts_of(error, now=self._wall_clock())
+        self._decision = self._policy.decide(facts)
         _warn_if_the_sdk_retried(error)
-        status, error_type, request_id = _failure_facts(error)
-        self._pending = AttemptRecord(number, status, error_type, request_id, 0.0, self._started_at)
+        self._pending = AttemptRecord(
+            number, facts.status, facts.error_type, facts.request_id, 0.0, self._started_at
+        )
         return self._decision.retry
 
     def next_wait(self, attempt: int) -> float:
@@ -484,14 +474,6 @@ class _Stop(stop_base):
         return self._run.beyond_limits(retry_state.upcoming_sleep)
 
 
-def _body_field(error: anthropic.APIStatusError, *path: str) -> str | None:
-    """A string at ``path`` inside the error body (``error.type``, ...), else ``None``."""
-    value: object = error.body
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
-    return value if isinstance(value, str) else None
-
-
 class StackedRetriesWarning(UserWarning):
     """The client retried on its own under a RetryPolicy: two retry loops multiply."""
 
@@ -514,26 +496,18 @@ def _warn_if_the_sdk_retried(error: Exception) -> None:
         )
 
 
-def _failure_facts(error: Exception) -> tuple[int | None, str | None, str | None]:
-    if isinstance(error, anthropic.APIStatusError):
-        kind = _body_field(error, "error", "type") or type(error).__name__
-        status = error.status_code
-        if status < 400:  # an `error` event inside a 200 stream: record the status it stands for
-            status = _STATUS_OF_TYPE.get(kind, 500)
-        return status, kind, error.request_id
-    return None, type(error).__name__, None
-
-
-def _success_facts(result: object) -> tuple[int, str | None]:
-    # A parsed Message keeps its id as `_request_id`; raw responses and streams expose the
-    # httpx response. The SDK raises on every non-2xx status, so 200 is the fallback.
+def _success_facts(result: object) -> sdk.AttemptFacts:
+    """A success's status and request id: from an :class:`convo.sdk.Outcome`'s facts, a
+    parsed Message (``_request_id``), or a raw response or stream (its httpx response)."""
+    if isinstance(result, sdk.Outcome):
+        return result.facts
     response = getattr(result, "http_response", None) or getattr(result, "response", None)
     status = getattr(response, "status_code", None)
     request_id = getattr(result, "_request_id", None) or getattr(result, "request_id", None)
     if request_id is None and response is not None:
         headers = getattr(response, "headers", None)
         request_id = headers.get("request-id") if isinstance(headers, Mapping) else None
-    return (
-        status if isinstance(status, int) else 200,
-        request_id if isinstance(request_id, str) else None,
+    return sdk.AttemptFacts(
+        status=status if isinstance(status, int) else 200,
+        request_id=request_id if isinstance(request_id, str) else None,
     )

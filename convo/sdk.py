@@ -1,0 +1,463 @@
+"""The one place convo calls the ``anthropic`` SDK, and the one place its errors are read.
+
+Every attempt, plain or streaming, goes through :func:`send` / :func:`send_async` or
+:func:`open_stream` / :func:`open_stream_async`. None of them raises for a failed attempt:
+each returns an :class:`Outcome` holding either the answer or the exception together with
+the *facts* of the attempt (status, error type, request id, the server's retry hint, its
+headers, and the usage it reported before failing). The session's retry loop and ledger
+read those facts; nothing else in convo inspects an SDK exception.
+
+:data:`CATEGORY` names every exception class the SDK exports; ``tests/test_sdk.py`` fails
+when the SDK grows one that is not in it, the way httpx tests its own mapping.
+
+A stream is one attempt up to its first content event: until then nothing has reached the
+caller, so a failure (an HTTP error, an ``error`` event, a dropped connection) is retryable
+like any other. The usage a ``message_start`` reported before such a failure is billed by
+the API and so is kept in the facts.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import anthropic
+import attrs
+import httpx2
+
+from convo import tokens
+from convo.usage import Usage, UsageAccumulator
+
+__all__ = [
+    "CATEGORY",
+    "AttemptFacts",
+    "OpenStream",
+    "Outcome",
+    "category_of",
+    "delta_text",
+    "facts_of",
+    "open_stream",
+    "open_stream_async",
+    "parse_retry_after",
+    "send",
+    "send_async",
+]
+
+# The documented error type of each status, so an `error` event inside a 200 stream (which
+# the SDK raises as an APIStatusError with the stream's status, 200) is judged by the status
+# the same error would have had as a response.
+STATUS_OF_TYPE = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+#: How each exception class the SDK exports is read. ``status``: an HTTP error response (or
+#: an ``error`` event in a stream); ``connection`` / ``timeout``: no response; ``retryable``:
+#: a user's opt-in to a retry; ``client``: a local failure of the SDK itself (credentials, a
+#: response it could not validate), never worth another attempt.
+CATEGORY: Mapping[str, str] = {
+    "AnthropicError": "client",
+    "APIError": "status",
+    "APIStatusError": "status",
+    "APIConnectionError": "connection",
+    "APITimeoutError": "timeout",
+    "APIResponseValidationError": "client",
+    "APIWebhookValidationError": "client",
+    "CredentialsError": "client",
+    "IdentityTokenFileError": "client",
+    "WorkloadIdentityError": "client",
+    "RetryableError": "retryable",
+    # Every HTTP error class: its status and body say the rest.
+    **dict.fromkeys(
+        (
+            "AuthenticationError",
+            "BadRequestError",
+            "CMEKContextUnavailableError",
+            "CMEKKeyDisabledError",
+            "CMEKKeyNetworkBlockedError",
+            "CMEKKeyUnreachableError",
+            "ClaudeCodeKeyCreatorNotMemberError",
+            "ClaudeCodeVersionTooOldError",
+            "ClientClosedRequestError",
+            "ConflictError",
+            "ContentTooLargeError",
+            "ContractSpendLimitReachedError",
+            "DeadlineExceededError",
+            "EnforcedSpendLimitReachedError",
+            "GatewayTimeoutError",
+            "HTTPNotImplementedError",
+            "InternalServerError",
+            "LinkedOrganizationBillingUnavailableError",
+            "LinkedOrganizationSpendLimitReachedError",
+            "NotFoundError",
+            "OrganizationOnHoldError",
+            "OrganizationTypeNotSupportedError",
+            "OverloadedError",
+            "ParentOrganizationRequiredError",
+            "PaymentRequiredError",
+            "PermissionDeniedError",
+            "PreconditionFailedError",
+            "RampLimitExceededError",
+            "RateLimitError",
+            "RequestBodyEncodingInvalidError",
+            "RequestBodyEncodingUnsupportedError",
+            "RequestBodyTooLargeAfterDecodingError",
+            "RequestHeaderFieldsTooLargeError",
+            "RequestTimeoutError",
+            "RequestTooLargeError",
+            "ServiceUnavailableError",
+            "UnprocessableEntityError",
+        ),
+        "status",
+    ),
+}
+
+
+def category_of(error: BaseException) -> str | None:
+    """How *error* is read: a :data:`CATEGORY` value, ``"transport"`` for an httpx2 error
+    raised while a stream's body was read, or ``None`` for anything else (a bug, a
+    cancellation), which is not an attempt's outcome and is re-raised."""
+    for klass in type(error).__mro__:
+        if klass.__module__.startswith("anthropic") and klass.__name__ in CATEGORY:
+            return CATEGORY[klass.__name__]
+    if isinstance(error, httpx2.TransportError):
+        return "transport"
+    return None
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None:
+    """Read the server's hinted wait from response headers, in seconds.
+
+    ``retry-after-ms`` comes first (it is the more precise); then ``retry-after`` as a
+    number of seconds (a float is accepted, as the SDK does) or as an HTTP date, taken
+    relative to ``now`` (pass the injected clock). A date already past gives 0.0. No upper cap is applied here: the
+    policy's ``max_wait`` decides what to do with a long wait.
+
+    Args:
+        headers: Response headers (an ``httpx`` ``Headers`` or any mapping; names are
+            matched without regard to case).
+        now: The current wall-clock time as a Unix epoch (``time.time()``).
+
+    Returns:
+        Seconds to wait, or ``None`` when neither header holds a usable value.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    millis = _non_negative_number(lowered.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    seconds = _non_negative_number(value)
+    if seconds is not None:
+        return seconds
+    parsed = email.utils.parsedate_tz(value)
+    if parsed is None:
+        return None
+    return max(0.0, float(email.utils.mktime_tz(parsed)) - now)
+
+
+def _non_negative_number(text: str | None) -> float | None:
+    try:
+        number = float(text) if text is not None else math.nan
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+@attrs.frozen
+class AttemptFacts:
+    """What one attempt came to, as the ledger and the retry policy need it.
+
+    Attributes:
+        status: HTTP status (200 on success; for an ``error`` event inside a stream, the
+            status its error type stands for); ``None`` when no response came.
+        error_type: The API's error type (``"overloaded_error"``), else the exception's
+            class name; ``None`` on success.
+        request_id: The server's ``request-id``, when there was a response.
+        retry_after: The server's hinted wait in seconds, when it gave one.
+        headers: The response headers (rate-limit readings), when there was a response.
+        usage: What the response reported before the attempt ended (a stream's
+            ``message_start`` and ``message_delta`` events), or ``None``.
+        usage_estimated: ``usage.output`` is estimated from the text delivered, because the
+            stream ended before any ``message_delta`` reported it.
+        category: How the exception was read (:func:`category_of`); ``"ok"`` on success.
+        spend_cap: The failure is the organisation's spend cap (never worth retrying).
+    """
+
+    status: int | None
+    error_type: str | None = None
+    request_id: str | None = None
+    retry_after: float | None = None
+    headers: Mapping[str, str] | None = None
+    usage: Usage | None = None
+    usage_estimated: bool = False
+    category: str = "ok"
+    spend_cap: bool = False
+
+
+def _body_field(error: BaseException, *path: str) -> str | None:
+    value: object = getattr(error, "body", None)
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, str) else None
+
+
+SPEND_CAP_CODE = "enforced_spend_limit_reached"
+
+
+def facts_of(
+    error: BaseException,
+    *,
+    now: float | None = None,
+    usage: Usage | None = None,
+    usage_estimated: bool = False,
+) -> AttemptFacts:
+    """Translate a failed attempt's exception into its facts (the only place that does).
+
+    Args:
+        error: What the SDK (or its HTTP layer) raised.
+        now: Epoch seconds for reading an HTTP-date ``retry-after`` (the injected clock).
+        usage: What the response reported before failing, if anything.
+        usage_estimated: ``usage.output`` was estimated from delivered text.
+    """
+    category = category_of(error) or "other"
+    if isinstance(error, anthropic.APIStatusError):
+        headers = error.response.headers
+        error_type = _body_field(error, "error", "type") or type(error).__name__
+        status = error.status_code
+        if status < 400:  # an `error` event inside a 200 stream
+            status = STATUS_OF_TYPE.get(error_type, 500)
+        spend_cap = (
+            status == 429
+            and "retry-after" not in headers
+            and "retry-after-ms" not in headers
+            and _body_field(error, "error", "details", "error_code") == SPEND_CAP_CODE
+        )
+        return AttemptFacts(
+            status=status,
+            error_type=error_type,
+            request_id=error.request_id,
+            retry_after=parse_retry_after(headers, now=time.time() if now is None else now),
+            headers=dict(headers),
+            usage=usage,
+            usage_estimated=usage_estimated,
+            category=category,
+            spend_cap=spend_cap,
+        )
+    return AttemptFacts(
+        status=None,
+        error_type=type(error).__name__,
+        usage=usage,
+        usage_estimated=usage_estimated,
+        category=category,
+    )
+
+
+@attrs.define
+class Outcome:
+    """One attempt's result: ``value`` on success, else ``error``; ``facts`` either way."""
+
+    facts: AttemptFacts
+    value: Any = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the attempt succeeded."""
+        return self.error is None
+
+
+def _success(value: Any, headers: Mapping[str, str], request_id: str | None) -> Outcome:
+    return Outcome(
+        AttemptFacts(status=200, request_id=request_id, headers=dict(headers)), value=value
+    )
+
+
+def _failure(error: BaseException, now: float, **seen: Any) -> Outcome:
+    if category_of(error) is None:
+        raise error  # not an attempt's outcome (a bug, a cancellation): let it through
+    return Outcome(facts_of(error, now=now, **seen), error=error)
+
+
+def send(client: anthropic.Anthropic, arguments: Mapping[str, Any], *, now: float) -> Outcome:
+    """One plain ``messages.create`` attempt; the parsed ``Message`` on success."""
+    try:
+        raw = client.messages.with_raw_response.create(**arguments)
+        message = raw.parse()
+    except Exception as error:
+        return _failure(error, now)
+    return _success(message, raw.headers, raw.request_id)
+
+
+async def send_async(
+    client: anthropic.AsyncAnthropic, arguments: Mapping[str, Any], *, now: float
+) -> Outcome:
+    """The awaitable twin of :func:`send`."""
+    try:
+        raw = await client.messages.with_raw_response.create(**arguments)
+        message = await raw.parse()
+    except Exception as error:
+        return _failure(error, now)
+    return _success(message, raw.headers, raw.request_id)
+
+
+# Events after which content has begun: from here on, text may reach the caller.
+_CONTENT = frozenset({"text", "input_json", "thinking", "citation", "message_stop"})
+
+
+def delta_text(event: Any) -> str:
+    """The text a raw ``content_block_delta`` event carries (text, JSON or thinking), else
+    ``""``: what a cut stream's output is estimated from, on both sides of the wire."""
+    if getattr(event, "type", None) != "content_block_delta":
+        return ""
+    delta = event.delta
+    for name in ("text", "partial_json", "thinking"):
+        value = getattr(delta, name, None)
+        if isinstance(value, str):
+            return value
+    return ""
+
+
+@attrs.define
+class OpenStream:
+    """A stream read up to its first content event, and what it reported so far.
+
+    ``usage`` settles event by event (cumulative ``message_delta`` counts replace, never
+    add); ``delivered`` collects the text of every content delta handed on, so a stream
+    cut before any ``message_delta`` can bill an estimate of its output.
+    """
+
+    manager: Any
+    stream: Any
+    buffered: list[Any]
+    iterator: Any
+    usage: UsageAccumulator
+    delivered: list[str] = attrs.field(factory=list)
+    saw_delta: bool = False
+
+    def see(self, event: Any) -> None:
+        """Account for one event read from the stream."""
+        kind = getattr(event, "type", None)
+        if kind in ("message_start", "message_delta"):
+            self.usage.feed(event)
+            self.saw_delta = self.saw_delta or kind == "message_delta"
+        elif kind == "content_block_delta":
+            self.delivered.append(delta_text(event))
+
+    def usage_so_far(self) -> tuple[Usage | None, bool]:
+        """The usage billed so far, and whether its output is an estimate."""
+        if not self.usage.started:
+            return None, False
+        usage = self.usage.usage
+        if self.saw_delta:
+            return usage, False
+        return attrs.evolve(usage, output=tokens.estimate("".join(self.delivered))), True
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The response headers."""
+        return self.stream.response.headers  # type: ignore[no-any-return]
+
+    @property
+    def request_id(self) -> str | None:
+        """The response's ``request-id``."""
+        value = self.headers.get("request-id")
+        return value if isinstance(value, str) else None
+
+
+def _dropped(stream: Any, error: Exception) -> anthropic.APIConnectionError:
+    """The SDK wraps transport errors only while it sends; one while reading the body (a
+    dropped stream) arrives raw. Before any text it is a connection error like any other."""
+    return anthropic.APIConnectionError(
+        message=f"stream dropped: {error}", request=stream.response.request
+    )
+
+
+def open_stream(
+    client: anthropic.Anthropic, arguments: Mapping[str, Any], *, now: float, requested_ttl: str
+) -> Outcome:
+    """Open a stream and read up to its first content event (one retryable attempt)."""
+    manager = client.messages.stream(**arguments)
+    try:
+        stream = manager.__enter__()
+    except Exception as error:
+        return _failure(error, now)
+    opened = OpenStream(
+        manager,
+        stream,
+        [],
+        iter(stream),
+        UsageAccumulator(requested_ttl=requested_ttl),  # type: ignore[arg-type]
+    )
+    try:
+        for event in opened.iterator:
+            opened.buffered.append(event)
+            opened.see(event)
+            if event.type in _CONTENT:
+                break
+    except BaseException as error:
+        manager.__exit__(None, None, None)
+        return _stream_failure(opened, error, now)
+    return _success(opened, opened.headers, opened.request_id)
+
+
+async def open_stream_async(
+    client: anthropic.AsyncAnthropic,
+    arguments: Mapping[str, Any],
+    *,
+    now: float,
+    requested_ttl: str,
+) -> Outcome:
+    """The awaitable twin of :func:`open_stream`."""
+    manager = client.messages.stream(**arguments)
+    try:
+        stream = await manager.__aenter__()
+    except Exception as error:
+        return _failure(error, now)
+    opened = OpenStream(
+        manager,
+        stream,
+        [],
+        stream.__aiter__(),
+        UsageAccumulator(requested_ttl=requested_ttl),  # type: ignore[arg-type]
+    )
+    try:
+        async for event in opened.iterator:
+            opened.buffered.append(event)
+            opened.see(event)
+            if event.type in _CONTENT:
+                break
+    except BaseException as error:
+        await manager.__aexit__(None, None, None)
+        return _stream_failure(opened, error, now)
+    return _success(opened, opened.headers, opened.request_id)
+
+
+def _stream_failure(opened: OpenStream, error: BaseException, now: float) -> Outcome:
+    """A stream that failed before its first content: retryable, with its usage so far."""
+    usage, estimated = opened.usage_so_far()
+    if isinstance(error, httpx2.TransportError):
+        error = _dropped(opened.stream, error)
+    if category_of(error) is None:
+        # Cancelled (or a bug) after the request was sent: the caller records what was
+        # billed, then lets the exception through.
+        error.convo_usage = (usage, estimated)  # type: ignore[union-attr]
+        raise error
+    outcome = _failure(error, now, usage=usage, usage_estimated=estimated)
+    if outcome.facts.request_id is None:
+        outcome.facts = attrs.evolve(outcome.facts, request_id=opened.request_id)
+    return outcome
