@@ -143,8 +143,8 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None
 
     ``retry-after-ms`` comes first (it is the more precise); then ``retry-after`` as a
     number of seconds (a float is accepted, as the SDK does) or as an HTTP date, taken
-    relative to ``now`` (pass the injected clock). A date already past gives 0.0. No upper cap is applied here: the
-    policy's ``max_wait`` decides what to do with a long wait.
+    relative to ``now`` (pass the injected clock). A date already past gives 0.0. No upper
+    cap is applied here: the policy's ``max_wait`` decides what to do with a long wait.
 
     Args:
         headers: Response headers (an ``httpx`` ``Headers`` or any mapping; names are
