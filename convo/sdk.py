@@ -347,6 +347,7 @@ class OpenStream:
     iterator: Any
     usage: UsageAccumulator
     delivered: list[str] = attrs.field(factory=list)
+    texts: list[str] = attrs.field(factory=list)
     saw_delta: bool = False
 
     def see(self, event: Any) -> None:
@@ -357,6 +358,13 @@ class OpenStream:
             self.saw_delta = self.saw_delta or kind == "message_delta"
         elif kind == "content_block_delta":
             self.delivered.append(delta_text(event))
+            if getattr(event.delta, "type", None) == "text_delta":
+                self.texts.append(event.delta.text)
+
+    @property
+    def delivered_text(self) -> str:
+        """The reply's text delivered so far."""
+        return "".join(self.texts)
 
     def usage_so_far(self) -> tuple[Usage | None, bool]:
         """The usage billed so far, and whether its output is an estimate."""
@@ -455,7 +463,7 @@ def _stream_failure(opened: OpenStream, error: BaseException, now: float) -> Out
     if category_of(error) is None:
         # Cancelled (or a bug) after the request was sent: the caller records what was
         # billed, then lets the exception through.
-        error.convo_usage = (usage, estimated)  # type: ignore[union-attr]
+        error.convo_usage = (usage, estimated)  # type: ignore[attr-defined]
         raise error
     outcome = _failure(error, now, usage=usage, usage_estimated=estimated)
     if outcome.facts.request_id is None:

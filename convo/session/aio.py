@@ -19,11 +19,11 @@ from convo.layout import Prefix
 from convo.ledger import Ledger
 from convo.limits import RateLimiter
 from convo.retry import RetryPolicy
+from convo.session import steps
 from convo.session.base import SessionBase
 from convo.session.reply import Reply
-from convo.session.streaming import AsyncReplyStream, open_stream_async
+from convo.session.streaming import AsyncReplyStream
 from convo.session.turn import KeepAlive, Pending
-from convo.session.wiring import observe_error
 from convo.tracker import CacheTracker
 from convo.warm import WarmBackend
 
@@ -84,7 +84,12 @@ class AsyncSession(SessionBase):
     ) -> Reply:
         """Send one user turn and return the reply (see :meth:`convo.Session.send`)."""
         pending = self._core.begin_turn(content, max_tokens=max_tokens, params=params)
-        return await self._run(pending)
+        if self._core.must_stream(pending):
+            async with self._stream(pending) as replying:
+                await replying.aclose()
+            return replying.reply
+        result: Reply = await steps.drive_async(self._core.turn(pending), self._io)
+        return result
 
     async def warm(self) -> Reply | None:
         """Pre-warm the static prefix if cold or about to expire (single flight)."""
@@ -93,14 +98,20 @@ class AsyncSession(SessionBase):
         if not needs:
             return None
         pending = self._core.begin_warm()
-        return None if pending is None else await self._run(pending)
+        if pending is None:
+            return None
+        result: Reply = await steps.drive_async(self._core.turn(pending), self._io)
+        return result
 
     async def keep_alive_tick(self) -> Reply | None:
         """Re-warm the conversation if keep-alive says it is due."""
         if not self._core.keep_alive_due():
             return None
         pending = self._core.begin_warm(keep_alive=True)
-        return None if pending is None else await self._run(pending, flight=False)
+        if pending is None:
+            return None
+        result: Reply = await steps.drive_async(self._core.turn(pending, flight=False), self._io)
+        return result
 
     async def run_keep_alive(self, *, interval: float = 5.0) -> None:
         """Call :meth:`keep_alive_tick` every *interval* seconds until cancelled
@@ -110,85 +121,30 @@ class AsyncSession(SessionBase):
             await self.keep_alive_tick()
             await self._sleep(interval)
 
-    @contextlib.asynccontextmanager
-    async def stream(
+    def stream(
         self,
         content: str | Sequence[Mapping[str, Any]],
         *,
         max_tokens: int | None = None,
         params: Mapping[str, Any] | None = None,
-    ) -> AsyncIterator[AsyncReplyStream]:
+        keep_partial: bool = False,
+    ) -> contextlib.AbstractAsyncContextManager[AsyncReplyStream]:
         """Send one user turn and stream the reply (see :meth:`convo.Session.stream`)."""
-        core = self._core
-        pending = core.begin_turn(content, max_tokens=max_tokens, params=params)
-        await self._before_send(pending)
-        started = time.perf_counter()
+        pending = self._core.begin_turn(content, max_tokens=max_tokens, params=params)
+        pending.keep_partial = keep_partial
+        return self._stream(pending)
+
+    @contextlib.asynccontextmanager
+    async def _stream(self, pending: Pending) -> AsyncIterator[AsyncReplyStream]:
+        turn = self._core.turn(pending, stream=True)
+        replying = AsyncReplyStream(turn, await steps.drive_async(turn, self._io), self._io)
         try:
-            opened, _ = await core.retry.call_async(
-                lambda: open_stream_async(self._client, pending.call_arguments, core.limiter),
-                sleep=self._sleep,
-                clock=core.clock,
-                on_attempt=lambda record: core.record_attempt(pending, record),
-            )
-        except BaseException:
-            self._after_failure(pending)
+            yield replying
+        except BaseException as error:
+            await replying.abort(error)
             raise
-        reply_stream = AsyncReplyStream(
-            opened,
-            requested_ttl=core.requested_ttl(pending),
-            on_start=lambda: self._began(pending),
-            on_done=lambda message, usage: self._finish(pending, message, usage, started),
-            on_error=lambda usage, error: core.fail_stream(pending, usage, error),
-        )
-        try:
-            yield reply_stream
-        finally:
-            await reply_stream.aclose()
+        await replying.aclose()
 
     def fork(self) -> AsyncSession:
         """A new session on the same prefix and history so far (see :meth:`convo.Session.fork`)."""
         return AsyncSession(self.prefix, **self._fork_options())
-
-    async def _before_send(self, pending: Pending, *, flight: bool = True) -> None:
-        core = self._core
-        try:
-            if flight and pending.prefix_position is not None:
-                pending.flight = await core.registry.acquire_async(
-                    core.warm_key, ttl_seconds=300.0 if core.prefix.ttl == "5m" else 3600.0
-                )
-                if pending.flight.waited > 0:
-                    core.repredict(pending)
-            pending.reservation = await core.limiter.acquire_async(
-                input_tokens=core.itpm_weight(pending),
-                output_tokens=pending.max_tokens,
-                sleep=self._sleep,
-            )
-        except BaseException:
-            self._after_failure(pending)
-            raise
-
-    async def _run(self, pending: Pending, *, flight: bool = True) -> Reply:
-        core = self._core
-        await self._before_send(pending, flight=flight)
-
-        async def attempt() -> Any:
-            try:
-                raw = await self._client.messages.with_raw_response.create(**pending.call_arguments)
-            except anthropic.APIStatusError as error:
-                observe_error(core.limiter, error)
-                raise
-            core.limiter.observe_headers(raw.headers)
-            return await raw.parse()
-
-        started = time.perf_counter()
-        try:
-            message, _ = await core.retry.call_async(
-                attempt,
-                sleep=self._sleep,
-                clock=core.clock,
-                on_attempt=lambda record: core.record_attempt(pending, record),
-            )
-        except BaseException:
-            self._after_failure(pending)
-            raise
-        return self._finish(pending, message, None, started)

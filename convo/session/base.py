@@ -3,7 +3,6 @@ knows, outcomes and forks. Only waiting and HTTP differ between the two shells."
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,9 +10,9 @@ import anthropic
 
 from convo.layout import Prefix
 from convo.retry import RetryPolicy
+from convo.session import steps
 from convo.session.core import SessionCore
-from convo.session.reply import Reply, Stats
-from convo.session.turn import Pending
+from convo.session.reply import Stats
 from convo.session.wiring import default_ledger, default_limiter, workspace_of
 from convo.tracker import CacheTracker
 from convo.warm import WarmKey, WarmRegistry
@@ -45,6 +44,7 @@ class SessionBase:
     _client: Any
     _sleep: Any
     _options: dict[str, Any]
+    _io: steps.IO
 
     def _build(
         self,
@@ -82,6 +82,13 @@ class SessionBase:
             messages=options["messages"],
             hooks=options["hooks"],
             tracker=options["_tracker"],
+        )
+        self._io = steps.IO(
+            registry=self._core.registry,
+            limiter=self._core.limiter,
+            ledger=self._core.ledger,
+            client=self._client,
+            sleep=self._sleep,
         )
         self._options = {name: options[name] for name in _INHERITED}
         self._options["retry"] = self._core.retry
@@ -158,22 +165,3 @@ class SessionBase:
                 f"interval={interval} must be > 0 and shorter than KeepAlive.margin_s="
                 f"{policy.margin_s}, or a tick can step over the re-warm window"
             )
-
-    # -- the bookkeeping around one request ------------------------------------------------
-
-    def _began(self, pending: Pending) -> None:
-        if pending.flight is not None and pending.flight.role == "writer":
-            self._core.registry.began(pending.flight)
-
-    def _finish(self, pending: Pending, message: Any, usage: Any, started: float) -> Reply:
-        try:
-            return self._core.complete(
-                pending, message, usage=usage, latency_s=time.perf_counter() - started
-            )
-        finally:
-            self._began(pending)  # after complete() recorded the write: waiters then read
-
-    def _after_failure(self, pending: Pending) -> None:
-        if pending.flight is not None and pending.flight.role == "writer":
-            self._core.registry.abandon(pending.flight)
-        self._core.fail(pending)

@@ -1,17 +1,20 @@
-"""The I/O-free heart of a session, shared by :class:`Session` and :class:`AsyncSession`.
+"""The heart of a session, shared by :class:`Session` and :class:`AsyncSession`.
 
-A turn goes through the same steps in both shells; only the waiting and the HTTP differ::
+The whole path of one turn is :meth:`SessionCore.turn`, read top to bottom::
 
-    begin_turn   history.append(user) -> Layout.render -> CacheTracker.predict
-                 -> Budget.check (refuse before spending)
-    (shell)      WarmRegistry.acquire (single flight) -> maybe repredict
-                 -> RateLimiter.acquire -> RetryPolicy.call(client ...)
-    complete     Usage -> price -> tracker.observe -> registry.record -> limiter.settle
-                 -> ledger.append -> history.append(assistant content, verbatim) -> Reply
-    fail         roll the user message back; release the flight and the reservation
+    begin_turn   validate -> history.append(user) -> Layout.render -> CacheTracker.predict
+    turn         Budget.reserve (ledger total first, for ledger-scope budgets)
+                 -> WarmRegistry Claim (single flight; the registry's state comes back)
+                 -> RateLimiter Reserve -> attempts (RetryPolicy.drive: Send / Sleep)
+                 -> [stream: Deliver to the caller, who sends the final message back]
+                 -> Usage -> price -> tracker.observe -> ledger row -> history.append
+                 -> limiter Settle -> registry RecordWarm / Began -> Reply
+    on failure   a ledger row per attempt (with the usage it was billed), then Abandon the
+                 claim, Release the reservation and the budget holds, roll the user back
 
-Everything here is synchronous and does no network I/O; the ledger's ``append`` only
-enqueues (its writer thread does the disk work).
+The core does no I/O itself: each step that needs some is a value from
+:mod:`convo.session.steps`, carried out by the shell (called, or awaited). Ledger rows are
+only enqueued (the ledger's writer does the disk work).
 """
 
 from __future__ import annotations
@@ -20,20 +23,21 @@ import contextlib
 import datetime as dt
 import uuid
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
 import attrs
 
-from convo import models
+from convo import models, sdk
 from convo.budget import Budget, Spend
-from convo.errors import LayoutError
+from convo.errors import LayoutError, StreamInterrupted
 from convo.layout import History, Layout, Prefix, RenderedRequest
 from convo.ledger import Ledger, LedgerRow
 from convo.limits import RateLimiter
 from convo.pricing import price
-from convo.retry import AttemptRecord, RetryPolicy
+from convo.retry import ATTEMPT, AttemptRecord, RetryPolicy
+from convo.session import steps
 from convo.session.reply import Reply, Stats
 from convo.session.turn import KeepAlive, Pending, user_message
 from convo.tracker import CacheEntry, CacheTracker
@@ -144,7 +148,8 @@ class SessionCore:
         self.turns = 0
         self.last_used: float | None = None
         self._last_message_id: str | None = None
-        self._info = models.lookup(prefix.model)
+        self._prefix_known_until = float("-inf")
+        self._info = models.lookup(prefix.model, prefix.models)
 
     def _use_prefix(self, prefix: Prefix, workspace: str) -> None:
         """(Re)build the layouts for *prefix* (at start, and when the adaptive TTL switches)."""
@@ -243,48 +248,38 @@ class SessionCore:
         prefix_position = next(
             (b.position for b in rendered.breakpoints if b.source == "prefix"), None
         )
-        self._learn_shared_prefix(rendered, prefix_position)
-        prediction = self.tracker.predict(rendered)
-        pending = Pending(
+        return Pending(
             rendered=rendered,
-            prediction=prediction,
+            prediction=self.tracker.predict(rendered),
             turn=turn,
             warm_key=self.warm_key,
             prefix_position=prefix_position,
             user_appended=user_appended,
         )
-        self._check_budgets(pending)
-        return pending
 
-    def repredict(self, pending: Pending) -> Pending:
-        """Predict again after waiting for another session's write of the shared prefix."""
-        self._learn_shared_prefix(pending.rendered, pending.prefix_position)
-        pending.prediction = self.tracker.predict(pending.rendered)
-        return pending
-
-    def _learn_shared_prefix(self, rendered: RenderedRequest, position: int | None) -> None:
-        """Tell the tracker about a prefix entry another session (or process) wrote."""
-        if position is None:
-            return
-        state = self.registry.state(self.warm_key)
+    def _learn_shared_prefix(self, pending: Pending, state: Any) -> bool:
+        """Tell the tracker about a prefix entry another session (or process) wrote, from
+        the registry's state as the claim returned it. Returns whether it learnt anything."""
+        position = pending.prefix_position
         now = self.clock()
-        if state is None or state.writing or not state.live(now):
-            return
-        key = rendered.fingerprint.keys[position]
-        known = {(e.model, e.key): e for e in self.tracker.entries()}.get((rendered.model, key))
-        if known is not None and known.expires_at >= state.expires_at:
-            return
+        if position is None or state is None or state.writing or not state.live(now):
+            return False
+        if state.expires_at <= self._prefix_known_until:
+            return False  # the tracker already holds this entry at least as long
+        rendered = pending.rendered
+        self._prefix_known_until = state.expires_at
         started = state.last_write_start if state.last_write_start is not None else now
         self.tracker.add_entry(
             CacheEntry(
                 model=rendered.model,
-                key=key,
+                key=rendered.fingerprint.keys[position],
                 tokens=rendered.fingerprint.tokens[position],
                 ttl=self.prefix.ttl,
                 expires_at=state.expires_at,
                 readable_from=min(started, now),
             )
         )
+        return True
 
     def estimate(self, pending: Pending) -> Spend:
         """What *pending* may spend: predicted input, ``max_tokens`` of output, their price."""
@@ -298,68 +293,235 @@ class SessionCore:
         )
         return Spend(usage.total_input, usage.output, price(usage, self.prefix.model).usd)
 
-    def spent(self, budget: Budget) -> Spend:
-        """What *budget*'s scope has spent so far."""
-        if budget.scope == "ledger":
-            if self.ledger is None:
-                raise ValueError("a Budget with scope='ledger' needs the session to have a ledger")
-            self.ledger.flush()
-            totals = self.ledger.total(since=budget.since)
-            cost = None if totals.unpriced else totals.cost_usd
-            return Spend(totals.total_input, totals.output, cost)
-        usage, cost = self.stats.usage, self.stats.cost_usd
-        return Spend(usage.total_input, usage.output, cost)
+    def _spend(self, usage: Usage) -> Spend:
+        return Spend(usage.total_input, usage.output, price(usage, self.prefix.model).usd)
 
-    def _check_budgets(self, pending: Pending) -> None:
-        if not self.budgets:
-            return
-        estimate = self.estimate(pending)
-        for budget in self.budgets:
-            budget.check(estimate, self.spent(budget))
+    def must_stream(self, pending: Pending) -> bool:
+        """Whether *pending* must go out as a stream (the SDK refuses a plain request whose
+        ``max_tokens`` could take longer than its non-streaming limit)."""
+        return False
 
     def itpm_weight(self, pending: Pending) -> int:
         """The request's predicted weight against input tokens per minute."""
         p = pending.prediction
         return p.input + p.cache_write + (p.cache_read if self._info.cache_reads_count_itpm else 0)
 
-    # -- outcomes -------------------------------------------------------------------------
+    def _itpm_used(self, usage: Usage) -> int:
+        return (
+            usage.input
+            + usage.cache_write
+            + (usage.cache_read if self._info.cache_reads_count_itpm else 0)
+        )
 
-    def record_attempt(self, pending: Pending, record: AttemptRecord) -> None:
-        """Keep every attempt; failed ones go to the ledger at once (nothing recorded is lost)."""
+    @property
+    def _ttl_seconds(self) -> float:
+        return _TTL_SECONDS[self.prefix.ttl]
+
+    # -- the turn ---------------------------------------------------------------------------
+
+    def turn(self, pending: Pending, *, stream: bool = False, flight: bool = True) -> steps.Turn:
+        """The whole path of one request, as a generator of I/O steps (see the module doc).
+
+        Returns the :class:`Reply`; raises what the request failed with, after recording
+        every attempt and undoing what the request reserved.
+        """
+        holds: list[tuple[Budget, Any]] = []
+        try:
+            estimate = self.estimate(pending)
+            for budget in self.budgets:
+                ledger_spent = None
+                if budget.scope == "ledger":
+                    if self.ledger is None:
+                        raise ValueError(
+                            "a Budget with scope='ledger' needs the session to have a ledger"
+                        )
+                    totals = yield steps.LedgerTotal(budget.since)
+                    cost = None if totals.unpriced else totals.cost_usd
+                    ledger_spent = Spend(totals.total_input, totals.output, cost)
+                holds.append((budget, budget.reserve(estimate, ledger_spent=ledger_spent)))
+            if flight and pending.prefix_position is not None:
+                pending.refresh_at = self._refresh_at(pending)
+                pending.flight = yield steps.Claim(
+                    self.warm_key, self._ttl_seconds, pending.refresh_at
+                )
+                if self._learn_shared_prefix(pending, pending.flight.state):
+                    pending.prediction = self.tracker.predict(pending.rendered)
+            pending.reservation = yield steps.Reserve(self.itpm_weight(pending), pending.max_tokens)
+            started = self.clock()
+            outcome = yield from self._attempts(pending, stream=stream)
+            if stream:
+                opened: sdk.OpenStream = outcome.value
+                yield from self._began(pending)  # message_start is in: the response has begun
+                try:
+                    message = yield steps.Deliver(opened)
+                except BaseException as cut:
+                    yield from self._cut(pending, opened, cut)
+                    raise AssertionError("unreachable") from cut  # _cut always raises
+                yield steps.CloseStream(opened)
+                usage = opened.usage.usage
+                headers: Mapping[str, str] | None = opened.headers
+            else:
+                message = outcome.value
+                usage = Usage.from_message(message, requested_ttl=self.requested_ttl(pending))  # type: ignore[arg-type]
+                headers = outcome.facts.headers
+            reply = self._complete(pending, message, usage, holds, latency_s=self.clock() - started)
+            holds = []
+            yield from self._settle(pending, usage, headers)
+            if not stream:
+                yield from self._began(pending)  # after the write is recorded: waiters read
+            self._run_hooks(reply)
+            return reply
+        except GeneratorExit:
+            # Closed unfinished (a stream dropped without being read to its end): no I/O
+            # may happen here; put back what is local.
+            self._undo_locally(pending, holds)
+            raise
+        except BaseException:
+            yield from self._undo(pending, holds)
+            raise
+
+    def _refresh_at(self, pending: Pending) -> float | None:
+        """When this request is expected to refresh the shared prefix's entry, if it is.
+
+        Under the ``"path"`` refresh rule any read through the prefix refreshes it; under
+        ``"entry"`` only a read that ends at the prefix does.
+        """
+        if getattr(self.tracker, "refresh", "path") == "path":
+            return self.clock()
+        hit = pending.prediction.hit
+        return self.clock() if hit == pending.prefix_position or hit < 0 else None
+
+    def _attempts(self, pending: Pending, *, stream: bool) -> Generator[Any, Any, sdk.Outcome]:
+        """Attempts until one succeeds, under the retry policy; each failure is recorded."""
+        loop = self.retry.drive(
+            clock=self.clock,
+            wall_clock=self.clock,
+            on_attempt=lambda record: self._attempt_done(pending, record),
+        )
+        request = next(loop)
+        while True:
+            try:
+                if request != ATTEMPT:
+                    yield steps.Sleep(float(request))
+                    request = loop.send(None)
+                    continue
+                step: steps.Step = (
+                    steps.OpenStream(
+                        pending.call_arguments, self.clock(), self.requested_ttl(pending)
+                    )
+                    if stream
+                    else steps.Send(pending.call_arguments, self.clock())
+                )
+                try:
+                    outcome = yield step
+                except BaseException as error:
+                    self._record_cancelled(pending, error)
+                    raise
+                pending.outcome = outcome
+                if outcome.ok:
+                    request = loop.send(outcome)
+                    continue
+                facts = outcome.facts
+                if facts.headers is not None:
+                    yield steps.ObserveFailure(
+                        facts.headers, facts.status == 429, facts.retry_after
+                    )
+                assert outcome.error is not None
+                request = loop.throw(outcome.error)
+            except StopIteration as done:
+                result: sdk.Outcome = done.value[0]
+                return result
+
+    def _attempt_done(self, pending: Pending, record: AttemptRecord) -> None:
+        """Keep every attempt; a failed one goes to the ledger at once, with what it was
+        billed (a stream's ``message_start`` before the failure; else nothing)."""
         pending.records.append(record)
         if record.error_type is None:
-            return  # the successful attempt: complete() records it with its usage
-        if self.ledger is not None:
-            # A refused attempt costs nothing: priced at zero (None only for an unpriced model).
-            self._record(
-                Usage.zero(),
-                price(Usage.zero(), self.prefix.model),
-                started_at=record.started_at,
-                attempts=record.number,
-                status="error",
-                error_type=record.error_type,
-                http_status=record.status,
-                request_id=record.request_id,
-            )
+            return  # the successful attempt: recorded with its usage when the turn settles
+        facts = pending.outcome.facts if pending.outcome is not None else None
+        usage = facts.usage if facts is not None and facts.usage is not None else Usage.zero()
+        pending.billed = pending.billed + usage
+        self._record(
+            usage,
+            started_at=record.started_at,
+            purpose=pending.purpose,
+            attempts=record.number,
+            status="error",
+            error_type=record.error_type,
+            http_status=record.status,
+            request_id=record.request_id,
+            usage_estimated=bool(facts and facts.usage_estimated),
+        )
 
-    def complete(
-        self, pending: Pending, message: Any, *, usage: Usage | None = None, latency_s: float
+    def _record_cancelled(self, pending: Pending, error: BaseException) -> None:
+        """A request in flight was cancelled (or interrupted): it may have been billed."""
+        seen = getattr(error, "convo_usage", None)
+        usage, estimated = seen if seen is not None else (None, False)
+        usage = usage or Usage.zero()
+        pending.billed = pending.billed + usage
+        self._record(
+            usage,
+            started_at=self.clock(),
+            purpose=pending.purpose,
+            attempts=len(pending.records) + 1,
+            status="cancelled",
+            error_type=type(error).__name__,
+            usage_estimated=estimated,
+        )
+
+    def _began(self, pending: Pending) -> Generator[Any, Any, None]:
+        flight = pending.flight
+        if flight is not None and flight.role == "writer" and not pending.began:
+            pending.began = True
+            yield steps.Began(flight)
+
+    def _settle(
+        self, pending: Pending, usage: Usage, headers: Mapping[str, str] | None
+    ) -> Generator[Any, Any, None]:
+        """Give the limiter and the registry what the request really used."""
+        if pending.reservation is not None:
+            reservation, pending.reservation = pending.reservation, None
+            yield steps.Settle(reservation, self._itpm_used(usage), usage.output, headers)
+        record = self._warm_record(pending, usage)
+        if record is not None:
+            yield record
+
+    def _warm_record(self, pending: Pending, usage: Usage) -> steps.RecordWarm | None:
+        """What to tell the registry about the shared prefix, if the claim did not already."""
+        if pending.prefix_position is None:
+            return None
+        prefix_tokens = pending.rendered.fingerprint.tokens[pending.prefix_position]
+        if usage.cache_read + usage.cache_write < prefix_tokens:
+            return None  # the prefix was below the minimum, or the cache was not used
+        read = usage.cache_read >= prefix_tokens
+        flight = pending.flight
+        if read and flight is not None and flight.role != "writer" and pending.refresh_at:
+            return None  # the claim recorded this read already (one round trip saved)
+        entry_rule = getattr(self.tracker, "refresh", "path") == "entry"
+        if read and entry_rule and usage.cache_read != prefix_tokens:
+            return None  # read a deeper entry: under "entry" the prefix is not refreshed
+        return steps.RecordWarm(
+            self.warm_key,
+            started_at=pending.prediction.at,
+            ttl_seconds=self._ttl_seconds,
+            wrote=not read,
+            read=read,
+        )
+
+    def _complete(
+        self,
+        pending: Pending,
+        message: Any,
+        usage: Usage,
+        holds: list[tuple[Budget, Any]],
+        *,
+        latency_s: float,
     ) -> Reply:
-        """Account for a successful answer and return its :class:`Reply`."""
-        usage = usage or Usage.from_message(message, requested_ttl=self.requested_ttl(pending))  # type: ignore[arg-type]
+        """Account for a successful answer (pure: the ledger row is only enqueued)."""
         cost = price(usage, self.prefix.model)
         outcome = self.tracker.observe(
             pending.prediction, usage, getattr(message, "diagnostics", None)
         )
-        self._touch_registry(pending, usage)
-        if pending.reservation is not None:
-            self.limiter.settle(
-                pending.reservation,
-                input_tokens=usage.input
-                + usage.cache_write
-                + (usage.cache_read if self._info.cache_reads_count_itpm else 0),
-                output_tokens=usage.output,
-            )
         if pending.user_appended:
             self.history.append({"role": "assistant", "content": message.content})
             self.turns += 1
@@ -382,29 +544,31 @@ class SessionCore:
             latency_s=latency_s,
             turn=pending.turn,
         )
-        if self.ledger is not None:
-            self._record(
-                usage,
-                cost,
-                started_at=pending.records[-1].started_at
-                if pending.records
-                else pending.prediction.at,
-                latency_ms=latency_s * 1000,
-                attempts=max(1, len(pending.records)),
-                status="ok",
-                http_status=200,
-                request_id=request_id,
-                cache_outcome=_cache_outcome(usage),
-                cache_reason=str(outcome.reason),
-            )
+        self._record(
+            usage,
+            cost,
+            started_at=pending.records[-1].started_at if pending.records else pending.prediction.at,
+            purpose=pending.purpose,
+            latency_ms=latency_s * 1000,
+            attempts=max(1, len(pending.records)),
+            status="ok",
+            http_status=200,
+            request_id=request_id,
+            cache_outcome=_cache_outcome(usage),
+            cache_reason=str(outcome.reason),
+        )
         self.stats = self.stats.add(reply)
         if pending.purpose != "keep_alive":
             # Only real use keeps a session active: its own re-warms must not keep it alive.
             self.last_used = self.clock()
-        for budget in self.budgets:
-            budget.check_actual(
-                Spend(usage.total_input, usage.output, cost.usd), self.spent(budget)
+        actual = pending.billed + usage
+        for budget, hold in holds:
+            budget.settle(
+                hold, Spend(actual.total_input, actual.output, price(actual, self.prefix.model).usd)
             )
+        return reply
+
+    def _run_hooks(self, reply: Reply) -> None:
         for hook in self.hooks:
             try:
                 hook(reply)
@@ -414,49 +578,94 @@ class SessionCore:
                 warnings.warn(
                     f"hook {hook!r} raised {error!r}; the turn was recorded",
                     RuntimeWarning,
-                    stacklevel=2,
+                    stacklevel=4,
                 )
-        return reply
 
-    def _touch_registry(self, pending: Pending, usage: Usage) -> None:
-        """Record that the shared prefix was written or read at this request's start."""
-        if pending.prefix_position is None:
-            return
-        prefix_tokens = pending.rendered.fingerprint.tokens[pending.prefix_position]
-        covered = usage.cache_read + usage.cache_write
-        if covered < prefix_tokens:
-            return  # the prefix was below the minimum, or the cache was not used at all
-        self.registry.record(
-            self.warm_key,
-            started_at=pending.prediction.at,
-            ttl_seconds=_TTL_SECONDS[self.prefix.ttl],
-            wrote=usage.cache_read < prefix_tokens,
-            read=usage.cache_read >= prefix_tokens,
+    def _cut(
+        self, pending: Pending, opened: sdk.OpenStream, cut: BaseException
+    ) -> Generator[Any, Any, None]:
+        """A stream ended before its end: record what it was billed, settle, and raise.
+
+        The caller gets :class:`StreamInterrupted` with the partial text (a cancellation
+        stays a cancellation); the history is as before the turn unless the caller asked
+        to keep the partial reply.
+        """
+        yield steps.CloseStream(opened)
+        usage, estimated = opened.usage_so_far()
+        usage = usage or Usage.zero()
+        # From the stream (an error event, a dropped connection), or the caller stopped
+        # reading (Ctrl-C, a cancelled task, an exception in their loop).
+        from_stream = sdk.category_of(cut) is not None
+        cancelled = not from_stream
+        error_type = "stream_interrupted" if from_stream else "cancelled"
+        status = getattr(cut, "status_code", None)
+        self.tracker.observe(pending.prediction, usage, None)
+        pending.billed = pending.billed + usage
+        self._record(
+            usage,
+            started_at=pending.records[-1].started_at if pending.records else pending.prediction.at,
+            purpose=pending.purpose,
+            attempts=max(1, len(pending.records)),
+            status="cancelled" if cancelled else "error",
+            error_type=error_type,
+            http_status=status if isinstance(status, int) else None,
+            request_id=opened.request_id,
+            usage_estimated=estimated,
         )
+        yield from self._settle(pending, usage, None)
+        partial = opened.delivered_text
+        if pending.keep_partial and partial and pending.user_appended:
+            self.history.append({"role": "assistant", "content": partial})
+            pending.user_appended = False  # kept: nothing to roll back
+        if from_stream or isinstance(cut, KeyboardInterrupt):
+            raise StreamInterrupted(
+                f"the stream ended after {len(partial)} characters of text reached you: "
+                f"{cut!r}; its billed usage is recorded and the turn is "
+                + ("kept as partial" if pending.keep_partial else "not in the history"),
+                partial_text=partial,
+                usage=usage,
+            ) from cut
+        raise cut
 
-    def fail_stream(self, pending: Pending, usage: Usage, error: BaseException) -> None:
-        """Record a stream that failed after text reached the caller, with what it used."""
-        if self.ledger is not None:
-            status = getattr(error, "status_code", None)
-            self._record(
-                usage,
-                price(usage, self.prefix.model),
-                started_at=pending.prediction.at,
-                attempts=max(1, len(pending.records)),
-                status="error",
-                error_type="stream_interrupted",
-                http_status=status if isinstance(status, int) else None,
-                request_id=pending.records[-1].request_id if pending.records else None,
-            )
-        self.fail(pending)
+    def _undo(self, pending: Pending, holds: list[tuple[Budget, Any]]) -> Generator[Any, Any, None]:
+        """Undo what a request that failed for good reserved (its attempts are recorded)."""
+        flight = pending.flight
+        if flight is not None and flight.role == "writer" and not pending.began:
+            pending.began = True
+            yield steps.Abandon(flight)
+        if pending.reservation is not None:
+            reservation, pending.reservation = pending.reservation, None
+            if pending.billed.total_input or pending.billed.output:
+                yield steps.Settle(
+                    reservation, self._itpm_used(pending.billed), pending.billed.output, None
+                )
+            else:
+                yield steps.Release(reservation)
+        self._undo_locally(pending, holds)
 
-    def _record(self, usage: Usage, cost: Any, *, started_at: float, **fields: Any) -> None:
-        """Append one attempt's row to the ledger (only enqueued: the writer thread does I/O)."""
-        assert self.ledger is not None
+    def _undo_locally(self, pending: Pending, holds: list[tuple[Budget, Any]]) -> None:
+        billed = pending.billed
+        for budget, hold in holds:
+            if billed.total_input or billed.output:
+                budget.settle(
+                    hold,
+                    Spend(billed.total_input, billed.output, price(billed, self.prefix.model).usd),
+                )
+            else:
+                budget.release(hold)
+        holds.clear()
+        if pending.user_appended:
+            pending.user_appended = False
+            self.rollback()
+
+    def _record(self, usage: Usage, cost: Any = None, *, started_at: float, **fields: Any) -> None:
+        """Append one attempt's row to the ledger (only enqueued: the writer does the I/O)."""
+        if self.ledger is None:
+            return
         self.ledger.append(
             LedgerRow.build(
                 usage,
-                cost,
+                cost if cost is not None else price(usage, self.prefix.model),
                 model=self.prefix.model,
                 time=dt.datetime.fromtimestamp(started_at, dt.timezone.utc),
                 session_id=self.session_id,
@@ -474,13 +683,6 @@ class SessionCore:
     def rollback(self) -> None:
         """Remove the user turn a failed request appended (history stays what was answered)."""
         self.history = History(list(self.history.stored)[:-1])
-
-    def fail(self, pending: Pending) -> None:
-        """Undo what *pending* reserved after it failed for good."""
-        if pending.user_appended:
-            self.rollback()
-        if pending.reservation is not None:
-            self.limiter.settle(pending.reservation, input_tokens=0, output_tokens=0)
 
     # -- keep-alive -----------------------------------------------------------------------
 

@@ -1,155 +1,50 @@
-"""Streaming a reply: retried only until the first text, settled when the stream ends.
+"""Streaming a reply: the caller reads the text, the turn settles when the stream ends.
 
-:func:`open_stream` is one *attempt*: it opens the SSE stream and reads until the first
-content event, buffering what it read. Any failure up to there (an HTTP error, or an
-``error`` event before any text) is retryable by the session's policy, because nothing has
-reached the caller yet. After that, :class:`ReplyStream` hands text over as it arrives; an
-error then raises :class:`convo.StreamInterrupted` with the text received so far.
+The turn (:meth:`convo.session.core.SessionCore.turn`) opens the stream as one retryable
+attempt, up to its first content event (:func:`convo.sdk.open_stream`), then pauses at a
+:class:`~convo.session.steps.Deliver` step. A :class:`ReplyStream` hands the text over as it
+arrives and, when the stream ends, sends the final message back into the turn, which then
+records and settles it. If the stream is cut (an ``error`` event, a dropped connection) or
+the caller stops reading (Ctrl-C, a cancelled task), the cut is thrown into the turn
+instead: it records what the server billed, puts the history back as it was, and raises
+:class:`convo.StreamInterrupted` with the partial text (a cancellation stays one).
 
-Usage is settled from the events themselves with :class:`convo.usage.UsageAccumulator`:
+Usage is settled from the events with :class:`convo.usage.UsageAccumulator`:
 ``message_start`` gives the input side and the TTL split, and each ``message_delta``
 *replaces* the cumulative counts (they are never added).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import anthropic
-import attrs
-import httpx2
+from convo import sdk
+from convo.session import steps
+from convo.session.reply import Reply
 
-from convo.errors import StreamInterrupted
-from convo.session.wiring import observe_error
-from convo.usage import Usage, UsageAccumulator
-
-__all__ = ["AsyncReplyStream", "Opened", "ReplyStream", "open_stream", "open_stream_async"]
-
-# Events after which content has begun: from here on, text may reach the caller.
-_CONTENT = frozenset({"text", "input_json", "thinking", "citation", "message_stop"})
-
-
-@attrs.define
-class Opened:
-    """An open stream and the events read before its first content."""
-
-    manager: Any
-    stream: Any
-    buffered: list[Any]
-    iterator: Any
-
-    @property
-    def response(self) -> Any:
-        """The HTTP response (its status and ``request-id`` go into the attempt record)."""
-        return self.stream.response
-
-
-def _connection_error(stream: Any, error: Exception) -> anthropic.APIConnectionError:
-    """The SDK wraps transport errors only while it sends; one while reading the body (a
-    dropped stream) arrives raw. Before any text, it is a connection error like any other,
-    and the retry policy treats it so."""
-    return anthropic.APIConnectionError(
-        message=f"stream dropped: {error}", request=stream.response.request
-    )
-
-
-def open_stream(client: anthropic.Anthropic, body: dict[str, Any], limiter: Any) -> Opened:
-    """Open a stream and read up to its first content event (one retryable attempt)."""
-    manager = client.messages.stream(**body)
-    try:
-        stream = manager.__enter__()
-    except anthropic.APIStatusError as error:
-        observe_error(limiter, error)
-        raise
-    limiter.observe_headers(stream.response.headers)
-    iterator = iter(stream)
-    buffered: list[Any] = []
-    try:
-        for event in iterator:
-            buffered.append(event)
-            if event.type in _CONTENT:
-                break
-    except httpx2.TransportError as error:
-        manager.__exit__(None, None, None)
-        raise _connection_error(stream, error) from error
-    except BaseException:
-        manager.__exit__(None, None, None)
-        raise
-    return Opened(manager, stream, buffered, iterator)
-
-
-async def open_stream_async(
-    client: anthropic.AsyncAnthropic, body: dict[str, Any], limiter: Any
-) -> Opened:
-    """The awaitable twin of :func:`open_stream`."""
-    manager = client.messages.stream(**body)
-    try:
-        stream = await manager.__aenter__()
-    except anthropic.APIStatusError as error:
-        observe_error(limiter, error)
-        raise
-    limiter.observe_headers(stream.response.headers)
-    iterator = stream.__aiter__()
-    buffered: list[Any] = []
-    try:
-        async for event in iterator:
-            buffered.append(event)
-            if event.type in _CONTENT:
-                break
-    except httpx2.TransportError as error:
-        await manager.__aexit__(None, None, None)
-        raise _connection_error(stream, error) from error
-    except BaseException:
-        await manager.__aexit__(None, None, None)
-        raise
-    return Opened(manager, stream, buffered, iterator)
+__all__ = ["AsyncReplyStream", "ReplyStream"]
 
 
 class _Base:
-    def __init__(
-        self,
-        opened: Opened,
-        *,
-        requested_ttl: str,
-        on_start: Callable[[], None],
-        on_done: Callable[[Any, Usage], Any],
-        on_error: Callable[[Usage, BaseException], None],
-    ) -> None:
-        self._opened = opened
-        self._usage = UsageAccumulator(requested_ttl=requested_ttl)  # type: ignore[arg-type]
-        self._on_done = on_done
-        self._on_error = on_error
-        self._text: list[str] = []
-        self._reply: Any = None
+    def __init__(self, turn: steps.Turn, deliver: steps.Deliver, io: steps.IO) -> None:
+        self._turn = turn
+        self._opened: sdk.OpenStream = deliver.opened
+        self._io = io
+        self._reply: Reply | None = None
         self._finished = False
-        on_start()  # message_start has arrived: the response has begun
 
-    def _see(self, event: Any) -> str | None:
-        if event.type in ("message_start", "message_delta"):
-            self._usage.feed(event)
-        if event.type == "text":
-            self._text.append(event.text)
-            return str(event.text)
-        return None
-
-    def _interrupted(self, error: BaseException) -> StreamInterrupted:
-        self._finished = True
-        self._on_error(self._usage.usage, error)
-        partial = "".join(self._text)
-        return StreamInterrupted(
-            f"the stream failed after {len(partial)} characters of text reached you: {error}",
-            partial_text=partial,
-            usage=self._usage.usage,
-        )
+    def _next_buffered(self) -> Any:
+        """The next event read while the stream was opened (already accounted for)."""
+        return self._opened.buffered.pop(0) if self._opened.buffered else None
 
     @property
     def text(self) -> str:
         """The text received so far."""
-        return "".join(self._text)
+        return self._opened.delivered_text
 
     @property
-    def reply(self) -> Any:
+    def reply(self) -> Reply:
         """The settled :class:`convo.Reply`, once the stream has ended.
 
         Raises:
@@ -160,41 +55,45 @@ class _Base:
         return self._reply
 
 
+def _text_of(event: Any) -> str | None:
+    return str(event.text) if getattr(event, "type", None) == "text" else None
+
+
 class ReplyStream(_Base):
     """Text as it arrives (:attr:`text_stream`), then the settled :attr:`reply`."""
 
     @property
     def text_stream(self) -> Iterator[str]:
         """Each piece of text as it arrives."""
+        if self._finished:
+            return
         opened = self._opened
         try:
-            for event in opened.buffered:
-                if (text := self._see(event)) is not None:
+            while (event := self._next_buffered()) is not None:
+                if (text := _text_of(event)) is not None:
                     yield text
-            opened.buffered = []
             for event in opened.iterator:
-                if (text := self._see(event)) is not None:
+                opened.see(event)
+                if (text := _text_of(event)) is not None:
                     yield text
+            message = opened.stream.get_final_message()
         except Exception as error:
-            # An `error` event (anthropic.APIError) or the connection dropping mid-body (the
-            # transport's own error): either way the turn failed after text reached you.
-            opened.manager.__exit__(None, None, None)
-            raise self._interrupted(error) from error
-        self._settle()
+            self.abort(error)
+            return
+        self._finished = True
+        self._reply = steps.drive(self._turn, self._io, send=message)
 
-    def _settle(self) -> None:
+    def abort(self, error: BaseException) -> None:
+        """End the turn with the stream cut by *error* (raises what the turn decides)."""
         if self._finished:
             return
         self._finished = True
-        message = self._opened.stream.get_final_message()
-        self._opened.manager.__exit__(None, None, None)
-        self._reply = self._on_done(message, self._usage.usage)
+        steps.drive(self._turn, self._io, throw=error)
 
     def close(self) -> None:
         """Finish reading (so usage is settled honestly) and release the connection."""
-        if not self._finished:
-            for _ in self.text_stream:
-                pass
+        for _ in self.text_stream:
+            pass
 
 
 class AsyncReplyStream(_Base):
@@ -203,30 +102,32 @@ class AsyncReplyStream(_Base):
     @property
     async def text_stream(self) -> AsyncIterator[str]:
         """Each piece of text as it arrives."""
+        if self._finished:
+            return
         opened = self._opened
         try:
-            for event in opened.buffered:
-                if (text := self._see(event)) is not None:
+            while (event := self._next_buffered()) is not None:
+                if (text := _text_of(event)) is not None:
                     yield text
-            opened.buffered = []
             async for event in opened.iterator:
-                if (text := self._see(event)) is not None:
+                opened.see(event)
+                if (text := _text_of(event)) is not None:
                     yield text
+            message = await opened.stream.get_final_message()
         except Exception as error:
-            await opened.manager.__aexit__(None, None, None)
-            raise self._interrupted(error) from error
-        await self._settle()
+            await self.abort(error)
+            return
+        self._finished = True
+        self._reply = await steps.drive_async(self._turn, self._io, send=message)
 
-    async def _settle(self) -> None:
+    async def abort(self, error: BaseException) -> None:
+        """End the turn with the stream cut by *error* (raises what the turn decides)."""
         if self._finished:
             return
         self._finished = True
-        message = await self._opened.stream.get_final_message()
-        await self._opened.manager.__aexit__(None, None, None)
-        self._reply = self._on_done(message, self._usage.usage)
+        await steps.drive_async(self._turn, self._io, throw=error)
 
     async def aclose(self) -> None:
         """Finish reading (so usage is settled honestly) and release the connection."""
-        if not self._finished:
-            async for _ in self.text_stream:
-                pass
+        async for _ in self.text_stream:
+            pass

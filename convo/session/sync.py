@@ -14,11 +14,11 @@ from convo.layout import Prefix
 from convo.ledger import Ledger
 from convo.limits import RateLimiter
 from convo.retry import RetryPolicy
+from convo.session import steps
 from convo.session.base import SessionBase
 from convo.session.reply import Reply
-from convo.session.streaming import ReplyStream, open_stream
+from convo.session.streaming import ReplyStream
 from convo.session.turn import KeepAlive, Pending
-from convo.session.wiring import observe_error
 from convo.tracker import CacheTracker
 from convo.warm import WarmBackend
 
@@ -114,7 +114,12 @@ class Session(SessionBase):
             anthropic.APIStatusError: a non-retryable API error (400, 401, ...).
         """
         pending = self._core.begin_turn(content, max_tokens=max_tokens, params=params)
-        return self._run(pending)
+        if self._core.must_stream(pending):
+            with self._stream(pending) as replying:
+                replying.close()
+            return replying.reply
+        result: Reply = steps.drive(self._core.turn(pending), self._io)
+        return result
 
     def warm(self) -> Reply | None:
         """Pre-warm the static prefix with ``max_tokens: 0`` if the registry says it is cold
@@ -127,7 +132,10 @@ class Session(SessionBase):
         if not self._core.registry.needs_warming(self._core.warm_key, margin=margin):
             return None
         pending = self._core.begin_warm()
-        return None if pending is None else self._run(pending)
+        if pending is None:
+            return None
+        result: Reply = steps.drive(self._core.turn(pending), self._io)
+        return result
 
     def keep_alive_tick(self) -> Reply | None:
         """Re-warm the conversation if keep-alive says it is due; call it periodically
@@ -139,7 +147,10 @@ class Session(SessionBase):
         if not self._core.keep_alive_due():
             return None
         pending = self._core.begin_warm(keep_alive=True)
-        return None if pending is None else self._run(pending, flight=False)
+        if pending is None:
+            return None
+        result: Reply = steps.drive(self._core.turn(pending, flight=False), self._io)
+        return result
 
     def run_keep_alive(self, *, stop: Callable[[], bool], interval: float = 5.0) -> None:
         """Call :meth:`keep_alive_tick` every *interval* seconds until *stop()* is true
@@ -149,14 +160,14 @@ class Session(SessionBase):
             self.keep_alive_tick()
             self._sleep(interval)
 
-    @contextlib.contextmanager
     def stream(
         self,
         content: str | Sequence[Mapping[str, Any]],
         *,
         max_tokens: int | None = None,
         params: Mapping[str, Any] | None = None,
-    ) -> Iterator[ReplyStream]:
+        keep_partial: bool = False,
+    ) -> contextlib.AbstractContextManager[ReplyStream]:
         """Send one user turn and stream the reply's text as it arrives.
 
         Usage::
@@ -166,83 +177,28 @@ class Session(SessionBase):
                     print(text, end="")
             s.reply.usage   # settled once the stream has ended
 
-        Attempts are retried only until the first text reaches you; an error after that
-        raises :class:`convo.StreamInterrupted` carrying the partial text.
+        Attempts are retried only until the first text reaches you. A stream cut after that
+        (an error event, a dropped connection, Ctrl-C) raises :class:`convo.StreamInterrupted`
+        carrying the partial text; what the server billed is recorded, and the history is
+        as it was before the turn unless *keep_partial* asks to keep the partial reply.
         """
-        core = self._core
-        pending = core.begin_turn(content, max_tokens=max_tokens, params=params)
-        self._before_send(pending)
-        started = time.perf_counter()
+        pending = self._core.begin_turn(content, max_tokens=max_tokens, params=params)
+        pending.keep_partial = keep_partial
+        return self._stream(pending)
+
+    @contextlib.contextmanager
+    def _stream(self, pending: Pending) -> Iterator[ReplyStream]:
+        turn = self._core.turn(pending, stream=True)
+        replying = ReplyStream(turn, steps.drive(turn, self._io), self._io)
         try:
-            opened, _ = core.retry.call(
-                lambda: open_stream(self._client, pending.call_arguments, core.limiter),
-                sleep=self._sleep,
-                clock=core.clock,
-                on_attempt=lambda record: core.record_attempt(pending, record),
-            )
-        except BaseException:
-            self._after_failure(pending)
+            yield replying
+        except BaseException as error:
+            replying.abort(error)
             raise
-        reply_stream = ReplyStream(
-            opened,
-            requested_ttl=core.requested_ttl(pending),
-            on_start=lambda: self._began(pending),
-            on_done=lambda message, usage: self._finish(pending, message, usage, started),
-            on_error=lambda usage, error: core.fail_stream(pending, usage, error),
-        )
-        try:
-            yield reply_stream
-        finally:
-            reply_stream.close()
+        replying.close()
 
     def fork(self) -> Session:
         """A new session on the same prefix and history so far, sharing the client,
         registry, limiter and ledger, with its own conversation id and a copy of what
         this session believes is cached."""
         return Session(self.prefix, **self._fork_options())
-
-    # -- the path of one request ----------------------------------------------------------
-
-    def _before_send(self, pending: Pending, *, flight: bool = True) -> None:
-        core = self._core
-        try:
-            if flight and pending.prefix_position is not None:
-                pending.flight = core.registry.acquire(
-                    core.warm_key, ttl_seconds=300.0 if core.prefix.ttl == "5m" else 3600.0
-                )
-                if pending.flight.waited > 0:
-                    core.repredict(pending)
-            pending.reservation = core.limiter.acquire(
-                input_tokens=core.itpm_weight(pending),
-                output_tokens=pending.max_tokens,
-                sleep=self._sleep,
-            )
-        except BaseException:
-            self._after_failure(pending)
-            raise
-
-    def _run(self, pending: Pending, *, flight: bool = True) -> Reply:
-        core = self._core
-        self._before_send(pending, flight=flight)
-
-        def attempt() -> Any:
-            try:
-                raw = self._client.messages.with_raw_response.create(**pending.call_arguments)
-            except anthropic.APIStatusError as error:
-                observe_error(core.limiter, error)
-                raise
-            core.limiter.observe_headers(raw.headers)
-            return raw.parse()
-
-        started = time.perf_counter()
-        try:
-            message, _ = core.retry.call(
-                attempt,
-                sleep=self._sleep,
-                clock=core.clock,
-                on_attempt=lambda record: core.record_attempt(pending, record),
-            )
-        except BaseException:
-            self._after_failure(pending)
-            raise
-        return self._finish(pending, message, None, started)

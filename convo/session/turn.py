@@ -12,7 +12,9 @@ from convo.emulator.diagnostics import DIAGNOSTICS_BETA  # the API's beta name, 
 from convo.layout import RenderedRequest
 from convo.limits import Reservation
 from convo.retry import AttemptRecord
+from convo.sdk import Outcome
 from convo.tracker import Prediction
+from convo.usage import Usage
 from convo.warm import Flight, WarmKey
 
 __all__ = ["KeepAlive", "Pending", "user_message"]
@@ -72,6 +74,16 @@ class Pending:
     flight: Flight | None = None
     reservation: Reservation | None = None
     records: list[AttemptRecord] = attrs.field(factory=list)
+    #: When the claim recorded this request's expected read of the shared prefix.
+    refresh_at: float | None = None
+    #: The latest attempt's outcome (its facts go into that attempt's ledger row).
+    outcome: Outcome | None = None
+    #: What failed attempts were billed so far (a stream's message_start, a cut stream).
+    billed: Usage = attrs.field(factory=Usage.zero)
+    #: Whether the registry was told this writer's response began (or was abandoned).
+    began: bool = False
+    #: Keep a cut stream's partial reply in the history.
+    keep_partial: bool = False
 
     @property
     def body(self) -> dict[str, Any]:

@@ -1,20 +1,17 @@
-"""Small pieces both shells share: defaults, and reading rate-limit facts off errors."""
+"""Small pieces both shells share: the default ledger and limiter, the workspace."""
 
 from __future__ import annotations
 
 import threading
-import time
-from typing import Any
 
 import anthropic
 
 from convo import models
 from convo.ledger import Ledger
 from convo.limits import RateLimiter
-from convo.retry import parse_retry_after
 from convo.warm import workspace_id
 
-__all__ = ["default_ledger", "default_limiter", "observe_error", "workspace_of"]
+__all__ = ["default_ledger", "default_limiter", "workspace_of"]
 
 _default_ledger: Ledger | None = None
 _default_ledger_lock = threading.Lock()
@@ -53,11 +50,3 @@ def default_limiter(model: str, workspace: str) -> RateLimiter:
     except models.UnknownModel:
         klass = model
     return RateLimiter.shared(f"{workspace_id(workspace)}:{klass}")
-
-
-def observe_error(limiter: Any, error: anthropic.APIStatusError) -> None:
-    """Let the limiter learn from a failed attempt's headers, and back off after a 429."""
-    headers = error.response.headers
-    limiter.observe_headers(headers)
-    if error.status_code == 429:
-        limiter.observe_rate_limited(parse_retry_after(headers, now=time.time()))
