@@ -53,6 +53,12 @@ class SessionBase:
         options: Mapping[str, Any],
     ) -> None:
         """Wire the core from the shell's constructor arguments (filling the defaults)."""
+        if not isinstance(prefix, Prefix):
+            raise TypeError(
+                "a session needs a convo.Prefix, e.g. convo.Session(convo.Prefix("
+                f"model='claude-sonnet-4-6', system=[...])); got {type(prefix).__name__} "
+                f"{prefix!r:.60}"
+            )
         self._client = client.with_options(max_retries=0)  # convo's retry loop is the only one
         self._sleep = options["sleep"]
         registry = options["registry"]

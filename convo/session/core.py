@@ -131,10 +131,19 @@ class SessionCore:
         self.ledger = ledger
         self.retry = retry
         self.budgets: tuple[Budget, ...] = (
-            () if budget is None else (budget,) if isinstance(budget, Budget) else tuple(budget)
+            ()
+            if budget is None
+            else (budget,)
+            if isinstance(budget, Budget)
+            else tuple(budget)
+            if isinstance(budget, (list, tuple))
+            else (budget,)
         )
         if not all(isinstance(b, Budget) for b in self.budgets):
-            raise TypeError("budget must be a convo.Budget, or a list of them")
+            raise TypeError(
+                "budget must be a convo.Budget (e.g. convo.Budget(max_cost_usd='1.00')), or a "
+                f"list of them; got {budget!r:.60}"
+            )
         self.clock = clock
         # The tracker reads the same model table as the layout (overrides included).
         self.tracker = tracker or CacheTracker(clock=clock, models=prefix.models)

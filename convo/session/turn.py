@@ -24,11 +24,15 @@ def _optional_money(value: Decimal | float | str | None) -> Decimal | None:
     if value is None:
         return None
     try:
-        return Decimal(str(value))
+        money = Decimal(str(value))
     except InvalidOperation:
+        money = Decimal("NaN")
+    if not money.is_finite() or money < 0:
         raise ValueError(
-            f"max_cost_usd must be a number of USD such as '0.10', got {value!r}"
-        ) from None
+            f"max_cost_usd must be a finite, non-negative number of USD such as '0.10', "
+            f"got {value!r}"
+        )
+    return money
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
