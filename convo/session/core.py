@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import uuid
 import warnings
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -47,6 +48,7 @@ from convo.warm import WarmBackend, WarmKey, choose_ttl
 __all__ = ["SessionCore"]
 
 _TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+_log = logging.getLogger("convo")
 _WARM_TEXT = "(cache pre-warm)"
 
 
@@ -637,20 +639,36 @@ class SessionCore:
         raise cut
 
     def _undo(self, pending: Pending, holds: list[tuple[Budget, Any]]) -> Generator[Any, Any, None]:
-        """Undo what a request that failed for good reserved (its attempts are recorded)."""
+        """Undo what a request that failed for good reserved (its attempts are recorded).
+
+        The local part (history, budget holds) comes first, so a backend that fails while
+        being given its share back cannot leave the history half-done; such a failure is
+        logged and the original error goes on.
+        """
+        self._undo_locally(pending, holds)
+        cleanup: list[steps.Step] = []
         flight = pending.flight
         if flight is not None and flight.role == "writer" and not pending.began:
             pending.began = True
-            yield steps.Abandon(flight)
+            cleanup.append(steps.Abandon(flight))
         if pending.reservation is not None:
             reservation, pending.reservation = pending.reservation, None
-            if pending.billed.total_input or pending.billed.output:
-                yield steps.Settle(
-                    reservation, self._itpm_used(pending.billed), pending.billed.output, None
+            billed = pending.billed
+            if billed.total_input or billed.output:
+                cleanup.append(
+                    steps.Settle(reservation, self._itpm_used(billed), billed.output, None)
                 )
             else:
-                yield steps.Release(reservation)
-        self._undo_locally(pending, holds)
+                cleanup.append(steps.Release(reservation))
+        for step in cleanup:
+            try:
+                yield step
+            except Exception:
+                _log.warning(
+                    "convo: %s failed while undoing a failed request",
+                    type(step).__name__,
+                    exc_info=True,
+                )
 
     def _undo_locally(self, pending: Pending, holds: list[tuple[Budget, Any]]) -> None:
         billed = pending.billed
