@@ -57,7 +57,7 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
-            ],  # fmt: skip
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -300,7 +300,6 @@ class TestEventLoop:
         probe = asyncio.create_task(_lags(0.005, stop, control))
         await asyncio.sleep(0.01)
         for _ in range(3):
-            session.tracker  # noqa: B018 - keep the loop busy with nothing
             convo.RedisWarmRegistry(url).state(session.warm_key)
             await asyncio.sleep(0.01)
         stop.set()
