@@ -1,0 +1,65 @@
+"""A reduced fault soak (the full one is benchmarks/soak.py): the ledger matches the bill."""
+
+from __future__ import annotations
+
+import importlib.util
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import service_missing
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _soak_module() -> Any:
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
+    spec = importlib.util.spec_from_file_location("convo_soak", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    try:
+        import psycopg
+
+        schema = f"convo_soak_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(PG_URL, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+    except Exception as error:
+        service_missing(f"no PostgreSQL server at 127.0.0.1:5432 ({error})")
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+class TestSoak:
+    """64 AsyncSessions under ~20% faults of every kind the emulator injects."""
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+    async def test_the_ledger_equals_the_bill_token_for_token(
+        self, backend: str, request: pytest.FixtureRequest
+    ) -> None:
+        """No exception outside ConvoError, no hang, rows = attempts, every kind equal."""
+        url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+        result = await _soak_module().run_soak(
+            sessions=64, turns=8, fault_rate=0.2, seed=11, ledger_url=url, timeout_s=120
+        )
+        assert result["ledger_rows"] == result["attempts_answered"]
+        assert result["recorded"] == result["billed"]
+        assert sum(result["faults"].values()) >= 0.12 * result["attempts_answered"]
+        assert set(result["outcomes"]) <= {
+            "ok",
+            "RetriesExhausted",
+            "SpendCapReached",
+            "StreamInterrupted",
+        }
