@@ -18,7 +18,8 @@ PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 def _soak_module() -> Any:
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
     spec = importlib.util.spec_from_file_location("convo_soak", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
