@@ -338,7 +338,7 @@ class SessionCore:
         """
         holds: list[tuple[Budget, Any]] = []
         try:
-            estimate = self.estimate(pending)
+            estimate = self.estimate(pending) if self.budgets else None
             for budget in self.budgets:
                 ledger_spent = None
                 if budget.scope == "ledger":
@@ -349,6 +349,7 @@ class SessionCore:
                     totals = yield steps.LedgerTotal(budget.since)
                     cost = None if totals.unpriced else totals.cost_usd
                     ledger_spent = Spend(totals.total_input, totals.output, cost)
+                assert estimate is not None
                 holds.append((budget, budget.reserve(estimate, ledger_spent=ledger_spent)))
             if flight and pending.prefix_position is not None:
                 pending.refresh_at = self._refresh_at(pending)
