@@ -110,7 +110,7 @@ async def run_soak(
     with tempfile.TemporaryDirectory() as folder, serve(config) as emulator:
         url = ledger_url or str(Path(folder) / "soak.sqlite")
         ledger = convo.Ledger.open(url)
-        prefix = convo.Prefix(model="claude-sonnet-4-5", system=[SYSTEM])
+        prefix = convo.Prefix(model="claude-sonnet-4-6", system=[SYSTEM])
         registry = convo.WarmRegistry(clock=emulator.emulator.clock.now)
         started = time.perf_counter()
         async with anthropic.AsyncAnthropic(
