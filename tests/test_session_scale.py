@@ -76,13 +76,13 @@ class RedisServer:
             self.process.wait(timeout=10)
             self.process = None
 
-    def commands(self) -> int:
-        """Commands served so far (INFO commandstats), the INFO calls themselves left out."""
+    def stats(self) -> dict[str, int]:
+        """Calls per command so far (INFO commandstats; commands a script runs included)."""
         import redis
 
         with redis.Redis(port=self.port) as client:
             stats = client.info("commandstats")
-        return sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+        return {name: value["calls"] for name, value in stats.items()}
 
 
 @pytest.fixture
@@ -130,24 +130,52 @@ def _session(
     )
 
 
+class _RoundTrips:
+    """Counts what the redis clients send (a pipeline counts once): the round trips."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import redis.asyncio.connection as aconnection
+        import redis.connection as connection
+
+        self.count = 0
+        for module in (connection, aconnection):
+            klass = module.AbstractConnection
+            original = klass.send_packed_command
+
+            def counted(conn: Any, *args: Any, __original: Any = original, **kw: Any) -> Any:
+                self.count += 1
+                return __original(conn, *args, **kw)
+
+            monkeypatch.setattr(klass, "send_packed_command", counted)
+
+
 class TestRoundTrips:
-    """A warm turn on both Redis backends costs at most 3 Redis commands."""
+    """A warm turn on both Redis backends costs at most 3 Redis round trips."""
 
     async def test_a_warm_turn_needs_three_round_trips(
         self,
         emulator: RunningEmulator,
         async_client: anthropic.AsyncAnthropic,
         redis_server: RedisServer,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        """Counted by the server itself (INFO commandstats) around the second turn."""
+        """Counted at the clients, and by the server itself: scripts run (INFO
+        commandstats) and connections opened (HELLO) around a warm turn."""
         session = _session(emulator, async_client, redis_server.url)
         first = await session.send("Where do we start?")
         assert first.usage.cache_write > 0
-        before = redis_server.commands()
-        second = await session.send("And then?")
-        used = redis_server.commands() - before
-        assert second.reason == "hit"
-        assert used <= 3, f"{used} Redis commands for one warm turn"
+        await session.send("And then?")
+        trips = _RoundTrips(monkeypatch)
+        before = redis_server.stats()
+        warm = await session.send("And after that?")
+        after = redis_server.stats()
+        assert warm.reason == "hit"
+        assert trips.count <= 3, f"{trips.count} Redis round trips for one warm turn"
+        scripts = sum(
+            after.get(k, 0) - before.get(k, 0) for k in ("cmdstat_evalsha", "cmdstat_eval")
+        )
+        assert scripts <= 3
+        assert after.get("cmdstat_hello", 0) == before.get("cmdstat_hello", 0)
 
 
 class TestScale:
