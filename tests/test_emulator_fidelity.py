@@ -19,7 +19,6 @@ from convo.tracker import CacheTracker
 from convo.usage import Usage
 
 SONNET = "claude-sonnet-4-6"  # minimum 1,024; keeps earlier thinking
-STRIPS = "claude-sonnet-4-5"  # minimum 1,024; strips earlier thinking
 HAIKU = "claude-haiku-4-5"  # minimum 4,096; strips earlier thinking
 EPHEMERAL: dict[str, Any] = {"type": "ephemeral"}
 HI = [{"role": "user", "content": "hi"}]

@@ -42,14 +42,28 @@ def send(
 class Conversation:
     """One conversation driven turn by turn against the emulator."""
 
-    def __init__(self, client: anthropic.Anthropic, emulator: RunningEmulator, layout: Layout):
+    def __init__(
+        self,
+        client: anthropic.Anthropic,
+        emulator: RunningEmulator,
+        layout: Layout,
+        *,
+        refresh: Any = "path",
+    ):
         self.client, self.layout = client, layout
-        self.tracker = CacheTracker(clock=emulator.emulator.clock.now)
+        self.tracker = CacheTracker(
+            clock=emulator.emulator.clock.now, models=layout.prefix.models, refresh=refresh
+        )
         self.history = History([{"role": "user", "content": "hello there"}])
         self.previous_id: str | None = None
+        self.params: dict[str, Any] = {}
+        self.calls = 0
 
     def send(self) -> CacheOutcome:
-        request = self.layout.render(self.history)
+        thinking = "thinking" in self.params
+        request = self.layout.render(
+            self.history, params=self.params, max_tokens=2048 if thinking else None
+        )
         assert len(request.breakpoints) <= 4
         outcome, message = send(self.client, self.tracker, request, self.previous_id)
         self.previous_id = message.id
@@ -59,6 +73,35 @@ class Conversation:
     def ask(self, text: str = "and then?", blocks: int = 1) -> None:
         content = [{"type": "text", "text": f"{text} {i}"} for i in range(blocks)]
         self.history.append({"role": "user", "content": content})
+
+    def tools(self, calls: int, *, parallel: bool) -> None:
+        """A user turn, then *calls* tool calls answered: one fan-out or one by one."""
+        self.ask("use the tools")
+        uses, results = [], []
+        for _ in range(calls):
+            self.calls += 1
+            uses.append(
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_{self.calls:04d}",
+                    "name": "lookup",
+                    "input": {"word": f"w{self.calls}", "depth": self.calls % 3},
+                }
+            )
+            results.append(
+                {
+                    "type": "tool_result",
+                    "tool_use_id": f"toolu_{self.calls:04d}",
+                    "content": f"found {self.calls}",
+                }
+            )
+        if parallel:
+            self.history.append({"role": "assistant", "content": uses})
+            self.history.append({"role": "user", "content": results})
+            return
+        for use, result in zip(uses, results, strict=True):
+            self.history.append({"role": "assistant", "content": [use]})
+            self.history.append({"role": "user", "content": [result]})
 
 
 def prefix(**kwargs: Any) -> Prefix:
@@ -78,15 +121,21 @@ steps = st.lists(
         st.tuples(st.just("suffix"), st.sampled_from([None, "User: Ada", "User: Bob"])),
         st.tuples(st.just("tools"), st.sampled_from([0, 1, 2])),
         st.tuples(st.just("ttl"), st.sampled_from(["5m", "1h"])),
+        st.tuples(st.just("fanout"), st.sampled_from([(3, True), (12, True), (12, False)])),
+        st.tuples(st.just("thinking"), st.booleans()),
+        st.tuples(st.just("effort"), st.sampled_from([None, "low", "high"])),
     ),
     min_size=1,
     max_size=10,
 )
 
+#: Sonnet 4.6 keeps earlier thinking; Sonnet 4 strips it (both cache from 1,024 tokens).
+THINKING_MODELS = ["claude-sonnet-4-6", "claude-sonnet-4"]
+
 
 class TestPredictionMatchesEmulator:
     @settings(
-        max_examples=40,
+        max_examples=100,
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
@@ -95,6 +144,8 @@ class TestPredictionMatchesEmulator:
         st.sampled_from(["none", "rolling", "auto"]),
         st.sampled_from(["system", "message"]),
         st.booleans(),
+        st.sampled_from(THINKING_MODELS),
+        st.sampled_from(["path", "entry"]),
     )
     def test_every_turn_token_for_token(
         self,
@@ -104,9 +155,14 @@ class TestPredictionMatchesEmulator:
         strategy: Any,
         placement: Any,
         guard: bool,
+        model: str,
+        refresh: Any,
     ) -> None:
-        """Over random turns, suffix/tool/TTL changes and clock jumps, prediction == usage."""
+        """Over random turns, suffix/tool/TTL changes, clock jumps, tool fan-outs (parallel
+        and sequential), thinking turns and effort changes, on a model that keeps earlier
+        thinking and one that strips it, under either refresh rule: prediction == usage."""
         emulator.reset(config=True)
+        emulator.configure({"refresh": refresh})
         if strategy == "auto":
             placement = "system"
         options: dict[str, Any] = {"suffix": "User: Ada", "ttl": "5m", "tools": 0}
@@ -114,7 +170,7 @@ class TestPredictionMatchesEmulator:
         def build() -> Layout:
             tools = [TOOLS, TOOLS[::-1], TOOLS[:1]][options["tools"]]
             return Layout(
-                prefix(tools=tools, ttl=options["ttl"]),
+                prefix(model=model, tools=tools, ttl=options["ttl"]),
                 suffix=options["suffix"],
                 suffix_placement=placement,
                 history=strategy,
@@ -122,7 +178,7 @@ class TestPredictionMatchesEmulator:
                 lookback_guard=guard,
             )
 
-        convo = Conversation(client, emulator, build())
+        convo = Conversation(client, emulator, build(), refresh=refresh)
         outcome = convo.send()
         assert outcome.exact, outcome
         for kind, value in actions:
@@ -131,6 +187,16 @@ class TestPredictionMatchesEmulator:
                 continue
             if kind == "ask":
                 convo.ask(blocks=value)
+            elif kind == "fanout":
+                convo.tools(value[0], parallel=value[1])
+            elif kind in ("thinking", "effort"):
+                if kind == "thinking" and value:
+                    convo.params["thinking"] = {"type": "enabled", "budget_tokens": 1024}
+                elif kind == "effort" and value is not None:
+                    convo.params["output_config"] = {"effort": value}
+                else:
+                    convo.params.pop("thinking" if kind == "thinking" else "output_config", None)
+                convo.ask()
             else:
                 options[kind] = value
                 convo.layout = build()
