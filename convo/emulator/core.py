@@ -110,7 +110,7 @@ class Emulator:
         self._lock = threading.RLock()
         self._instance = secrets.token_hex(3)
         self._ids = itertools.count(1)
-        self._cache = CacheStore(refresh=(config or EmulatorConfig()).refresh)
+        self._cache = CacheStore()
         self._limits = RateLimits()
         self._diagnostics = Diagnostics()
         self._status: Counter[str] = Counter()
