@@ -160,9 +160,19 @@ def lookback_floor(groups: Sequence[int] | None, position: int, lookback: int = 
     *groups* holds each position's lookback position (non-decreasing; equal across a tool
     run); ``None`` means every block is its own position.
     """
-    if groups is None:
-        return max(position - lookback + 1, 0)
-    return bisect.bisect_right(groups, groups[position] - lookback)
+    ceiling = max(position - lookback + 1, 0)  # each position is at least one step back
+    if groups is None or ceiling == 0:
+        return ceiling
+    target = groups[position] - lookback
+    if groups[ceiling - 1] <= target:
+        return ceiling  # no tool run in the window: the usual case, one look
+    # A run widens the window: gallop down, then bisect (O(log width), not O(log n)).
+    high, step = ceiling - 1, 1  # groups[high] > target
+    low = high - step
+    while low >= 0 and groups[low] > target:
+        high, step = low, step * 2
+        low = high - step
+    return bisect.bisect_right(groups, target, max(low, 0), high)
 
 
 def strips_thinking(model: str, models: Mapping[str, ModelInfo] = MODELS) -> bool:

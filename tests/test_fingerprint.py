@@ -225,3 +225,19 @@ class TestServerRules:
             assert list(rendered.fingerprint.keys) == list(full.keys)
             assert list(rendered.fingerprint.tokens) == list(full.tokens)
             assert list(rendered.fingerprint.groups or ()) == list(full.groups or ())
+
+
+class TestLookbackFloor:
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(0, 30), min_size=1, max_size=200), st.data())
+    def test_galloping_equals_bisect(self, runs: list[int], data: st.DataObject) -> None:
+        """The floor found by galloping equals a plain bisect over the whole sequence."""
+        import bisect
+
+        from convo.fingerprint import lookback_floor
+
+        groups = [g for g, width in enumerate(runs) for _ in range(width + 1)]
+        position = data.draw(st.integers(0, len(groups) - 1))
+        lookback = data.draw(st.integers(1, 25))
+        expected = bisect.bisect_right(groups, groups[position] - lookback)
+        assert lookback_floor(groups, position, lookback) == expected

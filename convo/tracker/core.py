@@ -100,11 +100,11 @@ class CacheTracker:
         self._models = models
         self._forget_after = forget_after
         self.refresh: Refresh = refresh
-        # Reads under "path", oldest first: (start, keys of the reading request, position
-        # read). An entry on such a path, at or before the position, was refreshed at the
+        # Reads under "path", oldest first: (start, model, keys of the reading request,
+        # position read). An entry on such a path, at or before the position, was refreshed at the
         # start. Kept lazily instead of rewriting every entry on the path each turn (that
         # would make a turn cost O(history)); only the longest TTL's worth is kept.
-        self._reads: list[tuple[float, Sequence[bytes], int]] = []
+        self._reads: list[tuple[float, str, Sequence[bytes], int]] = []
         # Block position of each entry (same position on every path through it).
         self._positions: dict[tuple[str, bytes], int] = {}
         self._entries: dict[tuple[str, bytes], CacheEntry] = {}
@@ -199,10 +199,10 @@ class CacheTracker:
         if position is None:
             return expires
         ttl = TTLS[entry.ttl]
-        for start, keys, read in reversed(self._reads):
+        for start, model, keys, read in reversed(self._reads):
             if start + ttl <= expires:
                 break  # older reads cannot extend it further
-            if read >= position and len(keys) > position and keys[position] == entry.key:
+            if read >= position and model == entry.model and keys[position] == entry.key:
                 return start + ttl
         return expires
 
@@ -323,7 +323,7 @@ class CacheTracker:
             self._store(model, keys[hit], tokens[hit], ttl, prediction.at, now, old)
             self._positions[(model, keys[hit])] = hit
             if self.refresh == "path":
-                bisect.insort(self._reads, (prediction.at, keys, hit), key=lambda r: r[0])
+                bisect.insort(self._reads, (prediction.at, model, keys, hit), key=lambda r: r[0])
             deepest = hit
         if w5 + w1 > 0:
             for position, ttl in self._writes(
