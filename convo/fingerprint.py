@@ -150,8 +150,10 @@ def _cites(block: Mapping[str, Any]) -> bool:
     )
 
 
-def _tool_results_only(blocks: Sequence[Mapping[str, Any]]) -> bool:
-    return bool(blocks) and all(b.get("type") == "tool_result" for b in blocks)
+def _answers_tools(blocks: Sequence[Mapping[str, Any]]) -> bool:
+    # A user turn holding a tool result continues the tool loop (keeps its thinking), even
+    # with text beside the results (a suffix folded into it, say).
+    return any(b.get("type") == "tool_result" for b in blocks)
 
 
 def lookback_floor(groups: Sequence[int] | None, position: int, lookback: int = LOOKBACK) -> int:
@@ -428,7 +430,7 @@ class BlockChain:
                 self._has_images = True
             if _cites(block):
                 self._has_citations = True
-        if role == "user" and not _tool_results_only(blocks):
+        if role == "user" and not _answers_tools(blocks):
             self._boundary = start
         self._message_digests.append(message.hexdigest())
 

@@ -95,12 +95,17 @@ class Conversation:
                     "content": f"found {self.calls}",
                 }
             )
+        # With thinking on, each assistant turn thinks before calling (kept through the tool
+        # loop; stripped by the next plain user turn on models that strip it).
+        thought = [
+            {"type": "thinking", "thinking": f"plan call {self.calls}", "signature": "sig"}
+        ] * ("thinking" in self.params)
         if parallel:
-            self.history.append({"role": "assistant", "content": uses})
+            self.history.append({"role": "assistant", "content": [*thought, *uses]})
             self.history.append({"role": "user", "content": results})
             return
         for use, result in zip(uses, results, strict=True):
-            self.history.append({"role": "assistant", "content": [use]})
+            self.history.append({"role": "assistant", "content": [*thought, use]})
             self.history.append({"role": "user", "content": [result]})
 
 
@@ -205,6 +210,33 @@ class TestPredictionMatchesEmulator:
             event(f"reason: {outcome.reason}")
             assert outcome.exact, (kind, value, outcome)
             assert outcome.reason != "evicted_or_unknown"
+
+
+class TestThinkingToolLoops:
+    @pytest.mark.parametrize("model", THINKING_MODELS)
+    @pytest.mark.parametrize("placement", ["system", "message"])
+    def test_thinking_through_a_tool_loop_and_a_plain_turn(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic, model: str, placement: Any
+    ) -> None:
+        """Thinking replies, a parallel and a sequential tool loop (a suffix folded into the
+        tool results with placement "message"), then plain turns: exact every turn."""
+        lay = Layout(prefix(model=model), suffix="User: Ada", suffix_placement=placement)
+        convo = Conversation(client, emulator, lay)
+        convo.params["thinking"] = {"type": "enabled", "budget_tokens": 1024}
+        reasons = [convo.send().reason]
+        for action in ("parallel", "ask", "sequential", "ask", "ask"):
+            if action == "ask":
+                convo.ask()
+            else:
+                convo.tools(4, parallel=action == "parallel")
+            outcome = convo.send()
+            assert outcome.exact, (action, outcome)
+            reasons.append(outcome.reason)
+        assert "evicted_or_unknown" not in reasons
+        strips = model == "claude-sonnet-4"
+        # The plain turn after each loop strips the loop's thinking: the entry that held it
+        # no longer matches.
+        assert (reasons.count("messages_changed") == 2) is strips, reasons
 
 
 class TestBustReasons:

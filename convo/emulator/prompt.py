@@ -255,11 +255,10 @@ def _cites(block: Mapping[str, Any]) -> bool:
 
 
 def _is_tool_results(content: Any) -> bool:
-    """A user turn made only of tool results (it keeps the current turn's thinking)."""
-    return (
-        isinstance(content, list)
-        and bool(content)
-        and all(isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content)
+    """A user turn that answers tool calls (it holds a tool result): it keeps the current
+    turn's thinking. Text beside the results does not make it a new turn."""
+    return isinstance(content, list) and any(
+        isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content
     )
 
 
