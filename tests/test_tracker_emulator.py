@@ -351,6 +351,23 @@ class TestBustReasons:
             assert outcome.server_reason is None  # nothing changed: only the reach fell short
 
 
+    def test_parallel_fan_out_reads_without_a_lookback_breakpoint(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """25 parallel tool calls are two lookback positions: the layout spends no extra
+        breakpoint and the turn still reads the previous entry."""
+        convo = Conversation(client, emulator, Layout(prefix()))
+        convo.send()
+        convo.ask()
+        before = convo.send()
+        convo.tools(25, parallel=True)
+        request = convo.layout.render(convo.history)
+        assert [bp.source for bp in request.breakpoints] == ["prefix", "newest"]
+        outcome = convo.send()
+        assert (outcome.reason, outcome.exact) == ("hit", True)
+        assert outcome.cache_read == before.cache_read + before.cache_write_5m
+
+
 class TestToolOrder:
     """Server tools are keyed after custom tools, whatever order a raw body lists them in."""
 
