@@ -211,3 +211,20 @@ class TestRefreshRule:
         """refresh must be "path" or "entry"."""
         with pytest.raises(ValueError, match="refresh"):
             CacheTracker(refresh="deep")  # type: ignore[arg-type]
+
+    def test_a_read_does_not_revive_an_expired_entry(self, clock: Clock) -> None:
+        """Under "path", a read deeper on the path after the prefix entry expired leaves it
+        expired: the 1h history entry is read at t=400, the 5m prefix entry died at 300."""
+        tracker = CacheTracker(clock=clock)
+        lay = Layout(Prefix(model=MODEL, system=[BIG], ttl="1h"), history_ttl="1h")
+        history = History([{"role": "user", "content": "question"}])
+        first = tracker.predict(lay.render(history))
+        tracker.observe(first, as_usage(first))
+        prefix_entry = next(e for e in tracker.entries() if e.tokens == lay.prefix.tokens)
+        short = attrs.evolve(prefix_entry, ttl="5m", expires_at=clock.now + 300)
+        tracker.add_entry(short)
+        clock.now += 400
+        turn(history, 0)
+        again = tracker.predict(lay.render(history))
+        tracker.observe(again, as_usage(again))
+        assert tracker.expires_at(short) == short.expires_at

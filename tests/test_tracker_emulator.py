@@ -350,7 +350,6 @@ class TestBustReasons:
         if not guard:
             assert outcome.server_reason is None  # nothing changed: only the reach fell short
 
-
     def test_parallel_fan_out_reads_without_a_lookback_breakpoint(
         self, emulator: RunningEmulator, client: anthropic.Anthropic
     ) -> None:

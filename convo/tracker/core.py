@@ -199,11 +199,17 @@ class CacheTracker:
         if position is None:
             return expires
         ttl = TTLS[entry.ttl]
+        through: list[float] = []  # starts of reads through this entry that could extend it
         for start, model, keys, read in reversed(self._reads):
             if start + ttl <= expires:
                 break  # older reads cannot extend it further
             if read >= position and model == entry.model and keys[position] == entry.key:
-                return start + ttl
+                through.append(start)
+        # Oldest first: a read refreshes only an entry still live when it starts (an expired
+        # entry is gone on the server, whatever is read after it).
+        for start in reversed(through):
+            if start < expires:
+                expires = max(expires, start + ttl)
         return expires
 
     def _live(self, entry: CacheEntry, now: float) -> bool:
