@@ -212,6 +212,54 @@ class TestPredictionMatchesEmulator:
             assert outcome.reason != "evicted_or_unknown"
 
 
+class TestSharedPrefix:
+    @settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("send"), st.sampled_from([0, 1])),
+                st.tuples(st.just("wait"), st.sampled_from(JUMPS)),
+            ),
+            min_size=2,
+            max_size=12,
+        ),
+        st.sampled_from(["path", "entry"]),
+        st.sampled_from(["5m", "1h"]),
+    )
+    def test_two_conversations_on_one_prefix(
+        self,
+        emulator: RunningEmulator,
+        client: anthropic.Anthropic,
+        actions: list[tuple[str, int]],
+        refresh: Any,
+        ttl: Any,
+    ) -> None:
+        """Two conversations share a prefix and one tracker; whichever refresh rule the
+        emulator follows, the tracker told the same rule predicts every turn exactly."""
+        emulator.reset(config=True)
+        emulator.configure({"refresh": refresh})
+        lay = Layout(prefix(ttl=ttl), history_ttl="5m")
+        first = Conversation(client, emulator, lay, refresh=refresh)
+        second = Conversation(client, emulator, lay, refresh=refresh)
+        second.tracker = first.tracker
+        second.history = History([{"role": "user", "content": "another opening"}])
+        conversations = [first, second]
+        for kind, value in actions:
+            if kind == "wait":
+                emulator.advance(value)
+                continue
+            convo = conversations[value]
+            if convo.previous_id is not None:
+                convo.ask()
+            outcome = convo.send()
+            event(f"read: {'prefix' if outcome.cache_read == lay.prefix.tokens else 'other'}")
+            assert outcome.exact, (kind, value, outcome)
+
+
 class TestThinkingToolLoops:
     @pytest.mark.parametrize("model", THINKING_MODELS)
     @pytest.mark.parametrize("placement", ["system", "message"])
