@@ -179,6 +179,7 @@ class Layout:
         self.lookback_guard = lookback_guard
         self.max_tokens = max_tokens
         self._system = [thaw(b) for b in prefix.system]
+        self._strip_thinking = strips_thinking(prefix.model, prefix.models)
         self._tools = [thaw(t) for t in prefix.tools]
 
     def _suffix_text(self) -> str:
@@ -262,7 +263,7 @@ class Layout:
         settings = settings_digest(extra, has_images=blocks.has_images)
         in_front = head_keys[-1] if len(head_keys) > tools_end else system_seed
         msg_keys, msg_cum, msg_groups = blocks.view(
-            chain(in_front, settings), strip=strips_thinking(prefix.model, prefix.models)
+            chain(in_front, settings), strip=self._strip_thinking
         )
         n = blocks.block_count
         last_stable = suffix_end + n - 1

@@ -100,11 +100,15 @@ class CacheTracker:
         self._models = models
         self._forget_after = forget_after
         self.refresh: Refresh = refresh
-        # Reads under "path", oldest first: (start, model, keys of the reading request,
-        # position read). An entry on such a path, at or before the position, was refreshed at the
-        # start. Kept lazily instead of rewriting every entry on the path each turn (that
-        # would make a turn cost O(history)); only the longest TTL's worth is kept.
+        # Reads under "path", by start: (start, model, keys of the reading request, position
+        # read). An entry on such a path, at or before the position, was refreshed at the
+        # start if still live. Kept lazily instead of rewriting every entry on the path each
+        # turn (that would make a turn cost O(history)); only the longest TTL's worth is
+        # kept. _refreshed memoises each entry's expiry with the reads applied so far, so a
+        # lookup looks only at reads that start after that expiry's own start.
         self._reads: list[tuple[float, str, Sequence[bytes], int]] = []
+        self._read_starts: list[float] = []  # the reads' starts, for a C-speed bisect
+        self._refreshed: dict[tuple[str, bytes], float] = {}
         # Block position of each entry (same position on every path through it).
         self._positions: dict[tuple[str, bytes], int] = {}
         self._entries: dict[tuple[str, bytes], CacheEntry] = {}
@@ -122,6 +126,7 @@ class CacheTracker:
     def add_entry(self, entry: CacheEntry) -> None:
         """Record an entry learnt elsewhere (a shared registry, another process)."""
         self._entries[(entry.model, entry.key)] = entry
+        self._refreshed.pop((entry.model, entry.key), None)
         self._seen_models.add(entry.model)
 
     def factor(self, model: str) -> float:
@@ -191,25 +196,30 @@ class CacheTracker:
         return self._entries.get((model, key))
 
     def expires_at(self, entry: CacheEntry) -> float:
-        """When *entry* expires, counting refreshes by reads deeper on its path ("path")."""
+        """When *entry* expires, counting refreshes by reads deeper on its path ("path").
+
+        A read through the entry refreshes it only if the entry is still live when the read
+        starts (an expired entry is gone on the server, whatever is read after it).
+        """
         expires = entry.expires_at
         if self.refresh != "path":
             return expires
-        position = self._positions.get((entry.model, entry.key))
+        slot = (entry.model, entry.key)
+        position = self._positions.get(slot)
         if position is None:
             return expires
+        expires = max(expires, self._refreshed.get(slot, expires))
         ttl = TTLS[entry.ttl]
-        through: list[float] = []  # starts of reads through this entry that could extend it
-        for start, model, keys, read in reversed(self._reads):
-            if start + ttl <= expires:
-                break  # older reads cannot extend it further
+        reads = self._reads
+        # Oldest first, from the first read that could extend the expiry; stop at the first
+        # read that finds the entry expired. Each step only moves the expiry later.
+        for i in range(bisect.bisect_right(self._read_starts, expires - ttl), len(reads)):
+            start, model, keys, read = reads[i]
+            if start >= expires:
+                break
             if read >= position and model == entry.model and keys[position] == entry.key:
-                through.append(start)
-        # Oldest first: a read refreshes only an entry still live when it starts (an expired
-        # entry is gone on the server, whatever is read after it).
-        for start in reversed(through):
-            if start < expires:
-                expires = max(expires, start + ttl)
+                expires = start + ttl
+        self._refreshed[slot] = expires
         return expires
 
     def _live(self, entry: CacheEntry, now: float) -> bool:
@@ -329,7 +339,9 @@ class CacheTracker:
             self._store(model, keys[hit], tokens[hit], ttl, prediction.at, now, old)
             self._positions[(model, keys[hit])] = hit
             if self.refresh == "path":
-                bisect.insort(self._reads, (prediction.at, model, keys, hit), key=lambda r: r[0])
+                at = bisect.bisect_right(self._read_starts, prediction.at)
+                self._read_starts.insert(at, prediction.at)
+                self._reads.insert(at, (prediction.at, model, keys, hit))
             deepest = hit
         if w5 + w1 > 0:
             for position, ttl in self._writes(
@@ -382,6 +394,7 @@ class CacheTracker:
         old: CacheEntry | None,
     ) -> None:
         readable = min(old.readable_from, now) if old is not None else now
+        self._refreshed.pop((model, key), None)
         self._entries[(model, key)] = CacheEntry(
             model=model,
             key=key,
@@ -420,12 +433,24 @@ class CacheTracker:
         if now - self._pruned_at < 60:
             return
         self._pruned_at = now
+        stale = bisect.bisect_left(self._read_starts, now - _LONGEST_TTL)
+        if stale:
+            # Reads older than the longest TTL are dropped: fold them into each entry's
+            # memoised expiry first (a minute's reads per entry, once a minute).
+            for entry in self._entries.values():
+                self.expires_at(entry)
+            del self._reads[:stale]
+            del self._read_starts[:stale]
         horizon = now - self._forget_after
-        for key in [k for k, e in self._entries.items() if self.expires_at(e) < horizon]:
+        dead = [
+            k
+            for k, e in self._entries.items()
+            if e.expires_at < horizon and self.expires_at(e) < horizon
+        ]
+        for key in dead:
             del self._entries[key]
             self._positions.pop(key, None)
-        stale = bisect.bisect_left(self._reads, now - _LONGEST_TTL, key=lambda r: r[0])
-        del self._reads[:stale]
+            self._refreshed.pop(key, None)
 
 
 def _ttl_covering(points: Sequence[Point], position: int) -> str:
