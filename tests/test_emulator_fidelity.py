@@ -140,6 +140,7 @@ class TestSettings:
         ("change", "read", "reason"),
         [
             ({"output_config": {"effort": "high"}}, "all", "hit"),  # the default = absent
+            ({"thinking": {"type": "disabled"}}, "all", "hit"),  # disabled = absent
             ({"output_config": {"effort": "low"}}, "system", "messages_changed"),
             (
                 {"thinking": {"type": "enabled", "budget_tokens": 1024}},
@@ -148,7 +149,7 @@ class TestSettings:
             ),
             ({"speed": "fast"}, "tools", "system_changed"),
         ],
-        ids=["effort-default", "effort-low", "thinking", "speed"],
+        ids=["effort-default", "thinking-disabled", "effort-low", "thinking", "speed"],
     )
     def test_what_each_setting_invalidates(
         self,
@@ -249,6 +250,21 @@ class TestThinking:
                 assert u.cache_read == tool_entry
                 assert u.total_input == tool_entry + added
                 assert prediction.reason == "hit"
+
+    def test_count_tokens_leaves_stripped_thinking_out(self, client: anthropic.Anthropic) -> None:
+        """count_tokens after a plain turn: Haiku 4.5 leaves the earlier thinking out,
+        Sonnet 4.6 counts it."""
+        thought = {"type": "thinking", "thinking": words(30, "t"), "signature": "sig"}
+        messages = [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": [thought, {"type": "text", "text": "a"}]},
+            {"role": "user", "content": "next"},
+        ]
+        counts = {
+            model: client.messages.count_tokens(model=model, messages=messages).input_tokens  # type: ignore[arg-type]
+            for model in (HAIKU, SONNET)
+        }
+        assert counts == {HAIKU: 3, SONNET: 33}
 
     def test_thinking_blocks_stream_and_cannot_carry_cache_control(
         self, client: anthropic.Anthropic
