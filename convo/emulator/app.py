@@ -146,16 +146,8 @@ def create_app(emulator: Emulator | None = None) -> Starlette:
                     return
                 yield _sse(name, data)
                 await sleep(per_event)
-            if cut is not None and fault is not None and cut.at >= len(events):
-                if fault.kind.startswith("stream_drop"):
-                    raise DroppedStream(f"fault {fault.kind} after {len(events)} events")
-                yield _sse(
-                    "error",
-                    {
-                        "type": "error",
-                        "error": {"type": "overloaded_error", "message": "Overloaded"},
-                    },
-                )
+            # A cut at or past the end (after_events >= the events) never happens: the
+            # stream completes, and is billed in full (stream.cut_for agrees).
 
         emu.record_status(200)
         return StreamingResponse(

@@ -52,7 +52,8 @@ __all__ = [
 MAX_BREAKPOINTS = 4
 
 #: The effort a request without ``output_config.effort`` runs at (effort page: ``high`` is
-#: the default; sending it equals leaving it out).
+#: the default; sending it equals leaving it out). ``convo.fingerprint.DEFAULT_EFFORT`` is
+#: the library's copy: the emulator stands for the server and imports no client module.
 DEFAULT_EFFORT = "high"
 
 #: Models that accept a ``role: "system"`` message inside ``messages`` (mid-conversation
@@ -92,8 +93,10 @@ class Prompt:
         groups: Lookback position of each block: non-decreasing, equal across a run of
             consecutive ``tool_use`` (or ``tool_result``) blocks.
         breakpoints: Explicit and automatic breakpoints, in position order.
-        settings_key: Digest of the request settings folded into message keys.
+        settings_key: Digest of the request settings folded into message keys, then of
+            those folded into system keys (diagnostics compares it).
         has_images: Whether any message carries an image.
+        stripped_thinking: Thinking blocks stripped from the prompt (not positions).
     """
 
     model: models.ModelInfo
@@ -269,7 +272,7 @@ def _family(model_id: str) -> str:
     return model_id.removesuffix("-latest")
 
 
-def _check_system_message(messages: Sequence[Any], m: int, model_id: str) -> None:
+def _check_system_message(messages: Sequence[Any], m: int) -> None:
     """The placement and content rules of the mid-conversation system messages page."""
     where = f"messages.{m}"
     if m == 0:
@@ -350,7 +353,7 @@ def parse_prompt(
             raise invalid(f"messages.{m}: Input should be an object")
         role = message.get("role")
         if role == "system" and _family(model_id) in system_message_models:
-            _check_system_message(messages, m, model_id)
+            _check_system_message(messages, m)
         elif role == "system":
             raise invalid(
                 f"messages.{m}.role: system messages inside messages are not supported by "
