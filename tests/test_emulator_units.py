@@ -34,6 +34,9 @@ class TestConfig:
                 "latency": {"base_s": 0.1},
                 "time_scale": 1.0,
                 "seed": 3,
+                "refresh": "entry",
+                "message_deltas": 3,
+                "system_message_models": ["claude-opus-4-8", "claude-opus-5"],
             }
         )
         assert EmulatorConfig.from_dict(config.to_dict()) == config
@@ -47,6 +50,8 @@ class TestConfig:
             ({"faults": {"rates": {"overloaded": 0.6, "api_error": 0.6}}}, "sum"),
             ({"limits": {"default": {"rpm": 0}}}, "rpm"),
             ({"time_scale": -1}, "time_scale"),
+            ({"refresh": "deep"}, "refresh"),
+            ({"message_deltas": 0}, "message_deltas"),
         ],
         ids=[
             "unknown-key",
@@ -55,6 +60,8 @@ class TestConfig:
             "rate-sum",
             "zero-limit",
             "negative-scale",
+            "unknown-refresh",
+            "no-message-delta",
         ],
     )
     def test_bad_config_names_the_problem(self, data: dict[str, object], fragment: str) -> None:

@@ -128,3 +128,116 @@ class TestDigestProperty:
         b = build(second, second_marks, tool_choice)
         same_bytes = json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
         assert (fingerprint_body(a).digest == fingerprint_body(b).digest) == same_bytes
+
+
+def tool_round(n: int, *, parallel: bool) -> list[dict[str, Any]]:
+    uses = [{"type": "tool_use", "id": f"t{i}", "name": "t", "input": {}} for i in range(n)]
+    results = [{"type": "tool_result", "tool_use_id": f"t{i}", "content": "ok"} for i in range(n)]
+    if parallel:
+        return [{"role": "assistant", "content": uses}, {"role": "user", "content": results}]
+    out: list[dict[str, Any]] = []
+    for use, result in zip(uses, results, strict=True):
+        out += [{"role": "assistant", "content": [use]}, {"role": "user", "content": [result]}]
+    return out
+
+
+THOUGHT = {"type": "thinking", "thinking": "let me think about it", "signature": "sig"}
+
+
+class TestServerRules:
+    """Key order, tool runs, settings levels and thinking stripping, as the server keys them."""
+
+    def test_key_order_is_part_of_the_key(self) -> None:
+        """A tool_use input or a tool schema with its keys reordered is another prefix."""
+        use = {"type": "tool_use", "id": "t1", "name": "t", "input": {"a": 1, "b": 2}}
+        swapped = {**use, "input": {"b": 2, "a": 1}}
+        a = fingerprint_body(body([user("x"), {"role": "assistant", "content": [use]}]))
+        b = fingerprint_body(body([user("x"), {"role": "assistant", "content": [swapped]}]))
+        assert a.common_prefix(b) == 3
+        tool = {"name": "t", "input_schema": {"type": "object"}}
+        reordered = {"input_schema": {"type": "object"}, "name": "t"}
+        c = fingerprint_body({**body([user("x")]), "tools": [tool]})
+        d = fingerprint_body({**body([user("x")]), "tools": [reordered]})
+        assert c.common_prefix(d) == 0
+
+    def test_a_tool_run_is_one_lookback_position(self) -> None:
+        """12 parallel calls are 2 positions; 12 sequential ones are 24."""
+        parallel = fingerprint_body(body([user("x"), *tool_round(12, parallel=True)]))
+        sequential = fingerprint_body(body([user("x"), *tool_round(12, parallel=False)]))
+        assert parallel.groups is not None
+        assert sequential.groups is not None
+        assert parallel.groups[-1] - parallel.groups[2] == 2
+        assert sequential.groups[-1] - sequential.groups[2] == 24
+        assert parallel.lookback_floor(len(parallel) - 1) == 0
+        assert sequential.lookback_floor(len(sequential) - 1) == len(sequential) - 20
+
+    def test_effort_rekeys_messages_default_effort_does_not(self) -> None:
+        """output_config.effort folds into message keys; "high" is the same as none."""
+        a = fingerprint_body(body([user("x")]))
+        high = fingerprint_body(body([user("x")], output_config={"effort": "high"}))
+        low = fingerprint_body(body([user("x")], output_config={"effort": "low"}))
+        assert list(a.keys) == list(high.keys)
+        assert a.common_prefix(low) == 2
+
+    def test_speed_rekeys_system_and_messages(self) -> None:
+        """Fast mode keeps the tool keys and re-keys system and messages."""
+        a = fingerprint_body(body([user("x")]))
+        fast = fingerprint_body(body([user("x")], speed="fast"))
+        assert a.common_prefix(fast) == 1
+        assert a.segments.system_settings != fast.segments.system_settings
+
+    def test_earlier_thinking_is_stripped_on_models_that_strip_it(self) -> None:
+        """After a plain user turn, Sonnet 4 drops the thinking (same key, no tokens);
+        Sonnet 4.6 keeps it."""
+        messages = [user("x"), {"role": "assistant", "content": [THOUGHT, user("y")["content"][0]]}]
+        for model, strips in (("claude-sonnet-4", True), ("claude-sonnet-4-6", False)):
+            during = fingerprint_body({**body(messages), "model": model})
+            after = fingerprint_body({**body([*messages, user("z")]), "model": model})
+            thinking = 3
+            if strips:
+                assert after.keys[thinking] == after.keys[thinking - 1]
+                assert after.tokens[thinking] == after.tokens[thinking - 1]
+                assert during.keys[thinking] != during.keys[thinking - 1]
+            else:
+                assert after.common_prefix(during) == len(during)
+
+    def test_incremental_stripping_equals_full(self) -> None:
+        """A History that grows through a tool loop and a plain turn keys like the full path."""
+        from convo.layout import History, Layout, Prefix
+
+        prefix = Prefix(model="claude-sonnet-4", system=["word " * 1100])
+        history = History([user("x")])
+        layout = Layout(prefix)
+        use = {"type": "tool_use", "id": "t1", "name": "t", "input": {}}
+        result = {"type": "tool_result", "tool_use_id": "t1", "content": "ok"}
+        steps = [
+            {"role": "assistant", "content": [THOUGHT, use]},
+            {"role": "user", "content": [result]},
+            {"role": "assistant", "content": [THOUGHT, user("done")["content"][0]]},
+            user("next"),
+        ]
+        for message in steps:
+            history.append(message)
+            if message["role"] != "user":
+                continue
+            rendered = layout.render(history)
+            full = fingerprint_body(rendered.body)
+            assert list(rendered.fingerprint.keys) == list(full.keys)
+            assert list(rendered.fingerprint.tokens) == list(full.tokens)
+            assert list(rendered.fingerprint.groups or ()) == list(full.groups or ())
+
+
+class TestLookbackFloor:
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(0, 30), min_size=1, max_size=200), st.data())
+    def test_galloping_equals_bisect(self, runs: list[int], data: st.DataObject) -> None:
+        """The floor found by galloping equals a plain bisect over the whole sequence."""
+        import bisect
+
+        from convo.fingerprint import lookback_floor
+
+        groups = [g for g, width in enumerate(runs) for _ in range(width + 1)]
+        position = data.draw(st.integers(0, len(groups) - 1))
+        lookback = data.draw(st.integers(1, 25))
+        expected = bisect.bisect_right(groups, groups[position] - lookback)
+        assert lookback_floor(groups, position, lookback) == expected

@@ -36,6 +36,15 @@ def chat(turns: int) -> History:
     return history
 
 
+def wide_turn(history: History, width: int) -> History:
+    """An assistant answer, then one user turn of *width* text blocks."""
+    history.append({"role": "assistant", "content": "answer wide"})
+    history.append(
+        {"role": "user", "content": [{"type": "text", "text": f"part {i}"} for i in range(width)]}
+    )
+    return history
+
+
 def fan_out(history: History, width: int) -> History:
     history.append(
         {
@@ -198,18 +207,28 @@ class TestStrategies:
         assert r.breakpoints[-1].position == len(r.fingerprint) - 1
         assert r.body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
 
-    def test_rolling_adds_lookback_breakpoint_after_a_fan_out(self) -> None:
-        """When 20+ blocks separate the newest block from the last write, one more is added."""
-        history = fan_out(chat(2), 25)
-        r = Layout(prefix()).render(history)
+    def test_rolling_adds_lookback_breakpoint_after_many_blocks(self) -> None:
+        """When 20+ positions separate the newest block from the last write, one more is
+        added, on the deepest block whose window still reaches that write."""
+        r = Layout(prefix()).render(wide_turn(chat(2), 25))
         sources = {bp.source: bp.position for bp in r.breakpoints}
-        anchor = r.fingerprint.message_starts[len(history) - 2] - 1
+        anchor = r.fingerprint.message_starts[len(r.body["messages"]) - 2] - 1
         assert sources["lookback"] == anchor + 19
         assert sources["newest"] - anchor >= 20
 
+    def test_parallel_fan_out_needs_no_lookback_breakpoint(self) -> None:
+        """25 parallel tool calls are two lookback positions (a tool_use run, a tool_result
+        run): the newest breakpoint still reaches the last write, so no slot is spent."""
+        history = fan_out(chat(2), 25)
+        r = Layout(prefix()).render(history)
+        assert [bp.source for bp in r.breakpoints] == ["prefix", "newest"]
+        fp = r.fingerprint
+        anchor = fp.message_starts[len(history) - 2] - 1
+        assert fp.lookback_floor(len(fp) - 1) <= anchor
+
     def test_lookback_guard_can_be_turned_off(self) -> None:
-        """lookback_guard=False leaves the fan-out without the extra breakpoint."""
-        r = Layout(prefix(), lookback_guard=False).render(fan_out(chat(2), 25))
+        """lookback_guard=False leaves a wide turn without the extra breakpoint."""
+        r = Layout(prefix(), lookback_guard=False).render(wide_turn(chat(2), 25))
         assert "lookback" not in {bp.source for bp in r.breakpoints}
 
     def test_auto_sets_top_level_cache_control(self) -> None:

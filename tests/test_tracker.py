@@ -178,3 +178,53 @@ class TestCalibration:
         for _ in range(5):
             tracker.observe(p := tracker.predict(r), as_usage(p))
         assert tracker.factor(MODEL) == 1.0
+
+
+class TestRefreshRule:
+    """A read refreshes its whole path ("path", default) or only the entry read ("entry")."""
+
+    @pytest.mark.parametrize("rule", ["path", "entry"])
+    def test_deeper_read_refreshes_the_prefix_only_under_path(
+        self, clock: Clock, rule: Any
+    ) -> None:
+        """A at t=0 writes the prefix and its turn, reads the turn at t=100; at t=350 a new
+        conversation on the same prefix reads it under "path", finds it expired under "entry"."""
+        tracker = CacheTracker(clock=clock, refresh=rule)
+        lay = layout()
+        history = History([{"role": "user", "content": "question"}])
+        tracker.observe(p := tracker.predict(lay.render(history)), as_usage(p))
+        clock.now += 100
+        turn(history, 0)
+        p = tracker.predict(lay.render(history))
+        assert p.cache_read > lay.prefix.tokens
+        tracker.observe(p, as_usage(p))
+        clock.now += 250
+        other = tracker.predict(
+            lay.render(History([{"role": "user", "content": "another"}])), previous=None
+        )
+        if rule == "path":
+            assert (other.cache_read, other.reason) == (lay.prefix.tokens, "hit")
+        else:
+            assert (other.cache_read, other.reason) == (0, "expired")
+
+    def test_unknown_rule_is_refused(self) -> None:
+        """refresh must be "path" or "entry"."""
+        with pytest.raises(ValueError, match="refresh"):
+            CacheTracker(refresh="deep")  # type: ignore[arg-type]
+
+    def test_a_read_does_not_revive_an_expired_entry(self, clock: Clock) -> None:
+        """Under "path", a read deeper on the path after the prefix entry expired leaves it
+        expired: the 1h history entry is read at t=400, the 5m prefix entry died at 300."""
+        tracker = CacheTracker(clock=clock)
+        lay = Layout(Prefix(model=MODEL, system=[BIG], ttl="1h"), history_ttl="1h")
+        history = History([{"role": "user", "content": "question"}])
+        first = tracker.predict(lay.render(history))
+        tracker.observe(first, as_usage(first))
+        prefix_entry = next(e for e in tracker.entries() if e.tokens == lay.prefix.tokens)
+        short = attrs.evolve(prefix_entry, ttl="5m", expires_at=clock.now + 300)
+        tracker.add_entry(short)
+        clock.now += 400
+        turn(history, 0)
+        again = tracker.predict(lay.render(history))
+        tracker.observe(again, as_usage(again))
+        assert tracker.expires_at(short) == short.expires_at

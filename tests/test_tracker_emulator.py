@@ -42,14 +42,28 @@ def send(
 class Conversation:
     """One conversation driven turn by turn against the emulator."""
 
-    def __init__(self, client: anthropic.Anthropic, emulator: RunningEmulator, layout: Layout):
+    def __init__(
+        self,
+        client: anthropic.Anthropic,
+        emulator: RunningEmulator,
+        layout: Layout,
+        *,
+        refresh: Any = "path",
+    ):
         self.client, self.layout = client, layout
-        self.tracker = CacheTracker(clock=emulator.emulator.clock.now)
+        self.tracker = CacheTracker(
+            clock=emulator.emulator.clock.now, models=layout.prefix.models, refresh=refresh
+        )
         self.history = History([{"role": "user", "content": "hello there"}])
         self.previous_id: str | None = None
+        self.params: dict[str, Any] = {}
+        self.calls = 0
 
     def send(self) -> CacheOutcome:
-        request = self.layout.render(self.history)
+        thinking = "thinking" in self.params
+        request = self.layout.render(
+            self.history, params=self.params, max_tokens=2048 if thinking else None
+        )
         assert len(request.breakpoints) <= 4
         outcome, message = send(self.client, self.tracker, request, self.previous_id)
         self.previous_id = message.id
@@ -59,6 +73,40 @@ class Conversation:
     def ask(self, text: str = "and then?", blocks: int = 1) -> None:
         content = [{"type": "text", "text": f"{text} {i}"} for i in range(blocks)]
         self.history.append({"role": "user", "content": content})
+
+    def tools(self, calls: int, *, parallel: bool) -> None:
+        """A user turn, then *calls* tool calls answered: one fan-out or one by one."""
+        self.ask("use the tools")
+        uses, results = [], []
+        for _ in range(calls):
+            self.calls += 1
+            uses.append(
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_{self.calls:04d}",
+                    "name": "lookup",
+                    "input": {"word": f"w{self.calls}", "depth": self.calls % 3},
+                }
+            )
+            results.append(
+                {
+                    "type": "tool_result",
+                    "tool_use_id": f"toolu_{self.calls:04d}",
+                    "content": f"found {self.calls}",
+                }
+            )
+        # With thinking on, each assistant turn thinks before calling (kept through the tool
+        # loop; stripped by the next plain user turn on models that strip it).
+        thought = [
+            {"type": "thinking", "thinking": f"plan call {self.calls}", "signature": "sig"}
+        ] * ("thinking" in self.params)
+        if parallel:
+            self.history.append({"role": "assistant", "content": [*thought, *uses]})
+            self.history.append({"role": "user", "content": results})
+            return
+        for use, result in zip(uses, results, strict=True):
+            self.history.append({"role": "assistant", "content": [*thought, use]})
+            self.history.append({"role": "user", "content": [result]})
 
 
 def prefix(**kwargs: Any) -> Prefix:
@@ -78,15 +126,21 @@ steps = st.lists(
         st.tuples(st.just("suffix"), st.sampled_from([None, "User: Ada", "User: Bob"])),
         st.tuples(st.just("tools"), st.sampled_from([0, 1, 2])),
         st.tuples(st.just("ttl"), st.sampled_from(["5m", "1h"])),
+        st.tuples(st.just("fanout"), st.sampled_from([(3, True), (12, True), (12, False)])),
+        st.tuples(st.just("thinking"), st.booleans()),
+        st.tuples(st.just("effort"), st.sampled_from([None, "low", "high"])),
     ),
     min_size=1,
     max_size=10,
 )
 
+#: Sonnet 4.6 keeps earlier thinking; Sonnet 4 strips it (both cache from 1,024 tokens).
+THINKING_MODELS = ["claude-sonnet-4-6", "claude-sonnet-4"]
+
 
 class TestPredictionMatchesEmulator:
     @settings(
-        max_examples=40,
+        max_examples=100,
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
@@ -95,6 +149,8 @@ class TestPredictionMatchesEmulator:
         st.sampled_from(["none", "rolling", "auto"]),
         st.sampled_from(["system", "message"]),
         st.booleans(),
+        st.sampled_from(THINKING_MODELS),
+        st.sampled_from(["path", "entry"]),
     )
     def test_every_turn_token_for_token(
         self,
@@ -104,9 +160,14 @@ class TestPredictionMatchesEmulator:
         strategy: Any,
         placement: Any,
         guard: bool,
+        model: str,
+        refresh: Any,
     ) -> None:
-        """Over random turns, suffix/tool/TTL changes and clock jumps, prediction == usage."""
+        """Over random turns, suffix/tool/TTL changes, clock jumps, tool fan-outs (parallel
+        and sequential), thinking turns and effort changes, on a model that keeps earlier
+        thinking and one that strips it, under either refresh rule: prediction == usage."""
         emulator.reset(config=True)
+        emulator.configure({"refresh": refresh})
         if strategy == "auto":
             placement = "system"
         options: dict[str, Any] = {"suffix": "User: Ada", "ttl": "5m", "tools": 0}
@@ -114,7 +175,7 @@ class TestPredictionMatchesEmulator:
         def build() -> Layout:
             tools = [TOOLS, TOOLS[::-1], TOOLS[:1]][options["tools"]]
             return Layout(
-                prefix(tools=tools, ttl=options["ttl"]),
+                prefix(model=model, tools=tools, ttl=options["ttl"]),
                 suffix=options["suffix"],
                 suffix_placement=placement,
                 history=strategy,
@@ -122,7 +183,7 @@ class TestPredictionMatchesEmulator:
                 lookback_guard=guard,
             )
 
-        convo = Conversation(client, emulator, build())
+        convo = Conversation(client, emulator, build(), refresh=refresh)
         outcome = convo.send()
         assert outcome.exact, outcome
         for kind, value in actions:
@@ -131,6 +192,16 @@ class TestPredictionMatchesEmulator:
                 continue
             if kind == "ask":
                 convo.ask(blocks=value)
+            elif kind == "fanout":
+                convo.tools(value[0], parallel=value[1])
+            elif kind in ("thinking", "effort"):
+                if kind == "thinking" and value:
+                    convo.params["thinking"] = {"type": "enabled", "budget_tokens": 1024}
+                elif kind == "effort" and value is not None:
+                    convo.params["output_config"] = {"effort": value}
+                else:
+                    convo.params.pop("thinking" if kind == "thinking" else "output_config", None)
+                convo.ask()
             else:
                 options[kind] = value
                 convo.layout = build()
@@ -139,6 +210,81 @@ class TestPredictionMatchesEmulator:
             event(f"reason: {outcome.reason}")
             assert outcome.exact, (kind, value, outcome)
             assert outcome.reason != "evicted_or_unknown"
+
+
+class TestSharedPrefix:
+    @settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("send"), st.sampled_from([0, 1])),
+                st.tuples(st.just("wait"), st.sampled_from(JUMPS)),
+            ),
+            min_size=2,
+            max_size=12,
+        ),
+        st.sampled_from(["path", "entry"]),
+        st.sampled_from(["5m", "1h"]),
+    )
+    def test_two_conversations_on_one_prefix(
+        self,
+        emulator: RunningEmulator,
+        client: anthropic.Anthropic,
+        actions: list[tuple[str, int]],
+        refresh: Any,
+        ttl: Any,
+    ) -> None:
+        """Two conversations share a prefix and one tracker; whichever refresh rule the
+        emulator follows, the tracker told the same rule predicts every turn exactly."""
+        emulator.reset(config=True)
+        emulator.configure({"refresh": refresh})
+        lay = Layout(prefix(ttl=ttl), history_ttl="5m")
+        first = Conversation(client, emulator, lay, refresh=refresh)
+        second = Conversation(client, emulator, lay, refresh=refresh)
+        second.tracker = first.tracker
+        second.history = History([{"role": "user", "content": "another opening"}])
+        conversations = [first, second]
+        for kind, value in actions:
+            if kind == "wait":
+                emulator.advance(value)
+                continue
+            convo = conversations[value]
+            if convo.previous_id is not None:
+                convo.ask()
+            outcome = convo.send()
+            event(f"read: {'prefix' if outcome.cache_read == lay.prefix.tokens else 'other'}")
+            assert outcome.exact, (kind, value, outcome)
+
+
+class TestThinkingToolLoops:
+    @pytest.mark.parametrize("model", THINKING_MODELS)
+    @pytest.mark.parametrize("placement", ["system", "message"])
+    def test_thinking_through_a_tool_loop_and_a_plain_turn(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic, model: str, placement: Any
+    ) -> None:
+        """Thinking replies, a parallel and a sequential tool loop (a suffix folded into the
+        tool results with placement "message"), then plain turns: exact every turn."""
+        lay = Layout(prefix(model=model), suffix="User: Ada", suffix_placement=placement)
+        convo = Conversation(client, emulator, lay)
+        convo.params["thinking"] = {"type": "enabled", "budget_tokens": 1024}
+        reasons = [convo.send().reason]
+        for action in ("parallel", "ask", "sequential", "ask", "ask"):
+            if action == "ask":
+                convo.ask()
+            else:
+                convo.tools(4, parallel=action == "parallel")
+            outcome = convo.send()
+            assert outcome.exact, (action, outcome)
+            reasons.append(outcome.reason)
+        assert "evicted_or_unknown" not in reasons
+        strips = model == "claude-sonnet-4"
+        # The plain turn after each loop strips the loop's thinking: the entry that held it
+        # no longer matches.
+        assert (reasons.count("messages_changed") == 2) is strips, reasons
 
 
 class TestBustReasons:
@@ -251,6 +397,22 @@ class TestBustReasons:
         assert outcome.reason == ("hit" if guard else "lookback_exceeded")
         if not guard:
             assert outcome.server_reason is None  # nothing changed: only the reach fell short
+
+    def test_parallel_fan_out_reads_without_a_lookback_breakpoint(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """25 parallel tool calls are two lookback positions: the layout spends no extra
+        breakpoint and the turn still reads the previous entry."""
+        convo = Conversation(client, emulator, Layout(prefix()))
+        convo.send()
+        convo.ask()
+        before = convo.send()
+        convo.tools(25, parallel=True)
+        request = convo.layout.render(convo.history)
+        assert [bp.source for bp in request.breakpoints] == ["prefix", "newest"]
+        outcome = convo.send()
+        assert (outcome.reason, outcome.exact) == ("hit", True)
+        assert outcome.cache_read == before.cache_read + before.cache_write_5m
 
 
 class TestToolOrder:

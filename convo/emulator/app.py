@@ -52,91 +52,6 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def _stream_events(message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The SSE events for *message*, in the documented order, with cumulative usage."""
-    usage = message["usage"]
-    start_usage = {**usage, "output_tokens": min(1, usage["output_tokens"])}
-    start = {
-        **message,
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": start_usage,
-    }
-    start.pop("diagnostics", None)
-    events: list[tuple[str, dict[str, Any]]] = [
-        ("message_start", {"type": "message_start", "message": start}),
-        ("ping", {"type": "ping"}),
-    ]
-    for index, block in enumerate(message["content"]):
-        if block["type"] == "text":
-            events.append(
-                (
-                    "content_block_start",
-                    {
-                        "type": "content_block_start",
-                        "index": index,
-                        "content_block": {"type": "text", "text": ""},
-                    },
-                )
-            )
-            words = block["text"].split(" ")
-            for i in range(0, len(words), 4):
-                piece = " ".join(words[i : i + 4]) + (" " if i + 4 < len(words) else "")
-                events.append(
-                    (
-                        "content_block_delta",
-                        {
-                            "type": "content_block_delta",
-                            "index": index,
-                            "delta": {"type": "text_delta", "text": piece},
-                        },
-                    )
-                )
-        else:
-            events.append(
-                (
-                    "content_block_start",
-                    {
-                        "type": "content_block_start",
-                        "index": index,
-                        "content_block": {**block, "input": {}},
-                    },
-                )
-            )
-            events.append(
-                (
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": index,
-                        "delta": {
-                            "type": "input_json_delta",
-                            "partial_json": json.dumps(block["input"]),
-                        },
-                    },
-                )
-            )
-        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
-    delta_usage = {
-        "input_tokens": usage["input_tokens"],
-        "cache_creation_input_tokens": usage["cache_creation_input_tokens"],
-        "cache_read_input_tokens": usage["cache_read_input_tokens"],
-        "output_tokens": usage["output_tokens"],
-    }
-    delta: dict[str, Any] = {"stop_reason": message["stop_reason"], "stop_sequence": None}
-    # More than one message_delta, each carrying the *cumulative* usage so far: a client
-    # that adds them up instead of replacing double-counts, as the real API would show.
-    events.append(
-        ("message_delta", {"type": "message_delta", "delta": delta, "usage": delta_usage})
-    )
-    events.append(
-        ("message_delta", {"type": "message_delta", "delta": delta, "usage": dict(delta_usage)})
-    )
-    events.append(("message_stop", {"type": "message_stop"}))
-    return events
-
-
 def create_app(emulator: Emulator | None = None) -> Starlette:
     """Return the ASGI app serving *emulator* (a new default one if not given)."""
     emu = emulator or Emulator()
@@ -200,7 +115,8 @@ def create_app(emulator: Emulator | None = None) -> Starlette:
         return JSONResponse(plan.message, headers=headers)
 
     def _stream(plan: Plan, headers: dict[str, str]) -> Response:
-        events = _stream_events(plan.message)
+        events = plan.events or []
+        cut = plan.cut
         fault = plan.fault
         per_event = plan.decode_time / max(1, len(events))
 
@@ -210,16 +126,18 @@ def create_app(emulator: Emulator | None = None) -> Starlette:
             except BaseException:
                 plan.abandon()
                 raise
-            plan.begin()
-            if emu.config.time_scale == 0 and fault is None:
+            if cut is not None and not cut.started:
+                plan.abandon()  # no message_start: the response never began, nothing billed
+            else:
+                plan.begin()
+            if emu.config.time_scale == 0 and cut is None:
                 # Nothing to pace: one write instead of one per event (same bytes on the wire).
                 yield b"".join(_sse(name, data) for name, data in events)
                 return
             for sent, (name, data) in enumerate(events):
-                at_fault = fault is not None and sent == fault.after_events
-                if at_fault and fault is not None and fault.kind == "stream_drop":
-                    raise DroppedStream(f"fault stream_drop after {sent} events")
-                if at_fault and fault is not None and fault.kind == "stream_error":
+                if cut is not None and fault is not None and sent == cut.at:
+                    if fault.kind.startswith("stream_drop"):
+                        raise DroppedStream(f"fault {fault.kind} after {sent} events")
                     error = {
                         "type": "error",
                         "error": {"type": "overloaded_error", "message": "Overloaded"},
@@ -228,6 +146,8 @@ def create_app(emulator: Emulator | None = None) -> Starlette:
                     return
                 yield _sse(name, data)
                 await sleep(per_event)
+            # A cut at or past the end (after_events >= the events) never happens: the
+            # stream completes, and is billed in full (stream.cut_for agrees).
 
         emu.record_status(200)
         return StreamingResponse(

@@ -5,8 +5,13 @@ This is the rule set of the prompt-caching docs, as code:
 - a request writes one entry per breakpoint, keyed by the prefix ending at that block,
   unless the prefix is shorter than the model's minimum (then nothing, and no error);
 - to read, each breakpoint looks back at most :data:`LOOKBACK` positions, itself first,
-  for an entry an *earlier* request wrote; the highest hit over all breakpoints wins;
-- an entry lives for its TTL from the start of the request that wrote or last read it;
+  for an entry an *earlier* request wrote; the highest hit over all breakpoints wins. A
+  run of consecutive ``tool_use`` blocks is one position, and so is a run of
+  ``tool_result`` blocks (:meth:`Prompt.lookback_floor`);
+- an entry lives for its TTL from the start of the request that wrote or last read it.
+  Which entries a read refreshes is not documented: under ``refresh="path"`` (default) a
+  read at position N refreshes every live entry on the same path at or before N, under
+  ``"entry"`` only the entry read;
 - an entry becomes readable only once the response that writes it has begun, so parallel
   cold requests each pay for a write.
 
@@ -23,10 +28,13 @@ import attrs
 
 from convo.emulator.prompt import Breakpoint, Prompt
 
-__all__ = ["LOOKBACK", "CacheDecision", "CacheStore", "Entry"]
+__all__ = ["LOOKBACK", "REFRESH_RULES", "CacheDecision", "CacheStore", "Entry"]
 
 #: Positions one breakpoint checks, counting itself.
 LOOKBACK = 20
+
+#: What a read refreshes: every entry on its path up to the entry read, or that entry only.
+REFRESH_RULES = ("path", "entry")
 
 
 @attrs.define
@@ -83,7 +91,10 @@ Scope = tuple[str, str]  # (workspace, model id)
 class CacheStore:
     """Entries by (workspace, model, key), with lazy expiry."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, refresh: str = "path") -> None:
+        if refresh not in REFRESH_RULES:
+            raise ValueError(f"refresh must be one of {REFRESH_RULES}, got {refresh!r}")
+        self.refresh = refresh
         self._entries: dict[tuple[str, str, bytes], Entry] = {}
         self._sweep_at = 10_000
 
@@ -103,7 +114,8 @@ class CacheStore:
     def _highest_hit(self, scope: Scope, prompt: Prompt, now: float) -> int:
         best = -1
         for bp in prompt.breakpoints:
-            for position in range(bp.position, max(bp.position - LOOKBACK, -1), -1):
+            floor = prompt.lookback_floor(bp.position, LOOKBACK)
+            for position in range(bp.position, floor - 1, -1):
                 if position <= best:
                     break  # a higher hit is already known
                 entry = self._find(scope, prompt.keys[position], now)
@@ -128,6 +140,13 @@ class CacheStore:
             entry = self._find(scope, prompt.keys[hit], now)
             assert entry is not None  # just found by _highest_hit under the same lock
             entry.expires_at = max(entry.expires_at, now + entry.ttl_seconds)
+            if self.refresh == "path":
+                # The content of every earlier entry on this path was used: refresh them
+                # too (O(hit) lookups; the server side can afford it).
+                for earlier_key in prompt.keys[:hit]:
+                    earlier = self._find(scope, earlier_key, now)
+                    if earlier is not None:
+                        earlier.expires_at = max(earlier.expires_at, now + earlier.ttl_seconds)
 
         minimum = prompt.model.min_cacheable_tokens
         written: list[Breakpoint] = []

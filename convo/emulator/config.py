@@ -32,7 +32,15 @@ __all__ = [
 ]
 
 FaultKind = Literal[
-    "overloaded", "api_error", "rate_limit", "spend_cap", "drop", "stream_error", "stream_drop"
+    "overloaded",
+    "api_error",
+    "rate_limit",
+    "spend_cap",
+    "drop",
+    "stream_error",
+    "stream_drop",
+    "stream_error_before_text",
+    "stream_drop_before_text",
 ]
 
 #: Every fault the emulator can inject, and what it does.
@@ -42,9 +50,15 @@ FAULT_KINDS: Mapping[str, str] = {
     "rate_limit": "HTTP 429 rate_limit_error with retry-after (and retry-after-ms if given)",
     "spend_cap": "HTTP 429 without retry-after, error.details.error_code "
     "= enforced_spend_limit_reached",
-    "drop": "the connection closes before a complete response",
-    "stream_error": "an `error` event after `after_events` SSE events (streams only)",
-    "stream_drop": "the connection closes after `after_events` SSE events (streams only)",
+    "drop": "the connection closes before a complete response (nothing is billed)",
+    "stream_error": "an `error` event after the first content delta, or after `after_events` "
+    "SSE events (streams only)",
+    "stream_drop": "the connection closes after the first content delta, or after "
+    "`after_events` SSE events (streams only)",
+    "stream_error_before_text": "an `error` event after message_start, before any content "
+    "delta, or after `after_events` SSE events (streams only)",
+    "stream_drop_before_text": "the connection closes after message_start, before any "
+    "content delta, or after `after_events` SSE events (streams only)",
 }
 
 T = TypeVar("T")
@@ -125,8 +139,10 @@ class Fault:
         retry_after_ms: Milliseconds for ``retry-after-ms``, when given.
         retry_after_http_date: Send ``retry-after`` as an HTTP date instead of seconds.
         should_retry: Value of ``x-should-retry`` (``True``/``False``), when given.
-        after_events: For ``stream_error`` and ``stream_drop``: SSE events sent before the
-            error event, or before the connection closes.
+        after_events: For the stream faults: SSE events sent before the error event, or
+            before the connection closes. ``None`` (default) cuts ``stream_error`` and
+            ``stream_drop`` just after the first content delta, and the ``*_before_text``
+            kinds just before it.
         latency_s: Extra seconds before the fault is answered (scaled by time_scale).
     """
 
@@ -135,7 +151,7 @@ class Fault:
     retry_after_ms: int | None = attrs.field(default=None, validator=_non_negative)
     retry_after_http_date: bool = False
     should_retry: bool | None = None
-    after_events: int = attrs.field(default=3, validator=_non_negative)
+    after_events: int | None = attrs.field(default=None, validator=_non_negative)
     latency_s: float = attrs.field(default=0.0, validator=_non_negative)
 
     @classmethod
@@ -185,6 +201,16 @@ class FaultConfig:
         return attrs.evolve(base, script=script)
 
 
+def _check_refresh(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in ("path", "entry"):
+        raise ValueError(f'refresh must be "path" or "entry", got {value!r}')
+
+
+def _at_least_one(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{attribute.name} must be an integer >= 1, got {value!r}")
+
+
 @attrs.frozen
 class EmulatorConfig:
     """Everything about the emulator that a test or a user may change.
@@ -198,6 +224,13 @@ class EmulatorConfig:
         reply_tokens: Output tokens of a generated reply, before ``max_tokens`` caps it.
         models: Overrides and additions to :data:`convo.models.MODELS`, e.g.
             ``{"claude-sonnet-4-6": {"min_cacheable_tokens": 2048}}``.
+        refresh: What a cache read refreshes (undocumented by the API): ``"path"``
+            (default) every live entry on the request's path up to the entry read,
+            ``"entry"`` only the entry read. Give ``convo.CacheTracker`` the same rule.
+        message_deltas: ``message_delta`` events per stream (the API sends one; more, each
+            carrying cumulative usage, test clients that must not add them up).
+        system_message_models: Model ids that accept ``role: "system"`` inside
+            ``messages`` (the docs name Opus 4.8 only).
     """
 
     limits: Mapping[str, Limits] = attrs.field(factory=lambda: {"default": Limits()})
@@ -207,6 +240,11 @@ class EmulatorConfig:
     seed: int = 0
     reply_tokens: int = attrs.field(default=24, validator=_non_negative)
     models: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    refresh: Literal["path", "entry"] = attrs.field(default="path", validator=_check_refresh)
+    message_deltas: int = attrs.field(default=1, validator=_at_least_one)
+    system_message_models: tuple[str, ...] = attrs.field(
+        default=("claude-opus-4-8",), converter=tuple
+    )
 
     def limits_for(self, rate_limit_class: str) -> Limits:
         """Return the limits of *rate_limit_class*, falling back to ``"default"``."""
@@ -246,6 +284,9 @@ class EmulatorConfig:
             "seed": self.seed,
             "reply_tokens": self.reply_tokens,
             "models": {k: dict(v) for k, v in self.models.items()},
+            "refresh": self.refresh,
+            "message_deltas": self.message_deltas,
+            "system_message_models": list(self.system_message_models),
         }
 
 

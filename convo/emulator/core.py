@@ -28,6 +28,7 @@ from convo.emulator.errors import APIError
 from convo.emulator.faults import STREAM_ONLY, FaultPlan
 from convo.emulator.limits import RateLimits
 from convo.emulator.prompt import Prompt, check_generation, parse_prompt
+from convo.emulator.stream import Cut, Event, cut_for, stream_events
 
 __all__ = ["DIAGNOSTICS_BETA", "Emulator", "Plan"]
 
@@ -77,10 +78,11 @@ class Plan:
         headers: Response headers (request id, rate limits).
         time_to_first_byte: Modelled seconds before the response begins (unscaled).
         decode_time: Modelled seconds spent producing the output (unscaled).
-        fault: A fault to apply while delivering (``drop``, ``stream_error``,
-            ``stream_drop``), if any.
+        fault: A fault to apply while delivering (``drop`` or a stream fault), if any.
         begin: Call when the response begins: makes written cache entries readable.
         abandon: Call if the response never begins: drops the unreadable entries.
+        events: For a streaming request, its SSE events (the whole stream).
+        cut: For a stream fault, where it cuts the events and what was billed.
     """
 
     message: dict[str, Any]
@@ -90,6 +92,8 @@ class Plan:
     fault: Fault | None
     begin: Callable[[], None]
     abandon: Callable[[], None]
+    events: list[Event] | None = None
+    cut: Cut | None = None
 
 
 class Emulator:
@@ -131,6 +135,7 @@ class Emulator:
         with self._lock:
             self._config = config
             self._table = table
+            self._cache.refresh = config.refresh
             self._faults = FaultPlan(config.faults, config.seed)
 
     def reset(self, *, config: bool = False) -> None:
@@ -217,7 +222,7 @@ class Emulator:
         """
         workspace = self.workspace(headers)
         with self._lock:
-            prompt = parse_prompt(body, self._table)
+            prompt = self._parse(body)
             now = self.clock.now()
             limits = self._config.limits_for(prompt.model.rate_limit_class)
             admission = self._limits.admit_count_tokens(workspace, limits, now)
@@ -233,7 +238,7 @@ class Emulator:
         """
         workspace = self.workspace(headers)
         with self._lock:
-            prompt = parse_prompt(body, self._table)
+            prompt = self._parse(body)
             max_tokens = check_generation(body, prompt.model)
             previous_id = self._diagnostics.requested(headers, body)
             fault = self._faults.next(stream=bool(body.get("stream")))
@@ -261,10 +266,8 @@ class Emulator:
                 raise error
 
             decision = self._cache.decide(workspace, prompt, now)
-            content, stop_reason = self._reply(body, prompt, max_tokens)
+            content, stop_reason, stop_sequence = self._reply(body, prompt, max_tokens)
             output = sum(tokens.block_tokens(block) for block in content)
-            self._limits.charge_output(workspace, klass, limits, output, now)
-            self._count(decision, output)
             message_id = f"msg_emu{self._instance}{next(self._ids):010d}"
             message: dict[str, Any] = {
                 "id": message_id,
@@ -273,9 +276,20 @@ class Emulator:
                 "model": body["model"],
                 "content": content,
                 "stop_reason": stop_reason,
-                "stop_sequence": None,
+                "stop_sequence": stop_sequence,
                 "usage": _usage(decision, output),
             }
+            events: list[Event] | None = None
+            cut: Cut | None = None
+            if body.get("stream"):
+                events = stream_events(message, message_deltas=self._config.message_deltas)
+                if fault is not None and fault.kind in STREAM_ONLY:
+                    cut = cut_for(events, fault)
+            # What is billed: everything, or what a cut stream had delivered (stream.py).
+            if cut is None or cut.started:
+                billed = output if cut is None else cut.output
+                self._limits.charge_output(workspace, klass, limits, billed, now)
+                self._count(decision, billed)
             if previous_id is not NOT_ASKED:
                 message["diagnostics"] = self._diagnostics.diagnose(workspace, prompt, previous_id)
             self._diagnostics.remember(message_id, workspace, prompt, decision)
@@ -292,9 +306,16 @@ class Emulator:
             fault=fault,
             begin=lambda: self._begin(workspace, prompt, decision),
             abandon=lambda: self._abandon(workspace, prompt, decision),
+            events=events,
+            cut=cut,
         )
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _parse(self, body: Mapping[str, Any]) -> Prompt:
+        return parse_prompt(
+            body, self._table, system_message_models=self._config.system_message_models
+        )
 
     def _begin(self, workspace: str, prompt: Prompt, decision: CacheDecision) -> None:
         with self._lock:
@@ -338,9 +359,19 @@ class Emulator:
 
     def _reply(
         self, body: Mapping[str, Any], prompt: Prompt, max_tokens: int
-    ) -> tuple[list[dict[str, Any]], str]:
+    ) -> tuple[list[dict[str, Any]], str, str | None]:
+        """Generate the reply: content, stop reason, and the stop sequence met (if any).
+
+        Text is ``reply_tokens`` one-token words from an RNG seeded by the prompt. With
+        thinking on, a thinking block of as many words comes first (both count against
+        ``max_tokens``). Stop sequences: when the newest user turn's text contains one of
+        the request's ``stop_sequences``, the reply "says" it halfway (the text stops
+        before it); otherwise the first requested sequence that occurs in the generated
+        text ends it there. Either way ``stop_reason`` is ``stop_sequence`` and
+        ``stop_sequence`` names it; output counts the text returned.
+        """
         if max_tokens == 0:
-            return [], "max_tokens"
+            return [], "max_tokens", None
         choice = body.get("tool_choice")
         tools = [t for t in body.get("tools") or [] if "input_schema" in t]
         if isinstance(choice, Mapping) and choice.get("type") in ("any", "tool") and tools:
@@ -351,15 +382,55 @@ class Emulator:
                 "name": name,
                 "input": {},
             }
-            return [block], "tool_use"
-        rng = random.Random(int.from_bytes(prompt.keys[-1][:8], "big") ^ self._config.seed)
+            return [block], "tool_use", None
+        seed = int.from_bytes(prompt.keys[-1][:8], "big") if prompt.keys else 0
+        rng = random.Random(seed ^ self._config.seed)
         wanted = self._config.reply_tokens
-        count = min(wanted, max_tokens)
+        budget = max_tokens
+        content: list[dict[str, Any]] = []
+        thinking = body.get("thinking")
+        if isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive"):
+            count = min(wanted, budget)
+            thought = " ".join(rng.choice(_WORDS) for _ in range(count))
+            if thought:
+                signature = f"sig{seed ^ self._config.seed:016x}"
+                content.append({"type": "thinking", "thinking": thought, "signature": signature})
+                budget -= count
+        count = min(wanted, budget)
         # Each word is at most five letters, so it is exactly one token by convo.tokens.
-        text = " ".join(rng.choice(_WORDS) for _ in range(count)).capitalize()
-        if not text:
-            return [], "max_tokens" if wanted else "end_turn"
-        return [{"type": "text", "text": text}], "max_tokens" if wanted > max_tokens else "end_turn"
+        words = [rng.choice(_WORDS) for _ in range(count)]
+        sequences = [s for s in body.get("stop_sequences") or () if isinstance(s, str) and s]
+        asked = _newest_user_text(body)
+        said = next((s for s in sequences if s in asked), None)
+        if said is not None and words:
+            text = " ".join(words[: max(1, len(words) // 2)]).capitalize()
+            content.append({"type": "text", "text": text})
+            return content, "stop_sequence", said
+        text = " ".join(words).capitalize()
+        found = [(text.find(s), s) for s in sequences if s in text]
+        if found:
+            at, sequence = min(found)
+            if text[:at]:
+                content.append({"type": "text", "text": text[:at]})
+            return content, "stop_sequence", sequence
+        if text:
+            content.append({"type": "text", "text": text})
+        if not text and not wanted:
+            return content, "end_turn", None
+        return content, "max_tokens" if wanted > budget else "end_turn", None
+
+
+def _newest_user_text(body: Mapping[str, Any]) -> str:
+    messages = body.get("messages") or []
+    for message in reversed(messages):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(str(b.get("text", "")) for b in content if isinstance(b, Mapping))
+            return ""
+    return ""
 
 
 def _usage(decision: CacheDecision, output: int) -> dict[str, Any]:

@@ -17,7 +17,9 @@ from convo.emulator.errors import APIError
 __all__ = ["STREAM_ONLY", "FaultPlan"]
 
 #: Faults that happen partway through an SSE stream, so only to streaming requests.
-STREAM_ONLY = frozenset({"stream_error", "stream_drop"})
+STREAM_ONLY = frozenset(
+    {"stream_error", "stream_drop", "stream_error_before_text", "stream_drop_before_text"}
+)
 
 
 def _seconds(value: float) -> str:

@@ -6,18 +6,30 @@ block of each message. Every position has a key: a cumulative hash of everything
 including that block, with the block's role and position as context. ``cache_control``
 is not part of a block's key, so marking a block does not move its entry.
 
+Each block is hashed as compact JSON with its keys in the order they were sent: the
+docs warn that a reordered key (in a ``tool_use`` input or a tool schema) is a new prefix.
+
 Request settings that the docs say invalidate later levels are folded into the keys of
 that level: server tools sit between custom tools and system, so toggling web search
-keeps the tool entries and invalidates system and messages; ``tool_choice`` (with
-``disable_parallel_tool_use``), ``thinking`` and whether any image is present fold into
-every message key.
+keeps the tool entries and invalidates system and messages; the speed setting and
+citations fold into every system and message key; ``tool_choice`` (with
+``disable_parallel_tool_use``), ``thinking``, the effort (``output_config.effort``, an
+effort equal to the default counting as absent) and whether any image is present fold
+into every message key.
+
+Lookback positions: a run of consecutive ``tool_use`` blocks is one position, and so is a
+run of consecutive ``tool_result`` blocks (:attr:`Prompt.groups`). On models that do not
+keep earlier thinking, thinking blocks before the newest user turn that is not a tool
+result are stripped: they are neither positions nor input.
 
 Validation here answers bad input with the API's 400/404 errors before anything is billed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import bisect
+import json
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -26,12 +38,32 @@ import xxhash
 from convo import models, tokens
 from convo.emulator.errors import APIError, invalid
 
-__all__ = ["MAX_BREAKPOINTS", "Breakpoint", "Prompt", "parse_prompt"]
+__all__ = [
+    "DEFAULT_EFFORT",
+    "MAX_BREAKPOINTS",
+    "SYSTEM_MESSAGE_MODELS",
+    "Breakpoint",
+    "Prompt",
+    "block_bytes",
+    "parse_prompt",
+]
 
 #: The API's limit on blocks carrying ``cache_control`` in one request.
 MAX_BREAKPOINTS = 4
 
+#: The effort a request without ``output_config.effort`` runs at (effort page: ``high`` is
+#: the default; sending it equals leaving it out). ``convo.fingerprint.DEFAULT_EFFORT`` is
+#: the library's copy: the emulator stands for the server and imports no client module.
+DEFAULT_EFFORT = "high"
+
+#: Models that accept a ``role: "system"`` message inside ``messages`` (mid-conversation
+#: system messages page, checked 2026-11: "available on Claude Opus 4.8 only"). The
+#: emulator config's ``system_message_models`` overrides it.
+SYSTEM_MESSAGE_MODELS = ("claude-opus-4-8",)
+
 _TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+_RUNS = ("tool_use", "tool_result")
+_THINKING = ("thinking", "redacted_thinking")
 _LEVELS = ("tools", "server_tools", "system", "messages")
 
 
@@ -58,9 +90,13 @@ class Prompt:
         cumulative_tokens: Tokens from the start through each position.
         levels: Which level (tools, server_tools, system, messages) each position is in.
         message_index: For message blocks, the index of their message; -1 otherwise.
+        groups: Lookback position of each block: non-decreasing, equal across a run of
+            consecutive ``tool_use`` (or ``tool_result``) blocks.
         breakpoints: Explicit and automatic breakpoints, in position order.
-        settings_key: Digest of the request settings folded into message keys.
+        settings_key: Digest of the request settings folded into message keys, then of
+            those folded into system keys (diagnostics compares it).
         has_images: Whether any message carries an image.
+        stripped_thinking: Thinking blocks stripped from the prompt (not positions).
     """
 
     model: models.ModelInfo
@@ -71,6 +107,14 @@ class Prompt:
     breakpoints: tuple[Breakpoint, ...]
     settings_key: bytes
     has_images: bool
+    groups: tuple[int, ...] = ()
+    stripped_thinking: int = 0
+
+    def lookback_floor(self, position: int, lookback: int) -> int:
+        """The lowest position a breakpoint at *position* still checks (its window)."""
+        if not self.groups:
+            return max(position - lookback + 1, 0)
+        return bisect.bisect_right(self.groups, self.groups[position] - lookback)
 
     @property
     def total_tokens(self) -> int:
@@ -169,19 +213,101 @@ def _check_tools(tools: Any) -> list[Mapping[str, Any]]:
     return tools
 
 
+def block_bytes(block: Mapping[str, Any]) -> bytes:
+    """The bytes a block is keyed by: compact JSON, keys in the order sent, no cache_control."""
+    payload = {k: v for k, v in block.items() if k != "cache_control"}
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _effort(body: Mapping[str, Any]) -> Any:
+    config = body.get("output_config")
+    effort = config.get("effort") if isinstance(config, Mapping) else None
+    return None if effort == DEFAULT_EFFORT else effort
+
+
+def _thinking(body: Mapping[str, Any]) -> Any:
+    thinking = body.get("thinking")
+    if isinstance(thinking, Mapping) and thinking.get("type") == "disabled":
+        return None  # disabled and absent are the same request
+    return thinking
+
+
 def _settings_key(body: Mapping[str, Any], has_images: bool) -> bytes:
     settings = {
         "tool_choice": body.get("tool_choice"),
-        "thinking": body.get("thinking"),
+        "thinking": _thinking(body),
+        "effort": _effort(body),
         "images": has_images,
     }
     return xxhash.xxh3_128_digest(tokens.canonical_json(settings).encode())
 
 
+def _system_settings_key(body: Mapping[str, Any], has_citations: bool) -> bytes:
+    speed = body.get("speed")
+    settings = {"speed": None if speed in (None, "standard") else speed, "citations": has_citations}
+    return xxhash.xxh3_128_digest(tokens.canonical_json(settings).encode())
+
+
+def _cites(block: Mapping[str, Any]) -> bool:
+    citations = block.get("citations")
+    return (
+        block.get("type") == "document"
+        and isinstance(citations, Mapping)
+        and citations.get("enabled") is True
+    )
+
+
+def _is_tool_results(content: Any) -> bool:
+    """A user turn that answers tool calls (it holds a tool result): it keeps the current
+    turn's thinking. Text beside the results does not make it a new turn."""
+    return isinstance(content, list) and any(
+        isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content
+    )
+
+
+def _family(model_id: str) -> str:
+    family, _, suffix = model_id.rpartition("-")
+    if suffix.isdigit() and len(suffix) == 8:
+        return family
+    return model_id.removesuffix("-latest")
+
+
+def _check_system_message(messages: Sequence[Any], m: int) -> None:
+    """The placement and content rules of the mid-conversation system messages page."""
+    where = f"messages.{m}"
+    if m == 0:
+        raise invalid(
+            f"{where}: a system message cannot be the first message; use the top-level system"
+        )
+    before = messages[m - 1]
+    if not isinstance(before, Mapping) or before.get("role") != "user":
+        raise invalid(f"{where}: a system message must immediately follow a user message")
+    after = messages[m + 1] if m + 1 < len(messages) else None
+    if after is not None and (not isinstance(after, Mapping) or after.get("role") != "assistant"):
+        raise invalid(
+            f"{where}: a system message must be the last message or be followed by an "
+            "assistant message"
+        )
+    content = messages[m].get("content")
+    if isinstance(content, list) and any(
+        not isinstance(b, Mapping) or b.get("type") != "text" for b in content
+    ):
+        raise invalid(f"{where}.content: system messages support text blocks only")
+
+
 def parse_prompt(
-    body: Mapping[str, Any], table: Mapping[str, models.ModelInfo] = models.MODELS
+    body: Mapping[str, Any],
+    table: Mapping[str, models.ModelInfo] = models.MODELS,
+    *,
+    system_message_models: Collection[str] = SYSTEM_MESSAGE_MODELS,
 ) -> Prompt:
     """Validate a ``/v1/messages`` (or count_tokens) body and lay it out as positions.
+
+    Args:
+        body: The request body.
+        table: The model table.
+        system_message_models: Model ids (families) that accept ``role: "system"``
+            messages inside ``messages``; elsewhere such a message is a 400.
 
     Raises:
         APIError: 400 for a malformed body, 404 for an unknown model.
@@ -209,31 +335,70 @@ def parse_prompt(
     layout += [("server_tools", -1, "server_tool", t, f"tools.{i}") for i, t in server]
     layout += [("system", -1, "system", b, f"system.{i}") for i, b in enumerate(system_blocks)]
     has_images = False
+    has_citations = any(_cites(b) for b in system_blocks)
+    # Earlier thinking is stripped before the newest user turn that is not a tool result,
+    # on models that do not keep it (extended-thinking page).
+    strip_before = -1
+    if not model.keeps_thinking:
+        for m, message in enumerate(messages):
+            if (
+                isinstance(message, Mapping)
+                and message.get("role") == "user"
+                and not _is_tool_results(message.get("content"))
+            ):
+                strip_before = m
+    stripped = 0
     for m, message in enumerate(messages):
         if not isinstance(message, Mapping):
             raise invalid(f"messages.{m}: Input should be an object")
         role = message.get("role")
-        if role not in ("user", "assistant"):
+        if role == "system" and _family(model_id) in system_message_models:
+            _check_system_message(messages, m)
+        elif role == "system":
+            raise invalid(
+                f"messages.{m}.role: system messages inside messages are not supported by "
+                f"{model_id}; use the top-level system field"
+            )
+        elif role not in ("user", "assistant"):
             raise invalid(f"messages.{m}.role: Input should be 'user' or 'assistant'")
         blocks = _as_blocks(message.get("content"), f"messages.{m}.content")
         for b, block in enumerate(blocks):
-            has_images = has_images or block.get("type") == "image"
-            layout.append(("messages", m, f"m{m}:{role}", block, f"messages.{m}.content.{b}"))
+            kind = block.get("type")
+            where = f"messages.{m}.content.{b}"
+            if kind in _THINKING and block.get("cache_control") is not None:
+                raise invalid(f"{where}.cache_control: thinking blocks cannot be cached directly")
+            if kind in _THINKING and role == "assistant" and m < strip_before:
+                stripped += 1
+                continue  # stripped: neither a position nor input
+            has_images = has_images or kind == "image"
+            has_citations = has_citations or _cites(block)
+            layout.append(("messages", m, f"m{m}:{role}", block, where))
 
     settings_key = _settings_key(body, has_images)
+    system_key = _system_settings_key(body, has_citations)
     keys: list[bytes] = []
     cumulative: list[int] = []
+    groups: list[int] = []
     breakpoints: list[Breakpoint] = []
-    previous = xxhash.xxh3_128_digest(b"convo-emulator-v1")
+    previous = xxhash.xxh3_128_digest(b"convo-emulator-v2")
     running = 0
+    group, last_kind = -1, None
     for position, (level, _, tag, block, where) in enumerate(layout):
-        payload = {k: v for k, v in block.items() if k != "cache_control"}
-        digest = xxhash.xxh3_128_digest(tokens.canonical_json(payload).encode())
-        context = tag.encode() + (settings_key if level == "messages" else b"")
+        digest = xxhash.xxh3_128_digest(block_bytes(block))
+        context = tag.encode()
+        if level in ("system", "messages"):
+            context += system_key
+        if level == "messages":
+            context += settings_key
         previous = xxhash.xxh3_128_digest(previous + context + digest)
         keys.append(previous)
         running += _MEMO.count(digest, block)
         cumulative.append(running)
+        kind = block.get("type") if level == "messages" else None
+        if not (kind in _RUNS and kind == last_kind):
+            group += 1
+        last_kind = kind
+        groups.append(group)
         if "cache_control" in block and block["cache_control"] is not None:
             breakpoints.append(Breakpoint(position, _cache_ttl(block["cache_control"], where)))
 
@@ -277,8 +442,10 @@ def parse_prompt(
         levels=tuple(entry[0] for entry in layout),
         message_index=tuple(entry[1] for entry in layout),
         breakpoints=tuple(breakpoints),
-        settings_key=settings_key,
+        settings_key=settings_key + system_key,
         has_images=has_images,
+        groups=tuple(groups),
+        stripped_thinking=stripped,
     )
 
 

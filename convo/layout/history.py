@@ -42,8 +42,11 @@ def normalise_message(message: Mapping[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(message, Mapping):
         raise LayoutError(f"{where} must be a dict with 'role' and 'content'; got {message!r}")
     role = message.get("role")
-    if role not in ("user", "assistant"):
-        raise LayoutError(f"{where}.role must be 'user' or 'assistant'; got {role!r}")
+    if role not in ("user", "assistant", "system"):
+        raise LayoutError(
+            f"{where}.role must be 'user', 'assistant' or 'system' (a mid-conversation system "
+            f"message, on the models that accept one); got {role!r}"
+        )
     content = message.get("content")
     if isinstance(content, str):
         content = [{"type": "text", "text": content}]

@@ -216,6 +216,7 @@ class Prefix:
     # Derived once; every render reuses them.
     info: ModelInfo = attrs.field(init=False, eq=False, repr=False, hash=False)
     keys: tuple[bytes, ...] = attrs.field(init=False, eq=False, repr=False, hash=False)
+    block_digests: tuple[bytes, ...] = attrs.field(init=False, eq=False, repr=False, hash=False)
     cumulative: tuple[int, ...] = attrs.field(init=False, eq=False, repr=False, hash=False)
     tools_digest: str = attrs.field(init=False, eq=False, repr=False, hash=False)
     system_digest: str = attrs.field(init=False, eq=False, repr=False, hash=False)
@@ -229,6 +230,7 @@ class Prefix:
         except UnknownModel as exc:
             raise LayoutError(f"Prefix.model: {exc}") from exc
         keys: list[bytes] = []
+        block_digests: list[bytes] = []
         cumulative: list[int] = []
         previous, total = ROOT, 0
         digests = {"tool": xxhash.xxh3_128(), "system": xxhash.xxh3_128()}
@@ -238,6 +240,7 @@ class Prefix:
                 block = thaw(frozen)
                 digest = block_digest(kind, block)
                 digests[kind].update(digest)
+                block_digests.append(digest)
                 previous = chain(previous, digest)
                 total += block_tokens(block)
                 keys.append(previous)
@@ -250,6 +253,7 @@ class Prefix:
         for name, value in (
             ("info", info),
             ("keys", tuple(keys)),
+            ("block_digests", tuple(block_digests)),
             ("cumulative", tuple(cumulative)),
             ("tools_digest", digests["tool"].hexdigest()),
             ("system_digest", digests["system"].hexdigest()),

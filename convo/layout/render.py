@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -10,6 +11,7 @@ import xxhash
 
 from convo.errors import LayoutError
 from convo.fingerprint import (
+    LOOKBACK,
     ROOT,
     Fingerprint,
     Segments,
@@ -20,6 +22,8 @@ from convo.fingerprint import (
     body_params,
     chain,
     settings_digest,
+    strips_thinking,
+    system_settings_digest,
 )
 from convo.layout.history import History
 from convo.layout.prefix import TTL, TTLS, Prefix, freeze, thaw
@@ -36,8 +40,9 @@ __all__ = [
     "SuffixPlacement",
 ]
 
-#: Blocks the server checks per breakpoint, counting the breakpoint itself.
-LOOKBACK = 20
+# LOOKBACK (re-exported from convo.fingerprint): positions the server checks per
+# breakpoint, counting the breakpoint itself; a run of tool_use or tool_result blocks
+# counts as one.
 #: Blocks with ``cache_control`` the API accepts in one request.
 MAX_BREAKPOINTS = 4
 
@@ -174,6 +179,7 @@ class Layout:
         self.lookback_guard = lookback_guard
         self.max_tokens = max_tokens
         self._system = [thaw(b) for b in prefix.system]
+        self._strip_thinking = strips_thinking(prefix.model, prefix.models)
         self._tools = [thaw(t) for t in prefix.tools]
 
     def _suffix_text(self) -> str:
@@ -232,35 +238,54 @@ class Layout:
         head_keys: list[bytes] = list(prefix.keys)
         head_tokens: list[int] = list(prefix.cumulative)
         tools_end, system_end = len(prefix.tools), len(prefix.keys)
+        blocks = history.chain
+        system_settings = system_settings_digest(extra, has_citations=blocks.has_citations)
+        system_seed = head_keys[tools_end - 1] if tools_end else ROOT
+        if system_settings is not None:
+            # Speed or citations re-key the system blocks and everything after them.
+            system_seed = chain(system_seed, system_settings)
+            previous = system_seed
+            for i in range(tools_end, system_end):
+                previous = chain(previous, prefix.block_digests[i])
+                head_keys[i] = previous
         suffix_digest = ""
         if in_system:
             assert suffix_block is not None
             digest = block_digest("system", suffix_block)
             suffix_digest = xxhash.xxh3_128_hexdigest(b"system" + digest)
-            head_keys.append(chain(head_keys[-1] if head_keys else ROOT, digest))
+            head_keys.append(
+                chain(head_keys[-1] if len(head_keys) > tools_end else system_seed, digest)
+            )
             head_tokens.append(prefix.tokens + block_tokens(suffix_block))
         suffix_end = len(head_keys)
         offset = head_tokens[-1] if head_tokens else 0
 
-        blocks = history.chain
         settings = settings_digest(extra, has_images=blocks.has_images)
-        msg_keys = blocks.keys(chain(head_keys[-1] if head_keys else ROOT, settings))
+        in_front = head_keys[-1] if len(head_keys) > tools_end else system_seed
+        msg_keys, msg_cum, msg_groups = blocks.view(
+            chain(in_front, settings), strip=self._strip_thinking
+        )
         n = blocks.block_count
         last_stable = suffix_end + n - 1
         tail_keys: tuple[bytes, ...] = ()
         tail_tokens: tuple[int, ...] = ()
+        tail_groups: tuple[int, ...] = ()
         volatile: tuple[int, ...] = ()
         if in_message:
             assert suffix_block is not None
             digest = block_digest("user:1", suffix_block)
             suffix_digest = xxhash.xxh3_128_hexdigest(b"message" + digest)
             tail_keys = (chain(msg_keys[-1], digest),)
-            tail_tokens = (offset + blocks.cumulative_tokens[-1] + block_tokens(suffix_block),)
+            tail_tokens = (offset + msg_cum[-1] + block_tokens(suffix_block),)
+            tail_groups = (suffix_end + msg_groups[-1] + 1,)
             volatile = (suffix_end + n,)
         keys = _Spliced(head_keys, msg_keys, n, tail_keys)
-        tokens = _Spliced(head_tokens, _Offset(blocks.cumulative_tokens, offset), n, tail_tokens)
+        tokens = _Spliced(head_tokens, _Offset(msg_cum, offset), n, tail_tokens)
+        groups = _Spliced(range(suffix_end), _Offset(msg_groups, suffix_end), n, tail_groups)
 
-        breakpoints = self._plan(history, tokens, system_end, suffix_end, last_stable, volatile)
+        breakpoints = self._plan(
+            history, tokens, groups, system_end, suffix_end, last_stable, volatile
+        )
 
         # The body: fresh containers, sharing history's stored message dicts.
         marks = {bp.position: bp.ttl for bp in breakpoints if bp.source not in ("caller", "auto")}
@@ -328,6 +353,9 @@ class Layout:
             suffix=suffix_digest,
             settings=xxhash.xxh3_128_hexdigest(settings),
             messages=blocks.message_digests,
+            system_settings=""
+            if system_settings is None
+            else xxhash.xxh3_128_hexdigest(system_settings),
         )
         fingerprint = Fingerprint(
             model=prefix.model,
@@ -339,7 +367,10 @@ class Layout:
             message_starts=_Offset(starts, suffix_end),
             volatile=volatile,
             segments=segments,
-            digest=body_digest(body_params(body, lists_only=True), keys[-1], all_marks),
+            digest=body_digest(
+                body_params(body, lists_only=True), keys[-1] + blocks.content_key, all_marks
+            ),
+            groups=groups,
         )
         return RenderedRequest(
             body=body,
@@ -352,6 +383,7 @@ class Layout:
         self,
         history: History,
         tokens: Sequence[int],
+        groups: Sequence[int],
         system_end: int,
         suffix_end: int,
         last_stable: int,
@@ -372,8 +404,18 @@ class Layout:
         if self.strategy == "rolling":
             wanted.append((last_stable, self.history_ttl, "newest"))
             anchor = self._anchor(history, suffix_end)
-            if self.lookback_guard and anchor is not None and last_stable - anchor >= LOOKBACK:
-                wanted.append((anchor + LOOKBACK - 1, self.history_ttl, "lookback"))
+            # Distances count lookback positions, not blocks: a parallel fan-out (a run of
+            # tool_use, then of tool_result) is two positions however many calls it holds.
+            if (
+                self.lookback_guard
+                and anchor is not None
+                and groups[last_stable] - groups[anchor] >= LOOKBACK
+            ):
+                # The deepest block whose window still reaches the anchor.
+                guard = bisect.bisect_right(groups, groups[anchor] + LOOKBACK - 1) - 1
+                while guard > anchor and _is_thinking(history, guard - suffix_end):
+                    guard -= 1  # thinking blocks cannot carry cache_control
+                wanted.append((guard, self.history_ttl, "lookback"))
         # Never below the minimum (it would write nothing), never on a volatile block,
         # never twice on one block; the first-listed wins when slots run out.
         planned: dict[int, tuple[TTL, BreakpointSource]] = {}
@@ -428,6 +470,10 @@ class Layout:
             return None
         starts = history.chain.starts
         return suffix_end + starts[index] - 1
+
+
+def _is_thinking(history: History, relative: int) -> bool:
+    return 0 <= relative < history.chain.block_count and history.chain.is_thinking(relative)
 
 
 def _message_of(starts: Sequence[int], relative: int) -> int:

@@ -1,7 +1,7 @@
 """What this process believes the server's cache holds, and why a request reads what it
 reads: :class:`CacheTracker` (``core``) and the values it speaks in (``values``)."""
 
-from convo.tracker.core import CacheTracker
+from convo.tracker.core import REFRESH_RULES, CacheTracker, Refresh
 from convo.tracker.values import (
     REASONS,
     CacheEntry,
@@ -13,10 +13,12 @@ from convo.tracker.values import (
 
 __all__ = [
     "REASONS",
+    "REFRESH_RULES",
     "CacheEntry",
     "CacheOutcome",
     "CacheTracker",
     "Prediction",
     "Reason",
+    "Refresh",
     "UsageLike",
 ]

@@ -5,8 +5,11 @@
 - an entry is written only at a breakpoint whose prefix reaches the model's minimum, and
   only above the position the request read from;
 - reads look back at most 20 positions per breakpoint (the breakpoint itself first) for an
-  entry an earlier request wrote that is still live and readable; the highest hit wins;
-- a hit refreshes the entry's lifetime from the start of the reading request;
+  entry an earlier request wrote that is still live and readable; the highest hit wins; a
+  run of consecutive ``tool_use`` (or ``tool_result``) blocks is one position;
+- a hit refreshes the entry's lifetime from the start of the reading request; under
+  ``refresh="path"`` (the default, as the emulator's) it also refreshes every entry on the
+  same path before it, under ``"entry"`` only the entry read;
 - usage follows the documented A/B/C rule (read A, 1h writes up to B, 5m writes up to C).
 
 :meth:`CacheTracker.predict` says before a call what will be read and written and why;
@@ -16,13 +19,14 @@ reason for any shortfall, updates the tracker's beliefs and calibrates its token
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from convo.fingerprint import Fingerprint, fingerprint_body
 from convo.layout.prefix import TTLS, check_cache_control
-from convo.layout.render import LOOKBACK, RenderedRequest
+from convo.layout.render import RenderedRequest
 from convo.models import MODELS, ModelInfo, is_server_tool, lookup
 from convo.tracker.values import (
     SERVER_DIVERGENCES,
@@ -34,7 +38,13 @@ from convo.tracker.values import (
     UsageLike,
 )
 
-__all__ = ["CacheTracker"]
+__all__ = ["REFRESH_RULES", "CacheTracker", "Refresh"]
+
+Refresh = Literal["path", "entry"]
+#: What a cache read refreshes; the API does not document it (see ``docs/emulator.md``).
+REFRESH_RULES: tuple[Refresh, ...] = ("path", "entry")
+
+_LONGEST_TTL = max(TTLS.values())
 
 
 def _body_points(body: Mapping[str, Any], fp: Fingerprint) -> tuple[Point, ...]:
@@ -68,8 +78,12 @@ class CacheTracker:
         models: The model table (minimum cacheable lengths).
         forget_after: Seconds an expired entry is remembered (to say ``expired`` rather
             than ``cold``) before it is dropped.
+        refresh: What a read refreshes, the same rule the server (or the emulator's
+            ``refresh`` config) follows: ``"path"`` (default) every entry on the request's
+            path up to the entry read, ``"entry"`` only the entry read.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 ``refresh``; lookback counts tool runs as one position.
     """
 
     def __init__(
@@ -78,10 +92,25 @@ class CacheTracker:
         clock: Callable[[], float] = time.time,
         models: Mapping[str, ModelInfo] = MODELS,
         forget_after: float = 3600.0,
+        refresh: Refresh = "path",
     ) -> None:
+        if refresh not in REFRESH_RULES:
+            raise ValueError(f'refresh must be "path" or "entry", got {refresh!r}')
         self._clock = clock
         self._models = models
         self._forget_after = forget_after
+        self.refresh: Refresh = refresh
+        # Reads under "path", by start: (start, model, keys of the reading request, position
+        # read). An entry on such a path, at or before the position, was refreshed at the
+        # start if still live. Kept lazily instead of rewriting every entry on the path each
+        # turn (that would make a turn cost O(history)); only the longest TTL's worth is
+        # kept. _refreshed memoises each entry's expiry with the reads applied so far, so a
+        # lookup looks only at reads that start after that expiry's own start.
+        self._reads: list[tuple[float, str, Sequence[bytes], int]] = []
+        self._read_starts: list[float] = []  # the reads' starts, for a C-speed bisect
+        self._refreshed: dict[tuple[str, bytes], float] = {}
+        # Block position of each entry (same position on every path through it).
+        self._positions: dict[tuple[str, bytes], int] = {}
         self._entries: dict[tuple[str, bytes], CacheEntry] = {}
         self._seen_models: set[str] = set()
         self._calibration: dict[str, tuple[float, float]] = {}
@@ -97,6 +126,7 @@ class CacheTracker:
     def add_entry(self, entry: CacheEntry) -> None:
         """Record an entry learnt elsewhere (a shared registry, another process)."""
         self._entries[(entry.model, entry.key)] = entry
+        self._refreshed.pop((entry.model, entry.key), None)
         self._seen_models.add(entry.model)
 
     def factor(self, model: str) -> float:
@@ -129,12 +159,12 @@ class CacheTracker:
             fp, minimum = request.fingerprint, request.minimum
             points = tuple(Point(b.position, b.ttl) for b in request.breakpoints)
         else:
-            fp = fingerprint_body(request)
+            fp = fingerprint_body(request, models=self._models)
             minimum = lookup(fp.model, self._models).min_cacheable_tokens
             points = _body_points(request, fp)
         now, model = self._clock(), fp.model
-        keys, tokens = fp.keys, fp.tokens
-        hit = self._find_hit(model, keys, points, now)
+        tokens = fp.tokens
+        hit = self._find_hit(fp, points, now)
         writes = self._writes(points, tokens, hit, minimum)
         factor = self.factor(model)
         read_raw = tokens[hit] if hit >= 0 else 0
@@ -165,16 +195,45 @@ class CacheTracker:
     def _entry(self, model: str, key: bytes) -> CacheEntry | None:
         return self._entries.get((model, key))
 
-    def _find_hit(
-        self, model: str, keys: Sequence[bytes], points: Sequence[Point], now: float
-    ) -> int:
+    def expires_at(self, entry: CacheEntry) -> float:
+        """When *entry* expires, counting refreshes by reads deeper on its path ("path").
+
+        A read through the entry refreshes it only if the entry is still live when the read
+        starts (an expired entry is gone on the server, whatever is read after it).
+        """
+        expires = entry.expires_at
+        if self.refresh != "path":
+            return expires
+        slot = (entry.model, entry.key)
+        position = self._positions.get(slot)
+        if position is None:
+            return expires
+        expires = max(expires, self._refreshed.get(slot, expires))
+        ttl = TTLS[entry.ttl]
+        reads = self._reads
+        # Oldest first, from the first read that could extend the expiry; stop at the first
+        # read that finds the entry expired. Each step only moves the expiry later.
+        for i in range(bisect.bisect_right(self._read_starts, expires - ttl), len(reads)):
+            start, model, keys, read = reads[i]
+            if start >= expires:
+                break
+            if read >= position and model == entry.model and keys[position] == entry.key:
+                expires = start + ttl
+        self._refreshed[slot] = expires
+        return expires
+
+    def _live(self, entry: CacheEntry, now: float) -> bool:
+        return entry.readable_from <= now < self.expires_at(entry)
+
+    def _find_hit(self, fp: Fingerprint, points: Sequence[Point], now: float) -> int:
+        model, keys = fp.model, fp.keys
         hit = -1
         for point in points:
-            for position in range(point.position, max(point.position - LOOKBACK, -1), -1):
+            for position in range(point.position, fp.lookback_floor(point.position) - 1, -1):
                 if position <= hit:
                     break
                 entry = self._entries.get((model, keys[position]))
-                if entry is not None and entry.live(now):
+                if entry is not None and self._live(entry, now):
                     hit = position
                     break
         return hit
@@ -223,7 +282,7 @@ class CacheTracker:
         entry = self._entry(model, key)
         if entry is None:
             return "cold", "never written", None
-        if now >= entry.expires_at:
+        if now >= self.expires_at(entry):
             return "expired", entry.ttl, None
         if now < entry.readable_from:
             return "cold", "write still in flight", None
@@ -240,7 +299,7 @@ class CacheTracker:
                 return self._why_unread(fp.model, key, now)
             for other in self._seen_models - {fp.model}:
                 entry = self._entry(other, key)
-                if entry is not None and entry.live(now):
+                if entry is not None and self._live(entry, now):
                     return "model_changed", other, None
         return ("hit", "", None) if hit >= 0 else ("cold", "", None)
 
@@ -269,7 +328,7 @@ class CacheTracker:
 
         hit = prediction.hit
         if read != prediction.cache_read:
-            hit = self._position_for(read, tokens, prediction.breakpoints, factor)
+            hit = self._position_for(read, fp, prediction.breakpoints, factor)
         if hit < prediction.hit:
             # The server did not have what we believed: forget it.
             self._entries.pop((model, keys[prediction.hit]), None)
@@ -278,6 +337,11 @@ class CacheTracker:
             old = self._entry(model, keys[hit])
             ttl = old.ttl if old else _ttl_covering(prediction.breakpoints, hit)
             self._store(model, keys[hit], tokens[hit], ttl, prediction.at, now, old)
+            self._positions[(model, keys[hit])] = hit
+            if self.refresh == "path":
+                at = bisect.bisect_right(self._read_starts, prediction.at)
+                self._read_starts.insert(at, prediction.at)
+                self._reads.insert(at, (prediction.at, model, keys, hit))
             deepest = hit
         if w5 + w1 > 0:
             for position, ttl in self._writes(
@@ -285,6 +349,7 @@ class CacheTracker:
             ):
                 old = self._entry(model, keys[position])
                 self._store(model, keys[position], tokens[position], ttl, prediction.at, now, old)
+                self._positions[(model, keys[position])] = position
                 deepest = max(deepest, position)
         self._seen_models.add(model)
 
@@ -329,6 +394,7 @@ class CacheTracker:
         old: CacheEntry | None,
     ) -> None:
         readable = min(old.readable_from, now) if old is not None else now
+        self._refreshed.pop((model, key), None)
         self._entries[(model, key)] = CacheEntry(
             model=model,
             key=key,
@@ -350,15 +416,14 @@ class CacheTracker:
         )
 
     @staticmethod
-    def _position_for(
-        read: int, tokens: Sequence[int], points: Sequence[Point], factor: float
-    ) -> int:
+    def _position_for(read: int, fp: Fingerprint, points: Sequence[Point], factor: float) -> int:
         """The block position whose prefix is *read* tokens (nearest, within reach)."""
         if read <= 0:
             return -1
+        tokens = fp.tokens
         best, best_gap = -1, float("inf")
         for point in points:
-            for position in range(point.position, max(point.position - LOOKBACK, -1), -1):
+            for position in range(point.position, fp.lookback_floor(point.position) - 1, -1):
                 gap = abs(round(tokens[position] * factor) - read)
                 if gap < best_gap:
                     best, best_gap = position, gap
@@ -368,9 +433,24 @@ class CacheTracker:
         if now - self._pruned_at < 60:
             return
         self._pruned_at = now
+        stale = bisect.bisect_left(self._read_starts, now - _LONGEST_TTL)
+        if stale:
+            # Reads older than the longest TTL are dropped: fold them into each entry's
+            # memoised expiry first (a minute's reads per entry, once a minute).
+            for entry in self._entries.values():
+                self.expires_at(entry)
+            del self._reads[:stale]
+            del self._read_starts[:stale]
         horizon = now - self._forget_after
-        for key in [k for k, e in self._entries.items() if e.expires_at < horizon]:
+        dead = [
+            k
+            for k, e in self._entries.items()
+            if e.expires_at < horizon and self.expires_at(e) < horizon
+        ]
+        for key in dead:
             del self._entries[key]
+            self._positions.pop(key, None)
+            self._refreshed.pop(key, None)
 
 
 def _ttl_covering(points: Sequence[Point], position: int) -> str:
@@ -384,6 +464,9 @@ def _what_changed(before: Fingerprint, after: Fingerprint) -> tuple[Reason, str,
         return "tools_changed", "", None
     if old.system != new.system:
         return "system_changed", "static", None
+    if old.system_settings != new.system_settings:
+        # Speed or citations: they re-key system and messages, not the tools.
+        return "system_changed", "settings", None
     in_system = before.suffix_end > before.system_end or after.suffix_end > after.system_end
     if old.suffix != new.suffix and in_system:
         # A system suffix stands in front of every message, so changing it re-keys them.
