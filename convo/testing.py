@@ -6,7 +6,7 @@
   ``AsyncSession``).
 - :func:`emulator_clock`: the same, bound to a running emulator, so a session's waits
   (retries, rate limits, think times) move the emulator's TTLs and buckets along with it.
-- pytest fixtures (load them with ``pytest_plugins = ["convo.testing"]`` in your
+- pytest fixtures (this module needs pytest installed; load them with ``pytest_plugins = ["convo.testing"]`` in your
   ``conftest.py``): ``convo_emulator`` (one in-process emulator per test session, reset
   before each test), ``convo_client`` and ``convo_async_client`` (the real ``anthropic``
   SDK pointed at it, with the SDK's own retries off).
@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import anthropic
+import pytest
 
 if TYPE_CHECKING:
     from convo.emulator import RunningEmulator
@@ -112,18 +113,7 @@ def emulator_clock(running: RunningEmulator) -> FakeClock:
     return _EmulatorClock(running)
 
 
-def _pytest() -> Any:
-    try:
-        import pytest
-    except ImportError as error:  # pragma: no cover - only without pytest installed
-        raise ImportError("convo.testing's fixtures need pytest installed") from error
-    return pytest
-
-
-_fixture = _pytest().fixture
-
-
-@_fixture(scope="session")
+@pytest.fixture(scope="session")
 def _convo_emulator_server() -> Iterator[RunningEmulator]:
     from convo.emulator import serve
 
@@ -131,14 +121,14 @@ def _convo_emulator_server() -> Iterator[RunningEmulator]:
         yield running
 
 
-@_fixture
+@pytest.fixture
 def convo_emulator(_convo_emulator_server: RunningEmulator) -> RunningEmulator:
     """The in-process emulator, with its cache, counters, buckets, clock and config reset."""
     _convo_emulator_server.reset(config=True)
     return _convo_emulator_server
 
 
-@_fixture
+@pytest.fixture
 def convo_client(convo_emulator: RunningEmulator) -> Iterator[anthropic.Anthropic]:
     """The real sync SDK client on the emulator, with the SDK's own retries off."""
     with anthropic.Anthropic(
@@ -147,7 +137,7 @@ def convo_client(convo_emulator: RunningEmulator) -> Iterator[anthropic.Anthropi
         yield client
 
 
-@_fixture
+@pytest.fixture
 async def convo_async_client(
     convo_emulator: RunningEmulator,
 ) -> AsyncIterator[anthropic.AsyncAnthropic]:

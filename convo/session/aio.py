@@ -59,6 +59,7 @@ class AsyncSession(SessionBase):
         diagnostics: bool = False,
         keep_alive: KeepAlive | None = None,
         adaptive_ttl: bool = False,
+        refresh: str = "path",
         session_id: str | None = None,
         conversation_id: str | None = None,
         messages: Sequence[Mapping[str, Any]] = (),

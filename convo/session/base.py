@@ -33,6 +33,7 @@ _INHERITED = (
     "diagnostics",
     "keep_alive",
     "adaptive_ttl",
+    "refresh",
     "hooks",
 )
 
@@ -83,6 +84,7 @@ class SessionBase:
             keep_alive=options["keep_alive"],
             adaptive_ttl=options["adaptive_ttl"],
             history_ttl=options["history_ttl"],
+            refresh=options["refresh"],
             session_id=options["session_id"],
             conversation_id=options["conversation_id"],
             messages=options["messages"],
@@ -146,7 +148,9 @@ class SessionBase:
     def _fork_options(self) -> dict[str, Any]:
         """Arguments for a fork: same prefix, history so far, shared client and backends,
         and a copy of what this session believes is cached; a new conversation id."""
-        tracker = CacheTracker(clock=self._core.clock)
+        tracker = CacheTracker(
+            clock=self._core.clock, models=self.prefix.models, refresh=self._core.tracker.refresh
+        )
         for entry in self._core.tracker.entries():
             tracker.add_entry(entry)
         return {

@@ -87,6 +87,7 @@ class SessionCore:
         tracker: CacheTracker | None = None,
         adaptive_ttl: bool = False,
         history_ttl: str | None = None,
+        refresh: str = "path",
     ) -> None:
         if not isinstance(prefix, Prefix):
             raise TypeError(f"prefix must be a convo.Prefix, got {type(prefix).__name__}")
@@ -132,15 +133,10 @@ class SessionCore:
         self.limiter = limiter
         self.ledger = ledger
         self.retry = retry
-        self.budgets: tuple[Budget, ...] = (
-            ()
-            if budget is None
-            else (budget,)
-            if isinstance(budget, Budget)
-            else tuple(budget)
-            if isinstance(budget, (list, tuple))
-            else (budget,)
+        given: Sequence[Any] = (
+            () if budget is None else budget if isinstance(budget, (list, tuple)) else (budget,)
         )
+        self.budgets: tuple[Budget, ...] = tuple(given)
         if not all(isinstance(b, Budget) for b in self.budgets):
             raise TypeError(
                 "budget must be a convo.Budget (e.g. convo.Budget(max_cost_usd='1.00')), or a "
@@ -148,7 +144,11 @@ class SessionCore:
             )
         self.clock = clock
         # The tracker reads the same model table as the layout (overrides included).
-        self.tracker = tracker or CacheTracker(clock=clock, models=prefix.models)
+        self.tracker = tracker or CacheTracker(
+            clock=clock,
+            models=prefix.models,
+            refresh=refresh,  # type: ignore[arg-type]
+        )
         self.diagnostics = diagnostics
         self.keep_alive = keep_alive
         self.session_id = session_id or f"ses_{uuid.uuid4().hex[:16]}"
@@ -398,7 +398,7 @@ class SessionCore:
         Under the ``"path"`` refresh rule any read through the prefix refreshes it; under
         ``"entry"`` only a read that ends at the prefix does.
         """
-        if getattr(self.tracker, "refresh", "path") == "path":
+        if self.tracker.refresh == "path":
             return self.clock()
         hit = pending.prediction.hit
         return self.clock() if hit == pending.prefix_position or hit < 0 else None
@@ -509,7 +509,7 @@ class SessionCore:
         flight = pending.flight
         if read and flight is not None and flight.role != "writer" and pending.refresh_at:
             return None  # the claim recorded this read already (one round trip saved)
-        entry_rule = getattr(self.tracker, "refresh", "path") == "entry"
+        entry_rule = self.tracker.refresh == "entry"
         if read and entry_rule and usage.cache_read != prefix_tokens:
             return None  # read a deeper entry: under "entry" the prefix is not refreshed
         return steps.RecordWarm(
@@ -726,8 +726,9 @@ class SessionCore:
             return False
         # The newest entry (the one every later turn reads through) expires last; when even
         # it is within the margin, refresh the conversation.
+        tracker = self.tracker
         deepest = max(
-            (e.expires_at for e in self.tracker.entries() if e.expires_at > now), default=None
+            (x for x in map(tracker.expires_at, tracker.entries()) if x > now), default=None
         )
         if deepest is None:
             return False  # already expired: a re-warm would be a full write, not a refresh

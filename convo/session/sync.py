@@ -54,6 +54,9 @@ class Session(SessionBase):
         adaptive_ttl: Switch the prefix between 5m and 1h TTLs as the observed gaps between
             turns make one cheaper (:func:`convo.warm.choose_ttl`; the break-even is in
             ``docs/sessions.md``). Switching keeps every cache entry.
+        refresh: What a cache read refreshes, as the server does it: ``"path"`` (every entry
+            on the request's path, the default) or ``"entry"`` (only the entry read). The API
+            does not document it; set it to match what you observe (``docs/emulator.md``).
         messages: History to start from.
         hooks: Called with every :class:`Reply` (telemetry, logging).
 
@@ -80,6 +83,7 @@ class Session(SessionBase):
         diagnostics: bool = False,
         keep_alive: KeepAlive | None = None,
         adaptive_ttl: bool = False,
+        refresh: str = "path",
         session_id: str | None = None,
         conversation_id: str | None = None,
         messages: Sequence[Mapping[str, Any]] = (),
