@@ -6,10 +6,11 @@
   ``AsyncSession``).
 - :func:`emulator_clock`: the same, bound to a running emulator, so a session's waits
   (retries, rate limits, think times) move the emulator's TTLs and buckets along with it.
-- pytest fixtures (this module needs pytest installed; load them with ``pytest_plugins = ["convo.testing"]`` in your
-  ``conftest.py``): ``convo_emulator`` (one in-process emulator per test session, reset
-  before each test), ``convo_client`` and ``convo_async_client`` (the real ``anthropic``
-  SDK pointed at it, with the SDK's own retries off).
+- pytest fixtures (this module needs pytest installed; load them with
+  ``pytest_plugins = ["convo.testing"]`` in your ``conftest.py``): ``convo_emulator``
+  (one in-process emulator per test session, reset before each test), ``convo_client``
+  and ``convo_async_client`` (the real ``anthropic`` SDK pointed at it, with the SDK's
+  own retries off).
 
 Example::
 
