@@ -21,6 +21,7 @@ from .conftest import API_KEY
 from .test_emulator_caching import EPHEMERAL, MODEL, block, words
 
 HI = [{"role": "user", "content": "hi"}]
+VERSION = "2023-06-01"
 _HTTP = httpx2.Client()  # one pooled connection: a new one per request costs ~40 ms here
 
 
@@ -33,13 +34,18 @@ def _close_http() -> Iterator[None]:
 def raw(
     emulator: RunningEmulator, method: str, path: str, body: Any = None, **headers: str
 ) -> httpx2.Response:
-    """One plain HTTP request, for what the SDK refuses to send (no key, broken JSON)."""
+    """One plain HTTP request, for what the SDK refuses to send (no key, broken JSON).
+
+    It carries ``anthropic-version`` as the SDK does, unless *headers* set it to ``""``
+    (then the header is left out).
+    """
     content = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+    sent = {"content-type": "application/json", "anthropic-version": VERSION, **headers}
     return _HTTP.request(
         method,
         f"{emulator.base_url}{path}",
         content=content,
-        headers={"content-type": "application/json", **headers},
+        headers={k: v for k, v in sent.items() if v},
         timeout=10,
     )
 
