@@ -130,6 +130,10 @@ _SYSTEM_BLOCK_TYPES = frozenset({"text"})
 _IMAGE_SOURCES = ("base64", "file", "url")
 _FORCED_TOOL_CHOICES = ("any", "tool")
 _THINKING_DOCS = "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+_SEE_THINKING = (
+    "Please consult our documentation at "
+    f"{_THINKING_DOCS}#important-considerations-when-using-extended-thinking"
+)
 # Leading bytes of each image format, for "the bytes are what the media type claims".
 _SIGNATURES: tuple[tuple[str, bytes], ...] = (
     ("image/png", b"\x89PNG\r\n\x1a\n"),
@@ -503,13 +507,15 @@ def _thinking_violation(
         )
     temperature = body.get("temperature")
     if temperature is not None and temperature != 1:
+        mode = "enabled" if kind == "enabled" else "enabled or in adaptive mode"
         return _invalid(
             "thinking_sampling",
-            "`temperature` may only be set to 1 when thinking is enabled. Please consult our "
-            f"documentation at {_THINKING_DOCS}#feature-compatibility",
+            f"`temperature` may only be set to 1 when thinking is {mode}. {_SEE_THINKING}",
         )
     if _present(body, "top_k"):
-        return _invalid("thinking_sampling", "`top_k` must be unset when thinking is enabled.")
+        return _invalid(
+            "thinking_sampling", f"`top_k` must be unset when thinking is enabled. {_SEE_THINKING}"
+        )
     top_p = body.get("top_p")
     if isinstance(top_p, (int, float)) and not 0.95 <= top_p <= 1:
         return _invalid(
