@@ -10,18 +10,20 @@ Rules, checked in this order (the first one broken is reported):
 2. The ``anthropic-version`` header is present (only when *headers* are given).
 3. Every content block has a known ``type`` (system blocks: ``text``; ``tool_result``
    content: the types a tool result may carry); every image has a ``base64`` / ``url`` /
-   ``file`` source, and a base64 image has a supported media type, at most 5 MB of data,
-   valid base64, and bytes that are the media type it claims.
+   ``file`` source, and a base64 image has a supported media type, at most 10 MB of data,
+   valid base64, bytes that are the media type it claims, and sides of at most 8,000
+   pixels (2,000 in a request of more than 20 images).
 4. Model rules (skipped for a model the table does not know; the API answers 404 then):
    ``max_tokens`` at most the model's maximum output; the input within the context
-   window; no assistant prefill on models that reject it; sampling parameters the model
+   window; at most 100 or 600 images and documents; no assistant prefill on models that
+   reject it (except a ``max_tokens: 0`` pre-warm); sampling parameters the model
    accepts; thinking: a ``thinking.type`` the model accepts, ``budget_tokens`` >= 1,024 and
    below ``max_tokens``, no forced ``tool_choice``, and ``temperature`` / ``top_k`` /
    ``top_p`` as thinking allows.
 
 Each rule, its source page and its status are listed in ``docs/emulator.md`` ("Requests
 refused before anything runs"). The per-model facts (context window, maximum output,
-prefill, sampling, thinking types) are data on :class:`convo._models.ModelInfo`.
+prefill, sampling, thinking types) are data on :class:`convo.models.ModelInfo`.
 
 Nothing here does I/O; the checks walk the body once and count tokens only when a cheap
 upper bound says the input might not fit.
@@ -33,7 +35,7 @@ import base64
 import binascii
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -44,8 +46,13 @@ __all__ = [
     "CONTENT_BLOCK_TYPES",
     "IMAGE_MEDIA_TYPES",
     "INTERLEAVED_THINKING_BETA",
+    "MANY_IMAGES",
     "MAX_BODY_BYTES",
     "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_SIDE",
+    "MAX_IMAGE_SIDE_MANY",
+    "MAX_MEDIA",
+    "MAX_MEDIA_200K",
     "MIN_THINKING_BUDGET",
     "NONSTREAMING_MAX_TOKENS",
     "TOOL_RESULT_BLOCK_TYPES",
@@ -62,9 +69,26 @@ __all__ = [
 #: than it would, and never refuses a body the API accepts.
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
-#: The largest base64 string of one image (vision page: 5 MB per image on the API). The
-#: API measures the base64 text, not the decoded bytes.
-MAX_IMAGE_BYTES = 5 * 1024 * 1024
+#: The largest base64 string of one image, measured on the base64 text. API answers quoted
+#: in public reports said 5 MB (5,242,880) through May 2026 and 10 MB from July 2026; the
+#: larger, current figure is used so that convo never refuses an image the API accepts.
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
+
+#: The longest side of an image (vision page, "General limits").
+MAX_IMAGE_SIDE = 8000
+
+#: Above this many images in one request, every image in it is held to
+#: :data:`MAX_IMAGE_SIDE_MANY` (vision page; images resent from earlier turns and images in
+#: tool results count).
+MANY_IMAGES = 20
+
+#: The longest side of each image in a request of more than :data:`MANY_IMAGES` images.
+MAX_IMAGE_SIDE_MANY = 2000
+
+#: Images and documents per request: 100 on models with a 200k-token context window, 600
+#: on the others (vision page, "General limits").
+MAX_MEDIA_200K = 100
+MAX_MEDIA = 600
 
 #: The smallest ``thinking.budget_tokens`` (extended-thinking page).
 MIN_THINKING_BUDGET = 1024
@@ -193,7 +217,7 @@ def _tags(names: Iterable[str]) -> str:
 # -- structure -------------------------------------------------------------------------
 
 
-def _image_violation(source: Any, where: str) -> Violation | None:
+def _image_violation(source: Any, where: str, max_side: int) -> Violation | None:
     if not isinstance(source, Mapping):
         return _invalid("malformed_image", f"{where}.source: Field required")
     kind = source.get("type")
@@ -222,8 +246,8 @@ def _image_violation(source: Any, where: str) -> Violation | None:
     if len(data) > MAX_IMAGE_BYTES:
         return _invalid(
             "image_too_large",
-            f"{where}.source.base64: image exceeds 5 MB maximum: {len(data)} bytes > "
-            f"{MAX_IMAGE_BYTES} bytes",
+            f"{where}.source.base64: image exceeds {MAX_IMAGE_BYTES // 2**20} MB maximum: "
+            f"{len(data)} bytes > {MAX_IMAGE_BYTES} bytes",
         )
     try:
         raw = base64.b64decode(data, validate=True)
@@ -238,6 +262,14 @@ def _image_violation(source: Any, where: str) -> Violation | None:
             f"{where}.source.base64.data: Image does not match the provided media type "
             f"{media_type}",
         )
+    size = _image_dimensions(raw)
+    if size is not None and max(size) > max_side:
+        many = " for many-image requests" if max_side < MAX_IMAGE_SIDE else ""
+        return _invalid(
+            "image_dimensions",
+            f"{where}.source.base64.data: At least one of the image dimensions exceed max "
+            f"allowed size{many}: {max_side} pixels",
+        )
     return None
 
 
@@ -250,8 +282,54 @@ def _image_format(raw: bytes) -> str | None:
     return None
 
 
+def _le(raw: bytes) -> int:
+    return int.from_bytes(raw, "little")
+
+
+def _be(raw: bytes) -> int:
+    return int.from_bytes(raw, "big")
+
+
+def _image_dimensions(raw: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image's header, or ``None`` when the header is not read
+    (then no dimension rule is applied: convo never refuses what it cannot measure)."""
+    if raw.startswith(b"\x89PNG\r\n\x1a\n") and raw[12:16] == b"IHDR" and len(raw) >= 24:
+        return _be(raw[16:20]), _be(raw[20:24])
+    if raw[:6] in (b"GIF87a", b"GIF89a") and len(raw) >= 10:
+        return _le(raw[6:8]), _le(raw[8:10])
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP" and len(raw) >= 30:
+        chunk = raw[12:16]
+        if chunk == b"VP8X":  # extended: 24-bit canvas width - 1, height - 1
+            return 1 + _le(raw[24:27]), 1 + _le(raw[27:30])
+        if chunk == b"VP8 ":  # lossy: 14-bit sizes after the frame tag and start code
+            return _le(raw[26:28]) & 0x3FFF, _le(raw[28:30]) & 0x3FFF
+        if chunk == b"VP8L":  # lossless: 14 bits each, minus one, after the signature byte
+            bits = _le(raw[21:25])
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        return None
+    if raw.startswith(b"\xff\xd8"):  # JPEG: walk the segments to the first frame header
+        i = 2
+        while i + 9 <= len(raw) and raw[i] == 0xFF:
+            marker = raw[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # segments without a length
+                i += 2
+                continue
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                return _be(raw[i + 7 : i + 9]), _be(raw[i + 5 : i + 7])
+            i += 2 + _be(raw[i + 2 : i + 4])
+    return None
+
+
 def _blocks_violation(
-    content: Any, where: str, allowed: frozenset[str], *, nested: bool = False
+    content: Any,
+    where: str,
+    allowed: frozenset[str],
+    max_side: int,
+    *,
+    nested: bool = False,
 ) -> Violation | None:
     """Check a list of content blocks; strings and shapes the parser refuses pass here."""
     if not isinstance(content, list):
@@ -270,10 +348,14 @@ def _blocks_violation(
                 f"expected tags: {_tags(allowed)}",
             )
         if kind == "image":
-            found = _image_violation(block.get("source"), f"{here}.image")
+            found = _image_violation(block.get("source"), f"{here}.image", max_side)
         elif kind == "tool_result" and not nested:
             found = _blocks_violation(
-                block.get("content"), f"{here}.content", TOOL_RESULT_BLOCK_TYPES, nested=True
+                block.get("content"),
+                f"{here}.tool_result.content",
+                TOOL_RESULT_BLOCK_TYPES,
+                max_side,
+                nested=True,
             )
         else:
             found = None
@@ -282,8 +364,10 @@ def _blocks_violation(
     return None
 
 
-def _structure_violation(body: Mapping[str, Any], checked_messages: int) -> Violation | None:
-    found = _blocks_violation(body.get("system"), "system", _SYSTEM_BLOCK_TYPES)
+def _structure_violation(
+    body: Mapping[str, Any], checked_messages: int, max_side: int
+) -> Violation | None:
+    found = _blocks_violation(body.get("system"), "system", _SYSTEM_BLOCK_TYPES, max_side)
     if found is not None:
         return found
     messages = body.get("messages")
@@ -293,7 +377,7 @@ def _structure_violation(body: Mapping[str, Any], checked_messages: int) -> Viol
         message = messages[m]
         if isinstance(message, Mapping):
             found = _blocks_violation(
-                message.get("content"), f"messages.{m}.content", CONTENT_BLOCK_TYPES
+                message.get("content"), f"messages.{m}.content", CONTENT_BLOCK_TYPES, max_side
             )
             if found is not None:
                 return found
@@ -370,8 +454,35 @@ def _block_token_bound(block: Any) -> int:
 _TEXT_KEYS = frozenset({"type", "text", "cache_control"})
 
 
-def _bounds(body: Mapping[str, Any]) -> tuple[int, int]:
-    """Upper bounds on the encoded body's bytes and on its input tokens by convo.tokens.
+class _Bounds(NamedTuple):
+    size: int  # bytes, upper bound
+    tokens: int  # input tokens by convo.tokens, upper bound
+    images: int  # image blocks, exact
+    documents: int  # binary (PDF) document blocks, exact
+
+
+def _media(block: Mapping[str, Any]) -> tuple[int, int]:
+    """(images, binary documents) in one message block, tool results included."""
+    kind = block.get("type")
+    if kind == "image":
+        return 1, 0
+    if kind == "document":
+        source = block.get("source")
+        binary = isinstance(source, Mapping) and source.get("type") in _IMAGE_SOURCES
+        return 0, int(binary)
+    if kind == "tool_result" and isinstance(block.get("content"), list):
+        images = documents = 0
+        for inner in block["content"]:
+            if isinstance(inner, Mapping):
+                more_images, more_documents = _media(inner)
+                images += more_images
+                documents += more_documents
+        return images, documents
+    return 0, 0
+
+
+def _bounds(body: Mapping[str, Any]) -> _Bounds:
+    """Bounds on the encoded body's bytes and its input tokens; its images and documents.
 
     One pass; a plain text block (the bulk of a long history) costs O(1).
     """
@@ -381,9 +492,10 @@ def _bounds(body: Mapping[str, Any]) -> tuple[int, int]:
             size += _bound(value) + 6 * len(key) + 4
     tokens_bound = sum(_bound(tool) for tool in body.get("tools") or ())
     tokens_bound += _content_token_bound(body.get("system"))
+    images = documents = 0
     messages = body.get("messages")
     if not isinstance(messages, list):
-        return size + _bound(messages) + 16, tokens_bound
+        return _Bounds(size + _bound(messages) + 16, tokens_bound, 0, 0)
     size += 16 + len(messages)
     for message in messages:
         if not isinstance(message, Mapping):
@@ -408,13 +520,17 @@ def _bounds(body: Mapping[str, Any]) -> tuple[int, int]:
                     ):
                         size += 6 * len(text) + 40 + _bound(block.get("cache_control"))
                         tokens_bound += len(text)
-                    else:
-                        size += _bound(block)
-                        tokens_bound += _block_token_bound(block)
+                        continue
+                    size += _bound(block)
+                    tokens_bound += _block_token_bound(block)
+                    if isinstance(block, Mapping):
+                        more_images, more_documents = _media(block)
+                        images += more_images
+                        documents += more_documents
             else:
                 size += _bound(value)
                 tokens_bound += _content_token_bound(value)
-    return size + 2, tokens_bound
+    return _Bounds(size + 2, tokens_bound, images, documents)
 
 
 def _encoded_size(body: Mapping[str, Any]) -> int | None:
@@ -530,6 +646,7 @@ def _model_violation(
     model: _models.ModelInfo,
     *,
     input_tokens: int | None,
+    media: tuple[int, int],
     betas: Sequence[str],
 ) -> Violation | None:
     max_tokens = body.get("max_tokens")
@@ -552,9 +669,20 @@ def _model_violation(
             "context_window", f"prompt is too long: {input_tokens} tokens > {window} maximum"
         )
 
+    images, documents = media
+    most = MAX_MEDIA_200K if window <= 200_000 else MAX_MEDIA
+    if images + documents > most:
+        return _invalid(
+            "too_much_media", f"too many images and documents: {images} + {documents} > {most}"
+        )
+
     messages = body.get("messages")
+    # A pre-warm (max_tokens 0) generates nothing, so nothing is prefilled: whether the API
+    # refuses one that ends with an assistant turn is not documented, and convo does not
+    # refuse what it cannot show the API refuses (see docs/emulator.md).
     if (
         model.rejects_prefill
+        and max_tokens != 0
         and isinstance(messages, list)
         and messages
         and isinstance(messages[-1], Mapping)
@@ -605,7 +733,8 @@ def first_violation(
         input_tokens: The request's input tokens by :mod:`convo.tokens`, if already counted;
             otherwise counted only when a cheap upper bound exceeds the context window.
         checked_messages: How many leading messages were already checked in an earlier
-            turn: their blocks and images are not checked again (sizes still count them).
+            turn: their blocks and images are not checked again (sizes still count them;
+            past 20 images every image is checked again, held to 2,000 pixels).
         endpoint: ``"messages"``, or ``"count_tokens"`` (only the size, header and block
             rules apply: it generates nothing).
 
@@ -615,10 +744,10 @@ def first_violation(
         with its own message.
     """
     try:
-        size_bound, token_bound = _bounds(body)
-    except TypeError:  # a shape convo.tokens cannot count either: count exactly below
-        size_bound, token_bound = MAX_BODY_BYTES + 1, None
-    if encoded_size is None and size_bound > MAX_BODY_BYTES:
+        bounds: _Bounds | None = _bounds(body)
+    except TypeError:  # a shape convo.tokens cannot count either: measure exactly below
+        bounds = None
+    if encoded_size is None and (bounds is None or bounds.size > MAX_BODY_BYTES):
         encoded_size = _encoded_size(body)
     if encoded_size is not None and encoded_size > MAX_BODY_BYTES:
         return Violation(
@@ -633,7 +762,12 @@ def first_violation(
             return _invalid("anthropic_version", "anthropic-version: header is required")
         beta_header = _header(headers, "anthropic-beta") or ""
         betas = [*betas, *(b.strip() for b in beta_header.split(",") if b.strip())]
-    found = _structure_violation(body, checked_messages)
+    images = bounds.images if bounds is not None else 0
+    documents = bounds.documents if bounds is not None else 0
+    if images > MANY_IMAGES:  # every image in the request is held to the stricter size
+        found = _structure_violation(body, 0, MAX_IMAGE_SIDE_MANY)
+    else:
+        found = _structure_violation(body, checked_messages, MAX_IMAGE_SIDE)
     if found is not None or endpoint == "count_tokens":
         return found
     model_id = body.get("model")
@@ -643,9 +777,11 @@ def first_violation(
         model = _models.lookup(model_id, models)
     except _models.UnknownModel:
         return None
-    if input_tokens is None and token_bound is not None and token_bound <= model.context_window:
+    if input_tokens is None and bounds is not None and bounds.tokens <= model.context_window:
         input_tokens = 0  # the bound fits the window (and every larger one): nothing to count
-    return _model_violation(body, model, input_tokens=input_tokens, betas=betas)
+    return _model_violation(
+        body, model, input_tokens=input_tokens, media=(images, documents), betas=betas
+    )
 
 
 def check_request(

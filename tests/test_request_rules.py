@@ -39,6 +39,34 @@ GIF = b"GIF89a" + b"\x00" * 24
 WEBP = b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"\x00" * 16
 
 
+def png(width: int, height: int) -> bytes:
+    header = b"\x00\x00\x00\rIHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    return b"\x89PNG\r\n\x1a\n" + header + bytes(8)
+
+
+def gif(width: int, height: int) -> bytes:
+    return b"GIF89a" + width.to_bytes(2, "little") + height.to_bytes(2, "little") + bytes(8)
+
+
+def jpeg(width: int, height: int) -> bytes:
+    app0 = b"\xff\xe0\x00\x10JFIF\x00" + bytes(9)
+    sof0 = b"\xff\xc0\x00\x11\x08" + height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return b"\xff\xd8" + app0 + sof0 + bytes(12)
+
+
+def webp(width: int, height: int, kind: str) -> bytes:
+    if kind == "VP8X":
+        body = bytes(4) + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    elif kind == "VP8 ":
+        body = b"\x00\x00\x00\x9d\x01\x2a" + width.to_bytes(2, "little")
+        body += height.to_bytes(2, "little")
+    else:  # VP8L
+        bits = (width - 1) | ((height - 1) << 14)
+        body = b"\x2f" + bits.to_bytes(4, "little")
+    chunk = kind.encode() + len(body).to_bytes(4, "little") + body
+    return b"RIFF" + (4 + len(chunk)).to_bytes(4, "little") + b"WEBP" + chunk + bytes(8)
+
+
 def request(model: str = SONNET_46, **extra: Any) -> dict[str, Any]:
     return {"model": model, "max_tokens": 1024, "messages": HI, **extra}
 
@@ -139,10 +167,10 @@ class TestBodySize:
             {"role": "assistant", "content": content},
         ]
         body = request(messages=messages, **({} if system is None else {"system": system}))
-        size_bound, token_bound = _bounds(body)
-        assert size_bound >= encoded_size(body)
-        exact = tokens.request_tokens(messages=messages, system=system)
-        assert token_bound >= exact
+        bounds = _bounds(body)
+        assert bounds.size >= encoded_size(body)
+        assert bounds.tokens >= tokens.request_tokens(messages=messages, system=system)
+        assert bounds.images == sum(block["type"] == "image" for block in content)
 
 
 class TestContextWindow:
@@ -298,7 +326,7 @@ class TestImages:
             ({"type": "image"}, "source: Field required"),
             ({"type": "image", "source": {"type": "url"}}, "url: Field required"),
             (image(""), "data: Field required"),
-            (image("A" * (MAX_IMAGE_BYTES + 4)), "image exceeds 5 MB maximum"),
+            (image("A" * (MAX_IMAGE_BYTES + 4)), "image exceeds 10 MB maximum"),
         ],
         ids=[
             "bad-base64",
@@ -309,7 +337,7 @@ class TestImages:
             "no-source",
             "no-url",
             "empty",
-            "over-5mb",
+            "over-10mb",
         ],
     )
     def test_malformed_images_are_400(self, block: dict[str, Any], fragment: str) -> None:
@@ -320,6 +348,70 @@ class TestImages:
         assert found.rule in ("malformed_image", "image_too_large")
         assert fragment in found.message
         assert found.message.startswith("messages.0.content.0.image.source")
+
+    @pytest.mark.parametrize(
+        ("make", "media_type"),
+        [
+            (png, "image/png"),
+            (gif, "image/gif"),
+            (jpeg, "image/jpeg"),
+            (lambda w, h: webp(w, h, "VP8X"), "image/webp"),
+            (lambda w, h: webp(w, h, "VP8 "), "image/webp"),
+            (lambda w, h: webp(w, h, "VP8L"), "image/webp"),
+        ],
+        ids=["png", "gif", "jpeg", "webp-vp8x", "webp-vp8", "webp-vp8l"],
+    )
+    def test_sides_up_to_8000_pixels(self, make: Any, media_type: str) -> None:
+        """An 8000-pixel side passes; 8001 is refused with the API's message."""
+        ok = image(make(8000, 600), media_type)
+        assert rule_of(request(messages=[{"role": "user", "content": [ok]}])) is None
+        tall = image(make(600, 8001), media_type)
+        found = first_violation(request(messages=[{"role": "user", "content": [tall]}]))
+        assert found is not None
+        assert found.message == (
+            "messages.0.content.0.image.source.base64.data: At least one of the image "
+            "dimensions exceed max allowed size: 8000 pixels"
+        )
+
+    def test_more_than_20_images_are_held_to_2000_pixels(self) -> None:
+        """With 21 images every one, earlier turns and tool results included, is <= 2000."""
+        big = image(png(2001, 10))
+        small = [image(png(100, 100)) for _ in range(19)]
+        result = {"type": "tool_result", "tool_use_id": "t", "content": [image(png(10, 10))]}
+        messages = [
+            {"role": "user", "content": [big, {"type": "text", "text": "first"}]},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [*small, result]},
+        ]
+        found = first_violation(request(messages=messages), checked_messages=2)
+        assert found is not None
+        assert found.message == (
+            "messages.0.content.0.image.source.base64.data: At least one of the image "
+            "dimensions exceed max allowed size for many-image requests: 2000 pixels"
+        )
+        messages[2]["content"] = small  # 20 images: the 8000-pixel limit again
+        assert rule_of(request(messages=messages)) is None
+
+    def test_images_in_tool_results_are_checked_with_their_path(self) -> None:
+        """The path names the tool result, as the API's does."""
+        result = {"type": "tool_result", "tool_use_id": "t", "content": [image("@@")]}
+        found = first_violation(request(messages=[{"role": "user", "content": [result]}]))
+        assert found is not None
+        assert found.message.startswith(
+            "messages.0.content.0.tool_result.content.0.image.source.base64"
+        )
+
+    @pytest.mark.parametrize(("model", "most"), [("claude-haiku-4-5", 100), (SONNET_46, 600)])
+    def test_images_and_documents_per_request(self, model: str, most: int) -> None:
+        """100 on 200k models, 600 on 1M models, images and PDFs together."""
+        url = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+        pdf = {"type": "document", "source": {"type": "file", "file_id": "file_1"}}
+        at_limit = [*[url] * (most - 1), pdf]
+        assert rule_of(request(model, messages=[{"role": "user", "content": at_limit}])) is None
+        over = [*at_limit, url]
+        found = first_violation(request(model, messages=[{"role": "user", "content": over}]))
+        assert found is not None
+        assert found.message == f"too many images and documents: {most} + 1 > {most}"
 
     def test_url_and_file_sources_pass(self) -> None:
         """Images the server fetches itself are not inspected."""
@@ -386,6 +478,11 @@ class TestPrefill:
         assert found is not None
         assert found.rule == "prefill"
         assert "does not support assistant message prefill" in found.message
+
+    def test_a_prewarm_is_not_a_prefill(self) -> None:
+        """max_tokens 0 generates nothing: convo's keep-alive re-warm of a conversation that
+        ends with the assistant's reply is not refused (undocumented; see docs)."""
+        assert rule_of(request(messages=self.PREFILL, max_tokens=0)) is None
 
     @pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-opus-4-5", "claude-haiku-4-5"])
     def test_accepted_before_46(self, model: str) -> None:
