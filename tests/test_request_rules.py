@@ -22,13 +22,14 @@ from convo.request_rules import (
     MAX_IMAGE_BYTES,
     NONSTREAMING_MAX_TOKENS,
     TOOL_RESULT_BLOCK_TYPES,
+    RequestChecker,
     RequestRejected,
     Violation,
-    _bounds,
     check_request,
     first_violation,
     needs_streaming,
 )
+from convo.request_rules.sizes import bounds as request_bounds
 
 SONNET_46 = "claude-sonnet-4-6"
 HI = [{"role": "user", "content": "hi"}]
@@ -167,7 +168,7 @@ class TestBodySize:
             {"role": "assistant", "content": content},
         ]
         body = request(messages=messages, **({} if system is None else {"system": system}))
-        bounds = _bounds(body)
+        bounds = request_bounds(body)
         assert bounds.size >= encoded_size(body)
         assert bounds.tokens >= tokens.request_tokens(messages=messages, system=system)
         assert bounds.images == sum(block["type"] == "image" for block in content)
@@ -719,3 +720,74 @@ class TestModelTable:
         assert table["claude-opus-5"].thinking_types == ("enabled",)
         with pytest.raises(ValueError, match="sampling"):
             models.with_overrides({"claude-opus-5": {"sampling": "some"}})
+
+
+class TestRequestChecker:
+    """The per-conversation checker walks only new messages and agrees with the plain check."""
+
+    BLOCKS: typing.ClassVar[list[dict[str, Any]]] = [
+        {"type": "text", "text": "plan the next step"},
+        {"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}},
+        {"type": "hologram"},
+        image(png(100, 100)),
+        image(png(3000, 10)),
+        image(png(9000, 10)),
+        image("@@@"),
+        {"type": "tool_result", "tool_use_id": "t", "content": [image(png(2500, 10))]},
+    ]
+
+    @settings(max_examples=80, deadline=None)
+    @given(
+        turns=st.lists(
+            st.tuples(
+                st.lists(st.integers(0, 7), min_size=1, max_size=4),
+                st.integers(0, 12),  # how many copies of the 100-pixel image to add
+                st.booleans(),  # whether to replace an earlier message by an equal new object
+            ),
+            min_size=1,
+            max_size=6,
+        ),
+        model=st.sampled_from(["claude-haiku-4-5", SONNET_46]),
+    )
+    def test_agrees_with_first_violation(
+        self, turns: list[tuple[list[int], int, bool]], model: str
+    ) -> None:
+        """Turn after turn (history shared, a message sometimes replaced), the checker's
+        verdict equals first_violation's on the same body."""
+        checker = RequestChecker()
+        history: list[dict[str, Any]] = []
+        for picks, copies, replace in turns:
+            content = [self.BLOCKS[i] for i in picks] + [self.BLOCKS[3]] * copies
+            history.append({"role": "user", "content": content})
+            if replace and len(history) > 1:
+                history[0] = dict(history[0])
+            body = request(model, messages=list(history))
+            assert checker.first_violation(body) == first_violation(body)
+            history.append({"role": "assistant", "content": "ok"})
+
+    def test_raises_like_check_request(self) -> None:
+        """check raises RequestRejected with the same facts."""
+        checker = RequestChecker()
+        with pytest.raises(RequestRejected) as caught:
+            checker.check(request(max_tokens=128_001))
+        assert caught.value.rule == "max_tokens"
+        checker.check(request())
+
+    def test_reuses_what_it_has_seen(self) -> None:
+        """A message object seen before is not walked again: changed in place (which the
+        checker's contract forbids), it keeps its old verdict; as a new object, it is
+        checked."""
+        checker = RequestChecker()
+        history: list[dict[str, Any]] = [
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "go on"},
+        ]
+        checker.check(request(messages=list(history)))
+        history[0]["content"].append({"type": "hologram"})
+        assert rule_of(request(messages=list(history))) == "unknown_block_type"
+        assert checker.first_violation(request(messages=list(history))) is None
+        history[0] = {"role": "user", "content": list(history[0]["content"])}
+        found = checker.first_violation(request(messages=list(history)))
+        assert found is not None
+        assert found.rule == "unknown_block_type"
