@@ -752,17 +752,20 @@ class TestRequestChecker:
     def test_agrees_with_first_violation(
         self, turns: list[tuple[list[int], int, bool]], model: str
     ) -> None:
-        """Turn after turn (history shared, a message sometimes replaced), the checker's
-        verdict equals first_violation's on the same body."""
+        """Turn after turn (history shared, a message sometimes replaced; the unchanged
+        count promised when it holds), the checker's verdict equals first_violation's."""
         checker = RequestChecker()
         history: list[dict[str, Any]] = []
         for picks, copies, replace in turns:
+            unchanged: int | None = len(history)  # the caller's promise, when it holds
             content = [self.BLOCKS[i] for i in picks] + [self.BLOCKS[3]] * copies
             history.append({"role": "user", "content": content})
             if replace and len(history) > 1:
                 history[0] = dict(history[0])
+                unchanged = None
             body = request(model, messages=list(history))
-            assert checker.first_violation(body) == first_violation(body)
+            verdict = checker.first_violation(body, unchanged=unchanged)
+            assert verdict == first_violation(body)
             history.append({"role": "assistant", "content": "ok"})
 
     def test_raises_like_check_request(self) -> None:

@@ -215,14 +215,21 @@ class RequestChecker:
         *,
         input_tokens: int | None = None,
         encoded_size: int | None = None,
+        unchanged: int | None = None,
     ) -> None:
-        """Raise :class:`RequestRejected` if the API would refuse *body* (see
-        :func:`check_request` for the arguments).
+        """Raise :class:`RequestRejected` if the API would refuse *body*.
+
+        *input_tokens* and *encoded_size* are those of :func:`check_request`. *unchanged*
+        promises that the first *unchanged* messages are the objects of the previous call
+        (a session that only appends knows this): the identity scan, the one per-message
+        cost left, is skipped.
 
         Raises:
             RequestRejected: with the status, error type, rule and message.
         """
-        found = self.first_violation(body, input_tokens=input_tokens, encoded_size=encoded_size)
+        found = self.first_violation(
+            body, input_tokens=input_tokens, encoded_size=encoded_size, unchanged=unchanged
+        )
         if found is not None:
             raise RequestRejected(found)
 
@@ -232,8 +239,10 @@ class RequestChecker:
         *,
         input_tokens: int | None = None,
         encoded_size: int | None = None,
+        unchanged: int | None = None,
     ) -> Violation | None:
-        """Return the first rule *body* breaks, or ``None`` (as :func:`first_violation`)."""
+        """Return the first rule *body* breaks, or ``None`` (as :func:`first_violation`;
+        the arguments are those of :meth:`check`)."""
         messages = body.get("messages")
         if not isinstance(messages, list):
             return first_violation(
@@ -245,7 +254,7 @@ class RequestChecker:
             )
         try:
             outer = sizes.outer_bounds(body)
-            prefix = self._walk(messages)
+            prefix = self._walk(messages, unchanged)
         except TypeError:  # a shape convo.tokens cannot count: the plain check decides
             return first_violation(
                 body, models=self._models, betas=self._betas, encoded_size=encoded_size
@@ -266,12 +275,15 @@ class RequestChecker:
             return found
         return _model_rules(body, self._models, bounds, input_tokens, self._betas)
 
-    def _walk(self, messages: list[Any]) -> _Prefix:
+    def _walk(self, messages: list[Any], unchanged: int | None) -> _Prefix:
         known = self._messages
-        same = 0
         limit = min(len(known), len(messages))
-        while same < limit and known[same] is messages[same]:
-            same += 1
+        if unchanged is not None:
+            same = max(0, min(unchanged, limit))
+        else:  # the first position whose message is not the object seen there before
+            same = 0
+            while same < limit and known[same] is messages[same]:
+                same += 1
         del known[same:]
         del self._prefixes[same:]
         prefix = self._prefixes[-1] if self._prefixes else _EMPTY
