@@ -180,7 +180,7 @@ _TABLE = [
         "Claude Fable 5",
         512,
         "fable-5",
-        dt.date(2026, 9, 1),
+        dt.date(2026, 6, 9),
         **_GEN_5,
         limits_source=_PAGE.format("fable-5"),
     ),
@@ -189,16 +189,17 @@ _TABLE = [
         "Claude Mythos 5",
         512,
         "mythos-5",
-        dt.date(2026, 10, 1),
+        dt.date(2026, 6, 9),
         **_GEN_5,
-        limits_source=_PAGE.format("fable-5") + " (Mythos 5 shares Fable 5's specifications)",
+        limits_source=_PAGE.format("fable-5")
+        + " (Mythos 5 shares Fable 5's specifications and announcement)",
     ),
     _m(
         "claude-opus-4-8",
         "Claude Opus 4.8",
         1024,
         "opus-4",
-        dt.date(2026, 7, 1),
+        dt.date(2026, 5, 28),
         **_GEN_5,
         limits_source=_PAGE.format("opus-4-8"),
     ),
@@ -265,10 +266,10 @@ _TABLE = [
         "Claude Opus 4.7",
         2048,
         "opus-4",
-        dt.date(2026, 5, 1),
+        dt.date(2026, 4, 16),
         **_GEN_5,
-        limits_source="docs.aws.amazon.com/bedrock model card for Claude Opus 4.7 (the "
-        "platform.claude.com page was not readable here)",
+        limits_source="Bedrock and Vertex AI model cards for Claude Opus 4.7 (the "
+        "platform.claude.com page was not readable here); released 2026-04-16 per both",
     ),
     _m(
         "claude-3-5-haiku",
