@@ -213,7 +213,10 @@ class TestContextWindow:
         assert (
             rule_of(
                 body,
-                headers={"anthropic-version": "x", "anthropic-beta": "a,context-1m-2025-08-07"},
+                headers={
+                    "anthropic-version": "2023-06-01",
+                    "anthropic-beta": "a,context-1m-2025-08-07",
+                },
             )
             is None
         )
@@ -794,3 +797,29 @@ class TestRequestChecker:
         found = checker.first_violation(request(messages=list(history)))
         assert found is not None
         assert found.rule == "unknown_block_type"
+
+
+class TestRangesAndVersions:
+    """Sampling values in range; a version header that is a date."""
+
+    @pytest.mark.parametrize(
+        ("extra", "message"),
+        [
+            ({"temperature": 1.5}, "temperature: Input should be less than or equal to 1"),
+            ({"temperature": -0.1}, "temperature: Input should be greater than or equal to 0"),
+            ({"top_p": 2}, "top_p: Input should be less than or equal to 1"),
+        ],
+    )
+    def test_out_of_range(self, extra: dict[str, Any], message: str) -> None:
+        """temperature and top_p outside [0, 1] are refused on every model."""
+        found = first_violation(request("claude-sonnet-4", **extra))
+        assert found is not None
+        assert (found.rule, found.message) == ("sampling_range", message)
+        assert rule_of(request("claude-sonnet-4", temperature=0, top_p=1)) is None
+
+    def test_version_must_be_a_date(self) -> None:
+        """A doubled header (a proxy bug seen in the wild) is not a valid version."""
+        found = first_violation(request(), headers={"anthropic-version": "2023-06-01, 2023-06-01"})
+        assert found is not None
+        assert found.message == 'anthropic-version: "2023-06-01, 2023-06-01" is not a valid version'
+        assert first_violation(request(), headers={"anthropic-version": "2026-10-21"}) is None

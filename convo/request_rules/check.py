@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -23,6 +24,9 @@ from convo.request_rules.violation import RequestRejected, Violation, invalid
 __all__ = ["RequestChecker", "check_request", "first_violation"]
 
 _Table = Mapping[str, models_module.ModelInfo]
+
+# A version is a date; which dates exist is the API's business (an unknown date passes).
+_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -123,8 +127,13 @@ def first_violation(
     if found is not None:
         return found
     if headers is not None:
-        if not _header(headers, "anthropic-version"):
+        version = _header(headers, "anthropic-version")
+        if not version:
             return invalid("anthropic_version", "anthropic-version: header is required")
+        if not _VERSION.fullmatch(version):
+            return invalid(
+                "anthropic_version", f'anthropic-version: "{version}" is not a valid version'
+            )
         beta_header = _header(headers, "anthropic-beta") or ""
         betas = [*betas, *(b.strip() for b in beta_header.split(",") if b.strip())]
     if bounds is not None and bounds.images > MANY_IMAGES:

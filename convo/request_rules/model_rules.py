@@ -42,7 +42,23 @@ def _present(body: Mapping[str, Any], name: str) -> bool:
     return body.get(name) is not None
 
 
+def _range_violation(body: Mapping[str, Any]) -> Violation | None:
+    """``temperature`` and ``top_p`` lie in [0, 1] (Messages API reference)."""
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue  # absent, or a type the parser refuses with its own message
+        if value < 0:
+            return invalid("sampling_range", f"{name}: Input should be greater than or equal to 0")
+        if value > 1:
+            return invalid("sampling_range", f"{name}: Input should be less than or equal to 1")
+    return None
+
+
 def _sampling_violation(body: Mapping[str, Any], model: models.ModelInfo) -> Violation | None:
+    found = _range_violation(body)
+    if found is not None:
+        return found
     if model.sampling == "default_only":
         temperature = body.get("temperature")
         if temperature is not None and temperature != 1:
