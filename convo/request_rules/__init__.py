@@ -8,7 +8,7 @@ rules, so the two cannot drift apart.
 Rules, checked in this order (the first one broken is reported):
 
 1. The encoded body is at most :data:`MAX_BODY_BYTES` (32 MB): 413 ``request_too_large``.
-2. The ``anthropic-version`` header is present (only when *headers* are given).
+2. The ``anthropic-version`` header is present and a date (only when *headers* are given).
 3. Every content block has a known ``type`` (system blocks: ``text``; ``tool_result``
    content: the types a tool result may carry); every image has a ``base64`` / ``url`` /
    ``file`` source, and a base64 image has a supported media type, at most 10 MB of data,
@@ -17,8 +17,8 @@ Rules, checked in this order (the first one broken is reported):
 4. Model rules (skipped for a model the table does not know; the API answers 404 then):
    ``max_tokens`` at most the model's maximum output; the input within the context
    window; at most 100 or 600 images and documents; no assistant prefill on models that
-   reject it (except a ``max_tokens: 0`` pre-warm); sampling parameters the model
-   accepts; thinking: a ``thinking.type`` the model accepts, ``budget_tokens`` >= 1,024
+   reject it (except a ``max_tokens: 0`` pre-warm); ``temperature`` and ``top_p`` in
+   [0, 1] and as the model accepts them; thinking: a ``thinking.type`` the model accepts, ``budget_tokens`` >= 1,024
    and below ``max_tokens``, no forced ``tool_choice``, and ``temperature`` / ``top_k`` /
    ``top_p`` as thinking allows.
 
