@@ -18,9 +18,9 @@ Rules, checked in this order (the first one broken is reported):
    ``max_tokens`` at most the model's maximum output; the input within the context
    window; at most 100 or 600 images and documents; no assistant prefill on models that
    reject it (except a ``max_tokens: 0`` pre-warm); ``temperature`` and ``top_p`` in
-   [0, 1] and as the model accepts them; thinking: a ``thinking.type`` the model accepts, ``budget_tokens`` >= 1,024
-   and below ``max_tokens``, no forced ``tool_choice``, and ``temperature`` / ``top_k`` /
-   ``top_p`` as thinking allows.
+   [0, 1] and as the model accepts them; thinking: a ``thinking.type`` the model
+   accepts, ``budget_tokens`` >= 1,024 and below ``max_tokens``, no forced
+   ``tool_choice``, and ``temperature`` / ``top_k`` / ``top_p`` as thinking allows.
 
 Each rule, its source page and its status are listed in ``docs/emulator.md`` ("Requests
 refused before anything runs"). The per-model facts (context window, maximum output,
