@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import email.utils
 import json
@@ -21,6 +22,7 @@ from .conftest import API_KEY
 from .test_emulator_caching import EPHEMERAL, MODEL, block, words
 
 HI = [{"role": "user", "content": "hi"}]
+VERSION = "2023-06-01"
 _HTTP = httpx2.Client()  # one pooled connection: a new one per request costs ~40 ms here
 
 
@@ -33,13 +35,18 @@ def _close_http() -> Iterator[None]:
 def raw(
     emulator: RunningEmulator, method: str, path: str, body: Any = None, **headers: str
 ) -> httpx2.Response:
-    """One plain HTTP request, for what the SDK refuses to send (no key, broken JSON)."""
+    """One plain HTTP request, for what the SDK refuses to send (no key, broken JSON).
+
+    It carries ``anthropic-version`` as the SDK does, unless *headers* set it to ``""``
+    (then the header is left out).
+    """
     content = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+    sent = {"content-type": "application/json", "anthropic-version": VERSION, **headers}
     return _HTTP.request(
         method,
         f"{emulator.base_url}{path}",
         content=content,
-        headers={"content-type": "application/json", **headers},
+        headers={k: v for k, v in sent.items() if v},
         timeout=10,
     )
 
@@ -507,3 +514,231 @@ class TestEndpoints:
         message = client.messages.create(model=MODEL, max_tokens=5, messages=HI)
         assert message.usage.output_tokens == 5
         assert message.stop_reason == "max_tokens"
+
+
+class TestRequestsRefused:
+    """The limits the API enforces before it runs anything, through the real SDK."""
+
+    def test_over_32_mb_is_413(
+        self, client: anthropic.Anthropic, emulator: RunningEmulator
+    ) -> None:
+        """A 33 MiB message answers 413 request_too_large and bills nothing."""
+        big = [{"role": "user", "content": "a" * (33 * 2**20)}]
+        with pytest.raises(anthropic.ContentTooLargeError) as caught:
+            client.messages.create(model=MODEL, max_tokens=8, messages=big)  # type: ignore[arg-type]
+        assert caught.value.status_code == 413
+        assert caught.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
+        assert emulator.stats()["tokens"]["input"] == 0
+        assert emulator.stats()["requests"]["by_status"] == {"413": 1}
+
+    def test_over_the_context_window_is_400(
+        self, client: anthropic.Anthropic, emulator: RunningEmulator
+    ) -> None:
+        """200,001 tokens on Haiku 4.5 (200k) is refused; the same on Sonnet 4.6 (1M) runs."""
+        long = [{"role": "user", "content": " ".join(["plan"] * 200_001)}]
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            client.messages.create(model="claude-haiku-4-5", max_tokens=8, messages=long)  # type: ignore[arg-type]
+        assert caught.value.body["error"]["message"] == (  # type: ignore[index]
+            "prompt is too long: 200001 tokens > 200000 maximum"
+        )
+        assert emulator.stats()["tokens"]["input"] == 0
+        ok = client.messages.create(model=MODEL, max_tokens=8, messages=long)  # type: ignore[arg-type]
+        assert ok.usage.input_tokens == 200_001
+
+    def test_unknown_block_type_is_400(self, client: anthropic.Anthropic) -> None:
+        """A block type the API does not know is refused, naming its position."""
+        messages: Any = [{"role": "user", "content": [{"type": "hologram", "data": "x"}]}]
+        with pytest.raises(anthropic.BadRequestError, match=r"messages\.0\.content\.0.*'hologram'"):
+            client.messages.create(model=MODEL, max_tokens=8, messages=messages)
+
+    @pytest.mark.parametrize(
+        ("source", "fragment"),
+        [
+            ({"type": "base64", "media_type": "image/png", "data": "@@@"}, "invalid base64"),
+            ({"type": "base64", "media_type": "image/tiff", "data": "AAAA"}, "media_type"),
+            (
+                {
+                    "type": "base64",
+                    "media_type": "image/jpeg",
+                    "data": base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(16)).decode(),
+                },
+                "does not match the provided media type",
+            ),
+        ],
+        ids=["bad-base64", "media-type", "mismatch"],
+    )
+    def test_malformed_image_is_400(
+        self, client: anthropic.Anthropic, source: dict[str, str], fragment: str
+    ) -> None:
+        """Bad base64, an unsupported media type, or bytes of another format: 400."""
+        messages: Any = [{"role": "user", "content": [{"type": "image", "source": source}]}]
+        with pytest.raises(anthropic.BadRequestError, match=fragment):
+            client.messages.create(model=MODEL, max_tokens=8, messages=messages)
+
+    def test_a_real_png_is_accepted(self, client: anthropic.Anthropic) -> None:
+        """A well-formed image passes and is billed at the flat image estimate."""
+        png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(16)).decode()
+        messages: Any = [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": png},
+                    },
+                    {"type": "text", "text": "hi"},
+                ],
+            }
+        ]
+        reply = client.messages.create(model=MODEL, max_tokens=8, messages=messages)
+        assert reply.usage.input_tokens == tokens.IMAGE_TOKENS + 1
+
+    @pytest.mark.parametrize("model", ["claude-sonnet-4-6", "claude-opus-4-6", "claude-opus-5"])
+    def test_128k_max_tokens_where_documented(
+        self, client: anthropic.Anthropic, model: str
+    ) -> None:
+        """max_tokens 128,000 runs on the 128k models (streamed, as the SDK requires);
+        128,001 is refused with the API's message."""
+        with client.messages.stream(model=model, max_tokens=128_000, messages=HI) as stream:  # type: ignore[arg-type]
+            final = stream.get_final_message()
+        assert final.usage.output_tokens > 0
+        with pytest.raises(anthropic.BadRequestError, match="128001 > 128000"):
+            client.messages.create(model=model, max_tokens=128_001, messages=HI, stream=True)  # type: ignore[arg-type]
+
+    def test_max_tokens_above_a_64k_model(self, client: anthropic.Anthropic) -> None:
+        """Haiku 4.5 stops at 64,000."""
+        with pytest.raises(anthropic.BadRequestError, match="64001 > 64000"):
+            client.messages.create(
+                model="claude-haiku-4-5", max_tokens=64_001, messages=HI, stream=True
+            )  # type: ignore[arg-type]
+
+    def test_missing_anthropic_version_is_400(self, emulator: RunningEmulator) -> None:
+        """Without the header (the SDK always sends it), every API route answers 400."""
+        body = {"model": MODEL, "max_tokens": 8, "messages": HI}
+        for method, path in (
+            ("POST", "/v1/messages"),
+            ("POST", "/v1/messages/count_tokens"),
+            ("GET", "/v1/models"),
+        ):
+            response = raw(
+                emulator,
+                method,
+                path,
+                body if method == "POST" else None,
+                **{"x-api-key": API_KEY, "anthropic-version": ""},
+            )
+            assert response.status_code == 400, path
+            assert response.json()["error"] == {
+                "type": "invalid_request_error",
+                "message": "anthropic-version: header is required",
+            }
+        with_it = raw(emulator, "POST", "/v1/messages", body, **{"x-api-key": API_KEY})
+        assert with_it.status_code == 200
+
+    @pytest.mark.parametrize(
+        ("model", "extra", "fragment"),
+        [
+            (
+                "claude-sonnet-4-5",
+                {"temperature": 0.5, "top_p": 0.9},
+                "`temperature` and `top_p` cannot both be specified",
+            ),
+            ("claude-opus-4-7", {"temperature": 0.2}, "`temperature` is deprecated"),
+            ("claude-opus-5", {"top_k": 5}, "`top_k` is deprecated"),
+            (
+                "claude-sonnet-4-6",
+                {"messages": [*HI, {"role": "assistant", "content": "Sure:"}]},
+                "does not support assistant message prefill",
+            ),
+            (
+                "claude-sonnet-4-5",
+                {"thinking": {"type": "enabled", "budget_tokens": 1000}},
+                "greater than or equal to 1024",
+            ),
+            (
+                "claude-sonnet-4-5",
+                {"max_tokens": 2048, "thinking": {"type": "enabled", "budget_tokens": 2048}},
+                "`max_tokens` must be greater than `thinking.budget_tokens`",
+            ),
+            (
+                "claude-sonnet-4-5",
+                {
+                    "thinking": {"type": "enabled", "budget_tokens": 1024},
+                    "tools": [{"name": "t", "input_schema": {"type": "object"}}],
+                    "tool_choice": {"type": "any"},
+                },
+                "tool_choice forces tool use",
+            ),
+            (
+                "claude-sonnet-4-5",
+                {"thinking": {"type": "enabled", "budget_tokens": 1024}, "temperature": 0.5},
+                "`temperature` may only be set to 1 when thinking is enabled",
+            ),
+            (
+                "claude-opus-4-7",
+                {"thinking": {"type": "enabled", "budget_tokens": 1024}},
+                '"thinking.type.enabled" is not supported for this model',
+            ),
+        ],
+        ids=[
+            "temperature-and-top-p",
+            "temperature-on-4-7",
+            "top-k-on-5",
+            "prefill-on-4-6",
+            "budget-below-1024",
+            "budget-not-below-max-tokens",
+            "thinking-forced-tool",
+            "thinking-temperature",
+            "manual-thinking-on-4-7",
+        ],
+    )
+    def test_sampling_prefill_and_thinking_rules(
+        self,
+        client: anthropic.Anthropic,
+        emulator: RunningEmulator,
+        model: str,
+        extra: dict[str, Any],
+        fragment: str,
+    ) -> None:
+        """Each rule answers 400 invalid_request_error with the API's wording; nothing billed."""
+        body = {"model": model, "max_tokens": 4096, "messages": HI, **extra}
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            client.post("/v1/messages", body=body, cast_to=object)
+        error = caught.value.body["error"]  # type: ignore[index]
+        assert error["type"] == "invalid_request_error"
+        assert fragment in error["message"]
+        assert emulator.stats()["tokens"]["input"] == 0
+
+    def test_the_same_requests_pass_where_allowed(self, client: anthropic.Anthropic) -> None:
+        """Prefill on Sonnet 4.5, adaptive thinking on Opus 4.7, temperature alone on 4.5.
+
+        (``client.post``: the SDK warns that Sonnet 4.5 is deprecated, and warnings fail.)
+        """
+        prefill = [*HI, {"role": "assistant", "content": "Sure:"}]
+        for extra in ({"messages": prefill}, {"temperature": 0.5}):
+            body = {"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": HI, **extra}
+            assert client.post("/v1/messages", body=body, cast_to=object)
+        assert client.messages.create(
+            model="claude-opus-4-7", max_tokens=8, messages=HI, thinking={"type": "adaptive"}
+        )
+
+    @pytest.mark.parametrize(
+        ("model", "window", "output"),
+        [
+            ("claude-sonnet-4-6", 1_000_000, 128_000),
+            ("claude-opus-4-6", 1_000_000, 128_000),
+            ("claude-opus-5", 1_000_000, 128_000),
+            ("claude-sonnet-4-5", 200_000, 64_000),
+            ("claude-haiku-4-5", 200_000, 64_000),
+            ("claude-opus-4-1", 200_000, 32_000),
+            ("claude-3-5-haiku", 200_000, 8_192),
+        ],
+    )
+    def test_models_endpoint_reports_each_models_limits(
+        self, client: anthropic.Anthropic, model: str, window: int, output: int
+    ) -> None:
+        """GET /v1/models/{id} and the list carry each model's own window and output."""
+        info = client.models.retrieve(model)
+        assert (info.max_input_tokens, info.max_tokens) == (window, output)
+        listed = {m.id: m for m in client.models.list(limit=100)}
+        assert (listed[model].max_input_tokens, listed[model].max_tokens) == (window, output)

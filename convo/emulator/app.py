@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from convo import models
+from convo import models, request_rules
 from convo.emulator.config import EmulatorConfig
 from convo.emulator.core import Emulator, Plan
 from convo.emulator.errors import APIError, invalid
@@ -77,6 +77,32 @@ def create_app(emulator: Emulator | None = None) -> Starlette:
             raise invalid("The request body must be a JSON object")
         return body
 
+    async def checked_json(request: Request, endpoint: str) -> dict[str, Any]:
+        """The body of an API request, refused as the API refuses it before running anything
+        (``convo.request_rules``): 413 over 32 MB, then 401, then the header and body rules."""
+        size = len(await request.body())
+        too_large = request_rules.first_violation({}, encoded_size=size)
+        if too_large is not None:
+            raise APIError(too_large.type, too_large.message)
+        emu.workspace(request.headers)
+        body = await read_json(request)
+        found = request_rules.first_violation(
+            body,
+            models=models.with_overrides(emu.config.models),
+            headers=request.headers,
+            encoded_size=size,
+            endpoint=endpoint,
+        )
+        if found is not None:
+            raise APIError(found.type, found.message)
+        return body
+
+    def require_version(request: Request) -> None:
+        emu.workspace(request.headers)
+        found = request_rules.first_violation({}, headers=request.headers)
+        if found is not None:
+            raise APIError(found.type, found.message)
+
     def api(
         handler: Callable[[Request, str], Awaitable[Response]],
     ) -> Callable[[Request], Awaitable[Response]]:
@@ -95,7 +121,7 @@ def create_app(emulator: Emulator | None = None) -> Starlette:
             await asyncio.sleep(scaled)
 
     async def messages(request: Request, request_id: str) -> Response:
-        body = await read_json(request)
+        body = await checked_json(request, "messages")
         plan = emu.messages(request.headers, body)
         if plan.fault is not None and plan.fault.kind == "drop":
             await sleep(plan.time_to_first_byte)
@@ -157,7 +183,7 @@ def create_app(emulator: Emulator | None = None) -> Starlette:
         )
 
     async def count_tokens(request: Request, request_id: str) -> Response:
-        body = await read_json(request)
+        body = await checked_json(request, "count_tokens")
         result, headers = emu.count_tokens(request.headers, body)
         emu.record_status(200)
         return JSONResponse(result, headers={**headers, "request-id": request_id})
@@ -174,7 +200,7 @@ def create_app(emulator: Emulator | None = None) -> Starlette:
         }
 
     async def list_models(request: Request, request_id: str) -> Response:
-        emu.workspace(request.headers)
+        require_version(request)
         table = sorted(
             models.with_overrides(emu.config.models).values(),
             key=lambda m: m.released,
@@ -205,7 +231,7 @@ def create_app(emulator: Emulator | None = None) -> Starlette:
         )
 
     async def get_model(request: Request, request_id: str) -> Response:
-        emu.workspace(request.headers)
+        require_version(request)
         model_id = request.path_params["model_id"]
         try:
             info = models.lookup(model_id, models.with_overrides(emu.config.models))
