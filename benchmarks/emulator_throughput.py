@@ -74,7 +74,9 @@ async def run_mode(
                     "stream": stream,
                 }
                 response = await http.post(
-                    "/v1/messages", json=body, headers={"x-api-key": "sk-bench"}
+                    "/v1/messages",
+                    json=body,
+                    headers={"x-api-key": "sk-bench", "anthropic-version": "2023-06-01"},
                 )
                 if stream:
                     start = json.loads(response.text.split("data: ", 2)[1].split("\n", 1)[0])

@@ -44,7 +44,9 @@ from convo.emulator import FAULT_KINDS, EmulatorConfig, RunningEmulator, serve
 KINDS = ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output")
 
 # A prefix comfortably above every model's cache minimum.
-SYSTEM = " ".join(f"Rule {i}: answer the traveller plainly and name the source." for i in range(220))
+SYSTEM = " ".join(
+    f"Rule {i}: answer the traveller plainly and name the source." for i in range(220)
+)
 
 
 def fault_rates(total: float) -> dict[str, float]:

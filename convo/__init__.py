@@ -18,6 +18,7 @@ from convo.layout import History, Layout, Prefix, PrefixTooShortWarning, Rendere
 from convo.ledger import Ledger, LedgerRow
 from convo.limits import RateLimiter, RedisRateLimiter
 from convo.pricing import Cost, Rates, price
+from convo.request_rules import RequestRejected
 from convo.retry import AttemptRecord, RetryPolicy, StackedRetriesWarning
 from convo.session import AsyncSession, KeepAlive, Reply, Session, Stats
 from convo.tracker import CacheOutcome, CacheTracker, Prediction
@@ -50,6 +51,7 @@ __all__ = [
     "RedisWarmRegistry",
     "RenderedRequest",
     "Reply",
+    "RequestRejected",
     "RetriesExhausted",
     "RetryPolicy",
     "Session",

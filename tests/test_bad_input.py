@@ -50,3 +50,42 @@ class TestConstruction:
         custom = convo.Prefix(model="claude-sonnet-4-6-custom", system=[SYSTEM], models=table)
         session = convo.Session(custom, client=client, ledger=False)
         assert session.prefix.model == "claude-sonnet-4-6-custom"
+
+
+class TestRequestsRefusedBeforeSending:
+    """What the API would refuse is refused by the session, and the server sees nothing."""
+
+    @pytest.mark.parametrize(
+        ("content", "max_tokens", "match"),
+        [
+            pytest.param("x " * 17_000_000, None, "32 MB", id="body-over-32MB"),
+            pytest.param("word " * 1_100_000, None, "prompt is too long", id="over-context"),
+            pytest.param([{"type": "bogus"}], None, "bogus", id="unknown-block-type"),
+            pytest.param("hi", 200_000, "maximum allowed number of output", id="max-tokens"),
+        ],
+    )
+    def test_refused_with_nothing_sent(
+        self,
+        emulator: RunningEmulator,
+        client: anthropic.Anthropic,
+        content: object,
+        max_tokens: int | None,
+        match: str,
+    ) -> None:
+        """A clear error (a ValueError), no request, and the history as before."""
+        session = convo.Session(prefix(), client=client, ledger=False)
+        with pytest.raises(convo.RequestRejected, match=match):
+            session.send(content, max_tokens=max_tokens)  # type: ignore[arg-type]
+        assert emulator.stats()["requests"]["total"] == 0
+        assert session.history == []
+
+    def test_a_large_valid_max_tokens_is_streamed_internally(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """32,000 on Sonnet 4.6 is allowed; the SDK refuses it without streaming, so
+        ``send`` streams it and returns the reply as usual."""
+        session = convo.Session(prefix(), client=client, ledger=False)
+        reply = session.send("Plan the trip", max_tokens=32_000)
+        assert reply.text
+        assert reply.usage.output > 0
+        assert len(session.history) == 2

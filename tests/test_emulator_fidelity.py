@@ -77,6 +77,12 @@ def last_marked(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return messages
 
 
+# A valid 1x1 PNG, base64.
+ONE_PIXEL_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
+)
+
+
 class Tracked:
     """Sends raw bodies through the SDK, with the tracker's prediction checked first."""
 
@@ -535,7 +541,23 @@ class TestSystemMessages:
             ("claude-opus-4-8", [{"role": "system", "content": "x"}, *HI], "first"),
             (
                 "claude-opus-4-8",
-                [*HI, {"role": "system", "content": [{"type": "image", "source": {}}]}],
+                [
+                    *HI,
+                    {
+                        "role": "system",
+                        "content": [
+                            {
+                                "type": "image",
+                                "source": {
+                                    "type": "base64",
+                                    "media_type": "image/png",
+                                    # A valid image, so only the system rule can refuse it.
+                                    "data": ONE_PIXEL_PNG,
+                                },
+                            }
+                        ],
+                    },
+                ],
                 "text blocks only",
             ),
             (

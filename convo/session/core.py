@@ -37,6 +37,7 @@ from convo.layout import History, Layout, Prefix, RenderedRequest
 from convo.ledger import Ledger, LedgerRow
 from convo.limits import RateLimiter
 from convo.pricing import price
+from convo.request_rules import RequestChecker, needs_streaming
 from convo.retry import ATTEMPT, AttemptRecord, RetryPolicy
 from convo.session import steps
 from convo.session.reply import Reply, Stats
@@ -161,6 +162,7 @@ class SessionCore:
         self._last_message_id: str | None = None
         self._prefix_known_until = float("-inf")
         self._info = models.lookup(prefix.model, prefix.models)
+        self._checker = RequestChecker(models=prefix.models)
 
     def _use_prefix(self, prefix: Prefix, workspace: str) -> None:
         """(Re)build the layouts for *prefix* (at start, and when the adaptive TTL switches)."""
@@ -226,6 +228,9 @@ class SessionCore:
             rendered = self.layout.render(
                 self.history, params=self._params(params), max_tokens=max_tokens
             )
+            # The API's own limits (body size, context window, max_tokens, block types,
+            # images, sampling and thinking rules), checked before anything is spent.
+            self._checker.check(rendered.body, input_tokens=rendered.fingerprint.total_tokens)
             return self._plan(rendered, turn=self.turns + 1, user_appended=True)
         except BaseException:
             self.rollback()
@@ -310,7 +315,7 @@ class SessionCore:
     def must_stream(self, pending: Pending) -> bool:
         """Whether *pending* must go out as a stream (the SDK refuses a plain request whose
         ``max_tokens`` could take longer than its non-streaming limit)."""
-        return False
+        return needs_streaming(self.prefix.model, pending.max_tokens)
 
     def itpm_weight(self, pending: Pending) -> int:
         """The request's predicted weight against input tokens per minute."""
