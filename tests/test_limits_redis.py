@@ -10,6 +10,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -579,7 +580,7 @@ class TestScale:
     def test_blocking_pools(self, prefix: str) -> None:
         """Built from a URL, the sync pool is a bounded BlockingConnectionPool."""
         limiter = RedisRateLimiter(URL, key="k", prefix=prefix, max_connections=7)
-        pool = limiter._redis.connection_pool
+        pool = limiter._link.redis.connection_pool
         assert isinstance(pool, redis.BlockingConnectionPool)
         assert pool.max_connections == 7
 
@@ -687,24 +688,46 @@ class TestRedisTrouble:
         assert len(caplog.records) == 1
 
     def test_probes_at_most_every_interval(self, clock: FakeClock) -> None:
-        """While down, Redis is tried once per probe interval, not on every call."""
-        nobody = OwnRedis()
-        limiter = RedisRateLimiter(nobody.url, key="k", clock=clock, itpm=6_000, latency=0)
-        tries = 0
-        original = limiter._script
+        """While down, Redis is tried once per probe interval, not on every call: a server
+        that accepts and at once hangs up counts the connections tried."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(0.05)
+        port = listener.getsockname()[1]
+        accepted = 0
+        stop = threading.Event()
 
-        def counting(**kwargs: Any) -> Any:
-            nonlocal tries
-            tries += 1
-            return original(**kwargs)
+        def hang_up() -> None:
+            nonlocal accepted
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                accepted += 1
+                conn.close()
 
-        limiter._script = counting
-        for _ in range(10):
-            limiter.reserve(input_tokens=1)
-        clock.now += 5.0
-        for _ in range(10):
-            limiter.reserve(input_tokens=1)
-        assert tries == 2
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
+        url = f"redis://127.0.0.1:{port}/0"
+        limiter = RedisRateLimiter(url, key="k", clock=clock, itpm=6_000, latency=0)
+        try:
+            for _ in range(10):
+                limiter.reserve(input_tokens=1)
+            tried_first = accepted
+            clock.now += 4.9
+            for _ in range(10):
+                limiter.reserve(input_tokens=1)
+            assert accepted == tried_first
+            clock.now += 0.1
+            for _ in range(10):
+                limiter.reserve(input_tokens=1)
+            assert limiter.degraded
+            assert tried_first >= 1
+            assert accepted == 2 * tried_first
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            listener.close()
 
     async def test_settle_after_fallback_goes_local(
         self, own_redis: OwnRedis, clock: FakeClock

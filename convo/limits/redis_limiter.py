@@ -21,12 +21,10 @@ seconds, and rejoins the shared budget when it answers. No redis exception leave
 from __future__ import annotations
 
 import asyncio
-import logging
-import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -42,6 +40,7 @@ from convo.limits.core import (
 )
 from convo.limits.local import RateLimiter
 from convo.limits.lua import SCRIPT
+from convo.limits.redis_link import DEFAULT_MAX_CONNECTIONS, RedisLink, import_redis
 
 if TYPE_CHECKING:
     import redis as redis_module
@@ -49,88 +48,15 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "SCRIPT", "RedisRateLimiter"]
 
-_LOG = logging.getLogger("convo")
-_T = TypeVar("_T")
-
-#: Connections per pool (one sync, one asyncio per event loop) when built from a URL. Each
-#: operation holds a connection for one round trip, so a few dozen serve thousands of
-#: concurrent callers; the pool is a *blocking* one, so more callers wait their turn
-#: instead of failing (redis-py 8's asyncio pool raises MaxConnectionsError past 100).
-DEFAULT_MAX_CONNECTIONS = 64
-
-#: Seconds a caller may wait for a free pooled connection before that counts as Redis
-#: trouble (and the local fallback takes over).
-_POOL_TIMEOUT = 30.0
-
-#: Socket timeouts for pools built here, unless the URL sets its own: an unreachable host
-#: must turn into the fallback within seconds, not the operating system's minutes.
-_SOCKET_CONNECT_TIMEOUT = 2.0
-_SOCKET_TIMEOUT = 5.0
-
 #: Marks the tickets of reservations the local fallback made, so that their settle and
 #: release go back to it even after Redis has returned.
 _LOCAL = "local-"
-
-#: Connection settings copied from a sync client to the asyncio one built from it.
-_PORTABLE = (
-    "host",
-    "port",
-    "db",
-    "username",
-    "password",
-    "socket_timeout",
-    "socket_connect_timeout",
-    "client_name",
-)
-
-
-def _import_redis() -> Any:
-    try:
-        import redis
-    except ImportError as exc:  # pragma: no cover - the test environment has redis
-        raise ImportError(
-            "RedisRateLimiter needs the redis package: pip install 'convo[redis]'"
-        ) from exc
-    return redis
-
-
-def _no_retry(*, asynchronous: bool) -> Any:
-    """A Retry that does not retry: a failure goes to the fallback at once.
-
-    redis-py 6+ retries a failed command 10 times with backoff by default, which would
-    stall a caller for seconds on every probe of a Redis that is down; and retrying the
-    reservation script after a dropped reply could take the same reservation twice. A
-    pooled connection that went stale (the server restarted) is reconnected when it is
-    checked out, so no retry is needed for that.
-    """
-    from redis.backoff import NoBackoff
-
-    if asynchronous:
-        from redis.asyncio.retry import Retry as AsyncRetry
-
-        return AsyncRetry(NoBackoff(), 0)
-    from redis.retry import Retry
-
-    return Retry(NoBackoff(), 0)
-
-
-def _pool_options(max_connections: int) -> dict[str, Any]:
-    return {
-        "max_connections": max_connections,
-        "timeout": _POOL_TIMEOUT,
-        "socket_connect_timeout": _SOCKET_CONNECT_TIMEOUT,
-        "socket_timeout": _SOCKET_TIMEOUT,
-    }
 
 
 def _arg(value: str | float | None) -> str:
     if value is None:
         return ""
     return value if isinstance(value, str) else repr(value)
-
-
-def _decode(raw: Sequence[Any]) -> list[str]:
-    return [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
 
 
 class RedisRateLimiter:
@@ -201,7 +127,7 @@ class RedisRateLimiter:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         probe_interval: float = 5.0,
     ) -> None:
-        module = _import_redis()
+        import_redis()
         if not key:
             raise ValueError("RedisRateLimiter needs a non-empty key naming the shared budget")
         if idle_ttl <= 0:
@@ -219,34 +145,21 @@ class RedisRateLimiter:
             check_limit("itpm", itpm),
             check_limit("otpm", otpm),
         )
-        self._module = module
-        self._errors: tuple[type[BaseException], ...] = (module.RedisError, OSError)
-        self._max_connections = max_connections
-        self._url = redis if isinstance(redis, str) else None
-        if isinstance(redis, str):
-            pool = module.BlockingConnectionPool.from_url(
-                redis, retry=_no_retry(asynchronous=False), **_pool_options(max_connections)
-            )
-            self._redis = module.Redis(connection_pool=pool)
-        else:
-            self._redis = redis
-        self._script = self._redis.register_script(SCRIPT)
         self._keys = [f"{prefix}{{{key}}}:buckets", f"{prefix}{{{key}}}:pending"]
         self._idle_ttl = idle_ttl
         self._latency = latency
         self._clock = clock
         self._wall_clock = wall_clock
-        self._given_async = async_redis
-        # Built lazily inside the running loop: a redis.asyncio client belongs to one loop.
-        self._async: tuple[asyncio.AbstractEventLoop, Any, Any] | None = None
-        # Shielded Redis calls and undo steps that outlive a cancelled caller.
-        self._background: set[asyncio.Future[Any]] = set()
-        # Degradation: the fallback, and whether (and when next) to try Redis.
-        self._probe_clock = clock or time.monotonic
-        self._probe_interval = probe_interval
-        self._health = threading.Lock()
-        self._down = False
-        self._next_probe = 0.0
+        self._link = RedisLink(
+            redis,
+            script=SCRIPT,
+            keys=self._keys,
+            owner=self,
+            async_redis=async_redis,
+            max_connections=max_connections,
+            probe_clock=clock or time.monotonic,
+            probe_interval=probe_interval,
+        )
         self._fallback = self._new_fallback()
 
     def _new_fallback(self) -> RateLimiter:
@@ -272,43 +185,9 @@ class RedisRateLimiter:
     @property
     def degraded(self) -> bool:
         """Whether Redis was unreachable at the last try and the local fallback serves."""
-        return self._down
+        return self._link.degraded
 
     # -- talking to Redis, or not -----------------------------------------------------------
-
-    def _try_redis(self) -> bool:
-        """Whether this call should go to Redis: always when up; when down, one probe per
-        interval (the caller that claims it tries, the others use the fallback)."""
-        with self._health:
-            if not self._down:
-                return True
-            now = self._probe_clock()
-            if now < self._next_probe:
-                return False
-            self._next_probe = now + self._probe_interval
-            return True
-
-    def _failed(self, error: BaseException) -> None:
-        with self._health:
-            self._next_probe = self._probe_clock() + self._probe_interval
-            if self._down:
-                return
-            self._down = True
-        _LOG.warning(
-            "%r: Redis is unreachable (%s: %s); rate limiting in this process only, with "
-            "the same limits, until it answers again (tried every %g s)",
-            self,
-            type(error).__name__,
-            error,
-            self._probe_interval,
-        )
-
-    def _answered(self) -> None:
-        with self._health:
-            if not self._down:
-                return
-            self._down = False
-        _LOG.info("%r: Redis answers again; back on the shared budget", self)
 
     def _argv(self, op: str, args: Sequence[str | float | None]) -> list[str]:
         now = None if self._clock is None else self._clock()
@@ -318,64 +197,11 @@ class RedisRateLimiter:
 
     def _call(self, op: str, *args: str | float | None) -> list[str] | None:
         """Run *op* in Redis; ``None`` when Redis is down (the caller uses the fallback)."""
-        if not self._try_redis():
-            return None
-        try:
-            raw = self._script(keys=self._keys, args=self._argv(op, args))
-        except self._errors as error:
-            self._failed(error)
-            return None
-        self._answered()
-        return _decode(raw)
-
-    def _async_client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._async is None or self._async[0] is not loop:
-            client = self._given_async
-            if client is None:
-                aio = self._module.asyncio
-                options = _pool_options(self._max_connections)
-                options["retry"] = _no_retry(asynchronous=True)
-                if self._url is not None:
-                    pool = aio.BlockingConnectionPool.from_url(self._url, **options)
-                else:
-                    # Only the settings both clients understand; the sync pool also holds
-                    # sync-only objects that redis.asyncio refuses.
-                    given = self._redis.connection_pool.connection_kwargs
-                    options |= {k: given[k] for k in _PORTABLE if k in given}
-                    if "path" in given:
-                        options["connection_class"] = aio.UnixDomainSocketConnection
-                        options["path"] = given["path"]
-                    pool = aio.BlockingConnectionPool(**options)
-                client = aio.Redis.from_pool(pool)
-            self._async = (loop, client, client.register_script(SCRIPT))
-        return self._async[2]
-
-    async def _send_async(self, argv: list[str]) -> list[str] | None:
-        try:
-            raw = await self._async_client()(keys=self._keys, args=argv)
-        except self._errors as error:
-            self._failed(error)
-            return None
-        self._answered()
-        return _decode(raw)
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
-        task = asyncio.ensure_future(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
+        return self._link.call(self._argv(op, args))
 
     async def _acall(self, op: str, *args: str | float | None) -> list[str] | None:
-        """:meth:`_call` through redis.asyncio, shielded from the caller's cancellation.
-
-        A command cancelled half-way would leave its connection in an unknown state and
-        its effect unknown; shielded, it completes (in the background if its caller is
-        gone), so the effect is always known and the connection goes back to the pool.
-        """
-        if not self._try_redis():
-            return None
-        return await asyncio.shield(self._spawn(self._send_async(self._argv(op, args))))
+        """:meth:`_call` through redis.asyncio, shielded from the caller's cancellation."""
+        return await self._link.acall(self._argv(op, args))
 
     # -- inspection -------------------------------------------------------------------------
 
@@ -438,8 +264,11 @@ class RedisRateLimiter:
         return self._grant(amounts, ticket, found)
 
     async def _reserve_now(self, amounts: tuple[int, int, int]) -> Reservation:
+        # Not through _acall: reserve_async shields this whole coroutine already.
         ticket = uuid.uuid4().hex
-        found = await self._acall("reserve", ticket, *amounts)
+        found = None
+        if self._link.try_redis():
+            found = await self._link.send(self._argv("reserve", (ticket, *amounts)))
         if found is None:
             return self._local_grant(amounts)
         return self._grant(amounts, ticket, found)
@@ -451,7 +280,7 @@ class RedisRateLimiter:
         before the ``CancelledError`` leaves.
         """
         amounts = self._amounts(input_tokens, output_tokens)
-        reserving = self._spawn(self._reserve_now(amounts))
+        reserving = self._link.spawn(self._reserve_now(amounts))
         try:
             return await asyncio.shield(reserving)
         except BaseException:
@@ -469,7 +298,7 @@ class RedisRateLimiter:
                 return
             await self.release_async(grant)
 
-        await asyncio.shield(self._spawn(undo()))
+        await asyncio.shield(self._link.spawn(undo()))
 
     def _hold_until(self, grant: Reservation) -> float:
         if not grant.ticket.startswith(_LOCAL):
@@ -524,7 +353,7 @@ class RedisRateLimiter:
         try:
             return await sleep_out_async(grant, hold_until, sleep)
         except BaseException:
-            await asyncio.shield(self._spawn(self.release_async(grant)))
+            await asyncio.shield(self._link.spawn(self.release_async(grant)))
             raise
 
     # -- settling and releasing -------------------------------------------------------------
@@ -678,18 +507,9 @@ class RedisRateLimiter:
     def clear(self) -> None:
         """Delete this budget's keys (and reset the fallback): every bucket starts full."""
         self._fallback = self._new_fallback()
-        try:
-            self._redis.delete(*self._keys)
-        except self._errors as error:
-            self._failed(error)
+        self._link.delete()
 
     async def aclose(self) -> None:
         """Let background Redis calls finish, then close the asyncio client this limiter
         built (not one it was given)."""
-        loop = asyncio.get_running_loop()
-        mine = [t for t in self._background if t.get_loop() is loop]
-        if mine:
-            await asyncio.gather(*mine, return_exceptions=True)
-        if self._async is not None and self._given_async is None and self._async[0] is loop:
-            await self._async[1].aclose()
-        self._async = None
+        await self._link.aclose()
