@@ -323,8 +323,9 @@ def forever(event: asyncio.Event) -> Any:
 
 
 async def cancel_at_random(limiter: Any, amounts: list[int], rng: random.Random) -> tuple[int, int]:
-    """Start one acquire_async per amount, each cancelled after a random number of loop
-    steps (0: before it ran at all); those that get through release what they reserved.
+    """Start one acquire_async per amount, each cancelled after a random delay: a few loop
+    steps (0: before it ran at all; on Redis, often inside its call) or a few milliseconds
+    (often while it waits its turn). Those that get through release what they reserved.
     Returns (cancelled, completed)."""
     never = asyncio.Event()
 
@@ -336,8 +337,11 @@ async def cancel_at_random(limiter: Any, amounts: list[int], rng: random.Random)
 
     tasks = [asyncio.ensure_future(one(a)) for a in amounts]
     for task in tasks:
-        for _ in range(rng.randrange(0, 6)):
-            await asyncio.sleep(0)
+        if rng.random() < 0.5:
+            for _ in range(rng.randrange(0, 6)):
+                await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(rng.uniform(0, 0.004))
         task.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     errors = [r for r in results if r is not None and not isinstance(r, asyncio.CancelledError)]

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import logging
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -460,17 +461,21 @@ class TestCancellationRedis:
         limiter = RedisRateLimiter(own_redis.url, key="k", clock=clock, itpm=6_000, latency=0)
         try:
             limiter.reserve(input_tokens=6_100)
-            with own_redis.client() as admin:
-                admin.execute_command("CLIENT", "PAUSE", 300, "ALL")
             calls = own_redis.script_calls()
+            with own_redis.client() as admin:
+                # Every command waits for the pause to end (INFO too: nothing reads stats
+                # until the cancelled task is done).
+                admin.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+            paused = time.monotonic()
             task = asyncio.ensure_future(
                 limiter.acquire_async(input_tokens=3_000, sleep=forever(asyncio.Event()))
             )
-            await asyncio.sleep(0.1)  # the script is sent and waits at the paused server
-            assert not task.done()
+            await asyncio.sleep(0.2)  # the script is sent and waits at the paused server
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+            # The CancelledError waited for the script (and the release) to be answered.
+            assert time.monotonic() - paused >= 0.9
             # The reserve ran, then the release: two scripts, and the level is as before.
             assert own_redis.script_calls() == calls + 2
             assert limiter.levels()["input-tokens"] == pytest.approx(-100.0)
@@ -675,6 +680,68 @@ class TestRedisTrouble:
             assert "Redis is unreachable" in warnings[0].getMessage()
             assert any("answers again" in r.getMessage() for r in caplog.records)
         finally:
+            await limiter.aclose()
+
+    async def test_killed_while_calls_are_in_flight(
+        self, own_redis: OwnRedis, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """300 pairs; Redis is killed once 100 are done, with the next ones on their way,
+        and 150 more start after: every one succeeds, one warning."""
+        limiter = RedisRateLimiter(own_redis.url, key="k", clock=clock, itpm=100_000, latency=0)
+        done = {True: 0, False: 0}  # by whether the limiter was degraded after the pair
+        hundred, killed = asyncio.Event(), asyncio.Event()
+
+        async def pair(n: int) -> None:
+            if n >= 150:
+                await killed.wait()
+            await asyncio.sleep(n % 150 / 600)
+            grant = await limiter.acquire_async(input_tokens=10, sleep=_no_sleep_async)
+            await limiter.settle_async(grant, input_tokens=10, output_tokens=0)
+            done[limiter.degraded] += 1
+            if sum(done.values()) == 100:
+                hundred.set()
+
+        async def kill() -> None:
+            await hundred.wait()
+            own_redis.kill()
+            killed.set()
+
+        try:
+            with caplog.at_level(logging.WARNING, logger="convo"):
+                await asyncio.gather(kill(), *(pair(n) for n in range(300)))
+            assert done[False] >= 100
+            assert done[True] >= 150
+            assert done[False] + done[True] == 300
+            assert limiter.degraded
+            assert len(caplog.records) == 1
+        finally:
+            await limiter.aclose()
+
+    async def test_hung_server(
+        self, own_redis: OwnRedis, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A server that stops answering (SIGSTOP) is Redis trouble after the socket timeout
+        (here 0.3 s, from the URL); once it answers again (SIGCONT), the limiter rejoins."""
+        url = own_redis.url + "?socket_timeout=0.3"
+        limiter = RedisRateLimiter(url, key="k", clock=clock, itpm=6_000, latency=0)
+        assert own_redis.process is not None
+        try:
+            with caplog.at_level(logging.WARNING, logger="convo"):
+                await limiter.acquire_async(input_tokens=10)
+                own_redis.process.send_signal(signal.SIGSTOP)
+                started = time.monotonic()
+                for _ in range(20):
+                    await limiter.acquire_async(input_tokens=10, sleep=_no_sleep_async)
+                assert time.monotonic() - started < 2.0  # one timeout, not twenty
+                assert limiter.degraded
+                own_redis.process.send_signal(signal.SIGCONT)
+                clock.now += 5.0
+                await limiter.acquire_async(input_tokens=10)
+                assert not limiter.degraded
+            assert len(caplog.records) == 1
+        finally:
+            if own_redis.process is not None:
+                own_redis.process.send_signal(signal.SIGCONT)
             await limiter.aclose()
 
     def test_never_reachable(self, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
