@@ -2,7 +2,7 @@
 
 Nothing here sleeps, locks or reads a clock; every function takes ``now``. The in-process
 :class:`~convo.limits.RateLimiter` wraps :class:`Buckets` in a lock, and the Redis Lua
-script in :mod:`convo.limits.redis_limiter` mirrors the same arithmetic line for line (a
+script in :mod:`convo.limits.lua` mirrors the same arithmetic operation for operation (a
 change here must be made there too; the tests run both against the same scenarios).
 
 The model, per kind (requests, input tokens, output tokens):
@@ -39,6 +39,7 @@ __all__ = [
     "Buckets",
     "HeaderReading",
     "Reservation",
+    "Triple",
     "check_amount",
     "check_limit",
     "parse_headers",
