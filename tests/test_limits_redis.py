@@ -582,6 +582,27 @@ class TestScale:
         finally:
             await limiter.aclose()
 
+    def test_threads_share_a_small_sync_pool(self, own_redis: OwnRedis, clock: FakeClock) -> None:
+        """32 threads × 20 reserves through a sync pool of 4 connections: all on Redis,
+        none lost or doubled."""
+        limiter = RedisRateLimiter(
+            own_redis.url, key="k", clock=clock, itpm=1_000_000, max_connections=4, latency=0
+        )
+
+        def work() -> None:
+            for _ in range(20):
+                limiter.reserve(input_tokens=3)
+
+        threads = [threading.Thread(target=work) for _ in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not limiter.degraded
+        assert limiter.levels()["input-tokens"] == pytest.approx(1_000_000 - 32 * 20 * 3)
+        with own_redis.client() as admin:
+            assert int(admin.info("clients")["connected_clients"]) - 1 <= 4
+
     def test_blocking_pools(self, prefix: str) -> None:
         """Built from a URL, the sync pool is a bounded BlockingConnectionPool."""
         limiter = RedisRateLimiter(URL, key="k", prefix=prefix, max_connections=7)
