@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import random
 import threading
 import uuid
 from typing import Any, ClassVar
@@ -235,6 +236,151 @@ class TestAcquire:
         limiter.reserve(input_tokens=600)
         grants = [limiter.reserve(input_tokens=60) for _ in range(5)]
         assert [g.wait for g in grants] == pytest.approx([6.0, 12.0, 18.0, 24.0, 30.0])
+
+
+class TestRelease:
+    """release gives a reservation that was never sent back whole."""
+
+    def test_levels_back(self, clock: FakeClock) -> None:
+        """Request, input, output and the in-flight debit all return: levels as before."""
+        limiter = RateLimiter(rpm=60, itpm=600, otpm=120, clock=clock, latency=1.0)
+        before = limiter.levels()
+        grant = limiter.reserve(input_tokens=550, output_tokens=100)
+        assert grant.in_flight[1] > 0  # from a full bucket: the latency debit was taken
+        limiter.release(grant)
+        assert limiter.levels() == pytest.approx(before, abs=1e-9)
+
+    def test_out_of_the_queue(self, clock: FakeClock) -> None:
+        """A released waiter no longer counts as reserved-but-unsent when headers arrive."""
+        limiter = RateLimiter(itpm=6_000, clock=clock, latency=0)
+        limiter.reserve(input_tokens=6_000)
+        waiter = limiter.reserve(input_tokens=3_000)
+        limiter.release(waiter)
+        limiter.observe_headers(headers("input-tokens", limit=6_000, remaining=0))
+        assert limiter.levels()["input-tokens"] == pytest.approx(0.0)
+
+    def test_capped_at_capacity(self, clock: FakeClock) -> None:
+        """A release after the bucket refilled stops at capacity, as the refill would have."""
+        limiter = RateLimiter(itpm=600, clock=clock, latency=0)
+        grant = limiter.reserve(input_tokens=500)
+        clock.now += 50
+        limiter.release(grant)
+        assert limiter.levels()["input-tokens"] == pytest.approx(600.0)
+
+    def test_sync_acquire_interrupted(self, clock: FakeClock) -> None:
+        """Ctrl-C while acquire sleeps releases the reservation before it propagates."""
+        limiter = RateLimiter(itpm=600, clock=clock, latency=0)
+        limiter.reserve(input_tokens=700)
+
+        def sleep(seconds: float) -> None:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            limiter.acquire(input_tokens=3_000, sleep=sleep)
+        assert limiter.levels()["input-tokens"] == pytest.approx(-100.0)
+
+    async def test_async_twins(self, clock: FakeClock) -> None:
+        """Every operation has an awaitable twin with the same effect."""
+        limiter = RateLimiter(itpm=600, otpm=120, clock=clock, latency=0)
+        grant = await limiter.reserve_async(input_tokens=100, output_tokens=100)
+        await limiter.settle_async(grant, input_tokens=50, output_tokens=20)
+        other = await limiter.reserve_async(input_tokens=100)
+        await limiter.release_async(other)
+        await limiter.observe_headers_async(headers("output-tokens", limit=120, remaining=50))
+        await limiter.observe_rate_limited_async(2.0)
+        assert limiter.levels() == pytest.approx({"input-tokens": 550.0, "output-tokens": 50.0})
+        assert limiter.reserve(input_tokens=1).wait == pytest.approx(2.0)
+
+
+class TestSettleWithHeaders:
+    """settle(headers=...) is settle then observe_headers, in one step."""
+
+    def test_same_as_two_calls(self, clock: FakeClock) -> None:
+        """Both ways leave the same levels and limits."""
+        seen = headers("input-tokens", limit=6_000, remaining=1_000, reset=EPOCH + 30)
+        seen |= headers("requests", limit=50, remaining=40)
+        results = []
+        for together in (True, False):
+            limiter = RateLimiter(itpm=6_000, clock=clock, wall_clock=lambda: EPOCH, latency=0)
+            grant = limiter.reserve(input_tokens=2_000, output_tokens=10)
+            if together:
+                limiter.settle(grant, input_tokens=1_500, output_tokens=5, headers=seen)
+            else:
+                limiter.settle(grant, input_tokens=1_500, output_tokens=5)
+                limiter.observe_headers(seen)
+            results.append((limiter.levels(), limiter.limits))
+        assert results[0] == results[1]
+        assert results[0][1]["requests"] == 50
+
+
+def forever(event: asyncio.Event) -> Any:
+    """A sleep that never ends by itself (the clock stands still): only cancellation ends it."""
+
+    async def sleep(seconds: float) -> None:
+        await event.wait()
+
+    return sleep
+
+
+async def cancel_at_random(limiter: Any, amounts: list[int], rng: random.Random) -> tuple[int, int]:
+    """Start one acquire_async per amount, each cancelled after a random delay: a few loop
+    steps (0: before it ran at all; on Redis, often inside its call) or a few milliseconds
+    (often while it waits its turn). Those that get through release what they reserved.
+    Returns (cancelled, completed)."""
+    never = asyncio.Event()
+
+    async def one(amount: int) -> None:
+        grant = await limiter.acquire_async(
+            input_tokens=amount, output_tokens=amount // 10, sleep=forever(never)
+        )
+        await limiter.release_async(grant)
+
+    tasks = [asyncio.ensure_future(one(a)) for a in amounts]
+    for task in tasks:
+        if rng.random() < 0.5:
+            for _ in range(rng.randrange(0, 6)):
+                await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(rng.uniform(0, 0.004))
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    errors = [r for r in results if r is not None and not isinstance(r, asyncio.CancelledError)]
+    assert errors == []
+    cancelled = sum(isinstance(r, asyncio.CancelledError) for r in results)
+    return cancelled, len(results) - cancelled
+
+
+class TestCancellation:
+    """A cancelled acquire_async gives back what it reserved, at any point."""
+
+    async def test_cancelled_waiter(self, clock: FakeClock) -> None:
+        """The issue's case: a 3,000-token waiter cancelled leaves the bucket at -100."""
+        limiter = RateLimiter(itpm=6_000, clock=clock, latency=0)
+        limiter.reserve(input_tokens=6_100)
+        task = asyncio.ensure_future(
+            limiter.acquire_async(input_tokens=3_000, sleep=forever(asyncio.Event()))
+        )
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert limiter.levels()["input-tokens"] == pytest.approx(-100.0)
+
+    @pytest.mark.parametrize("seed", range(5))
+    async def test_random_cancellations(self, clock: FakeClock, seed: int) -> None:
+        """50 waiters cancelled at random moments: levels and the next wait are as before."""
+        rng = random.Random(seed)
+        limiter, untouched = (
+            RateLimiter(rpm=100, itpm=6_000, otpm=1_000, clock=clock, latency=1.0) for _ in range(2)
+        )
+        for each in (limiter, untouched):
+            each.reserve(input_tokens=5_000)  # room for a few, then everyone waits
+        amounts = [rng.randrange(100, 3_000) for _ in range(50)]
+        cancelled, _ = await cancel_at_random(limiter, amounts, rng)
+        assert cancelled > 25
+        assert limiter.levels() == pytest.approx(untouched.levels(), abs=1e-6)
+        expected = untouched.reserve(input_tokens=3_000).wait
+        assert limiter.reserve(input_tokens=3_000).wait == pytest.approx(expected, abs=1e-6)
 
 
 class TestRateLimited:

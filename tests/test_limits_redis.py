@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import logging
+import random
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from convo.limits import RateLimiter, RedisRateLimiter
-from tests.test_limits import FakeClock
+from convo.limits import RateLimiter, RedisRateLimiter, Reservation
+from tests.test_limits import FakeClock, cancel_at_random, forever
 
 from .conftest import service_missing
 
@@ -57,36 +66,74 @@ def make(
     return RedisRateLimiter(server, key="budget", prefix=prefix, clock=clock, latency=0, **limits)
 
 
-class TestSameAsLocal:
-    """The Lua script and the in-process buckets give the same waits and levels."""
+def _kind_headers(
+    kind: str, limit: int | None, remaining: int | None, reset: float | None
+) -> dict[str, str]:
+    found = {}
+    if limit is not None:
+        found[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
+    if remaining is not None:
+        found[f"anthropic-ratelimit-{kind}-remaining"] = str(remaining)
+    if reset is not None:
+        found[f"anthropic-ratelimit-{kind}-reset"] = _rfc3339(reset)
+    return found
 
-    @settings(max_examples=40, deadline=None)
-    @given(
-        ops=st.lists(
-            st.one_of(
-                st.tuples(st.just("reserve"), st.integers(0, 900), st.integers(0, 200)),
-                st.tuples(st.just("advance"), st.integers(0, 40), st.just(0)),
-                st.tuples(st.just("settle"), st.integers(0, 900), st.integers(0, 200)),
-                st.tuples(st.just("hold"), st.integers(0, 10), st.just(0)),
-                st.tuples(st.just("headers"), st.integers(0, 6), st.integers(0, 30)),
-            ),
-            max_size=30,
+
+#: What one response may say about one bucket: its limit (or none), remaining (or none),
+#: seconds until reset (or none). Limits straddle the configured ones, so learning, a lower
+#: server limit winning and a configured share being kept all happen.
+_reading = st.tuples(
+    st.sampled_from([None, 20, 30, 60, 300, 600, 900]),
+    st.one_of(st.none(), st.integers(0, 12).map(lambda k: k * 50)),
+    st.one_of(st.none(), st.integers(0, 60)),
+)
+
+_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("reserve"), st.integers(0, 900), st.integers(0, 200)),
+        st.tuples(st.just("advance"), st.integers(0, 40), st.just(0)),
+        st.tuples(st.just("settle"), st.integers(0, 900), st.integers(0, 200)),
+        st.tuples(st.just("release"), st.just(0), st.just(0)),
+        st.tuples(st.just("hold"), st.integers(0, 10), st.just(0)),
+        st.tuples(st.just("headers"), st.tuples(_reading, _reading, _reading), st.just(0)),
+        st.tuples(
+            st.just("settle+headers"),
+            st.tuples(st.integers(0, 900), st.integers(0, 200)),
+            st.tuples(_reading, _reading, _reading),
         ),
+    ),
+    max_size=30,
+)
+
+
+class TestSameAsLocal:
+    """The Lua script and the in-process buckets give the same waits, levels and limits."""
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        ops=_operations,
+        configured=st.tuples(*(st.sampled_from([None, 30, 600]) for _ in range(3))),
         latency=st.sampled_from([0.0, 0.5]),
     )
     def test_scenarios(
-        self, server: redis.Redis, ops: list[tuple[str, int, int]], latency: float
+        self,
+        server: redis.Redis,
+        ops: list[tuple[str, Any, Any]],
+        configured: tuple[int | None, int | None, int | None],
+        latency: float,
     ) -> None:
-        """Random reserve/settle/hold/header/advance sequences agree to the microtoken."""
+        """Random reserve/settle/release/hold/header/advance sequences agree to the microtoken,
+        with each limit configured, learned from headers, or both."""
         clock = FakeClock(1000.0)
         key = f"convo-test:{uuid.uuid4().hex}:"
-        limits = {"rpm": 30, "itpm": 600, "otpm": 120}
+        limits = dict(zip(("rpm", "itpm", "otpm"), configured, strict=True))
         local = RateLimiter(**limits, clock=clock, wall_clock=clock, latency=latency)
         remote = RedisRateLimiter(
             server, key="k", prefix=key, clock=clock, wall_clock=clock, latency=latency, **limits
         )
+        kinds = ("requests", "input-tokens", "output-tokens")
         try:
-            grants = []
+            grants: list[tuple[Reservation, Reservation]] = []
             for op, a, b in ops:
                 if op == "advance":
                     clock.now += a
@@ -95,27 +142,56 @@ class TestSameAsLocal:
                         x.reserve(input_tokens=a, output_tokens=b) for x in (local, remote)
                     )
                     assert theirs.wait == pytest.approx(mine.wait, abs=1e-6)
+                    assert theirs.in_flight == pytest.approx(mine.in_flight, abs=1e-6)
                     grants.append((mine, theirs))
                 elif op == "settle" and grants:
                     mine, theirs = grants.pop(0)
                     local.settle(mine, input_tokens=a, output_tokens=b)
                     remote.settle(theirs, input_tokens=a, output_tokens=b)
+                elif op == "release" and grants:
+                    mine, theirs = grants.pop()
+                    local.release(mine)
+                    remote.release(theirs)
                 elif op == "hold":
                     local.observe_rate_limited(float(a))
                     remote.observe_rate_limited(float(a))
                 elif op == "headers":
-                    seen = {
-                        "anthropic-ratelimit-input-tokens-limit": "600",
-                        "anthropic-ratelimit-input-tokens-remaining": str(a * 100),
-                        "anthropic-ratelimit-input-tokens-reset": _rfc3339(clock.now + b),
-                        "anthropic-ratelimit-requests-limit": "30",
-                        "anthropic-ratelimit-requests-remaining": str(a * 5),
-                    }
+                    seen: dict[str, str] = {}
+                    for kind, (limit, remaining, reset) in zip(kinds, a, strict=True):
+                        at = None if reset is None else clock.now + reset
+                        seen |= _kind_headers(kind, limit, remaining, at)
                     local.observe_headers(seen)
                     remote.observe_headers(seen)
+                elif op == "settle+headers" and grants:
+                    mine, theirs = grants.pop(0)
+                    seen = {}
+                    for kind, (limit, remaining, reset) in zip(kinds, b, strict=True):
+                        at = None if reset is None else clock.now + reset
+                        seen |= _kind_headers(kind, limit, remaining, at)
+                    local.settle(mine, input_tokens=a[0], output_tokens=a[1], headers=seen)
+                    remote.settle(theirs, input_tokens=a[0], output_tokens=a[1], headers=seen)
                 assert remote.levels() == pytest.approx(local.levels(), abs=1e-6)
+                assert remote.limits == local.limits
+            assert not remote.degraded
         finally:
             remote.clear()
+
+    def test_learned_limit_then_remaining_alone(
+        self, server: redis.Redis, prefix: str, clock: FakeClock
+    ) -> None:
+        """The drift the issue found: a limit learned earlier, then a response whose headers
+        carry only remaining and reset. Both read the reset against the learned limit."""
+        local = RateLimiter(clock=clock, wall_clock=clock, latency=0)
+        remote = RedisRateLimiter(server, key="k", prefix=prefix, clock=clock, wall_clock=clock)
+        learn = _kind_headers("input-tokens", 6_000, 6_000, None)
+        later = _kind_headers("input-tokens", None, 1_000, clock.now + 30)
+        for limiter in (local, remote):
+            limiter.observe_headers(learn)
+            limiter.observe_headers(later)
+        # 6,000 a minute is 100 a second: full in 30 s means 3,000 left, but the rounded
+        # remaining says below 2,000: the estimate is clamped to 2,000.
+        assert local.levels()["input-tokens"] == pytest.approx(2_000.0)
+        assert remote.levels() == pytest.approx(local.levels())
 
 
 def _rfc3339(timestamp: float) -> str:
@@ -287,3 +363,478 @@ class TestProcesses:
             assert 100 * count <= 6_000 + 100 * when + 1e-6
         # 24,000 tokens: the last one goes after about (24,000 - 6,000) / 100 = 180 s.
         assert releases[-1] >= 180.0
+
+
+class OwnRedis:
+    """A redis-server this test starts on a free port, to kill, restart, pause and count."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = self.client()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+            finally:
+                client.close()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
+    def script_calls(self) -> int:
+        """EVAL and EVALSHA commands the server has run (INFO commandstats)."""
+        return sum(self.commands().get(c, 0) for c in ("eval", "evalsha"))
+
+    def commands(self) -> dict[str, int]:
+        """Calls per command so far (INFO commandstats), INFO itself left out."""
+        with self.client() as client:
+            stats = client.info("commandstats")
+        found = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+        found.pop("info", None)
+        return found
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    """A private redis-server (no persistence), stopped after the test."""
+    if subprocess.run(["which", "redis-server"], capture_output=True, check=False).returncode:
+        pytest.skip("no redis-server binary")
+    found = OwnRedis()
+    found.start()
+    yield found
+    if found.process is not None:
+        found.kill()
+
+
+class TestCancellationRedis:
+    """A cancelled acquire_async gives back what it reserved in Redis, at any point."""
+
+    @pytest.mark.parametrize("seed", range(3))
+    async def test_random_cancellations(self, prefix: str, clock: FakeClock, seed: int) -> None:
+        """50 acquire_async cancelled at random moments (before, inside the Redis calls,
+        while waiting): levels and the next wait are those of a budget never asked."""
+        rng = random.Random(seed)
+        limits: dict[str, Any] = {"rpm": 100, "itpm": 6_000, "otpm": 1_000, "latency": 1.0}
+        limiter = RedisRateLimiter(URL, key="k", prefix=prefix, clock=clock, **limits)
+        untouched = RateLimiter(clock=clock, **limits)
+        try:
+            for each in (limiter, untouched):
+                each.reserve(input_tokens=5_000)
+            amounts = [rng.randrange(100, 3_000) for _ in range(50)]
+            cancelled, _ = await cancel_at_random(limiter, amounts, rng)
+            assert cancelled > 25
+            assert await limiter.levels_async() == pytest.approx(untouched.levels(), abs=1e-6)
+            expected = untouched.reserve(input_tokens=3_000).wait
+            assert limiter.reserve(input_tokens=3_000).wait == pytest.approx(expected, abs=1e-6)
+            assert not limiter.degraded
+        finally:
+            await limiter.aclose()
+
+    async def test_cancelled_inside_the_redis_call(
+        self, own_redis: OwnRedis, clock: FakeClock
+    ) -> None:
+        """Cancelled while its script is stuck at the server (CLIENT PAUSE), the reservation
+        is still undone once the script has run; the levels are back."""
+        limiter = RedisRateLimiter(own_redis.url, key="k", clock=clock, itpm=6_000, latency=0)
+        try:
+            limiter.reserve(input_tokens=6_100)
+            calls = own_redis.script_calls()
+            with own_redis.client() as admin:
+                # Every command waits for the pause to end (INFO too: nothing reads stats
+                # until the cancelled task is done).
+                admin.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+            paused = time.monotonic()
+            task = asyncio.ensure_future(
+                limiter.acquire_async(input_tokens=3_000, sleep=forever(asyncio.Event()))
+            )
+            await asyncio.sleep(0.2)  # the script is sent and waits at the paused server
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # The CancelledError waited for the script (and the release) to be answered.
+            assert time.monotonic() - paused >= 0.9
+            # The reserve ran, then the release: two scripts, and the level is as before.
+            assert own_redis.script_calls() == calls + 2
+            assert limiter.levels()["input-tokens"] == pytest.approx(-100.0)
+        finally:
+            await limiter.aclose()
+
+
+class TestRoundTrips:
+    """What the session's warm turn costs on the limiter: one script each, all awaited."""
+
+    async def test_acquire_and_settle_with_headers(
+        self, own_redis: OwnRedis, clock: FakeClock
+    ) -> None:
+        """acquire_async (no wait) and settle_async(headers=...) are one command each (once
+        the script is loaded: the first call on a fresh server also loads it)."""
+        limiter = RedisRateLimiter(own_redis.url, key="k", clock=clock, itpm=6_000, latency=0)
+        seen = _kind_headers("input-tokens", 6_000, 5_000, None)
+        try:
+            await limiter.levels_async()  # loads the script
+            before = own_redis.commands()
+            grant = await limiter.acquire_async(input_tokens=100, output_tokens=10)
+            await limiter.settle_async(grant, input_tokens=90, output_tokens=5, headers=seen)
+            after = own_redis.commands()
+            # Top-level commands only: commandstats also counts those a script runs (HSET,
+            # ...) and the HELLO of the admin connection that reads the stats.
+            spent = {k: after.get(k, 0) - before.get(k, 0) for k in ("eval", "evalsha", "script")}
+            assert spent == {"eval": 0, "evalsha": 2, "script": 0}
+        finally:
+            await limiter.aclose()
+
+    async def test_async_path_never_uses_the_sync_client(
+        self, own_redis: OwnRedis, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """With a sync client on a dead port and an asyncio one on a live server, every
+        _async method works on Redis: none of them made a blocking call."""
+        dead = OwnRedis()  # a free port nobody listens on
+        aio = redis.asyncio.Redis(host="127.0.0.1", port=own_redis.port)
+        limiter = RedisRateLimiter(
+            redis.Redis(host="127.0.0.1", port=dead.port),
+            key="k", clock=clock, itpm=6_000, async_redis=aio, latency=0,
+        )  # fmt: skip
+        try:
+            with caplog.at_level(logging.WARNING, logger="convo"):
+                grant = await limiter.acquire_async(input_tokens=100)
+                await limiter.settle_async(grant, input_tokens=50, output_tokens=0)
+                other = await limiter.reserve_async(input_tokens=10)
+                await limiter.release_async(other)
+                await limiter.observe_headers_async(_kind_headers("requests", 50, 50, None))
+                await limiter.observe_rate_limited_async(1.0)
+                levels = await limiter.levels_async()
+            assert caplog.records == []
+            assert not limiter.degraded
+            assert levels == pytest.approx({"input-tokens": 5_950.0, "requests": 50.0})
+        finally:
+            await limiter.aclose()
+            await aio.aclose()
+
+
+class TestScale:
+    """One process, many concurrent tasks, one RedisRateLimiter built from a URL."""
+
+    @pytest.mark.slow
+    async def test_thousand_concurrent_pairs(
+        self, own_redis: OwnRedis, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """1,000 concurrent acquire_async + settle_async pairs all succeed on Redis (no
+        MaxConnectionsError from redis-py 8's asyncio pool), on at most max_connections."""
+        limiter = RedisRateLimiter(
+            own_redis.url, key="k", clock=clock, rpm=100_000, itpm=10_000_000, latency=0
+        )
+        peak = 0
+
+        async def pair(n: int) -> None:
+            nonlocal peak
+            grant = await limiter.acquire_async(input_tokens=10, output_tokens=4)
+            await limiter.settle_async(grant, input_tokens=5, output_tokens=4)
+
+        try:
+            with caplog.at_level(logging.WARNING, logger="convo"):
+                await asyncio.gather(*(pair(n) for n in range(1_000)))
+                with own_redis.client() as admin:
+                    peak = int(admin.info("clients")["connected_clients"]) - 1
+            assert caplog.records == []
+            assert not limiter.degraded
+            assert limiter.levels()["input-tokens"] == pytest.approx(10_000_000 - 5_000)
+            assert limiter.levels()["requests"] == pytest.approx(100_000 - 1_000)
+            assert 1 <= peak <= 64
+        finally:
+            await limiter.aclose()
+
+    async def test_small_pool_blocks_instead_of_failing(
+        self, own_redis: OwnRedis, clock: FakeClock
+    ) -> None:
+        """With max_connections=2, 200 concurrent callers wait their turn for a connection."""
+        limiter = RedisRateLimiter(
+            own_redis.url, key="k", clock=clock, itpm=1_000_000, max_connections=2, latency=0
+        )
+        try:
+            await asyncio.gather(*(limiter.reserve_async(input_tokens=1) for _ in range(200)))
+            assert not limiter.degraded
+            with own_redis.client() as admin:
+                assert int(admin.info("clients")["connected_clients"]) - 1 <= 3  # 2 + 1 sync
+            assert limiter.levels()["input-tokens"] == pytest.approx(1_000_000 - 200)
+        finally:
+            await limiter.aclose()
+
+    def test_threads_share_a_small_sync_pool(self, own_redis: OwnRedis, clock: FakeClock) -> None:
+        """32 threads × 20 reserves through a sync pool of 4 connections: all on Redis,
+        none lost or doubled."""
+        limiter = RedisRateLimiter(
+            own_redis.url, key="k", clock=clock, itpm=1_000_000, max_connections=4, latency=0
+        )
+
+        def work() -> None:
+            for _ in range(20):
+                limiter.reserve(input_tokens=3)
+
+        threads = [threading.Thread(target=work) for _ in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not limiter.degraded
+        assert limiter.levels()["input-tokens"] == pytest.approx(1_000_000 - 32 * 20 * 3)
+        with own_redis.client() as admin:
+            assert int(admin.info("clients")["connected_clients"]) - 1 <= 4
+
+    def test_blocking_pools(self, prefix: str) -> None:
+        """Built from a URL, the sync pool is a bounded BlockingConnectionPool."""
+        limiter = RedisRateLimiter(URL, key="k", prefix=prefix, max_connections=7)
+        pool = limiter._link.redis.connection_pool
+        assert isinstance(pool, redis.BlockingConnectionPool)
+        assert pool.max_connections == 7
+
+    def test_bad_max_connections(self) -> None:
+        """A pool needs at least one connection."""
+        with pytest.raises(ValueError, match="at least 1"):
+            RedisRateLimiter(URL, key="k", max_connections=0)
+
+
+def _no_sleep(seconds: float) -> None:
+    raise AssertionError(f"asked to wait {seconds} s: these tests stay within the budget")
+
+
+async def _no_sleep_async(seconds: float) -> None:
+    _no_sleep(seconds)
+
+
+def _every_method(limiter: RedisRateLimiter) -> None:
+    """Call every sync method once; a redis exception escaping fails the test."""
+    grant = limiter.acquire(input_tokens=100, output_tokens=10, sleep=_no_sleep)
+    limiter.settle(grant, input_tokens=80, output_tokens=5, headers={})
+    limiter.release(limiter.reserve(input_tokens=10))
+    limiter.observe_headers(_kind_headers("input-tokens", 6_000, 5_000, None))
+    limiter.observe_rate_limited(0.0)
+    limiter.levels()
+    assert limiter.limits["input-tokens"] == 6_000
+
+
+async def _every_method_async(limiter: RedisRateLimiter) -> None:
+    grant = await limiter.acquire_async(input_tokens=100, output_tokens=10, sleep=_no_sleep_async)
+    await limiter.settle_async(grant, input_tokens=80, output_tokens=5)
+    await limiter.release_async(await limiter.reserve_async(input_tokens=10))
+    await limiter.observe_headers_async(_kind_headers("input-tokens", 6_000, 5_000, None))
+    await limiter.observe_rate_limited_async(0.0)
+    await limiter.levels_async()
+
+
+class TestRedisTrouble:
+    """Redis going away degrades to local limits with one warning, and rejoins after."""
+
+    async def test_killed_and_restarted(
+        self, own_redis: OwnRedis, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Kill Redis mid-run: every call keeps succeeding on the local fallback with the
+        same limits, one warning; restarted, the next probe (on the clock) rejoins it."""
+        limiter = RedisRateLimiter(
+            own_redis.url, key="k", clock=clock, itpm=6_000, latency=0, probe_interval=5.0
+        )
+
+        async def pairs(count: int) -> None:
+            async def pair() -> None:
+                grant = await limiter.acquire_async(
+                    input_tokens=10, output_tokens=10, sleep=_no_sleep_async
+                )
+                await limiter.settle_async(grant, input_tokens=10, output_tokens=10)
+
+            await asyncio.gather(*(pair() for _ in range(count)))
+
+        try:
+            with caplog.at_level(logging.INFO, logger="convo"):
+                await pairs(20)
+                _every_method(limiter)
+                assert not limiter.degraded
+
+                own_redis.kill()
+                await pairs(50)
+                _every_method(limiter)
+                await _every_method_async(limiter)
+                assert limiter.degraded
+                # The fallback has the same limits: 6,000 a minute, from a full bucket.
+                assert limiter.limits["input-tokens"] == 6_000
+                big = limiter.reserve(input_tokens=7_000)
+                assert big.wait > 0
+                limiter.release(big)
+
+                own_redis.start()
+                clock.now += 4.0  # not yet time to probe: still local
+                await pairs(10)
+                assert limiter.degraded
+                clock.now += 1.0
+                await pairs(10)
+                assert not limiter.degraded
+                # Back on the (restarted, empty) server: its keys hold the new reservations.
+                with own_redis.client() as admin:
+                    assert admin.exists(limiter.keys[0])
+                _every_method(limiter)
+                await _every_method_async(limiter)
+
+            warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(warnings) == 1
+            assert warnings[0].name == "convo"
+            assert "Redis is unreachable" in warnings[0].getMessage()
+            assert any("answers again" in r.getMessage() for r in caplog.records)
+        finally:
+            await limiter.aclose()
+
+    async def test_killed_while_calls_are_in_flight(
+        self, own_redis: OwnRedis, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """300 pairs; Redis is killed once 100 are done, with the next ones on their way,
+        and 150 more start after: every one succeeds, one warning."""
+        limiter = RedisRateLimiter(own_redis.url, key="k", clock=clock, itpm=100_000, latency=0)
+        done = {True: 0, False: 0}  # by whether the limiter was degraded after the pair
+        hundred, killed = asyncio.Event(), asyncio.Event()
+
+        async def pair(n: int) -> None:
+            if n >= 150:
+                await killed.wait()
+            await asyncio.sleep(n % 150 / 600)
+            grant = await limiter.acquire_async(input_tokens=10, sleep=_no_sleep_async)
+            await limiter.settle_async(grant, input_tokens=10, output_tokens=0)
+            done[limiter.degraded] += 1
+            if sum(done.values()) == 100:
+                hundred.set()
+
+        async def kill() -> None:
+            await hundred.wait()
+            own_redis.kill()
+            killed.set()
+
+        try:
+            with caplog.at_level(logging.WARNING, logger="convo"):
+                await asyncio.gather(kill(), *(pair(n) for n in range(300)))
+            assert done[False] >= 100
+            assert done[True] >= 150
+            assert done[False] + done[True] == 300
+            assert limiter.degraded
+            assert len(caplog.records) == 1
+        finally:
+            await limiter.aclose()
+
+    async def test_hung_server(
+        self, own_redis: OwnRedis, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A server that stops answering (SIGSTOP) is Redis trouble after the socket timeout
+        (here 0.3 s, from the URL); once it answers again (SIGCONT), the limiter rejoins."""
+        url = own_redis.url + "?socket_timeout=0.3"
+        limiter = RedisRateLimiter(url, key="k", clock=clock, itpm=6_000, latency=0)
+        assert own_redis.process is not None
+        try:
+            with caplog.at_level(logging.WARNING, logger="convo"):
+                await limiter.acquire_async(input_tokens=10)
+                own_redis.process.send_signal(signal.SIGSTOP)
+                started = time.monotonic()
+                for _ in range(20):
+                    await limiter.acquire_async(input_tokens=10, sleep=_no_sleep_async)
+                assert time.monotonic() - started < 2.0  # one timeout, not twenty
+                assert limiter.degraded
+                own_redis.process.send_signal(signal.SIGCONT)
+                clock.now += 5.0
+                await limiter.acquire_async(input_tokens=10)
+                assert not limiter.degraded
+            assert len(caplog.records) == 1
+        finally:
+            if own_redis.process is not None:
+                own_redis.process.send_signal(signal.SIGCONT)
+            await limiter.aclose()
+
+    def test_never_reachable(self, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+        """A Redis that was never there: the limiter works locally from the first call."""
+        nobody = OwnRedis()
+        limiter = RedisRateLimiter(nobody.url, key="k", clock=clock, itpm=6_000, latency=0)
+        with caplog.at_level(logging.WARNING, logger="convo"):
+            _every_method(limiter)
+            limiter.clear()
+        assert limiter.degraded
+        assert len(caplog.records) == 1
+
+    def test_probes_at_most_every_interval(self, clock: FakeClock) -> None:
+        """While down, Redis is tried once per probe interval, not on every call: a server
+        that accepts and at once hangs up counts the connections tried."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(0.05)
+        port = listener.getsockname()[1]
+        accepted = 0
+        stop = threading.Event()
+
+        def hang_up() -> None:
+            nonlocal accepted
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                accepted += 1
+                conn.close()
+
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
+        url = f"redis://127.0.0.1:{port}/0"
+        limiter = RedisRateLimiter(url, key="k", clock=clock, itpm=6_000, latency=0)
+        try:
+            for _ in range(10):
+                limiter.reserve(input_tokens=1)
+            tried_first = accepted
+            clock.now += 4.9
+            for _ in range(10):
+                limiter.reserve(input_tokens=1)
+            assert accepted == tried_first
+            clock.now += 0.1
+            for _ in range(10):
+                limiter.reserve(input_tokens=1)
+            assert limiter.degraded
+            assert tried_first >= 1
+            assert accepted == 2 * tried_first
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            listener.close()
+
+    async def test_settle_after_fallback_goes_local(
+        self, own_redis: OwnRedis, clock: FakeClock
+    ) -> None:
+        """A reservation made by the fallback is settled and released there, even after
+        Redis is back."""
+        limiter = RedisRateLimiter(
+            own_redis.url, key="k", clock=clock, itpm=6_000, latency=0, probe_interval=1.0
+        )
+        try:
+            own_redis.kill()
+            await limiter.reserve_async(input_tokens=5_000)
+            local = await limiter.reserve_async(input_tokens=2_000)  # fallback at -1,000
+            own_redis.start()
+            clock.now += 1.0  # refills the fallback by 100
+            await limiter.reserve_async(input_tokens=10)  # the probe: rejoined
+            assert not limiter.degraded
+            await limiter.release_async(local)
+            assert limiter._fallback.levels()["input-tokens"] == pytest.approx(1_100.0)
+            assert limiter.levels()["input-tokens"] == pytest.approx(5_990.0)  # Redis's
+        finally:
+            await limiter.aclose()

@@ -2,7 +2,7 @@
 
 Nothing here sleeps, locks or reads a clock; every function takes ``now``. The in-process
 :class:`~convo.limits.RateLimiter` wraps :class:`Buckets` in a lock, and the Redis Lua
-script in :mod:`convo.limits.redis_limiter` mirrors the same arithmetic line for line (a
+script in :mod:`convo.limits.lua` mirrors the same arithmetic operation for operation (a
 change here must be made there too; the tests run both against the same scenarios).
 
 The model, per kind (requests, input tokens, output tokens):
@@ -39,14 +39,19 @@ __all__ = [
     "Buckets",
     "HeaderReading",
     "Reservation",
+    "Triple",
     "check_amount",
     "check_limit",
     "parse_headers",
     "parse_rfc3339",
+    "reading_scale",
     "server_level",
     "sleep_out",
     "sleep_out_async",
 ]
+
+#: One amount per bucket, in the order of :data:`KINDS`.
+Triple = tuple[float, float, float]
 
 #: The three buckets, in a fixed order, named as in ``anthropic-ratelimit-<kind>-*``.
 KINDS: tuple[str, str, str] = ("requests", "input-tokens", "output-tokens")
@@ -65,12 +70,23 @@ class Reservation:
         output_tokens: OTPM reserved: an estimate, corrected later by ``settle``.
         wait: Seconds the caller had to wait before sending (0 if none).
         at: Clock time the reservation was made (the limiter's clock; server time for Redis).
+        ticket: Names the reservation to the limiter that made it, so that
+            :meth:`~convo.limits.RateLimiter.release` can take it back out of the queue
+            of reservations not yet sent. Opaque; ``""`` for none.
+        in_flight: The extra debit per bucket (requests, input, output) taken for the
+            refill a full server bucket misses while the request is in flight; given back
+            with the amounts by ``release``.
+
+    .. versionchanged:: 0.2
+       ``ticket`` and ``in_flight``, for ``release``.
     """
 
     input_tokens: int
     output_tokens: int
     wait: float
     at: float
+    ticket: str = ""
+    in_flight: Triple = (0.0, 0.0, 0.0)
 
 
 @attrs.frozen
@@ -166,7 +182,9 @@ def server_level(kind: str, reading: HeaderReading, capacity: int) -> tuple[floa
     requests, so the true level lies in ``[remaining, remaining + step)``. The RFC 3339
     ``reset`` (rounded up to a whole second) narrows that: ``capacity - rate * reset_in`` is
     a lower bound on the level. It is clamped into the interval so a skewed wall clock can
-    cost at most one rounding step.
+    cost at most one rounding step. *capacity* is the server's bucket size: the limit the
+    reading announced, else the bucket's effective capacity (see :func:`reading_scale`).
+    The Lua script in :mod:`convo.limits.redis_limiter` computes the same, line for line.
     """
     if reading.remaining is None:
         return None
@@ -178,6 +196,13 @@ def server_level(kind: str, reading: HeaderReading, capacity: int) -> tuple[floa
         from_reset = capacity - capacity / 60.0 * reading.reset_in
         estimate = min(max(from_reset, remaining), upper)
     return estimate, upper
+
+
+def reading_scale(reading: HeaderReading, capacity: int) -> int:
+    """The capacity a reading's ``reset`` is read against: its own positive limit, else ours."""
+    if reading.limit is not None and reading.limit > 0:
+        return reading.limit
+    return capacity
 
 
 class Buckets:
@@ -200,9 +225,10 @@ class Buckets:
                 self.level[kind] = float(capacity)  # a fresh bucket is full
         self.updated = now
         self.blocked_until = -math.inf
-        # (release time, requests, input, output); release times are not strictly sorted
-        # (a 429 hold or a smaller amount can release earlier), so pruning scans them all.
-        self.pending: deque[tuple[float, int, int, int]] = deque()
+        # (release time, ticket, requests, input, output); release times are not strictly
+        # sorted (a 429 hold or a smaller amount can release earlier), so pruning scans
+        # them all.
+        self.pending: deque[tuple[float, str, int, int, int]] = deque()
 
     def capacity(self, kind: str) -> int | None:
         """Return the effective capacity of *kind* (``None``: unlimited)."""
@@ -218,9 +244,16 @@ class Buckets:
             self.level[kind] = min(float(capacity), level + elapsed * capacity / 60.0)
         self.updated = max(self.updated, now)
 
-    def reserve(self, now: float, amounts: tuple[int, int, int]) -> float:
-        """Take *amounts* (requests, input, output) now; return the seconds to wait."""
+    def reserve(
+        self, now: float, amounts: tuple[int, int, int], ticket: str = ""
+    ) -> tuple[float, Triple]:
+        """Take *amounts* (requests, input, output) now.
+
+        Returns the seconds to wait and the in-flight debit taken per bucket on top of the
+        amounts (what :meth:`release` gives back with them).
+        """
         self.refill(now)
+        debits = [0.0, 0.0, 0.0]
         wait = max(0.0, self.blocked_until - now)
         for kind, amount in zip(KINDS, amounts, strict=True):
             if kind not in self.level:
@@ -238,9 +271,29 @@ class Buckets:
             at_release = min(float(capacity), self.level[kind] + rate * wait)
             in_flight = max(0.0, rate * self.latency - (capacity - at_release))
             self.level[kind] -= amount + in_flight
+            debits[KINDS.index(kind)] = in_flight
         if wait > 0:
-            self.pending.append((now + wait, *amounts))
-        return wait
+            self.pending.append((now + wait, ticket, *amounts))
+        return wait, (debits[0], debits[1], debits[2])
+
+    def release(
+        self, now: float, amounts: tuple[int, int, int], in_flight: Triple, ticket: str = ""
+    ) -> None:
+        """Give back everything a reservation took (it was never sent).
+
+        The refund is capped at capacity like a refill, so releasing a reservation leaves
+        each level where it would be had the reservation never been made (as long as no
+        other reservation was made meanwhile: those already waited behind its debt).
+        """
+        self.refill(now)
+        for n, kind in enumerate(KINDS):
+            if kind in self.level:
+                capacity = self.capacity(kind)
+                assert capacity is not None
+                refund = amounts[n] + in_flight[n]
+                self.level[kind] = min(float(capacity), self.level[kind] + refund)
+        if ticket:
+            self.pending = deque(p for p in self.pending if p[1] != ticket)
 
     def settle(self, now: float, deltas: tuple[int, int]) -> None:
         """Charge (positive) or refund (negative) input and output tokens."""
@@ -255,9 +308,9 @@ class Buckets:
         """Return the amounts reserved but not yet released (the server has not seen them)."""
         self.pending = deque(p for p in self.pending if p[0] > now)
         return (
-            sum(p[1] for p in self.pending),
             sum(p[2] for p in self.pending),
             sum(p[3] for p in self.pending),
+            sum(p[4] for p in self.pending),
         )
 
     def sync(self, now: float, readings: Mapping[str, HeaderReading]) -> None:
@@ -279,7 +332,7 @@ class Buckets:
             if capacity is None:
                 continue
             # The reset time describes the server's bucket, so it is read at its capacity.
-            bounds = server_level(kind, reading, reading.limit or capacity)
+            bounds = server_level(kind, reading, reading_scale(reading, capacity))
             if bounds is None:
                 if math.isinf(self.level[kind]):
                     self.level[kind] = float(capacity)
@@ -305,8 +358,11 @@ def sleep_out(
     reservation with ``wait`` = the total slept.
     """
     waited, deadline = grant.wait, grant.at + grant.wait
-    if waited > 0:
-        sleep(waited)
+    if waited <= 0:
+        # The reservation already waited out any hold known when it was made, and without
+        # a sleep no other caller's 429 can have come in between: no second look needed.
+        return grant
+    sleep(waited)
     while (extra := hold_until() - deadline) > 0:
         sleep(extra)
         waited += extra
@@ -321,8 +377,9 @@ async def sleep_out_async(
 ) -> Reservation:
     """:func:`sleep_out`, awaiting *hold_until* and *sleep*."""
     waited, deadline = grant.wait, grant.at + grant.wait
-    if waited > 0:
-        await sleep(waited)
+    if waited <= 0:
+        return grant  # as in sleep_out: one round trip fewer for the Redis limiter
+    await sleep(waited)
     while (extra := await hold_until() - deadline) > 0:
         await sleep(extra)
         waited += extra

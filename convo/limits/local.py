@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,8 +32,15 @@ class RateLimiter:
     debt) and says how long to wait; every later caller waits behind the debt of earlier
     ones, so waiters are served first come, first served without a queue. :meth:`acquire`
     and :meth:`acquire_async` reserve and then sleep. Responses correct the buckets:
-    :meth:`settle` with the actual usage, :meth:`observe_headers` with the server's
-    ``anthropic-ratelimit-*`` headers, :meth:`observe_rate_limited` after a 429.
+    :meth:`settle` with the actual usage (and, in the same step, the server's
+    ``anthropic-ratelimit-*`` headers), :meth:`observe_headers` with headers alone,
+    :meth:`observe_rate_limited` after a 429. A reservation that was never sent is given
+    back whole with :meth:`release`; ``acquire`` and ``acquire_async`` do that themselves
+    when they are interrupted or cancelled while waiting.
+
+    Every method has an ``_async`` twin with the same meaning, so one caller can drive this
+    limiter and :class:`~convo.limits.RedisRateLimiter` alike; here the twins do no I/O and
+    only take the lock for microseconds.
 
     Thread-safe: one lock guards the state and is never held while sleeping. It is also
     safe for many tasks on one event loop, because nothing awaits with the lock held; no
@@ -54,12 +62,15 @@ class RateLimiter:
         limiter = RateLimiter(rpm=50, itpm=30_000, otpm=8_000)
         grant = limiter.acquire(input_tokens=1_200, output_tokens=512)
         raw = client.messages.with_raw_response.create(...)
-        limiter.observe_headers(raw.headers)
         usage = raw.parse().usage
         limiter.settle(grant, input_tokens=usage.input_tokens
-                       + usage.cache_creation_input_tokens, output_tokens=usage.output_tokens)
+                       + usage.cache_creation_input_tokens, output_tokens=usage.output_tokens,
+                       headers=raw.headers)
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       ``release``, ``settle(headers=...)`` and the ``_async`` twins; a cancelled
+       ``acquire_async`` gives its reservation back.
     """
 
     _shared: ClassVar[dict[str, RateLimiter]] = {}
@@ -83,6 +94,7 @@ class RateLimiter:
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._buckets = Buckets(dict(zip(KINDS, limits, strict=True)), clock(), latency)
+        self._tickets = itertools.count(1)
 
     def __repr__(self) -> str:
         rpm, itpm, otpm = self._limits
@@ -116,8 +128,13 @@ class RateLimiter:
         output = check_amount("output_tokens", output_tokens)
         with self._lock:
             now = self._clock()
-            wait = self._buckets.reserve(now, (*amounts, output))
-        return Reservation(input_tokens=input_tokens, output_tokens=output, wait=wait, at=now)
+            ticket = str(next(self._tickets))
+            wait, in_flight = self._buckets.reserve(now, (*amounts, output), ticket)
+        return Reservation(input_tokens, output, wait, now, ticket, in_flight)
+
+    async def reserve_async(self, *, input_tokens: int, output_tokens: int = 0) -> Reservation:
+        """:meth:`reserve` (no I/O here; the twin of :meth:`RedisRateLimiter.reserve_async`)."""
+        return self.reserve(input_tokens=input_tokens, output_tokens=output_tokens)
 
     def _hold_until(self) -> float:
         with self._lock:
@@ -136,10 +153,15 @@ class RateLimiter:
         """Reserve, then sleep until the request may be sent.
 
         A 429 observed while sleeping extends the wait: nothing is released before its hold
-        ends. The returned ``wait`` is the total slept.
+        ends. The returned ``wait`` is the total slept. Interrupted while sleeping (any
+        exception, ``KeyboardInterrupt`` included), it releases the reservation first.
         """
         grant = self.reserve(input_tokens=input_tokens, output_tokens=output_tokens)
-        return sleep_out(grant, self._hold_until, sleep)
+        try:
+            return sleep_out(grant, self._hold_until, sleep)
+        except BaseException:
+            self.release(grant)
+            raise
 
     async def acquire_async(
         self,
@@ -148,11 +170,33 @@ class RateLimiter:
         output_tokens: int = 0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> Reservation:
-        """Like :meth:`acquire`, awaiting *sleep* instead of blocking the thread."""
-        grant = self.reserve(input_tokens=input_tokens, output_tokens=output_tokens)
-        return await sleep_out_async(grant, self._hold_until_async, sleep)
+        """Like :meth:`acquire`, awaiting *sleep* instead of blocking the thread.
 
-    def settle(self, reservation: Reservation, *, input_tokens: int, output_tokens: int) -> None:
+        Cancelled (or failing) while it waits, it releases the reservation before the
+        ``CancelledError`` leaves: the buckets are as if it had never asked.
+        """
+        grant = self.reserve(input_tokens=input_tokens, output_tokens=output_tokens)
+        try:
+            return await sleep_out_async(grant, self._hold_until_async, sleep)
+        except BaseException:
+            self.release(grant)
+            raise
+
+    @staticmethod
+    def _deltas(reservation: Reservation, input_tokens: int, output_tokens: int) -> tuple[int, int]:
+        return (
+            check_amount("input_tokens", input_tokens) - reservation.input_tokens,
+            check_amount("output_tokens", output_tokens) - reservation.output_tokens,
+        )
+
+    def settle(
+        self,
+        reservation: Reservation,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """Correct a reservation with the actual usage: refund or charge the difference.
 
         Args:
@@ -160,13 +204,45 @@ class RateLimiter:
             input_tokens: The actual ITPM weight (``input_tokens +
                 cache_creation_input_tokens``, plus reads where they count).
             output_tokens: The actual ``output_tokens``.
+            headers: The response's headers, if any: synced in the same step as
+                :meth:`observe_headers` would (after the correction).
         """
-        deltas = (
-            check_amount("input_tokens", input_tokens) - reservation.input_tokens,
-            check_amount("output_tokens", output_tokens) - reservation.output_tokens,
-        )
+        deltas = self._deltas(reservation, input_tokens, output_tokens)
+        readings = None if headers is None else parse_headers(headers, wall_now=self._wall_clock())
         with self._lock:
-            self._buckets.settle(self._clock(), deltas)
+            now = self._clock()
+            self._buckets.settle(now, deltas)
+            if readings:
+                self._buckets.sync(now, readings)
+
+    async def settle_async(
+        self,
+        reservation: Reservation,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """:meth:`settle` (no I/O here)."""
+        self.settle(
+            reservation, input_tokens=input_tokens, output_tokens=output_tokens, headers=headers
+        )
+
+    def release(self, reservation: Reservation) -> None:
+        """Give a reservation back whole: it was never sent (cancelled, or failed before).
+
+        The request, its tokens and its in-flight debit return to the buckets (capped at
+        capacity), and it leaves the queue of reservations not yet sent. For a request
+        that *was* sent and failed, :meth:`settle` it with 0 tokens instead: the server
+        counted the request. Release or settle each reservation once.
+        """
+        amounts = (1, reservation.input_tokens, reservation.output_tokens)
+        with self._lock:
+            self._buckets.release(self._clock(), amounts, reservation.in_flight, reservation.ticket)
+
+    async def release_async(self, reservation: Reservation) -> None:
+        """:meth:`release` (no I/O here)."""
+        self.release(reservation)
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
         """Correct the buckets from a response's ``anthropic-ratelimit-*`` headers.
@@ -182,6 +258,10 @@ class RateLimiter:
         with self._lock:
             self._buckets.sync(self._clock(), readings)
 
+    async def observe_headers_async(self, headers: Mapping[str, str]) -> None:
+        """:meth:`observe_headers` (no I/O here)."""
+        self.observe_headers(headers)
+
     def observe_rate_limited(self, retry_after: float | None) -> None:
         """Record a 429: release nothing more until ``retry_after`` seconds from now.
 
@@ -195,6 +275,10 @@ class RateLimiter:
             raise ValueError(f"retry_after={retry_after}: pass seconds ≥ 0, or None")
         with self._lock:
             self._buckets.hold(self._clock(), retry_after)
+
+    async def observe_rate_limited_async(self, retry_after: float | None) -> None:
+        """:meth:`observe_rate_limited` (no I/O here)."""
+        self.observe_rate_limited(retry_after)
 
     @classmethod
     def shared(cls, key: str, **limits: int | None) -> RateLimiter:
