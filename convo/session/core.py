@@ -102,11 +102,11 @@ class SessionCore:
                 f"default, or False for none; got {type(ledger).__name__}"
             )
         backends = (
-            ("registry", registry, "state", "WarmRegistry"),
-            ("limiter", limiter, "acquire", "RateLimiter"),
+            ("registry", registry, ("acquire", "acquire_async", "record", "began"), "WarmRegistry"),
+            ("limiter", limiter, ("acquire", "acquire_async", "settle", "release"), "RateLimiter"),
         )
         for name, backend, needs, kind in backends:
-            if not hasattr(backend, needs):
+            if not all(hasattr(backend, method) for method in needs):
                 raise TypeError(
                     f"{name} must be a convo.{kind} (or its Redis twin), "
                     f"got {type(backend).__name__}"
@@ -429,6 +429,7 @@ class SessionCore:
                     if stream
                     else steps.Send(pending.call_arguments, self.clock())
                 )
+                pending.sent = True
                 try:
                     outcome = yield step
                 except BaseException as error:
@@ -660,7 +661,8 @@ class SessionCore:
         if pending.reservation is not None:
             reservation, pending.reservation = pending.reservation, None
             billed = pending.billed
-            if billed.total_input or billed.output:
+            if pending.sent:
+                # The server counted the request (and maybe tokens): settle, don't give back.
                 cleanup.append(
                     steps.Settle(reservation, self._itpm_used(billed), billed.output, None)
                 )

@@ -86,6 +86,8 @@ class Pending:
     billed: Usage = attrs.field(factory=Usage.zero)
     #: Whether the registry was told this writer's response began (or was abandoned).
     began: bool = False
+    #: Whether an attempt went out (the server may have counted it).
+    sent: bool = False
     #: Keep a cut stream's partial reply in the history.
     keep_partial: bool = False
 
