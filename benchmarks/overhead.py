@@ -212,14 +212,13 @@ def run_mock(args: argparse.Namespace) -> dict[str, Any]:
     # Warm the shared prefix (registry and emulator) so every measured conversation starts
     # as one does in a running service: the system prompt cached, the conversation new.
     convo.Session(prefix, client=transport.client(), ledger=False).send(question("warm-", 0))
+    # history turns: (conversations, timed turns each). Each conversation is grown to its
+    # size by sending, then timed for a few turns (few enough that the history stays within
+    # ~5% of its size, except at 10 turns, where the prefix dwarfs the history anyway).
     plan = (
-        {10: (8, 2), 100: (2, 10), 1000: (1, 10)}
+        {10: (15, 2), 100: (2, 10), 1000: (1, 20)}
         if args.quick
-        else {
-            10: (20, 2),
-            100: (4, 10),
-            1000: (1, 40),
-        }
+        else {10: (40, 3), 100: (6, 10), 1000: (1, 50)}
     )
     sizes = {}
     for turns, (conversations, window) in plan.items():
@@ -338,30 +337,33 @@ async def _round(base_url: str, arm: str, *, tag: str, sessions: int, turns: int
 
 
 async def run_concurrent(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
-    pattern = ["raw", "convo", "convo", "raw"]
-    if not args.quick:
-        pattern += pattern
+    arms = ["convo"] + ([] if args.no_ledger_off else ["convo_no_ledger"])
+    # Every convo round sits between two raw rounds and is compared with their mean.
+    pattern = ["raw"]
+    for _ in range(1 if args.quick else 2):
+        for arm in arms:
+            pattern += [arm, "raw"]
     rounds = []
     for n, arm in enumerate(pattern):
         rounds.append(
             await _round(base_url, arm, tag=f"r{n:02d}-", sessions=args.sessions, turns=args.turns)
         )
         print(f"(c) {rounds[-1]}", file=sys.stderr)
-    pairs = [rounds[i : i + 2] for i in range(0, len(rounds), 2)]
-    ratios = []
-    cpu = []
-    for a, b in pairs:
-        raw, mine = (a, b) if a["arm"] == "raw" else (b, a)
-        ratios.append(mine["requests_per_s"] / raw["requests_per_s"])
-        cpu.append(mine["client_cpu_s"] / raw["client_cpu_s"])
-    return {
-        "sessions": args.sessions,
-        "turns_each": args.turns,
-        "rounds": rounds,
-        "throughput_ratio_median": round(statistics.median(ratios), 3),
-        "throughput_ratios": [round(r, 3) for r in ratios],
-        "client_cpu_ratio_median": round(statistics.median(cpu), 3),
-    }
+    result: dict[str, Any] = {"sessions": args.sessions, "turns_each": args.turns, "rounds": rounds}
+    for arm in arms:
+        ratios, cpu = [], []
+        for i, r in enumerate(rounds):
+            if r["arm"] != arm:
+                continue
+            raw = [rounds[i - 1], rounds[i + 1]]
+            ratios.append(r["requests_per_s"] / statistics.mean(x["requests_per_s"] for x in raw))
+            cpu.append(r["client_cpu_s"] / statistics.mean(x["client_cpu_s"] for x in raw))
+        result[arm] = {
+            "throughput_ratio_median": round(statistics.median(ratios), 3),
+            "throughput_ratios": [round(x, 3) for x in ratios],
+            "client_cpu_ratio_median": round(statistics.median(cpu), 3),
+        }
+    return result
 
 
 # -- report --------------------------------------------------------------------------------
@@ -423,10 +425,17 @@ def markdown(report: dict[str, Any]) -> str:
     if conc:
         lines += [
             "",
-            f"{conc['sessions']} concurrent sessions × {conc['turns_each']} turns: convo/raw "
-            f"throughput {conc['throughput_ratio_median']} (pairs {conc['throughput_ratios']}), "
-            f"client CPU ratio {conc['client_cpu_ratio_median']}",
+            f"| {conc['sessions']} concurrent sessions × {conc['turns_each']} turns "
+            "| throughput / raw (median) | per round | client CPU / raw |",
+            "|---|---:|---|---:|",
         ]
+        for arm in ("convo", "convo_no_ledger"):
+            if arm in conc:
+                r = conc[arm]
+                lines.append(
+                    f"| {arm} | {r['throughput_ratio_median']} | {r['throughput_ratios']} "
+                    f"| {r['client_cpu_ratio_median']} |"
+                )
     return "\n".join(lines)
 
 
