@@ -197,12 +197,20 @@ def _paired(samples: dict[str, list[float]], arms: list[str]) -> dict[str, Any]:
         result[arm] = {
             "us": round(statistics.median(mine), 1),
             "added_us": round(statistics.median(added), 1),
+            # The spread of the paired differences: on a shared machine single calls vary by
+            # more than convo adds, so read the median against it.
+            "added_us_p25_p75": [round(q, 1) for q in _quartiles(added)],
             "added_share": round(
                 statistics.median(a / r for a, r in zip(added, raw, strict=True)), 3
             ),
             "ratio": round(statistics.median(c / r for c, r in zip(mine, raw, strict=True)), 3),
         }
     return result
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
 
 
 def run_mock(args: argparse.Namespace) -> dict[str, Any]:
@@ -393,14 +401,16 @@ def markdown(report: dict[str, Any]) -> str:
     if mock:
         lines += [
             "| history (turns) | calls | raw SDK µs | convo µs | added µs | added / SDK "
-            "| ledger=False added µs | ledger=False added / SDK |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| added µs p25–p75 | ledger=False added µs | ledger=False added / SDK |",
+            "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
         ]
         for turns, r in mock["by_history_turns"].items():
             off = r.get("convo_no_ledger", {})
+            low, high = r["convo"]["added_us_p25_p75"]
             lines.append(
                 f"| {turns} | {r['samples']} | {r['raw_us']:.0f} | {r['convo']['us']:.0f} "
                 f"| {r['convo']['added_us']:.0f} | {r['convo']['added_share']:.1%} "
+                f"| {low:.0f} to {high:.0f} "
                 f"| {off.get('added_us', float('nan')):.0f} "
                 f"| {off.get('added_share', float('nan')):.1%} |"
             )
