@@ -104,14 +104,15 @@ class RawConversation:
 
 
 class EmulatorTransport:
-    """A mock transport answered by the emulator's core, timing its own work."""
+    """A mock transport answered by the emulator's core, timing its own work (wall clock
+    and this thread's CPU)."""
 
     def __init__(self) -> None:
         self.emulator = Emulator(EmulatorConfig.from_dict(UNLIMITED))
-        self.server_ns = 0
+        self.server_ns = self.server_cpu_ns = 0
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
-        started = time.perf_counter_ns()
+        started, cpu = time.perf_counter_ns(), time.thread_time_ns()
         plan = self.emulator.messages(request.headers, json.loads(request.content))
         plan.begin()
         response = httpx2.Response(
@@ -120,6 +121,7 @@ class EmulatorTransport:
             headers={**plan.headers, "content-type": "application/json"},
         )
         self.server_ns += time.perf_counter_ns() - started
+        self.server_cpu_ns += time.thread_time_ns() - cpu
         return response
 
     def client(self) -> anthropic.Anthropic:
@@ -133,13 +135,20 @@ class EmulatorTransport:
 
 def _timed(
     transport: EmulatorTransport, call: Callable[..., Any], *args: Any, **kwargs: Any
-) -> tuple[float, Any]:
-    """Run *call*; return the microseconds it spent in the client (its wall time minus the
-    emulator's), and its result."""
-    transport.server_ns = 0
-    started = time.perf_counter_ns()
+) -> tuple[float, float, Any]:
+    """Run *call*; return the microseconds it spent in the client, by the wall clock and by
+    this thread's CPU clock (each minus the emulator's share), and its result.
+
+    The CPU figure leaves out time the thread spent preempted by other processes, which on
+    a shared machine is most of the noise; it also leaves out work on other threads (the
+    ledger's writer), which the wall figure catches whenever it lands in a timed call.
+    """
+    transport.server_ns = transport.server_cpu_ns = 0
+    started, cpu = time.perf_counter_ns(), time.thread_time_ns()
     result = call(*args, **kwargs)
-    return (time.perf_counter_ns() - started - transport.server_ns) / 1000, result
+    wall = time.perf_counter_ns() - started - transport.server_ns
+    cpu = time.thread_time_ns() - cpu - transport.server_cpu_ns
+    return wall / 1000, cpu / 1000, result
 
 
 def mock_size(
@@ -154,7 +163,9 @@ def mock_size(
 ) -> dict[str, Any]:
     """Time *window* turns after *turns* of history, over *conversations* conversations."""
     arms = ["raw", "convo"] + (["convo_no_ledger"] if ledger_off else [])
-    samples: dict[str, list[float]] = {arm: [] for arm in arms}
+    wall: dict[str, list[float]] = {arm: [] for arm in arms}
+    cpu: dict[str, list[float]] = {arm: [] for arm in arms}
+    entries = 0
     for _ in range(conversations):
         tag = [next_tag(tags) for _ in arms]
         sessions = {
@@ -175,12 +186,19 @@ def mock_size(
                 n = arms.index(arm)
                 if arm == "raw":
                     kwargs = raw.arguments(question(tag[0], i))
-                    us, message = _timed(transport, raw_client.messages.create, **kwargs)
+                    us, cpu_us, message = _timed(transport, raw_client.messages.create, **kwargs)
                     raw.answered(message)
                 else:
-                    us, _ = _timed(transport, sessions[arm].send, question(tag[n], i))
-                samples[arm].append(us)
-    return _paired(samples, arms)
+                    us, cpu_us, _ = _timed(transport, sessions[arm].send, question(tag[n], i))
+                wall[arm].append(us)
+                cpu[arm].append(cpu_us)
+        entries = max(entries, len(sessions["convo"].tracker.entries()))
+    return {
+        "samples": len(wall["raw"]),
+        "tracker_entries": entries,
+        "wall": _paired(wall, arms),
+        "cpu": _paired(cpu, arms),
+    }
 
 
 def next_tag(tags: list[int]) -> str:
@@ -190,7 +208,7 @@ def next_tag(tags: list[int]) -> str:
 
 def _paired(samples: dict[str, list[float]], arms: list[str]) -> dict[str, Any]:
     raw = samples["raw"]
-    result: dict[str, Any] = {"samples": len(raw), "raw_us": round(statistics.median(raw), 1)}
+    result: dict[str, Any] = {"raw_us": round(statistics.median(raw), 1)}
     for arm in arms[1:]:
         mine = samples[arm]
         added = [c - r for c, r in zip(mine, raw, strict=True)]
@@ -247,9 +265,14 @@ def run_mock(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"prefix_tokens": prefix.tokens, "by_history_turns": sizes}
     if 10 in sizes and 1000 in sizes:
         result["added_1000_over_10"] = {
-            arm: round(sizes[1000][arm]["added_us"] / sizes[10][arm]["added_us"], 2)
-            for arm in sizes[10]
-            if isinstance(sizes[10][arm], dict)
+            clock: {
+                arm: round(
+                    sizes[1000][clock][arm]["added_us"] / sizes[10][clock][arm]["added_us"], 2
+                )
+                for arm in sizes[10][clock]
+                if isinstance(sizes[10][clock][arm], dict)
+            }
+            for clock in ("wall", "cpu")
         }
     return result
 
@@ -399,23 +422,27 @@ def markdown(report: dict[str, Any]) -> str:
     lines = []
     mock = report.get("mock")
     if mock:
-        lines += [
-            "| history (turns) | calls | raw SDK µs | convo µs | added µs | added / SDK "
-            "| added µs p25–p75 | ledger=False added µs | ledger=False added / SDK |",
-            "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
-        ]
-        for turns, r in mock["by_history_turns"].items():
-            off = r.get("convo_no_ledger", {})
-            low, high = r["convo"]["added_us_p25_p75"]
-            lines.append(
-                f"| {turns} | {r['samples']} | {r['raw_us']:.0f} | {r['convo']['us']:.0f} "
-                f"| {r['convo']['added_us']:.0f} | {r['convo']['added_share']:.1%} "
-                f"| {low:.0f} to {high:.0f} "
-                f"| {off.get('added_us', float('nan')):.0f} "
-                f"| {off.get('added_share', float('nan')):.1%} |"
-            )
-        if "added_1000_over_10" in mock:
+        for clock in ("wall", "cpu"):
+            lines += [
+                f"Mock transport, client {clock} time per call (medians):",
+                "",
+                "| history (turns) | calls | raw SDK µs | convo µs | added µs | added / SDK "
+                "| added µs p25–p75 | ledger=False added µs | ledger=False added / SDK |",
+                "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+            ]
+            for turns, size in mock["by_history_turns"].items():
+                r = size[clock]
+                off = r.get("convo_no_ledger", {})
+                low, high = r["convo"]["added_us_p25_p75"]
+                lines.append(
+                    f"| {turns} | {size['samples']} | {r['raw_us']:.0f} | {r['convo']['us']:.0f} "
+                    f"| {r['convo']['added_us']:.0f} | {r['convo']['added_share']:.1%} "
+                    f"| {low:.0f} to {high:.0f} "
+                    f"| {off.get('added_us', float('nan')):.0f} "
+                    f"| {off.get('added_share', float('nan')):.1%} |"
+                )
             lines.append("")
+        if "added_1000_over_10" in mock:
             lines.append(f"added µs, 1,000 turns over 10 turns: {mock['added_1000_over_10']}")
     loop = report.get("loopback")
     if loop:
