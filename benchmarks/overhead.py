@@ -184,14 +184,16 @@ def mock_size(
         # The in-process emulator keeps every prompt it has seen, so at 1,000 turns the
         # heap is mostly its state and a full collection takes ~100 ms every ~8 calls,
         # landing on whichever arm happens to be running. Freezing what exists now keeps
-        # that artifact of hosting the server in the client's process out of both arms;
-        # what the timed calls allocate is collected as usual.
+        # that artifact of hosting the server in the client's process out of both arms,
+        # and a collection before each call leaves it no debt from the call before: each
+        # arm pays for collecting what it allocates itself.
         gc.collect()
         gc.freeze()
         for i in range(turns, turns + window):
             order = arms[i % len(arms) :] + arms[: i % len(arms)]
             for arm in order:
                 n = arms.index(arm)
+                gc.collect()
                 if arm == "raw":
                     kwargs = raw.arguments(question(tag[0], i))
                     us, cpu_us, message = _timed(transport, raw_client.messages.create, **kwargs)
