@@ -525,6 +525,7 @@ def main() -> None:
                 report["loopback"] = run_loopback(server.base_url, args)
             if "c" in args.parts:
                 report["concurrent"] = asyncio.run(run_concurrent(server.base_url, args))
+    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))
     if args.markdown:
         print()
