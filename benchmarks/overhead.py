@@ -15,9 +15,13 @@ interleaved in one run so a noisy machine slows both alike:
     next turns are timed, the arms taking turns in a rotating order. The raw arm starts
     from a copy of the grown history (same content objects) and keeps a ``cache_control``
     marker on the system prompt and on the newest user message, as a careful SDK user does.
-    Reported: each arm's median client µs per call, convo's added µs per turn (paired with
-    the raw call of the same turn), added µs as a share of the raw call, and the ratio of
-    added µs at 1,000 turns to 10 turns.
+    Reported, by the wall clock and by the calling thread's CPU clock (the CPU figure
+    ignores time lost to other processes, the main noise on a shared machine, but also
+    misses the ledger writer's thread): each arm's median client µs per call, convo's
+    added µs per turn (paired with the raw call of the same turn) with the quartiles of
+    those differences, added µs as a share of the raw call, and the ratio of added µs at
+    1,000 turns to 10 turns. The heap is frozen and collected before each timed call, so
+    no arm pays for garbage another left (see ``mock_size``).
 (b) **Loopback emulator**, served by another process: a 200-turn conversation, convo vs the
     raw SDK, turns interleaved; wall time per arm is the sum of its calls.
 (c) **200 concurrent** ``AsyncSession``s vs 200 tasks on one raw ``AsyncAnthropic``, each a
