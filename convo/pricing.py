@@ -13,10 +13,10 @@ models but counts every cache write in full. ``docs/cost.md`` works an example t
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import Any
 
 import attrs
 import genai_prices
@@ -204,7 +204,7 @@ def price(
     rates, source, batch_applied = _resolve(usage, model, when, batch, overrides, notes)
     if rates is None:
         return Cost(usd=None, rate_limit_tokens=weight, model=model, reason=source, source=_SOURCE)
-    rates, derived = rates.filled()
+    rates, derived = _filled(rates)
     notes.extend(derived)
     if batch and not batch_applied:
         rates = rates.scaled(_BATCH)
@@ -256,19 +256,38 @@ def _resolve(
     if batch_applied:
         notes.append(f"batch: prices from {_SOURCE} batch variant")
     total = usage.total_input
-    rates: dict[str, Any] = {}
-    for field, key in (
-        ("input", "input_mtok"),
-        ("output", "output_mtok"),
-        ("cache_write_5m", "cache_write_mtok"),
-        ("cache_write_1h", "cache_write_1h_mtok"),
-        ("cache_read", "cache_read_mtok"),
-    ):
-        rates[field] = _tier(getattr(chosen, key, None), total)
-    if rates["input"] is None or rates["output"] is None:
+    values = tuple(_tier(getattr(chosen, key, None), total) for key in _GENAI_KEYS)
+    if values[0] is None or values[1] is None:
         return None, f"{_SOURCE} has no token prices for {model!r}", False
-    source = f"{_SOURCE} ({info.id})"
-    return Rates(**rates), source, batch_applied
+    return _published(values), f"{_SOURCE} ({info.id})", batch_applied
+
+
+#: genai-prices' field for each of Rates' fields, in the order Rates takes them.
+_GENAI_KEYS = (
+    "input_mtok",
+    "output_mtok",
+    "cache_write_mtok",
+    "cache_write_1h_mtok",
+    "cache_read_mtok",
+)
+
+
+# Every turn prices its usage, and building and filling a Rates (ten Decimal conversions,
+# an attrs.evolve) cost more than the arithmetic. A model has a handful of distinct rate
+# sets (tiers, batch, a dated change), so both are cached on the values themselves: a
+# price change in genai-prices yields new values, hence a new entry, never a stale hit.
+@functools.lru_cache(maxsize=256)
+def _published(values: tuple[Decimal | None, ...]) -> Rates:
+    inp, out, w5, w1, read = values
+    # _resolve returns before calling without these two.
+    assert inp is not None
+    assert out is not None
+    return Rates(input=inp, output=out, cache_write_5m=w5, cache_write_1h=w1, cache_read=read)
+
+
+@functools.lru_cache(maxsize=256)
+def _filled(rates: Rates) -> tuple[Rates, tuple[str, ...]]:
+    return rates.filled()
 
 
 def _tier(value: object, total_input: int) -> Decimal | None:

@@ -131,8 +131,13 @@ class Usage:
         """
         if not isinstance(d, Mapping):
             raise TypeError(f"Usage.from_dict needs a mapping, got {type(d).__name__}")
+        return cls._from_fields(d, requested_ttl)
+
+    @classmethod
+    def _from_fields(cls, d: Any, requested_ttl: Ttl) -> Usage:
+        """Build from a usage mapping or an SDK usage object (its fields read directly)."""
         _check_ttl(requested_ttl)
-        split = d.get("cache_creation")
+        split = _field(d, "cache_creation")
         w5, w1, assumed = _split_writes(
             _count(d, "cache_creation_input_tokens"),
             None
@@ -143,7 +148,7 @@ class Usage:
             ),
             requested_ttl,
         )
-        stu = d.get("server_tool_use")
+        stu = _field(d, "server_tool_use")
         return cls(
             input=_count(d, "input_tokens"),
             cache_read=_count(d, "cache_read_input_tokens"),
@@ -155,8 +160,8 @@ class Usage:
             else ServerToolUse(
                 _count(stu, "web_search_requests"), _count(stu, "web_fetch_requests")
             ),
-            service_tier=d.get("service_tier"),
-            inference_geo=d.get("inference_geo"),
+            service_tier=_field(d, "service_tier"),
+            inference_geo=_field(d, "inference_geo"),
             ttl_split_assumed=assumed,
         )
 
@@ -175,7 +180,15 @@ class Usage:
         usage = getattr(message, "usage", message)
         if isinstance(message, Mapping):
             usage = message.get("usage", message)
-        return cls.from_dict(_as_dict(usage), requested_ttl=requested_ttl)
+        if isinstance(usage, Mapping):
+            return cls._from_fields(usage, requested_ttl)
+        if getattr(usage, "model_dump", None) is None:
+            raise TypeError(
+                f"expected an SDK Message/Usage or a usage dict, got {type(usage).__name__}"
+            )
+        # Read the SDK object's fields directly: the same values model_dump() would give
+        # (nested objects included), without building the dicts on every turn.
+        return cls._from_fields(usage, requested_ttl)
 
     @classmethod
     def from_events(cls, events: Iterable[Any], *, requested_ttl: Ttl = "5m") -> Usage:
@@ -328,8 +341,12 @@ def _split_writes(total: int, split: tuple[int, int] | None, ttl: Ttl) -> tuple[
     return w5 + missing, w1, True
 
 
+def _field(d: Any, key: str) -> Any:
+    return d.get(key) if isinstance(d, Mapping) else getattr(d, key, None)
+
+
 def _count(d: Any, key: str) -> int:
-    value = d.get(key) if isinstance(d, Mapping) else getattr(d, key, None)
+    value = _field(d, key)
     if value is None:
         return 0
     if not isinstance(value, int) or isinstance(value, bool):

@@ -201,3 +201,30 @@ class TestServiceTier:
         flagged = price(plain, "claude-sonnet-4-6", batch=True)
         assert tiered.usd == flagged.usd == price(plain, "claude-sonnet-4-6").usd / 2  # type: ignore[operator]
         assert "batch: taken from usage.service_tier" in tiered.notes
+
+
+class TestRatesCache:
+    """Resolved rates are reused across calls without ever serving another case's rates."""
+
+    def test_repeat_prices_are_equal(self) -> None:
+        """Pricing the same usage again gives an equal Cost."""
+        first = price(_mission("5m"), "claude-sonnet-4-6", at=AT)
+        again = price(_mission("5m"), "claude-sonnet-4-6", at=AT)
+        assert first == again
+
+    def test_tiers_alternate_correctly(self) -> None:
+        """A long-context request between two short ones gets its own tier, and the short
+        ones the base rate, whatever was priced before."""
+        short, long = Usage(input=100_000, output=10), Usage(input=300_000, output=10)
+        model = "claude-sonnet-4-5"
+        rates = [price(u, model, at=AT).rates for u in (short, long, short)]
+        assert [r.input for r in rates if r is not None] == [Decimal(3), Decimal(6), Decimal(3)]
+
+    def test_batch_and_standard_alternate_correctly(self) -> None:
+        """Batch and standard prices of one usage interleave without mixing."""
+        usage = _mission("1h")
+        costs = [
+            price(usage, "claude-opus-4-6", at=AT, batch=batch).usd
+            for batch in (False, True, False)
+        ]
+        assert costs[0] == costs[2] == 2 * costs[1]  # type: ignore[operator]

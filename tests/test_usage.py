@@ -87,6 +87,23 @@ class TestUsageValue:
         """An SDK Message gives the same Usage as its raw usage dict."""
         assert Usage.from_message(_message(MISSION)) == Usage.from_dict(MISSION)
 
+    @pytest.mark.parametrize(
+        "usage",
+        [
+            MISSION,
+            {k: v for k, v in MISSION.items() if k != "cache_creation"},
+            dict(MISSION, cache_creation=None, service_tier="batch", future_field=7),
+            dict(MISSION, server_tool_use={"web_search_requests": 1, "web_fetch_requests": 0}),
+        ],
+        ids=["split", "no-split", "null-split-extra-field", "server-tools"],
+    )
+    def test_sdk_object_read_like_its_dump(self, usage: dict[str, Any]) -> None:
+        """Reading an SDK Message's usage fields directly gives what its model_dump() gives."""
+        message = _message(usage)
+        dumped = Usage.from_dict(message.usage.model_dump(), requested_ttl="1h")
+        assert Usage.from_message(message, requested_ttl="1h") == dumped
+        assert Usage.from_message(message.usage, requested_ttl="1h") == dumped
+
     def test_ttl_split_kept(self) -> None:
         """cache_creation's 5m/1h split lands in the two write fields."""
         d = dict(MISSION, cache_creation_input_tokens=300)

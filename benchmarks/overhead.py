@@ -1,0 +1,540 @@
+"""convo's overhead over the bare ``anthropic`` SDK: per call, per conversation, concurrent.
+
+Three measurements, each comparing convo with the raw SDK doing the same work, arms
+interleaved in one run so a noisy machine slows both alike:
+
+(a) **Mock transport.** Both arms use an ``anthropic.Anthropic`` built the same way, whose
+    ``httpx2.MockTransport`` hands the request to the emulator's core in-process
+    (``convo.emulator.Emulator.messages``) and answers with its ``Message``. The emulator's
+    time is measured inside the handler and subtracted, so each figure is the client's own
+    time for one call. (A fixed canned ``Message`` would be cheaper to serve, but its usage
+    could not match what convo predicts, and every convo turn would then take the
+    misprediction path; the emulator answers with the usage a real server would.)
+    A 40,000-token system prompt; the convo arms *grow* their conversation to 10, 100 and
+    1,000 turns by sending (so their trackers hold what a real session's would), then the
+    next turns are timed, the arms taking turns in a rotating order. The raw arm starts
+    from a copy of the grown history (same content objects) and keeps a ``cache_control``
+    marker on the system prompt and on the newest user message, as a careful SDK user does.
+    Reported, by the wall clock and by the calling thread's CPU clock (the CPU figure
+    ignores time lost to other processes, the main noise on a shared machine, but also
+    misses the ledger writer's thread): each arm's median client µs per call, convo's
+    added µs per turn (paired with the raw call of the same turn) with the quartiles of
+    those differences, added µs as a share of the raw call, and the ratio of added µs at
+    1,000 turns to 10 turns. The heap is frozen and collected before each timed call, so
+    no arm pays for garbage another left (see ``mock_size``).
+(b) **Loopback emulator**, served by another process: a 200-turn conversation, convo vs the
+    raw SDK, turns interleaved; wall time per arm is the sum of its calls.
+(c) **200 concurrent** ``AsyncSession``s vs 200 tasks on one raw ``AsyncAnthropic``, each a
+    short conversation on the same prefix, against the loopback emulator; rounds alternate
+    raw, convo, convo, raw and adjacent rounds are paired.
+
+convo is measured as a user gets it by default: the process-wide warm registry and rate
+limiter, and the default SQLite ledger (in a temporary ``CONVO_HOME``, so nothing is written
+to the user's data directory). The ``ledger=False`` arm shows what the ledger costs.
+
+Run: ``python benchmarks/overhead.py [--quick] [--markdown]``. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+# The default ledger goes to a throwaway folder; set before convo opens it.
+os.environ["CONVO_HOME"] = tempfile.mkdtemp(prefix="convo-overhead-")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import anthropic
+import httpx2
+
+import convo
+from convo.emulator import Emulator, EmulatorConfig, serve_process
+
+MODEL = "claude-sonnet-4-6"
+# 40,000 tokens by convo.tokens: 40,000 words of at most five letters.
+SYSTEM = " ".join(("alpha", "beta", "gamma", "delta")[i % 4] for i in range(40_000))
+API_KEY = "sk-bench"
+MOCK_URL = "http://mock.invalid"
+MAX_TOKENS = 1024
+# Limits far above anything this benchmark sends, so no arm ever waits on a limiter.
+UNLIMITED = {"limits": {"default": {"rpm": 10**8, "itpm": 10**12, "otpm": 10**12}}}
+
+
+def question(tag: str, i: int) -> str:
+    """A user turn; *tag* and the fixed-width counter keep every conversation's content
+    its own (so no arm reads what another wrote) at the same token count."""
+    return f"Question {tag}{i:06d}: what about the next step in the plan we made?"
+
+
+class RawConversation:
+    """What a careful user of the bare SDK keeps: the messages, and two cache markers."""
+
+    def __init__(self, history: Sequence[dict[str, Any]] = ()) -> None:
+        self.system: Any = [
+            {"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}
+        ]
+        self.messages: list[dict[str, Any]] = list(history)
+        self._marked: dict[str, Any] | None = None
+
+    def arguments(self, text: str) -> dict[str, Any]:
+        """Append the user turn, move the rolling marker onto it, return the call's kwargs."""
+        if self._marked is not None:
+            self._marked.pop("cache_control", None)
+        block = {"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}
+        self._marked = block
+        self.messages.append({"role": "user", "content": [block]})
+        return {
+            "model": MODEL,
+            "max_tokens": MAX_TOKENS,
+            "system": self.system,
+            "messages": self.messages,
+        }
+
+    def answered(self, message: Any) -> None:
+        self.messages.append({"role": "assistant", "content": message.content})
+
+
+# -- (a) mock transport -------------------------------------------------------------------
+
+
+class EmulatorTransport:
+    """A mock transport answered by the emulator's core, timing its own work (wall clock
+    and this thread's CPU)."""
+
+    def __init__(self) -> None:
+        self.emulator = Emulator(EmulatorConfig.from_dict(UNLIMITED))
+        self.server_ns = self.server_cpu_ns = 0
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        started, cpu = time.perf_counter_ns(), time.thread_time_ns()
+        plan = self.emulator.messages(request.headers, json.loads(request.content))
+        plan.begin()
+        response = httpx2.Response(
+            200,
+            content=json.dumps(plan.message).encode(),
+            headers={**plan.headers, "content-type": "application/json"},
+        )
+        self.server_ns += time.perf_counter_ns() - started
+        self.server_cpu_ns += time.thread_time_ns() - cpu
+        return response
+
+    def client(self) -> anthropic.Anthropic:
+        return anthropic.Anthropic(
+            api_key=API_KEY,
+            base_url=MOCK_URL,
+            max_retries=0,
+            http_client=anthropic.DefaultHttpxClient(transport=httpx2.MockTransport(self)),
+        )
+
+
+def _timed(
+    transport: EmulatorTransport, call: Callable[..., Any], *args: Any, **kwargs: Any
+) -> tuple[float, float, Any]:
+    """Run *call*; return the microseconds it spent in the client, by the wall clock and by
+    this thread's CPU clock (each minus the emulator's share), and its result.
+
+    The CPU figure leaves out time the thread spent preempted by other processes, which on
+    a shared machine is most of the noise; it also leaves out work on other threads (the
+    ledger's writer), which the wall figure catches whenever it lands in a timed call.
+    """
+    transport.server_ns = transport.server_cpu_ns = 0
+    started, cpu = time.perf_counter_ns(), time.thread_time_ns()
+    result = call(*args, **kwargs)
+    wall = time.perf_counter_ns() - started - transport.server_ns
+    cpu = time.thread_time_ns() - cpu - transport.server_cpu_ns
+    return wall / 1000, cpu / 1000, result
+
+
+def mock_size(
+    transport: EmulatorTransport,
+    prefix: convo.Prefix,
+    *,
+    turns: int,
+    conversations: int,
+    window: int,
+    ledger_off: bool,
+    tags: list[int],
+) -> dict[str, Any]:
+    """Time *window* turns after *turns* of history, over *conversations* conversations."""
+    arms = ["raw", "convo"] + (["convo_no_ledger"] if ledger_off else [])
+    wall: dict[str, list[float]] = {arm: [] for arm in arms}
+    cpu: dict[str, list[float]] = {arm: [] for arm in arms}
+    entries = 0
+    for _ in range(conversations):
+        tag = [next_tag(tags) for _ in arms]
+        sessions = {
+            "convo": convo.Session(prefix, client=transport.client(), max_tokens=MAX_TOKENS)
+        }
+        if ledger_off:
+            sessions["convo_no_ledger"] = convo.Session(
+                prefix, client=transport.client(), max_tokens=MAX_TOKENS, ledger=False
+            )
+        for i in range(turns):  # grow: untimed
+            for n, (_, session) in enumerate(sessions.items(), start=1):
+                session.send(question(tag[n], i))
+        raw = RawConversation(sessions["convo"].history)
+        raw_client = transport.client()
+        # The in-process emulator keeps every prompt it has seen, so at 1,000 turns the
+        # heap is mostly its state and a full collection takes ~100 ms every ~8 calls,
+        # landing on whichever arm happens to be running. Freezing what exists now keeps
+        # that artifact of hosting the server in the client's process out of both arms,
+        # and a collection before each call leaves it no debt from the call before: each
+        # arm pays for collecting what it allocates itself.
+        gc.collect()
+        gc.freeze()
+        for i in range(turns, turns + window):
+            order = arms[i % len(arms) :] + arms[: i % len(arms)]
+            for arm in order:
+                n = arms.index(arm)
+                gc.collect()
+                if arm == "raw":
+                    kwargs = raw.arguments(question(tag[0], i))
+                    us, cpu_us, message = _timed(transport, raw_client.messages.create, **kwargs)
+                    raw.answered(message)
+                else:
+                    us, cpu_us, _ = _timed(transport, sessions[arm].send, question(tag[n], i))
+                wall[arm].append(us)
+                cpu[arm].append(cpu_us)
+        gc.unfreeze()
+        entries = max(entries, len(sessions["convo"].tracker.entries()))
+    return {
+        "samples": len(wall["raw"]),
+        "tracker_entries": entries,
+        "wall": _paired(wall, arms),
+        "cpu": _paired(cpu, arms),
+    }
+
+
+def next_tag(tags: list[int]) -> str:
+    tags[0] += 1
+    return f"c{tags[0]:05d}-"
+
+
+def _paired(samples: dict[str, list[float]], arms: list[str]) -> dict[str, Any]:
+    raw = samples["raw"]
+    result: dict[str, Any] = {"raw_us": round(statistics.median(raw), 1)}
+    for arm in arms[1:]:
+        mine = samples[arm]
+        added = [c - r for c, r in zip(mine, raw, strict=True)]
+        result[arm] = {
+            "us": round(statistics.median(mine), 1),
+            "added_us": round(statistics.median(added), 1),
+            # The spread of the paired differences: on a shared machine single calls vary by
+            # more than convo adds, so read the median against it.
+            "added_us_p25_p75": [round(q, 1) for q in _quartiles(added)],
+            "added_share": round(
+                statistics.median(a / r for a, r in zip(added, raw, strict=True)), 3
+            ),
+            "ratio": round(statistics.median(c / r for c, r in zip(mine, raw, strict=True)), 3),
+        }
+    return result
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
+def run_mock(args: argparse.Namespace) -> dict[str, Any]:
+    transport = EmulatorTransport()
+    prefix = convo.Prefix(model=MODEL, system=[SYSTEM], tools=[])
+    tags = [0]
+    # Warm the shared prefix (registry and emulator) so every measured conversation starts
+    # as one does in a running service: the system prompt cached, the conversation new.
+    convo.Session(prefix, client=transport.client(), ledger=False).send(question("warm-", 0))
+    # history turns: (conversations, timed turns each). Each conversation is grown to its
+    # size by sending, then timed for a few turns (few enough that the history stays within
+    # ~5% of its size, except at 10 turns, where the prefix dwarfs the history anyway).
+    plan = (
+        {10: (15, 2), 100: (2, 10), 1000: (1, 20)}
+        if args.quick
+        else {10: (40, 3), 100: (6, 10), 1000: (1, 50)}
+    )
+    sizes = {}
+    for turns, (conversations, window) in plan.items():
+        if turns not in args.sizes:
+            continue
+        started = time.perf_counter()
+        sizes[turns] = mock_size(
+            transport,
+            prefix,
+            turns=turns,
+            conversations=conversations,
+            window=window,
+            ledger_off=not args.no_ledger_off,
+            tags=tags,
+        )
+        sizes[turns]["seconds"] = round(time.perf_counter() - started, 1)
+        print(f"(a) {turns} turns: {sizes[turns]}", file=sys.stderr)
+    result: dict[str, Any] = {"prefix_tokens": prefix.tokens, "by_history_turns": sizes}
+    if 10 in sizes and 1000 in sizes:
+        result["added_1000_over_10"] = {
+            clock: {
+                arm: round(
+                    sizes[1000][clock][arm]["added_us"] / sizes[10][clock][arm]["added_us"], 2
+                )
+                for arm in sizes[10][clock]
+                if isinstance(sizes[10][clock][arm], dict)
+            }
+            for clock in ("wall", "cpu")
+        }
+    return result
+
+
+# -- (b) loopback, one long conversation ------------------------------------------------------
+
+
+def run_loopback(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    prefix = convo.Prefix(model=MODEL, system=[SYSTEM], tools=[])
+    arms = ["raw", "convo"] + ([] if args.no_ledger_off else ["convo_no_ledger"])
+    runs = []
+    for run in range(1 if args.quick else 2):
+        with anthropic.Anthropic(base_url=base_url, api_key=API_KEY, max_retries=0) as client:
+            sessions: dict[str, Any] = {
+                "convo": convo.Session(prefix, client=client, max_tokens=MAX_TOKENS),
+                "convo_no_ledger": convo.Session(
+                    prefix, client=client, max_tokens=MAX_TOKENS, ledger=False
+                ),
+            }
+            raw = RawConversation()
+            # The system prompt cached first, as in a running service; then every arm's
+            # conversation is its own.
+            client.messages.create(**RawConversation().arguments(question(f"w{run}-", 0)))
+            samples: dict[str, list[float]] = {arm: [] for arm in arms}
+            for i in range(args.loopback_turns):
+                order = arms[(i + run) % len(arms) :] + arms[: (i + run) % len(arms)]
+                for arm in order:
+                    text = question(f"b{run}{arm[:1]}{len(arm):02d}-", i)
+                    started = time.perf_counter_ns()
+                    if arm == "raw":
+                        raw.answered(client.messages.create(**raw.arguments(text)))
+                    else:
+                        sessions[arm].send(text)
+                    samples[arm].append((time.perf_counter_ns() - started) / 1e9)
+        totals = {arm: round(sum(s), 3) for arm, s in samples.items()}
+        runs.append(
+            {
+                "seconds": totals,
+                "wall_ratio": {arm: round(totals[arm] / totals["raw"], 3) for arm in arms[1:]},
+                "median_turn_ratio": {
+                    arm: round(
+                        statistics.median(
+                            c / r for c, r in zip(samples[arm], samples["raw"], strict=True)
+                        ),
+                        3,
+                    )
+                    for arm in arms[1:]
+                },
+            }
+        )
+        print(f"(b) run {run}: {runs[-1]}", file=sys.stderr)
+    return {"turns": args.loopback_turns, "runs": runs}
+
+
+# -- (c) concurrent AsyncSessions ------------------------------------------------------------
+
+
+async def _round(base_url: str, arm: str, *, tag: str, sessions: int, turns: int) -> dict[str, Any]:
+    prefix = convo.Prefix(model=MODEL, system=[SYSTEM], tools=[])
+    async with anthropic.AsyncAnthropic(
+        base_url=base_url, api_key=API_KEY, max_retries=0
+    ) as client:
+
+        async def raw_worker(w: int) -> None:
+            conversation = RawConversation()
+            for i in range(turns):
+                text = question(f"{tag}{w:04d}-", i)
+                conversation.answered(await client.messages.create(**conversation.arguments(text)))
+
+        async def convo_worker(w: int) -> None:
+            session = convo.AsyncSession(
+                prefix,
+                client=client,
+                max_tokens=MAX_TOKENS,
+                ledger=None if arm == "convo" else False,
+            )
+            for i in range(turns):
+                await session.send(question(f"{tag}{w:04d}-", i))
+
+        worker = raw_worker if arm == "raw" else convo_worker
+        cpu, started = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(sessions)))
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+    requests = sessions * turns
+    return {
+        "arm": arm,
+        "requests": requests,
+        "seconds": round(elapsed, 3),
+        "requests_per_s": round(requests / elapsed, 1),
+        "client_cpu_s": round(cpu, 3),
+    }
+
+
+async def run_concurrent(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    arms = ["convo"] + ([] if args.no_ledger_off else ["convo_no_ledger"])
+    # Every convo round sits between two raw rounds and is compared with their mean.
+    pattern = ["raw"]
+    for _ in range(1 if args.quick else 2):
+        for arm in arms:
+            pattern += [arm, "raw"]
+    rounds = []
+    for n, arm in enumerate(pattern):
+        rounds.append(
+            await _round(base_url, arm, tag=f"r{n:02d}-", sessions=args.sessions, turns=args.turns)
+        )
+        print(f"(c) {rounds[-1]}", file=sys.stderr)
+    result: dict[str, Any] = {"sessions": args.sessions, "turns_each": args.turns, "rounds": rounds}
+    for arm in arms:
+        ratios, cpu = [], []
+        for i, r in enumerate(rounds):
+            if r["arm"] != arm:
+                continue
+            raw = [rounds[i - 1], rounds[i + 1]]
+            ratios.append(r["requests_per_s"] / statistics.mean(x["requests_per_s"] for x in raw))
+            cpu.append(r["client_cpu_s"] / statistics.mean(x["client_cpu_s"] for x in raw))
+        result[arm] = {
+            "throughput_ratio_median": round(statistics.median(ratios), 3),
+            "throughput_ratios": [round(x, 3) for x in ratios],
+            "client_cpu_ratio_median": round(statistics.median(cpu), 3),
+        }
+    return result
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    memory = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "memory": memory,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "anthropic": anthropic.__version__,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = []
+    mock = report.get("mock")
+    if mock:
+        for clock in ("wall", "cpu"):
+            lines += [
+                f"Mock transport, client {clock} time per call (medians):",
+                "",
+                "| history (turns) | calls | raw SDK µs | convo µs | added µs | added / SDK "
+                "| added µs p25–p75 | ledger=False added µs | ledger=False added / SDK |",
+                "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+            ]
+            for turns, size in mock["by_history_turns"].items():
+                r = size[clock]
+                off = r.get("convo_no_ledger", {})
+                low, high = r["convo"]["added_us_p25_p75"]
+                lines.append(
+                    f"| {turns} | {size['samples']} | {r['raw_us']:.0f} | {r['convo']['us']:.0f} "
+                    f"| {r['convo']['added_us']:.0f} | {r['convo']['added_share']:.1%} "
+                    f"| {low:.0f} to {high:.0f} "
+                    f"| {off.get('added_us', float('nan')):.0f} "
+                    f"| {off.get('added_share', float('nan')):.1%} |"
+                )
+            lines.append("")
+        if "added_1000_over_10" in mock:
+            lines.append(f"added µs, 1,000 turns over 10 turns: {mock['added_1000_over_10']}")
+    loop = report.get("loopback")
+    if loop:
+        lines += [
+            "",
+            f"| {loop['turns']}-turn conversation on loopback | run | raw s | convo s "
+            "| wall ratio | median turn ratio |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for n, run in enumerate(loop["runs"]):
+            for arm, ratio in run["wall_ratio"].items():
+                lines.append(
+                    f"| {arm} | {n} | {run['seconds']['raw']} | {run['seconds'][arm]} "
+                    f"| {ratio} | {run['median_turn_ratio'][arm]} |"
+                )
+    conc = report.get("concurrent")
+    if conc:
+        lines += [
+            "",
+            f"| {conc['sessions']} concurrent sessions × {conc['turns_each']} turns "
+            "| throughput / raw (median) | per round | client CPU / raw |",
+            "|---|---:|---|---:|",
+        ]
+        for arm in ("convo", "convo_no_ledger"):
+            if arm in conc:
+                r = conc[arm]
+                lines.append(
+                    f"| {arm} | {r['throughput_ratio_median']} | {r['throughput_ratios']} "
+                    f"| {r['client_cpu_ratio_median']} |"
+                )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
+    parser.add_argument("--markdown", action="store_true", help="also print Markdown tables")
+    parser.add_argument("--parts", default="abc", help="which measurements to run: any of a, b, c")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[10, 100, 1000], help="(a) history sizes"
+    )
+    parser.add_argument("--loopback-turns", type=int, default=200, help="(b) turns")
+    parser.add_argument("--sessions", type=int, default=200, help="(c) concurrent sessions")
+    parser.add_argument("--turns", type=int, default=None, help="(c) turns per session")
+    parser.add_argument("--no-ledger-off", action="store_true", help="skip the ledger=False arm")
+    args = parser.parse_args()
+    if args.turns is None:
+        args.turns = 2 if args.quick else 4
+    report: dict[str, Any] = {
+        "benchmark": "overhead",
+        "machine": machine(),
+        "configuration": "convo defaults: process-wide registry and limiter, default SQLite "
+        "ledger in a temporary CONVO_HOME",
+        "quick": args.quick,
+    }
+    if "a" in args.parts:
+        report["mock"] = run_mock(args)
+    if "b" in args.parts or "c" in args.parts:
+        with (
+            serve_process() as server,
+            anthropic.Anthropic(
+                base_url=server.base_url, api_key=API_KEY, max_retries=0
+            ) as control,
+        ):
+            control.put("/_emulator/config", body=UNLIMITED, cast_to=object)
+            if "b" in args.parts:
+                report["loopback"] = run_loopback(server.base_url, args)
+            if "c" in args.parts:
+                report["concurrent"] = asyncio.run(run_concurrent(server.base_url, args))
+    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(report, indent=2))
+    if args.markdown:
+        print()
+        print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
