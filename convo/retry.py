@@ -230,10 +230,23 @@ class RetryPolicy:
         as :meth:`call`); only who does the waiting changes.
         """
         run = _Run(self, clock=clock, wall_clock=wall_clock, rng=rng, on_attempt=on_attempt)
+        # Most calls succeed at once: the first attempt is made before tenacity's machinery
+        # is built (speed over uniformity; a success is recorded exactly as tenacity would).
+        started = clock()
+        try:
+            first = yield ATTEMPT
+        except Exception:
+            failure = sys.exc_info()
+        else:
+            run.record_success(first, number=1, started_at=started)
+            return run.succeed(first)
         retrying = tenacity.Retrying(reraise=True, **run.strategies())
         retrying.begin()
         state = tenacity.RetryCallState(retrying, fn=None, args=(), kwargs={})
         try:
+            do = retrying.iter(retry_state=state)  # the first attempt, made above
+            run.started_at = started
+            state.set_exception(failure)  # type: ignore[arg-type]
             while True:
                 do = retrying.iter(retry_state=state)
                 if isinstance(do, tenacity.DoAttempt):
@@ -375,15 +388,26 @@ class _Run:
     def _before(self, state: tenacity.RetryCallState) -> None:
         self._started_at = self._clock()
 
+    @property
+    def started_at(self) -> float:
+        """When the current attempt began."""
+        return self._started_at
+
+    @started_at.setter
+    def started_at(self, value: float) -> None:
+        self._started_at = value
+
+    def record_success(self, result: object, *, number: int, started_at: float) -> None:
+        """Hold the record of a successful attempt made outside tenacity's loop."""
+        facts = _success_facts(result)
+        self._pending = AttemptRecord(number, facts.status, None, facts.request_id, 0.0, started_at)
+
     def _should_retry(self, state: tenacity.RetryCallState) -> bool:
         outcome = state.outcome
         assert outcome is not None  # tenacity asks only after an attempt
         number = state.attempt_number
         if not outcome.failed:
-            facts = _success_facts(outcome.result())
-            self._pending = AttemptRecord(
-                number, facts.status, None, facts.request_id, 0.0, self._started_at
-            )
+            self.record_success(outcome.result(), number=number, started_at=self._started_at)
             return False
         error = self._last_error = outcome.exception()
         if not isinstance(error, Exception):  # cancelled or interrupted: not an API outcome
