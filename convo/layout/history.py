@@ -19,6 +19,8 @@ def _sorted(value: Any) -> Any:
         return {k: _sorted(value[k]) for k in sorted(value)}
     if isinstance(value, list | tuple):
         return [_sorted(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value  # immutable: nothing to copy
     return copy.deepcopy(value)
 
 
