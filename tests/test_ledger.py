@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from convo.errors import LedgerError
 from convo.ledger import BustCount, Ledger, LedgerRow, Totals
 from convo.ledger.backends import SQLiteBackend, redact
-from convo.ledger.schema import SCHEMA_VERSION, SQLITE, migration_statements
+from convo.ledger.record import cache_outcome
+from convo.ledger.schema import POSTGRES, SCHEMA_VERSION, SQLITE, migration_statements
 from convo.pricing import price
 from convo.usage import Usage
 
@@ -148,6 +149,29 @@ class TestAppend:
         with pytest.raises(LedgerError, match="closed"):
             led.append(_row())
 
+    def test_issue_8_fields_round_trip(self, ledger: Ledger) -> None:
+        """A cancelled row with estimated output and a purpose reads back as appended."""
+        row = _row(status="cancelled", usage_estimated=True, purpose="warm", cache_outcome="write")
+        ledger.append(row)
+        assert ledger.rows() == [row]
+        assert (ledger.total().cancelled, ledger.total().estimated) == (1, 1)
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [("status", "timeout"), ("purpose", "prefetch"), ("cache_outcome", "miss")],
+    )
+    def test_closed_vocabularies(self, field: str, value: str) -> None:
+        """status, purpose and cache_outcome accept only the values convo writes."""
+        with pytest.raises(ValueError, match=field):
+            LedgerRow(model="m", **{field: value})
+
+    def test_cache_outcome_values(self) -> None:
+        """cache_outcome() gives hit, partial, write or none from the usage."""
+        assert [
+            cache_outcome(Usage(input=1, cache_read=r, cache_write_5m=w, output=1))
+            for r, w in ((5, 0), (5, 5), (0, 5), (0, 0))
+        ] == ["hit", "partial", "write", "none"]
+
     def test_naive_time_rejected(self) -> None:
         """A naive datetime is a ValueError saying to use UTC."""
         with pytest.raises(ValueError, match="timezone-aware"):
@@ -230,6 +254,39 @@ class TestMigrations:
             assert led.total().requests == 2
         version = sqlite3.connect(path).execute("SELECT value FROM convo_meta").fetchone()
         assert version == (str(SCHEMA_VERSION),)
+
+    def test_v3_file_gains_issue_8_columns(self, tmp_path: Path) -> None:
+        """A version-3 ledger opens, keeps its rows and roll-up, and gains usage_estimated,
+        purpose and the roll-up's cancelled/estimated counts."""
+        path = tmp_path / "v3.db"
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE convo_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        for statement in migration_statements(SQLITE, 0, 3):
+            conn.execute(statement)
+        conn.execute("INSERT INTO convo_meta VALUES ('schema_version', '3')")
+        conn.executemany(
+            "INSERT INTO convo_usage (ts, model, input, status) VALUES (?, 'm', ?, ?)",
+            [(T0.timestamp() + i, i, "error" if i % 2 else "ok") for i in range(6)],
+        )
+        conn.commit()
+        conn.close()
+        with Ledger.open(path) as led:
+            assert led.schema_version_found == 3
+            old = led.rows()
+            assert [(r.usage_estimated, r.purpose) for r in old] == [(False, None)] * 6
+            led.append(_row(status="cancelled", usage_estimated=True, purpose="keep_alive"))
+            led.append(_row(purpose="warm"))
+            rows = led.rows()
+            assert [r for r in rows if r.model != "m"] == [
+                _row(status="cancelled", usage_estimated=True, purpose="keep_alive"),
+                _row(purpose="warm"),
+            ]
+            total = led.total()
+            assert (total.requests, total.errors, total.cancelled, total.estimated) == (8, 4, 1, 1)
+            for by in (None, "model", "day"):
+                assert led.totals(by=by) == _reference(rows, by, None, None)  # type: ignore[arg-type]
+        columns = {c[1] for c in sqlite3.connect(path).execute("PRAGMA table_info(convo_usage)")}
+        assert {"usage_estimated", "purpose"} <= columns
 
     def test_reopen_is_noop(self, tmp_path: Path) -> None:
         """Opening an up-to-date ledger applies nothing."""
@@ -423,6 +480,8 @@ def _reference(rows: list[LedgerRow], by: str | None, since: Any, until: Any) ->
                 saved_usd=sum((r.saved_usd for r in g if r.saved_usd is not None), Decimal(0)),
                 rate_limit_tokens=sum(r.rate_limit_tokens for r in g),
                 hit_requests=sum(r.cache_read > 0 and r.status == "ok" for r in g),
+                cancelled=sum(r.status == "cancelled" for r in g),
+                estimated=sum(r.usage_estimated for r in g),
             )
         )
     return out
@@ -468,7 +527,9 @@ ledger_rows = st.builds(
     cost_usd=st.one_of(st.none(), st.decimals(0, 10, places=9)),
     saved_usd=st.one_of(st.none(), st.decimals(-1, 1, places=9)),
     rate_limit_tokens=st.integers(0, 10**6),
-    status=st.sampled_from(["ok", "ok", "error"]),
+    status=st.sampled_from(["ok", "ok", "error", "cancelled"]),
+    usage_estimated=st.booleans(),
+    purpose=st.sampled_from([None, "turn", "warm", "keep_alive"]),
 )
 
 
@@ -581,6 +642,29 @@ class TestPostgres:
         assert leds[0].total().requests == 1200
         for led in leds:
             led.close()
+
+    def test_v3_schema_upgraded(self, pg_url: str) -> None:
+        """A version-3 PostgreSQL ledger gains the version-4 columns, and its trigger then
+        folds cancelled and estimated rows into the roll-up."""
+        import psycopg
+
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE convo_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            for statement in migration_statements(POSTGRES, 0, 3):
+                conn.execute(statement)
+            conn.execute("INSERT INTO convo_meta VALUES ('schema_version', '3')")
+            conn.execute(
+                "INSERT INTO convo_usage (ts, model, input, status) VALUES (%s, 'm', 7, 'error')",
+                (T0.timestamp(),),
+            )
+        with Ledger.open(pg_url) as led:
+            assert led.schema_version_found == 3
+            led.append(_row(status="cancelled", usage_estimated=True, purpose="warm"))
+            rows = led.rows()
+            assert [(r.usage_estimated, r.purpose) for r in rows] == [(False, None), (True, "warm")]
+            total = led.total()
+            assert (total.requests, total.errors, total.cancelled, total.estimated) == (2, 2, 1, 1)
+            assert led.totals(by="day") == _reference(rows, "day", None, None)
 
     def test_where_hides_password(self) -> None:
         """The ledger's where never shows a password, even when connecting fails."""

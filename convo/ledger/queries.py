@@ -93,13 +93,18 @@ class Totals:
     Attributes:
         key: The group (model id, session id, ``YYYY-MM-DD``, fingerprint), or ``None``.
         requests: Rows (API attempts).
-        errors: Rows whose status was not ``ok``.
+        errors: Rows whose status was not ``ok`` (failed or cancelled).
         input, cache_read, cache_write_5m, cache_write_1h, output: Token sums.
         cost_usd: Cost of the priced rows.
         unpriced: Rows with no price; ``cost_usd`` leaves them out.
         saved_usd: Saving from caching over the priced rows (may be negative).
         rate_limit_tokens: ITPM weight.
         hit_requests: Successful rows that read anything from cache.
+        cancelled: Rows of sends cancelled in flight (counted in ``errors`` too).
+        estimated: Rows whose output is an estimate (a cut stream's delivered text).
+
+    .. versionchanged:: 0.2
+       ``cancelled`` and ``estimated``.
     """
 
     key: str | None
@@ -115,6 +120,8 @@ class Totals:
     saved_usd: Decimal
     rate_limit_tokens: int
     hit_requests: int
+    cancelled: int = 0
+    estimated: int = 0
 
     @property
     def usage(self) -> Usage:
@@ -185,7 +192,7 @@ _OUTER_SUMS = ", ".join(f"SUM(s{i})" for i in range(len(ROLLUP_SUMS)))
 def _union(
     backend: Backend, filters: Filters, raw_key: str, rollup_key: str, *extra: str
 ) -> tuple[str, list[Any]]:
-    """A subquery ``(key, s0..s11)`` of sums per key over the rows *filters* select.
+    """A subquery ``(key, s0..s13)`` of sums per key over the rows *filters* select.
 
     Whole UTC days inside ``[since, until)`` come from the roll-up; the partial days at
     the edges from the raw rows (through the ``ts`` index); on SQLite, also any raw rows
@@ -273,6 +280,8 @@ def totals(backend: Backend, filters: Filters, by: GroupBy | None) -> list[Total
                 saved_usd=_usd(row[10]),
                 rate_limit_tokens=n[11],
                 hit_requests=n[12],
+                cancelled=n[13],
+                estimated=n[14],
             )
         )
     return result or ([_empty()] if by is None else [])
