@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from convo.errors import LedgerError
 from convo.ledger import BustCount, Ledger, LedgerRow, Totals
 from convo.ledger.backends import SQLiteBackend, redact
-from convo.ledger.record import cache_outcome
+from convo.ledger.record import COLUMNS, cache_outcome
 from convo.ledger.schema import POSTGRES, SCHEMA_VERSION, SQLITE, migration_statements
 from convo.pricing import price
 from convo.usage import Usage
@@ -671,3 +672,153 @@ class TestPostgres:
         with pytest.raises(LedgerError) as info:
             Ledger.open("postgresql://postgres:hunter2@127.0.0.1:1/none")
         assert "hunter2" not in str(info.value)
+
+
+def _raw_rows(n: int) -> list[tuple[Any, ...]]:
+    """*n* stored rows (as to_db gives them) over 5,000 conversations, one second apart."""
+    base = _row(0)
+    ts, conv = COLUMNS.index("ts"), COLUMNS.index("conversation_id")
+    template = list(base.to_db())
+    out = []
+    for i in range(n):
+        values = template.copy()
+        values[ts] = T0.timestamp() + i
+        values[conv] = f"c{i % 5000}"
+        out.append(tuple(values))
+    return out
+
+
+async def _worst_lag(work: Any, *, interval: float = 0.005) -> tuple[Any, float]:
+    """Run *work* (a coroutine) while a probe task sleeps *interval* over and over; return
+    the work's result and the probe's worst overshoot: how long the loop was stalled."""
+    done = asyncio.Event()
+    worst = 0.0
+
+    async def probe() -> None:
+        nonlocal worst
+        while not done.is_set():
+            start = time.perf_counter()
+            await asyncio.sleep(interval)
+            worst = max(worst, time.perf_counter() - start - interval)
+
+    prober = asyncio.create_task(probe())
+    await asyncio.sleep(interval * 2)  # the probe is running before the work starts
+    try:
+        result = await work
+    finally:
+        done.set()
+        await prober
+    return result, worst
+
+
+async def _blocking(fn: Any) -> Any:
+    """Call *fn* on the loop itself: the stall the probe must be able to see."""
+    await asyncio.sleep(0)
+    return fn()
+
+
+class TestAsyncQueries:
+    """The _async twins answer like the sync queries and never stall the event loop."""
+
+    async def test_same_answers_as_sync(self, ledger: Ledger) -> None:
+        """totals/total/top_busts/task_cost/rows _async equal their sync twins."""
+        _fill(ledger)
+        ledger.mark_outcome("c2", "success")
+        for by in (None, "model", "day", "conversation"):
+            assert await ledger.totals_async(by=by) == ledger.totals(by=by)  # type: ignore[arg-type]
+        assert await ledger.total_async(model="claude-opus-4-6") == ledger.total(
+            model="claude-opus-4-6"
+        )
+        assert await ledger.top_busts_async(limit=2) == ledger.top_busts(limit=2)
+        assert await ledger.task_cost_async() == ledger.task_cost()
+        assert await ledger.rows_async(limit=5) == ledger.rows(limit=5)
+
+    async def test_sees_its_own_appends(self, ledger: Ledger) -> None:
+        """Rows appended just before total_async are counted (the writer is awaited)."""
+        for i in range(300):
+            ledger.append(_row(i))
+        assert (await ledger.total_async()).requests == 300
+        spend = await ledger.spend_async()
+        assert spend.input_tokens == 300 * MISSION.total_input
+        assert spend.cost_usd == 300 * Decimal("0.23889975")
+
+    async def test_spend_of_an_unpriced_ledger_has_no_cost(self, ledger: Ledger) -> None:
+        """One unpriced row makes the ledger's cost unknown, not zero."""
+        ledger.append(_row(model="claude-imaginary-9"))
+        assert (await ledger.spend_async()).cost_usd is None
+        assert ledger.spend().input_tokens == MISSION.total_input
+
+    async def test_bad_filter_raises_before_any_io(self, ledger: Ledger) -> None:
+        """A naive since is the same ValueError on the async path."""
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await ledger.total_async(since=dt.datetime(2026, 1, 1))
+
+    async def test_sqlite_query_does_not_stall_the_loop(self, tmp_path: Path) -> None:
+        """A probe sleeping 5 ms sees the loop stalled for the whole of a blocking
+        totals(by="conversation") over 150,000 rows, and not during totals_async."""
+        path = tmp_path / "big.db"
+        Ledger.open(path).close()
+        conn = sqlite3.connect(path)
+        insert = f"INSERT INTO convo_usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        conn.executemany(insert, _raw_rows(150_000))
+        conn.commit()
+        conn.close()
+        with Ledger.open(path) as led:
+            started = time.perf_counter()
+            expected, blocked = await _worst_lag(_blocking(lambda: led.totals(by="conversation")))
+            took = time.perf_counter() - started
+            assert blocked > 0.5 * took  # the probe sees a stall when there is one
+            got, lag = await _worst_lag(led.totals_async(by="conversation"))
+            assert got == expected
+            assert len(got) == 5000
+            print(
+                f"sqlite: blocking query {took * 1000:.0f} ms; probe worst lag blocking "
+                f"{blocked * 1000:.0f} ms, async {lag * 1000:.1f} ms"
+            )
+            assert lag < max(0.05, took / 4)
+
+    async def test_postgres_query_does_not_stall_the_loop(self, pg_url: str) -> None:
+        """The same probe over PostgreSQL: totals_async goes through psycopg's async
+        connection, and the loop keeps its 5 ms beat."""
+        import psycopg
+
+        with Ledger.open(pg_url) as led:
+            with psycopg.connect(pg_url) as conn, conn.cursor() as cur:
+                with cur.copy(f"COPY convo_usage ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                    for values in _raw_rows(100_000):
+                        copy.write_row(values)
+            started = time.perf_counter()
+            expected, blocked = await _worst_lag(_blocking(lambda: led.totals(by="conversation")))
+            took = time.perf_counter() - started
+            assert blocked > 0.5 * took
+            got, lag = await _worst_lag(led.totals_async(by="conversation"))
+            assert got == expected
+            print(
+                f"postgres: blocking query {took * 1000:.0f} ms; probe worst lag blocking "
+                f"{blocked * 1000:.0f} ms, async {lag * 1000:.1f} ms"
+            )
+            assert lag < max(0.05, took / 4)
+
+    def test_postgres_reader_per_event_loop(self, pg_url: str) -> None:
+        """One ledger read from two event loops in turn (two asyncio.run) works: each loop
+        gets its own async connection, and a closed loop's is let go."""
+        with Ledger.open(pg_url) as led:
+            led.append(_row())
+            first = asyncio.run(led.total_async())
+            led.append(_row(1))
+            second = asyncio.run(led.total_async())
+            assert (first.requests, second.requests) == (1, 2)
+
+    async def test_postgres_cancelled_read_leaves_a_working_ledger(self, pg_url: str) -> None:
+        """A read cancelled in flight drops its connection; the next read opens another."""
+        with Ledger.open(pg_url) as led:
+            led.append(_row())
+            await led.total_async()
+            slow = asyncio.create_task(
+                led._backend.query_async("SELECT pg_sleep(5), COUNT(*) FROM convo_usage")
+            )
+            await asyncio.sleep(0.2)
+            slow.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await slow
+            assert (await led.total_async()).requests == 1

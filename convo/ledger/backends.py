@@ -42,6 +42,9 @@ _CATCH_UP = rollup_catch_up(SQLITE)
 
 _SECRET_PARAMETERS = {"password", "sslpassword"}
 
+# Rows converted between two yields to the loop when an async PostgreSQL read is big.
+_ASYNC_SLICE = 200
+
 
 def redact(url: str) -> str:
     """Return *url* with any password replaced by ``***``, safe to log or show.
@@ -264,7 +267,14 @@ class PostgresBackend:
         try:
             with _translated("read", self.where):
                 cur = await conn.execute(sql.replace("?", "%s"), tuple(params))
-                rows: list[tuple[Any, ...]] = await cur.fetchall()
+                # The result is already on the client; turning it into Python values is
+                # loop time (~10 µs a row), so a big result is read in slices with a yield
+                # between them. A probe saw 30-50 ms stalls reading 5,000 rows at once.
+                rows: list[tuple[Any, ...]] = []
+                while chunk := await cur.fetchmany(_ASYNC_SLICE):
+                    rows.extend(chunk)
+                    if len(chunk) == _ASYNC_SLICE:
+                        await asyncio.sleep(0)
                 return rows
         except BaseException:
             # Cancelled mid-query, or the connection broke: its state is unknown, so drop

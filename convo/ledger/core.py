@@ -27,6 +27,10 @@ __all__ = ["Ledger"]
 
 T = TypeVar("T")
 
+# Rows an async query reads into objects on the event loop itself (a few hundred µs);
+# more go to a worker thread.
+_READ_ON_LOOP = 1_000
+
 #: The default ledger file's name inside ``$CONVO_HOME`` or the user data dir.
 DEFAULT_FILE = "ledger.sqlite3"
 
@@ -245,7 +249,11 @@ class Ledger:
         return query.read(self._backend.query(query.sql, query.params))
 
     async def _run_async(self, query: Query[T]) -> T:
-        return query.read(await self._backend.query_async(query.sql, query.params))
+        found = await self._backend.query_async(query.sql, query.params)
+        if len(found) > _READ_ON_LOOP:
+            # Turning many rows into objects is Python work too: off the loop with it.
+            return await asyncio.to_thread(query.read, found)
+        return query.read(found)
 
     def totals(
         self,
