@@ -759,7 +759,8 @@ class TestAsyncQueries:
         path = tmp_path / "big.db"
         Ledger.open(path).close()
         conn = sqlite3.connect(path)
-        insert = f"INSERT INTO convo_usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        marks = ", ".join("?" * len(COLUMNS))
+        insert = f"INSERT INTO convo_usage ({', '.join(COLUMNS)}) VALUES ({marks})"
         conn.executemany(insert, _raw_rows(150_000))
         conn.commit()
         conn.close()
@@ -783,10 +784,10 @@ class TestAsyncQueries:
         import psycopg
 
         with Ledger.open(pg_url) as led:
-            with psycopg.connect(pg_url) as conn, conn.cursor() as cur:
-                with cur.copy(f"COPY convo_usage ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                    for values in _raw_rows(100_000):
-                        copy.write_row(values)
+            sql = f"COPY convo_usage ({', '.join(COLUMNS)}) FROM STDIN"
+            with psycopg.connect(pg_url) as conn, conn.cursor() as cur, cur.copy(sql) as copy:
+                for values in _raw_rows(100_000):
+                    copy.write_row(values)
             started = time.perf_counter()
             expected, blocked = await _worst_lag(_blocking(lambda: led.totals(by="conversation")))
             took = time.perf_counter() - started
