@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import convo
 from convo.budget import Spend
+from convo.ledger import LedgerRow
 
 
 class TestCheck:
@@ -413,3 +414,90 @@ class TestConcurrency:
             committed = budget.settled + budget.held
             assert committed.input_tokens <= 1_000
         assert budget.held.input_tokens == sum(h.estimate.input_tokens for h in holds)
+
+
+def _ledger_row(actual: Spend) -> LedgerRow:
+    return LedgerRow(
+        model="claude-sonnet-4-6",
+        input=actual.input_tokens,
+        output=actual.output_tokens,
+        cost_usd=actual.cost_usd,
+    )
+
+
+@pytest.mark.filterwarnings("ignore::convo.BudgetWarning")
+class TestLedgerScope:
+    """A scope='ledger' budget shared by concurrent users: the ledger never records more
+    than the cap (reading + what settled since the mark + holds in flight)."""
+
+    CAP = Decimal("0.50")
+
+    async def test_32_tasks_on_one_ledger(self) -> None:
+        """32 tasks: mark, spend_async, reserve, 'send', append the row, settle. The
+        ledger's cost stays within the cap; failed sends release their hold."""
+        budget = convo.Budget(max_cost_usd=self.CAP, scope="ledger", warn_at=1.0)
+        with convo.Ledger.open(":memory:") as ledger:
+
+            async def user(seed: int) -> None:
+                rng = random.Random(seed)
+                refusals = 0
+                while refusals < 10:
+                    mark = budget.ledger_mark()
+                    spent = await ledger.spend_async(since=budget.since)
+                    try:
+                        hold = budget.reserve(
+                            TestConcurrency._estimate(rng), ledger_spent=spent, mark=mark
+                        )
+                    except convo.BudgetExceeded:
+                        refusals += 1
+                        continue
+                    try:
+                        await asyncio.sleep(rng.random() / 1000)
+                        if rng.random() < 0.2:
+                            raise ConnectionError("nothing billed")
+                    except ConnectionError:
+                        budget.release(hold)
+                        continue
+                    actual = TestConcurrency._actual(rng, hold.estimate)
+                    ledger.append(_ledger_row(actual))  # the row first, then settle
+                    budget.settle(hold, actual)
+
+            await asyncio.gather(*(user(k) for k in range(32)))
+            total = await ledger.total_async()
+            assert total.cost_usd == _usd(budget.settled) <= self.CAP
+            assert total.cost_usd > self.CAP / 2
+            assert budget.held == Spend()
+
+    def test_32_threads_and_spend_from_before(self) -> None:
+        """32 threads on a ledger that already holds $0.20 from earlier (another process):
+        together they add at most the remaining $0.30."""
+        budget = convo.Budget(max_cost_usd=self.CAP, scope="ledger", warn_at=1.0)
+        with convo.Ledger.open(":memory:") as ledger:
+            ledger.append(_ledger_row(Spend(1000, 100, Decimal("0.20"))))
+
+            def user(seed: int) -> None:
+                rng = random.Random(seed)
+                refusals = 0
+                while refusals < 10:
+                    mark = budget.ledger_mark()
+                    try:
+                        hold = budget.reserve(
+                            TestConcurrency._estimate(rng),
+                            ledger_spent=ledger.spend(),
+                            mark=mark,
+                        )
+                    except convo.BudgetExceeded:
+                        refusals += 1
+                        continue
+                    time.sleep(rng.random() / 2000)
+                    actual = TestConcurrency._actual(rng, hold.estimate)
+                    ledger.append(_ledger_row(actual))
+                    budget.settle(hold, actual)
+
+            threads = [threading.Thread(target=user, args=(k,)) for k in range(32)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            assert ledger.total().cost_usd <= self.CAP
+            assert _usd(budget.settled) <= Decimal("0.30")

@@ -800,6 +800,31 @@ class TestAsyncQueries:
             )
             assert lag < max(0.05, took / 4)
 
+    async def test_append_never_waits_for_a_locked_postgres(self, pg_url: str) -> None:
+        """With the usage table locked by another client, the writer waits, appends from the
+        loop do not; once the lock goes, every row is committed."""
+        import psycopg
+
+        with Ledger.open(pg_url) as led, psycopg.connect(pg_url) as blocker:
+            blocker.execute("LOCK TABLE convo_usage IN ACCESS EXCLUSIVE MODE")
+
+            async def append_many() -> float:
+                started = time.perf_counter()
+                for i in range(2_000):
+                    led.append(_row(i))
+                    if i % 100 == 0:
+                        await asyncio.sleep(0)
+                return time.perf_counter() - started
+
+            took, lag = await _worst_lag(append_many())
+            await asyncio.sleep(0.1)
+            assert led._writer.written == 0  # the writer is stuck behind the lock
+            blocker.rollback()  # releases the lock
+            await led.aflush()
+            assert (await led.total_async()).requests == 2_000
+        assert took < 0.5
+        assert lag < 0.05
+
     def test_postgres_reader_per_event_loop(self, pg_url: str) -> None:
         """One ledger read from two event loops in turn (two asyncio.run) works: each loop
         gets its own async connection, and a closed loop's is let go."""
