@@ -808,10 +808,12 @@ class TestAsyncQueries:
         with Ledger.open(pg_url) as led, psycopg.connect(pg_url) as blocker:
             blocker.execute("LOCK TABLE convo_usage IN ACCESS EXCLUSIVE MODE")
 
+            rows = [_row(i) for i in range(2_000)]
+
             async def append_many() -> float:
                 started = time.perf_counter()
-                for i in range(2_000):
-                    led.append(_row(i))
+                for i, row in enumerate(rows):
+                    led.append(row)
                     if i % 100 == 0:
                         await asyncio.sleep(0)
                 return time.perf_counter() - started
@@ -822,7 +824,8 @@ class TestAsyncQueries:
             blocker.rollback()  # releases the lock
             await led.aflush()
             assert (await led.total_async()).requests == 2_000
-        assert took < 0.5
+        print(f"2,000 appends against a locked table: {took * 1000:.1f} ms, lag {lag * 1000:.1f} ms")
+        assert took < 0.05
         assert lag < 0.05
 
     def test_postgres_reader_per_event_loop(self, pg_url: str) -> None:
