@@ -231,6 +231,17 @@ class TestFailures:
         assert led.total().requests == 10
         led.close()
 
+    async def test_aflush_reports_a_failed_batch(self) -> None:
+        """aflush raises the store's failure like flush; the kept batch is written later."""
+        led = Ledger(FlakyBackend(fail=1))
+        for i in range(10):
+            led.append(_row(i))
+        with pytest.raises(LedgerError, match="simulated outage"):
+            await led.aflush()
+        await led.aflush()
+        assert (await led.total_async()).requests == 10
+        await led.aclose()
+
 
 class TestMigrations:
     def test_v1_file_upgraded_additively(self, tmp_path: Path) -> None:
