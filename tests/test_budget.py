@@ -20,6 +20,8 @@ import convo
 from convo.budget import Spend
 from convo.ledger import LedgerRow
 
+from .test_ledger import pg_url  # noqa: F401 (the fixture)
+
 
 class TestCheck:
     """Budget.check on an estimate against what was spent."""
@@ -432,11 +434,13 @@ class TestLedgerScope:
 
     CAP = Decimal("0.50")
 
-    async def test_32_tasks_on_one_ledger(self) -> None:
+    @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+    async def test_32_tasks_on_one_ledger(self, store: str, request: pytest.FixtureRequest) -> None:
         """32 tasks: mark, spend_async, reserve, 'send', append the row, settle. The
         ledger's cost stays within the cap; failed sends release their hold."""
         budget = convo.Budget(max_cost_usd=self.CAP, scope="ledger", warn_at=1.0)
-        with convo.Ledger.open(":memory:") as ledger:
+        url = ":memory:" if store == "sqlite" else request.getfixturevalue("pg_url")
+        with convo.Ledger.open(url) as ledger:
 
             async def user(seed: int) -> None:
                 rng = random.Random(seed)

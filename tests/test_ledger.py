@@ -311,13 +311,15 @@ def _fill(led: Ledger) -> None:
     models = ["claude-sonnet-4-6", "claude-opus-4-6", "claude-imaginary-9"]
     for i in range(30):
         usage = MISSION if i % 3 else Usage(input=100, cache_read=0, cache_write_1h=2000, output=5)
-        status = "error" if i == 29 else "ok"
+        status = {29: "error", 28: "cancelled"}.get(i, "ok")
         led.append(
             _row(
                 i,
                 model=models[i % 3],
                 usage=usage,
                 status=status,
+                usage_estimated=i % 7 == 0,
+                purpose=("turn", "warm", "keep_alive")[i % 3],
                 cache_reason=["hit", "cold", "system_changed", "expired", "hit"][i % 5],
                 prefix_fingerprint=f"fp{i % 4}",
             )
@@ -334,7 +336,7 @@ class TestQueries:
         assert t.usage == sum((r.usage for r in rows), Usage.zero())
         assert t.cost_usd == sum(r.cost_usd for r in rows if r.cost_usd is not None)
         assert t.unpriced == 10  # the imaginary model
-        assert t.errors == 1
+        assert (t.errors, t.cancelled, t.estimated) == (2, 1, 5)  # cancelled is not ok either
         assert t.rate_limit_tokens == sum(r.rate_limit_tokens for r in rows)
 
     def test_empty_total(self, ledger: Ledger) -> None:
@@ -383,7 +385,7 @@ class TestQueries:
         t = ledger.total()
         assert t.token_hit_rate == t.cache_read / t.total_input
         hits = sum(1 for r in ledger.rows() if r.cache_read > 0 and r.status == "ok")
-        assert t.request_hit_rate == hits / 29
+        assert t.request_hit_rate == hits / 28  # 30 rows, one error, one cancelled
 
     def test_top_busts(self, ledger: Ledger) -> None:
         """Top busts count every non-hit reason, most frequent first."""
