@@ -37,9 +37,8 @@ import datetime as dt
 import itertools
 import threading
 import warnings
-from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -118,17 +117,6 @@ class Spend:
             self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens, cost
         )
 
-    def _minus(self, other: Spend) -> Spend:
-        # Private: a negative Spend only ever exists inside the accounting.
-        cost = (
-            None
-            if self.cost_usd is None or other.cost_usd is None
-            else self.cost_usd - other.cost_usd
-        )
-        return Spend(
-            self.input_tokens - other.input_tokens, self.output_tokens - other.output_tokens, cost
-        )
-
     def _exceeds(self, other: Spend) -> bool:
         """Whether any known part of self is larger than other's."""
         if self.input_tokens > other.input_tokens or self.output_tokens > other.output_tokens:
@@ -141,6 +129,17 @@ class Spend:
 
 
 def _valid(spend: object, what: str) -> Spend:
+    if type(spend) is Spend:
+        i, o, c = spend.input_tokens, spend.output_tokens, spend.cost_usd
+        # The common case in one expression (this runs twice per request).
+        if (
+            type(i) is int
+            and type(o) is int
+            and i >= 0
+            and o >= 0
+            and (c is None or (type(c) is Decimal and c.is_finite() and c >= 0))
+        ):
+            return spend
     if not isinstance(spend, Spend):
         raise TypeError(f"{what} must be a convo.budget.Spend, got {type(spend).__name__}")
     for name in ("input_tokens", "output_tokens"):
@@ -193,16 +192,43 @@ class LedgerMark:
     account_id: int = attrs.field(repr=False)
 
 
+# An amount inside the accounting: [input tokens, output tokens, USD or None (unknown)].
+# Plain lists rather than Spend objects: reserve + settle is on every request's path, and
+# building frozen objects for each intermediate sum was most of its time.
+_Amount = list[Any]
+
+
+def _add(into: _Amount, spend: Spend, sign: int = 1) -> None:
+    into[0] += sign * spend.input_tokens
+    into[1] += sign * spend.output_tokens
+    cost = spend.cost_usd
+    into[2] = None if into[2] is None or cost is None else into[2] + sign * cost
+
+
+def _plus(into: _Amount, amount: _Amount) -> None:
+    into[0] += amount[0]
+    into[1] += amount[1]
+    into[2] = None if into[2] is None or amount[2] is None else into[2] + amount[2]
+
+
+def _spend(amount: _Amount) -> Spend:
+    return Spend(amount[0], amount[1], amount[2])
+
+
 class _Account:
-    """The mutable accounting behind a frozen :class:`Budget`; guarded by ``lock``."""
+    """The mutable accounting behind a frozen :class:`Budget`; guarded by ``lock``.
+
+    Invariants (under the lock): ``settled`` is the sum of every actual settled, ``held``
+    the sum of the estimates of ``holds``.
+    """
 
     _ids = itertools.count(1)
 
     def __init__(self) -> None:
         self.id = next(self._ids)
         self.lock = threading.Lock()
-        self.settled = Spend()
-        self.held = Spend()
+        self.settled: _Amount = [0, 0, Decimal(0)]
+        self.held: _Amount = [0, 0, Decimal(0)]
         self.holds: set[Hold] = set()
         # The latest ledger reading and the settled total at its mark, so settle() can
         # say whether a ledger budget was overshot.
@@ -245,6 +271,10 @@ class Budget:
     since: dt.datetime | None = attrs.field(default=None, kw_only=True)
     warn_at: float = attrs.field(default=0.8, kw_only=True, validator=_fraction)
     _account: _Account = attrs.field(init=False, factory=_Account, repr=False)
+    # (limit name, limit, index into an amount, warn_at threshold) for each limit set.
+    _checks: tuple[tuple[str, Decimal | int, int, Decimal], ...] = attrs.field(
+        init=False, default=(), repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         if (
@@ -258,10 +288,17 @@ class Budget:
         if self.since is not None and self.scope != "ledger":
             raise ValueError("since= only applies to scope='ledger'")
 
-    def _limits(self) -> Iterable[tuple[str, Decimal | int | None, str]]:
-        yield "max_input_tokens", self.max_input_tokens, "input_tokens"
-        yield "max_output_tokens", self.max_output_tokens, "output_tokens"
-        yield "max_cost_usd", self.max_cost_usd, "cost_usd"
+        warn = Decimal(str(self.warn_at))
+        checks = tuple(
+            (name, limit, index, limit * warn)
+            for name, limit, index in (
+                ("max_input_tokens", self.max_input_tokens, 0),
+                ("max_output_tokens", self.max_output_tokens, 1),
+                ("max_cost_usd", self.max_cost_usd, 2),
+            )
+            if limit is not None
+        )
+        object.__setattr__(self, "_checks", checks)
 
     # -- reservations ---------------------------------------------------------------------
 
@@ -269,13 +306,13 @@ class Budget:
     def settled(self) -> Spend:
         """The sum of every actual settled through this object."""
         with self._account.lock:
-            return self._account.settled
+            return _spend(self._account.settled)
 
     @property
     def held(self) -> Spend:
         """The sum of the estimates of the holds still open."""
         with self._account.lock:
-            return self._account.held
+            return _spend(self._account.held)
 
     def ledger_mark(self) -> LedgerMark:
         """Mark where this budget's settling stands; take it just before reading the ledger.
@@ -283,7 +320,7 @@ class Budget:
         See :class:`LedgerMark`. No I/O.
         """
         with self._account.lock:
-            return LedgerMark(self._account.settled, self._account.id)
+            return LedgerMark(_spend(self._account.settled), self._account.id)
 
     def reserve(
         self,
@@ -330,18 +367,19 @@ class Budget:
         account = self._account
         with account.lock:
             if self.scope == "request":
-                already = Spend()
+                already: _Amount = [0, 0, Decimal(0)]
             elif self.scope == "session":
-                already = account.settled + account.held
+                already = account.settled.copy()
+                _plus(already, account.held)
             else:
                 assert ledger_spent is not None
                 assert mark is not None
                 account.reading = (ledger_spent, mark.settled)
-                already = ledger_spent + account.settled._minus(mark.settled) + account.held
+                already = self._ledger_total(ledger_spent, mark.settled)
             near = self._refuse(estimate, already)
             hold = Hold(account, estimate)
             account.holds.add(hold)
-            account.held = account.held + estimate
+            _add(account.held, estimate)
         for name, limit, value in near:
             warnings.warn(
                 f"{self.scope} budget {name}: {value} of {limit} "
@@ -351,16 +389,23 @@ class Budget:
             )
         return hold
 
-    def _refuse(self, estimate: Spend, already: Spend) -> list[tuple[str, object, object]]:
+    def _ledger_total(self, reading: Spend, at_mark: Spend) -> _Amount:
+        """Reading + settled since the mark + held; call under the lock."""
+        total = self._account.settled.copy()
+        _add(total, at_mark, -1)
+        _add(total, reading)
+        _plus(total, self._account.held)
+        return total
+
+    def _refuse(self, estimate: Spend, already: _Amount) -> list[tuple[str, object, object]]:
         """Raise BudgetExceeded when *estimate* on top of *already* passes a limit.
 
         Returns the limits whose ``warn_at`` threshold is reached, to warn about.
         """
         near: list[tuple[str, object, object]] = []
-        for name, limit, field in self._limits():
-            if limit is None:
-                continue
-            before, adding = getattr(already, field), getattr(estimate, field)
+        adds = (estimate.input_tokens, estimate.output_tokens, estimate.cost_usd)
+        for name, limit, index, threshold in self._checks:
+            before, adding = already[index], adds[index]
             if before is None or adding is None:
                 raise BudgetExceeded(
                     f"{name}={limit} cannot be enforced: this model has no known price "
@@ -371,7 +416,8 @@ class Budget:
                     spent=before,
                     scope=self.scope,
                 )
-            if before + adding > limit:
+            after = before + adding
+            if after > limit:
                 raise BudgetExceeded(
                     f"{self.scope} budget {name}={limit} would be exceeded: "
                     f"{before} already spent or reserved + {adding} estimated for this "
@@ -382,8 +428,8 @@ class Budget:
                     spent=before,
                     scope=self.scope,
                 )
-            if before + adding >= limit * Decimal(str(self.warn_at)):
-                near.append((name, limit, before + adding))
+            if after >= threshold:
+                near.append((name, limit, after))
         return near
 
     def _take(self, hold: Hold, what: str) -> bool:
@@ -393,7 +439,7 @@ class Budget:
         if hold not in self._account.holds:
             return False
         self._account.holds.discard(hold)
-        self._account.held = self._account.held._minus(hold.estimate)
+        _add(self._account.held, hold.estimate, -1)
         return True
 
     def settle(self, hold: Hold, actual: Spend) -> None:
@@ -410,16 +456,16 @@ class Budget:
         with account.lock:
             if not self._take(hold, "settle"):
                 raise ValueError(f"{hold!r} was already settled or released")
-            account.settled = account.settled + actual
+            _add(account.settled, actual)
             if not actual._exceeds(hold.estimate):
                 return
             if self.scope == "request":
-                total = actual
+                total = [actual.input_tokens, actual.output_tokens, actual.cost_usd]
             elif self.scope == "session":
-                total = account.settled + account.held
+                total = account.settled.copy()
+                _plus(total, account.held)
             elif account.reading is not None:
-                reading, at = account.reading
-                total = reading + account.settled._minus(at) + account.held
+                total = self._ledger_total(*account.reading)
             else:  # pragma: no cover - a ledger hold always comes with a reading
                 return
         self._warn_overshoot(total, stacklevel=2)
@@ -433,10 +479,10 @@ class Budget:
         with self._account.lock:
             self._take(hold, "release")
 
-    def _warn_overshoot(self, total: Spend, *, stacklevel: int) -> None:
-        for name, limit, field in self._limits():
-            value = getattr(total, field)
-            if limit is not None and value is not None and value > limit:
+    def _warn_overshoot(self, total: _Amount, *, stacklevel: int) -> None:
+        for name, limit, index, _ in self._checks:
+            value = total[index]
+            if value is not None and value > limit:
                 warnings.warn(
                     f"{self.scope} budget {name}={limit} overshot: {value} actually spent "
                     "(estimates are estimates); further requests will be refused",
@@ -457,7 +503,8 @@ class Budget:
                 also when a cost limit is set but the cost cannot be known (unpriced model).
         """
         already = Spend() if self.scope == "request" else spent
-        for name, limit, value in self._refuse(estimate, already):
+        amount = [already.input_tokens, already.output_tokens, already.cost_usd]
+        for name, limit, value in self._refuse(estimate, amount):
             warnings.warn(
                 f"{self.scope} budget {name}: {value} of {limit} "
                 f"({self.warn_at:.0%} warning threshold reached)",
@@ -470,4 +517,6 @@ class Budget:
 
         Superseded by :meth:`settle`.
         """
-        self._warn_overshoot(actual if self.scope == "request" else spent_after, stacklevel=4)
+        total = actual if self.scope == "request" else spent_after
+        amount = [total.input_tokens, total.output_tokens, total.cost_usd]
+        self._warn_overshoot(amount, stacklevel=4)
