@@ -724,6 +724,20 @@ async def _worst_lag(work: Any, *, interval: float = 0.005) -> tuple[Any, float]
     return result, worst
 
 
+async def _least_lag(work: Any, tries: int = 3) -> tuple[Any, float]:
+    """The least of the worst lags over up to *tries* runs of *work()*: a step that blocks
+    the loop stalls it every time, while a pause of the shared machine (another process
+    scheduled, a garbage collection) rarely repeats. Stops at the first run under 50 ms."""
+    result, least = None, float("inf")
+    for _ in range(tries):
+        result, lag = await _worst_lag(work())
+        print(f"lag probe: worst {lag * 1000:.1f} ms")
+        least = min(least, lag)
+        if least < 0.05:
+            break
+    return result, least
+
+
 async def _blocking(fn: Any) -> Any:
     """Call *fn* on the loop itself: the stall the probe must be able to see."""
     await asyncio.sleep(0)
@@ -782,7 +796,7 @@ class TestAsyncQueries:
             expected, blocked = await _worst_lag(_blocking(lambda: led.totals(by="conversation")))
             took = time.perf_counter() - started
             assert blocked > 0.5 * took  # the probe sees a stall when there is one
-            got, lag = await _worst_lag(led.totals_async(by="conversation"))
+            got, lag = await _least_lag(lambda: led.totals_async(by="conversation"))
             assert got == expected
             assert len(got) == 5000
             print(
@@ -805,7 +819,7 @@ class TestAsyncQueries:
             expected, blocked = await _worst_lag(_blocking(lambda: led.totals(by="conversation")))
             took = time.perf_counter() - started
             assert blocked > 0.5 * took
-            got, lag = await _worst_lag(led.totals_async(by="conversation"))
+            got, lag = await _least_lag(lambda: led.totals_async(by="conversation"))
             assert got == expected
             print(
                 f"postgres: blocking query {took * 1000:.0f} ms; probe worst lag blocking "
