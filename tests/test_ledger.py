@@ -22,6 +22,7 @@ from convo.ledger import BustCount, Ledger, LedgerRow, Totals
 from convo.ledger.backends import SQLiteBackend, redact
 from convo.ledger.record import COLUMNS, cache_outcome
 from convo.ledger.schema import POSTGRES, SCHEMA_VERSION, SQLITE, migration_statements
+from convo.ledger.writer import BatchWriter
 from convo.pricing import price
 from convo.usage import Usage
 
@@ -241,6 +242,35 @@ class TestFailures:
         await led.aflush()
         assert (await led.total_async()).requests == 10
         await led.aclose()
+
+
+class SlowBackend(SQLiteBackend):
+    """A SQLite backend whose inserts wait for *go*: a commit in progress, held open."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.go = threading.Event()
+
+    def insert(self, rows: Sequence[tuple[Any, ...]], outcomes: Sequence[tuple[Any, ...]]) -> None:
+        self.go.wait(10)
+        super().insert(rows, outcomes)
+
+
+class TestFlushRacingClose:
+    async def test_flush_queued_after_the_stop_is_answered(self) -> None:
+        """A flush whose token lands behind the writer's stop still returns."""
+        backend = SlowBackend()
+        backend.migrate()
+        writer = BatchWriter(backend)
+        writer.put(_row())
+        await asyncio.sleep(0.05)  # the writer is inside insert(), waiting for go
+        writer.stop(timeout=0)  # queues the stop without waiting
+        flushing = asyncio.create_task(writer.flush_async())
+        await asyncio.sleep(0.05)
+        backend.go.set()
+        await asyncio.wait_for(flushing, timeout=5)
+        assert writer.written == 1
+        backend.close()
 
 
 class TestMigrations:

@@ -153,6 +153,22 @@ class BatchWriter:
                 # Closing with a failing store: one last try so nothing is lost silently.
                 self._commit()
         self._stopped.set()
+        # A flush that raced close() and queued its token after the stop must not wait
+        # forever: answer it with what is known.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _FlushToken):
+                if self._pending_rows or self._pending_outcomes:
+                    item.error = LedgerError(
+                        f"ledger {self._backend.where}: writer stopped with "
+                        f"{len(self._pending_rows)} rows not committed"
+                    )
+                item.done.set()
+                if item.notify is not None:
+                    item.notify()
 
     def _take(self, item: Any, tokens: list[_FlushToken]) -> bool:
         if item is None:
