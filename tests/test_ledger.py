@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
 import sqlite3
 import threading
 import time
@@ -894,6 +895,39 @@ class TestAsyncQueries:
             led.append(_row(1))
             second = asyncio.run(led.total_async())
             assert (first.requests, second.requests) == (1, 2)
+
+    async def test_postgres_random_cancellations_spare_the_other_readers(self, pg_url: str) -> None:
+        """32 tasks reading through one async connection, 40 cancelled at random: the others
+        all get their answer (none sees a closed connection), and the ledger keeps one
+        connection for reads."""
+        import psycopg
+
+        app = f"convo_cancel_{uuid.uuid4().hex[:8]}"
+        url = f"{pg_url}&application_name={app}"
+        rng = random.Random(8)
+        with Ledger.open(url) as led:
+            for i in range(50):
+                led.append(_row(i))
+
+            async def reader() -> None:
+                for _ in range(20):
+                    assert (await led.total_async()).requests == 50
+
+            tasks = [asyncio.create_task(reader()) for _ in range(32)]
+            for _ in range(40):
+                await asyncio.sleep(rng.random() / 100)
+                rng.choice(tasks).cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert [r for r in results if isinstance(r, BaseException)] == [
+                r for r in results if isinstance(r, asyncio.CancelledError)
+            ]
+            assert any(r is None for r in results)
+            assert (await led.total_async()).requests == 50
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                (n,) = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,)
+                ).fetchone() or (0,)
+            assert n == 2  # the writer's and the loop's reader
 
     async def test_postgres_cancelled_read_leaves_a_working_ledger(self, pg_url: str) -> None:
         """A read cancelled in flight drops its connection; the next read opens another."""

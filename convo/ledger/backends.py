@@ -277,9 +277,12 @@ class PostgresBackend:
                         await asyncio.sleep(0)
                 return rows
         except BaseException:
-            # Cancelled mid-query, or the connection broke: its state is unknown, so drop
-            # it; the next read opens a fresh one.
-            self._drop_async(asyncio.get_running_loop(), conn)
+            # A cancelled read is psycopg's to clean up: it cancels the query on the server
+            # and leaves the connection idle, still shared by the loop's other readers
+            # (closing it here failed every read in flight on it). Only a connection that
+            # ended up closed or broken is forgotten; the next read opens a fresh one.
+            if conn.closed or conn.broken:
+                self._drop_async(asyncio.get_running_loop(), conn)
             raise
 
     async def _async_connection(self) -> Any:
