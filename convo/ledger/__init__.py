@@ -6,17 +6,21 @@
 
 from convo.ledger.core import Ledger
 from convo.ledger.queries import BustCount, Filters, GroupBy, TaskCost, Totals
-from convo.ledger.record import LedgerRow, Outcome
+from convo.ledger.record import CacheOutcome, LedgerRow, Outcome, Purpose, Status, cache_outcome
 from convo.ledger.schema import SCHEMA_VERSION
 
 __all__ = [
     "SCHEMA_VERSION",
     "BustCount",
+    "CacheOutcome",
     "Filters",
     "GroupBy",
     "Ledger",
     "LedgerRow",
     "Outcome",
+    "Purpose",
+    "Status",
     "TaskCost",
     "Totals",
+    "cache_outcome",
 ]

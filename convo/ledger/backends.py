@@ -1,13 +1,18 @@
 """Storage backends: SQLite (default, WAL) and PostgreSQL (psycopg 3).
 
-A backend owns one connection, guarded by a lock, and does four things: migrate, insert a
-batch in one transaction, run a read query, close. SQL is written once with ``?``
-placeholders; the PostgreSQL backend rewrites them to ``%s``. Database exceptions become
-:class:`convo.errors.LedgerError` here and nowhere else.
+A backend does five things: migrate, insert a batch in one transaction, run a read query,
+run the same read query without blocking an event loop (:meth:`Backend.query_async`), close.
+SQL is written once with ``?`` placeholders; the PostgreSQL backend rewrites them to ``%s``.
+Database exceptions become :class:`convo.errors.LedgerError` here and nowhere else.
+
+Async reads: SQLite has no async driver, so :meth:`SQLiteBackend.query_async` runs the query
+in a worker thread (``sqlite3`` releases the GIL while a statement steps). PostgreSQL reads
+go through a psycopg ``AsyncConnection`` per event loop, opened on first use.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import threading
@@ -36,6 +41,9 @@ _CATCH_UP = rollup_catch_up(SQLITE)
 
 
 _SECRET_PARAMETERS = {"password", "sslpassword"}
+
+# Rows converted between two yields to the loop when an async PostgreSQL read is big.
+_ASYNC_SLICE = 200
 
 
 def redact(url: str) -> str:
@@ -89,6 +97,9 @@ class Backend(Protocol):
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query written with ``?`` placeholders."""
 
+    async def query_async(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """:meth:`query`, awaited: never blocks the running event loop."""
+
     def close(self) -> None:
         """Close the connection."""
 
@@ -107,10 +118,7 @@ class SQLiteBackend:
         self.where = path
         self._lock = threading.Lock()
         with _translated("open", path):
-            self._conn = sqlite3.connect(
-                path, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            self._conn = self._connect(path, timeout)
             if path != ":memory:":
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -125,6 +133,20 @@ class SQLiteBackend:
             # the default 2 MiB page cache those pages are evicted and read back every
             # batch. 64 MiB is a ceiling, not an allocation: a small ledger never uses it.
             self._conn.execute("PRAGMA cache_size = -65536")
+            # A file gets a second connection for reads, so a long report never holds the
+            # writer's lock (WAL lets it read while a batch commits). ":memory:" is one
+            # database per connection: there reads share the writer's.
+            if path == ":memory:":
+                self._reader, self._read_lock = self._conn, self._lock
+            else:
+                self._reader, self._read_lock = self._connect(path, timeout), threading.Lock()
+                self._reader.execute("PRAGMA mmap_size = 268435456")
+
+    @staticmethod
+    def _connect(path: str, timeout: float) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        return conn
 
     @contextlib.contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Cursor]:
@@ -162,10 +184,18 @@ class SQLiteBackend:
                 cur.executemany(_INSERT_OUTCOME, outcomes)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock, _translated("read", self.where):
-            return self._conn.execute(sql, tuple(params)).fetchall()
+        with self._read_lock, _translated("read", self.where):
+            return self._reader.execute(sql, tuple(params)).fetchall()
+
+    async def query_async(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        # A worker thread: the loop keeps running while SQLite steps (it drops the GIL).
+        # Cancelling the await abandons the result; the statement still runs to its end.
+        return await asyncio.to_thread(self.query, sql, params)
 
     def close(self) -> None:
+        if self._reader is not self._conn:
+            with self._read_lock, _translated("close", self.where):
+                self._reader.close()
         with self._lock, _translated("close", self.where):
             self._conn.close()
 
@@ -183,9 +213,14 @@ class PostgresBackend:
                 'a postgresql:// ledger needs psycopg 3: pip install "convo[postgres]"'
             ) from exc
         self.where = redact(url)
+        self._url = url
         self._lock = threading.Lock()
         with _translated("connect", self.where):
             self._conn = psycopg.connect(url)
+        # Async readers, one per event loop (a psycopg AsyncConnection belongs to the loop
+        # it was opened on): id(loop) -> (loop, connection or None, the lock that opens it).
+        self._async: dict[int, tuple[asyncio.AbstractEventLoop, Any, asyncio.Lock]] = {}
+        self._async_guard = threading.Lock()
 
     @contextlib.contextmanager
     def _write(self, what: str) -> Iterator[Any]:
@@ -227,9 +262,79 @@ class PostgresBackend:
                 self._conn.rollback()
             return rows
 
+    async def query_async(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        conn = await self._async_connection()
+        try:
+            with _translated("read", self.where):
+                cur = await conn.execute(sql.replace("?", "%s"), tuple(params))
+                # The result is already on the client; turning it into Python values is
+                # loop time (~10 µs a row), so a big result is read in slices with a yield
+                # between them. A probe saw 30-50 ms stalls reading 5,000 rows at once.
+                rows: list[tuple[Any, ...]] = []
+                while chunk := await cur.fetchmany(_ASYNC_SLICE):
+                    rows.extend(chunk)
+                    if len(chunk) == _ASYNC_SLICE:
+                        await asyncio.sleep(0)
+                return rows
+        except BaseException:
+            # A cancelled read is psycopg's to clean up: it cancels the query on the server
+            # and leaves the connection idle, still shared by the loop's other readers
+            # (closing it here failed every read in flight on it). Only a connection that
+            # ended up closed or broken is forgotten; the next read opens a fresh one.
+            if conn.closed or conn.broken:
+                self._drop_async(asyncio.get_running_loop(), conn)
+            raise
+
+    async def _async_connection(self) -> Any:
+        import psycopg
+
+        loop = asyncio.get_running_loop()
+        with self._async_guard:
+            # Connections of loops that have closed (asyncio.run returned) are dead weight.
+            for key, (other, conn, _) in list(self._async.items()):
+                if other.is_closed():
+                    del self._async[key]
+                    if conn is not None:
+                        _finish(conn)
+            entry = self._async.get(id(loop))
+            if entry is None or entry[0] is not loop:
+                entry = (loop, None, asyncio.Lock())
+                self._async[id(loop)] = entry
+        if entry[1] is not None and not entry[1].closed:
+            return entry[1]
+        async with entry[2]:
+            current = self._async.get(id(loop))
+            if current is not None and current[1] is not None and not current[1].closed:
+                return current[1]
+            with _translated("connect", self.where):
+                # Autocommit: every read sees the latest commits, and no transaction is left
+                # open between reads.
+                conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+            with self._async_guard:
+                self._async[id(loop)] = (loop, conn, entry[2])
+            return conn
+
+    def _drop_async(self, loop: asyncio.AbstractEventLoop, conn: Any) -> None:
+        with self._async_guard:
+            entry = self._async.get(id(loop))
+            if entry is not None and entry[1] is conn:
+                self._async[id(loop)] = (loop, None, entry[2])
+        _finish(conn)
+
     def close(self) -> None:
+        with self._async_guard:
+            readers = [conn for _, conn, _ in self._async.values() if conn is not None]
+            self._async.clear()
+        for conn in readers:
+            _finish(conn)
         with self._lock, _translated("close", self.where):
             self._conn.close()
+
+
+def _finish(conn: Any) -> None:
+    """Close a psycopg connection from any thread or loop: libpq's close, no awaiting."""
+    with contextlib.suppress(Exception):
+        conn.pgconn.finish()
 
 
 def _set_version(cur: Any, before: int, *, placeholder: str = "?") -> None:

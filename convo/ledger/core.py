@@ -10,18 +10,26 @@ import os
 import threading
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import attrs
 import platformdirs
 
+from convo.budget import Spend
 from convo.errors import LedgerError
 from convo.ledger import queries
 from convo.ledger.backends import Backend, PostgresBackend, SQLiteBackend
-from convo.ledger.queries import BustCount, Filters, GroupBy, TaskCost, Totals
+from convo.ledger.queries import BustCount, Filters, GroupBy, Query, TaskCost, Totals
 from convo.ledger.record import OUTCOMES, LedgerRow, Outcome
 from convo.ledger.writer import BatchWriter
 
 __all__ = ["Ledger"]
+
+T = TypeVar("T")
+
+# Rows an async query reads into objects on the event loop itself (a few hundred µs);
+# more go to a worker thread.
+_READ_ON_LOOP = 1_000
 
 #: The default ledger file's name inside ``$CONVO_HOME`` or the user data dir.
 DEFAULT_FILE = "ledger.sqlite3"
@@ -50,6 +58,10 @@ class Ledger:
     Rows are enqueued by :meth:`append` (never blocks, safe from any thread or task) and
     committed in batches by a background thread. Use :meth:`open` or :meth:`default`
     rather than the constructor.
+
+    Every query has an ``_async`` twin (:meth:`totals_async`, :meth:`total_async`,
+    :meth:`spend_async`, ...) that never blocks the event loop: PostgreSQL through
+    psycopg's ``AsyncConnection``, SQLite in a worker thread.
 
     Example::
 
@@ -165,8 +177,9 @@ class Ledger:
         self._writer.flush(timeout)
 
     async def aflush(self) -> None:
-        """:meth:`flush` in a worker thread, so the event loop keeps running."""
-        await asyncio.to_thread(self.flush)
+        """:meth:`flush`, awaited: the writer thread wakes the task when the rows are
+        committed, so the event loop keeps running and no worker thread waits."""
+        await self._writer.flush_async()
 
     def close(self) -> None:
         """Write everything queued, stop the writer, close the store. Idempotent."""
@@ -202,7 +215,8 @@ class Ledger:
     ) -> None:
         await self.aclose()
 
-    # Queries. Each flushes first, so a caller sees its own appends.
+    # Queries. Each flushes first, so a caller sees its own appends. The SQL is built once
+    # (convo.ledger.queries); _run executes it blocking, _run_async awaited.
 
     def _filters(
         self,
@@ -216,6 +230,31 @@ class Ledger:
             self.flush()
         return Filters(since=since, until=until, model=model, session=session, prefix=prefix)
 
+    async def _filters_async(
+        self,
+        since: dt.datetime | None,
+        until: dt.datetime | None,
+        model: str | None,
+        session: str | None,
+        prefix: str | None,
+    ) -> Filters:
+        # Built before awaiting, so a bad filter is a ValueError with nothing queued.
+        filters = Filters(since=since, until=until, model=model, session=session, prefix=prefix)
+        filters.where()
+        if not self._closed:
+            await self.aflush()
+        return filters
+
+    def _run(self, query: Query[T]) -> T:
+        return query.read(self._backend.query(query.sql, query.params))
+
+    async def _run_async(self, query: Query[T]) -> T:
+        found = await self._backend.query_async(query.sql, query.params)
+        if len(found) > _READ_ON_LOOP:
+            # Turning many rows into objects is Python work too: off the loop with it.
+            return await asyncio.to_thread(query.read, found)
+        return query.read(found)
+
     def totals(
         self,
         *,
@@ -228,13 +267,54 @@ class Ledger:
     ) -> list[Totals]:
         """Sums of tokens, cost, weight and hits, grouped *by* model, session, day
         (UTC), prefix or conversation; one overall :class:`Totals` when *by* is ``None``."""
-        return queries.totals(
-            self._backend, self._filters(since, until, model, session, prefix), by
-        )
+        f = self._filters(since, until, model, session, prefix)
+        return self._run(queries.totals(self._backend.dialect, f, by))
+
+    async def totals_async(
+        self,
+        *,
+        by: GroupBy | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        model: str | None = None,
+        session: str | None = None,
+        prefix: str | None = None,
+    ) -> list[Totals]:
+        """:meth:`totals`, awaited without blocking the event loop.
+
+        .. versionadded:: 0.2
+        """
+        f = await self._filters_async(since, until, model, session, prefix)
+        return await self._run_async(queries.totals(self._backend.dialect, f, by))
 
     def total(self, **filters: object) -> Totals:
         """The one overall :class:`Totals` under *filters* (see :meth:`totals`)."""
         return self.totals(by=None, **filters)[0]  # type: ignore[arg-type]
+
+    async def total_async(self, **filters: object) -> Totals:
+        """:meth:`total`, awaited without blocking the event loop.
+
+        .. versionadded:: 0.2
+        """
+        return (await self.totals_async(by=None, **filters))[0]  # type: ignore[arg-type]
+
+    def spend(self, *, since: dt.datetime | None = None) -> Spend:
+        """Everything recorded since *since* as a :class:`~convo.budget.Spend`: what a
+        ``scope="ledger"`` :class:`~convo.Budget` reads (``Budget.reserve(ledger_spent=)``).
+
+        The cost is ``None`` when any row in the window is unpriced (a cost limit then
+        cannot be enforced, and the budget says so).
+
+        .. versionadded:: 0.2
+        """
+        return _spend(self.total(since=since))
+
+    async def spend_async(self, *, since: dt.datetime | None = None) -> Spend:
+        """:meth:`spend`, awaited without blocking the event loop.
+
+        .. versionadded:: 0.2
+        """
+        return _spend(await self.total_async(since=since))
 
     def top_busts(
         self,
@@ -248,7 +328,24 @@ class Ledger:
     ) -> list[BustCount]:
         """The most frequent cache-miss reasons (every reason but ``"hit"``)."""
         f = self._filters(since, until, model, session, prefix)
-        return queries.top_busts(self._backend, f, limit)
+        return self._run(queries.top_busts(self._backend.dialect, f, limit))
+
+    async def top_busts_async(
+        self,
+        *,
+        limit: int = 10,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        model: str | None = None,
+        session: str | None = None,
+        prefix: str | None = None,
+    ) -> list[BustCount]:
+        """:meth:`top_busts`, awaited without blocking the event loop.
+
+        .. versionadded:: 0.2
+        """
+        f = await self._filters_async(since, until, model, session, prefix)
+        return await self._run_async(queries.top_busts(self._backend.dialect, f, limit))
 
     def task_cost(
         self,
@@ -260,7 +357,24 @@ class Ledger:
         prefix: str | None = None,
     ) -> TaskCost:
         """Cost per successful task over tasks marked success or failure."""
-        return queries.task_cost(self._backend, self._filters(since, until, model, session, prefix))
+        f = self._filters(since, until, model, session, prefix)
+        return self._run(queries.task_cost(self._backend.dialect, f))
+
+    async def task_cost_async(
+        self,
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        model: str | None = None,
+        session: str | None = None,
+        prefix: str | None = None,
+    ) -> TaskCost:
+        """:meth:`task_cost`, awaited without blocking the event loop.
+
+        .. versionadded:: 0.2
+        """
+        f = await self._filters_async(since, until, model, session, prefix)
+        return await self._run_async(queries.task_cost(self._backend.dialect, f))
 
     def rows(
         self,
@@ -274,4 +388,25 @@ class Ledger:
     ) -> list[LedgerRow]:
         """The rows themselves, oldest first (for export)."""
         f = self._filters(since, until, model, session, prefix)
-        return queries.rows(self._backend, f, limit)
+        return self._run(queries.rows(self._backend.dialect, f, limit))
+
+    async def rows_async(
+        self,
+        *,
+        limit: int | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        model: str | None = None,
+        session: str | None = None,
+        prefix: str | None = None,
+    ) -> list[LedgerRow]:
+        """:meth:`rows`, awaited without blocking the event loop.
+
+        .. versionadded:: 0.2
+        """
+        f = await self._filters_async(since, until, model, session, prefix)
+        return await self._run_async(queries.rows(self._backend.dialect, f, limit))
+
+
+def _spend(totals: Totals) -> Spend:
+    return Spend(totals.total_input, totals.output, None if totals.unpriced else totals.cost_usd)

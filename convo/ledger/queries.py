@@ -6,22 +6,39 @@ UTC days a query covers and the raw rows only for the partial days at its ``sinc
 ``until`` edges (and, on SQLite, for rows not folded yet); both halves are one
 ``UNION ALL`` in one statement, so they see one snapshot and every sum is exact. Money
 comes back in nano-dollars and leaves as ``Decimal`` USD.
+
+Each query is built as a :class:`Query`: its SQL, its parameters, and how to read the
+rows. Building does no I/O, so the sync and the async paths of
+:class:`~convo.ledger.Ledger` run the same statement and read it the same way; only who
+executes it differs (a blocking call, or an awaited one).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
-from convo.ledger.backends import Backend
 from convo.ledger.record import COLUMNS, LedgerRow
-from convo.ledger.schema import DAY, ROLLUP_SUMS, day_start
+from convo.ledger.schema import DAY, ROLLUP_SUMS, Dialect, day_start
 from convo.usage import Usage
 
-__all__ = ["BustCount", "Filters", "GroupBy", "TaskCost", "Totals"]
+__all__ = ["BustCount", "Filters", "GroupBy", "Query", "TaskCost", "Totals"]
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Query(Generic[T]):
+    """One read: SQL with ``?`` placeholders, its parameters, and how to read its rows."""
+
+    sql: str
+    params: Sequence[Any]
+    read: Callable[[list[tuple[Any, ...]]], T]
+
 
 #: What :meth:`~convo.ledger.Ledger.totals` can group by.
 GroupBy = Literal["model", "session", "day", "prefix", "conversation"]
@@ -93,13 +110,18 @@ class Totals:
     Attributes:
         key: The group (model id, session id, ``YYYY-MM-DD``, fingerprint), or ``None``.
         requests: Rows (API attempts).
-        errors: Rows whose status was not ``ok``.
+        errors: Rows whose status was not ``ok`` (failed or cancelled).
         input, cache_read, cache_write_5m, cache_write_1h, output: Token sums.
         cost_usd: Cost of the priced rows.
         unpriced: Rows with no price; ``cost_usd`` leaves them out.
         saved_usd: Saving from caching over the priced rows (may be negative).
         rate_limit_tokens: ITPM weight.
         hit_requests: Successful rows that read anything from cache.
+        cancelled: Rows of sends cancelled in flight (counted in ``errors`` too).
+        estimated: Rows whose output is an estimate (a cut stream's delivered text).
+
+    .. versionchanged:: 0.2
+       ``cancelled`` and ``estimated``.
     """
 
     key: str | None
@@ -115,6 +137,8 @@ class Totals:
     saved_usd: Decimal
     rate_limit_tokens: int
     hit_requests: int
+    cancelled: int = 0
+    estimated: int = 0
 
     @property
     def usage(self) -> Usage:
@@ -183,9 +207,9 @@ _OUTER_SUMS = ", ".join(f"SUM(s{i})" for i in range(len(ROLLUP_SUMS)))
 
 
 def _union(
-    backend: Backend, filters: Filters, raw_key: str, rollup_key: str, *extra: str
+    dialect: Dialect, filters: Filters, raw_key: str, rollup_key: str, *extra: str
 ) -> tuple[str, list[Any]]:
-    """A subquery ``(key, s0..s11)`` of sums per key over the rows *filters* select.
+    """A subquery ``(key, s0..s13)`` of sums per key over the rows *filters* select.
 
     Whole UTC days inside ``[since, until)`` come from the roll-up; the partial days at
     the edges from the raw rows (through the ``ts`` index); on SQLite, also any raw rows
@@ -221,7 +245,7 @@ def _union(
             part(*raw, ("ts >= ?", since), ("ts < ?", lo))
         if until is not None and hi is not None and hi < until:
             part(*raw, ("ts >= ?", hi), ("ts < ?", until))
-        if not backend.dialect.rollup_by_trigger:
+        if not dialect.rollup_by_trigger:
             # NOT INDEXED keeps SQLite on the rowid: the rows past the mark are a short
             # rowid range (none at all unless an older convo wrote), while the planner
             # would otherwise walk a whole index to save the GROUP BY a sort.
@@ -231,8 +255,8 @@ def _union(
     return "(" + " UNION ALL ".join(parts) + ")", all_params
 
 
-def totals(backend: Backend, filters: Filters, by: GroupBy | None) -> list[Totals]:
-    """Return one :class:`Totals` per group (or one overall when *by* is ``None``)."""
+def totals(dialect: Dialect, filters: Filters, by: GroupBy | None) -> Query[list[Totals]]:
+    """One :class:`Totals` per group (or one overall when *by* is ``None``)."""
     if by == "conversation":
         # Not a roll-up dimension: one pass over the raw rows.
         where, params = filters.where()
@@ -241,20 +265,24 @@ def totals(backend: Backend, filters: Filters, by: GroupBy | None) -> list[Total
         if by is None:
             raw_key = rollup_key = "NULL"
         elif by == "day":
-            raw_key = backend.dialect.day("ts")
-            rollup_key = backend.dialect.day_text("day")
+            raw_key = dialect.day("ts")
+            rollup_key = dialect.day_text("day")
         elif by in _GROUP_COLUMNS:
             raw_key = rollup_key = _GROUP_COLUMNS[by]
         else:
             raise ValueError(
                 f"by must be one of model, session, day, prefix, conversation; got {by!r}"
             )
-        source, params = _union(backend, filters, raw_key, rollup_key)
+        source, params = _union(dialect, filters, raw_key, rollup_key)
         sql = f"SELECT {'NULL' if by is None else 'key'}, {_OUTER_SUMS} FROM {source} AS u"
         if by is not None:
             sql += " GROUP BY key ORDER BY key"
+    return Query(sql, params, lambda rows: _read_totals(rows, by))
+
+
+def _read_totals(rows: list[tuple[Any, ...]], by: GroupBy | None) -> list[Totals]:
     result = []
-    for row in backend.query(sql, params):
+    for row in rows:
         if by is None and not row[1]:
             return [_empty()]
         n = [0, *(int(v or 0) for v in row[1:])]
@@ -273,15 +301,17 @@ def totals(backend: Backend, filters: Filters, by: GroupBy | None) -> list[Total
                 saved_usd=_usd(row[10]),
                 rate_limit_tokens=n[11],
                 hit_requests=n[12],
+                cancelled=n[13],
+                estimated=n[14],
             )
         )
     return result or ([_empty()] if by is None else [])
 
 
-def top_busts(backend: Backend, filters: Filters, limit: int) -> list[BustCount]:
-    """Return the most frequent non-hit cache reasons, most frequent first."""
+def top_busts(dialect: Dialect, filters: Filters, limit: int) -> Query[list[BustCount]]:
+    """The most frequent non-hit cache reasons, most frequent first."""
     source, params = _union(
-        backend,
+        dialect,
         filters,
         "cache_reason",
         "cache_reason",
@@ -293,14 +323,17 @@ def top_busts(backend: Backend, filters: Filters, limit: int) -> list[BustCount]
         "SELECT key, SUM(s0), SUM(s4) + SUM(s5), SUM(s2), SUM(s7) "
         f"FROM {source} AS u GROUP BY key ORDER BY SUM(s0) DESC, key LIMIT ?"
     )
-    return [
-        BustCount(r[0], int(r[1]), int(r[2] or 0), int(r[3] or 0), _usd(r[4]))
-        for r in backend.query(sql, [*params, limit])
-    ]
+    return Query(
+        sql,
+        [*params, limit],
+        lambda rows: [
+            BustCount(r[0], int(r[1]), int(r[2] or 0), int(r[3] or 0), _usd(r[4])) for r in rows
+        ],
+    )
 
 
-def task_cost(backend: Backend, filters: Filters) -> TaskCost:
-    """Return the spend on marked tasks and how many succeeded and failed."""
+def task_cost(dialect: Dialect, filters: Filters) -> Query[TaskCost]:
+    """The spend on marked tasks and how many succeeded and failed."""
     # Only marked tasks count, so only their rows are grouped: a task marked through
     # convo_outcomes, or one with an outcome on any of its rows (found through the small
     # partial index convo_usage_outcome). Sorting a third of a million rows instead of
@@ -323,10 +356,14 @@ def task_cost(backend: Backend, filters: Filters) -> TaskCost:
         SELECT COALESCE(m.outcome, t.o) AS verdict, COUNT(*), SUM(t.c), SUM(t.u)
         FROM t LEFT JOIN m ON m.task_id = t.task_id
         GROUP BY COALESCE(m.outcome, t.o)"""
+    return Query(sql, params, _read_task_cost)
+
+
+def _read_task_cost(rows: list[tuple[Any, ...]]) -> TaskCost:
     counts = {"success": 0, "failure": 0}
     cost = Decimal(0)
     unpriced = 0
-    for verdict, n, nanos, unpriced_tasks in backend.query(sql, params):
+    for verdict, n, nanos, unpriced_tasks in rows:
         if verdict in counts:
             counts[verdict] += int(n)
             cost += _usd(nanos)
@@ -334,14 +371,14 @@ def task_cost(backend: Backend, filters: Filters) -> TaskCost:
     return TaskCost(counts["success"], counts["failure"], cost, unpriced)
 
 
-def rows(backend: Backend, filters: Filters, limit: int | None) -> list[LedgerRow]:
-    """Return the rows matching *filters*, oldest first."""
+def rows(dialect: Dialect, filters: Filters, limit: int | None) -> Query[list[LedgerRow]]:
+    """The rows matching *filters*, oldest first."""
     where, params = filters.where()
     sql = f"SELECT {', '.join(COLUMNS)} FROM convo_usage{where} ORDER BY ts, id"
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    return [LedgerRow.from_db(tuple(r)) for r in backend.query(sql, params)]
+    return Query(sql, params, lambda found: [LedgerRow.from_db(tuple(r)) for r in found])
 
 
 def _usd(nanos: Any) -> Decimal:

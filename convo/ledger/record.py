@@ -19,11 +19,49 @@ from convo.usage import Usage
 if TYPE_CHECKING:  # pricing pulls in the price table; a ledger reader does not need it
     from convo.pricing import Cost
 
-__all__ = ["COLUMNS", "NANO", "LedgerRow", "Outcome", "from_nanos", "to_nanos"]
+__all__ = [
+    "CACHE_OUTCOMES",
+    "COLUMNS",
+    "NANO",
+    "PURPOSES",
+    "STATUSES",
+    "CacheOutcome",
+    "LedgerRow",
+    "Outcome",
+    "Purpose",
+    "Status",
+    "cache_outcome",
+    "from_nanos",
+    "to_nanos",
+]
 
 #: A task's outcome, marked by the caller.
 Outcome = Literal["success", "failure"]
 OUTCOMES = ("success", "failure")
+
+#: How an attempt ended: answered, failed, or cancelled while its request was in flight.
+Status = Literal["ok", "error", "cancelled"]
+STATUSES = ("ok", "error", "cancelled")
+
+#: Why a request was sent: a conversation turn, a pre-warm, or a keep-alive re-warm.
+Purpose = Literal["turn", "warm", "keep_alive"]
+PURPOSES = ("turn", "warm", "keep_alive")
+
+#: What the cache did, from the response's usage (see :func:`cache_outcome`).
+CacheOutcome = Literal["hit", "partial", "write", "none"]
+CACHE_OUTCOMES = ("hit", "partial", "write", "none")
+
+
+def cache_outcome(usage: Usage) -> CacheOutcome:
+    """Classify an attempt's usage: the values :attr:`LedgerRow.cache_outcome` holds.
+
+    ``"hit"``: read from cache, wrote nothing; ``"partial"``: read some and wrote more;
+    ``"write"``: wrote without reading; ``"none"``: the cache was not used at all.
+    """
+    if usage.cache_read:
+        return "partial" if usage.cache_write else "hit"
+    return "write" if usage.cache_write else "none"
+
 
 #: USD per nano-dollar; the ledger's unit of money.
 NANO = Decimal("1e-9")
@@ -60,6 +98,16 @@ def _outcome(instance: object, attribute: attrs.Attribute[Any], value: object) -
         raise ValueError(f"outcome must be 'success', 'failure' or None, got {value!r}")
 
 
+def _one_of(allowed: tuple[str, ...], *, optional: bool) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if (value is None and optional) or value in allowed:
+            return
+        choices = ", ".join(repr(a) for a in allowed) + (" or None" if optional else "")
+        raise ValueError(f"{attribute.name} must be one of {choices}, got {value!r}")
+
+    return check
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -82,18 +130,30 @@ class LedgerRow:
         rate_limit_tokens: Weight against input tokens per minute.
         latency_ms: Wall time of the attempt.
         attempts: Which attempt this was (1 for the first).
-        status: ``"ok"`` or ``"error"``.
+        status: ``"ok"``; ``"error"`` (the attempt failed; any usage it reported before
+            failing is in the token counts); or ``"cancelled"`` (the caller cancelled the
+            send while its request was in flight: the request may have been billed, and
+            the counts hold what is known of it).
         error_type: The API error type (``rate_limit_error``...) when status is error.
         http_status: HTTP status code, when known.
         request_id: The server's ``request-id``.
-        cache_outcome: ``"hit"``, ``"partial"``, ``"miss"``, ``"write"``... as the tracker saw it.
+        cache_outcome: What the cache did, from the usage (:func:`cache_outcome`):
+            ``"hit"`` (read, no write), ``"partial"`` (read and wrote), ``"write"`` (wrote
+            only) or ``"none"``; ``None`` on rows of attempts that got no answer.
         cache_reason: The bust reason (``"cold"``, ``"system_changed"``...), or ``"hit"``.
         ttl_split_assumed: The write TTL split was missing and assumed.
         outcome: The caller's verdict on the task, when known at append time.
         prompt_text, completion_text: Kept only when the ledger was opened with
             ``store_text=True``; otherwise dropped on append.
+        usage_estimated: The output count is an estimate (from the text a cut stream
+            delivered, ``convo.tokens.estimate``), not the server's figure.
+        purpose: ``"turn"``, ``"warm"`` (a pre-warm) or ``"keep_alive"``; ``None`` on
+            rows written before schema version 4.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       ``status="cancelled"``, ``usage_estimated``, ``purpose``; ``status``,
+       ``cache_outcome`` and ``purpose`` are checked against their values.
     """
 
     model: str
@@ -115,16 +175,22 @@ class LedgerRow:
     rate_limit_tokens: int = 0
     latency_ms: float | None = None
     attempts: int = 1
-    status: str = "ok"
+    status: Status = attrs.field(default="ok", validator=_one_of(STATUSES, optional=False))
     error_type: str | None = None
     http_status: int | None = None
     request_id: str | None = None
-    cache_outcome: str | None = None
+    cache_outcome: CacheOutcome | None = attrs.field(
+        default=None, validator=_one_of(CACHE_OUTCOMES, optional=True)
+    )
     cache_reason: str | None = None
     ttl_split_assumed: bool = False
     outcome: str | None = attrs.field(default=None, validator=_outcome)
     prompt_text: str | None = None
     completion_text: str | None = None
+    usage_estimated: bool = False
+    purpose: Purpose | None = attrs.field(
+        default="turn", validator=_one_of(PURPOSES, optional=True)
+    )
 
     @classmethod
     def build(
@@ -177,6 +243,7 @@ class LedgerRow:
         values[_I_COST] = None if self.cost_usd is None else int(self.cost_usd.scaleb(9))
         values[_I_SAVED] = None if self.saved_usd is None else int(self.saved_usd.scaleb(9))
         values[_I_TTL] = int(self.ttl_split_assumed)
+        values[_I_ESTIMATED] = int(self.usage_estimated)
         return tuple(values)
 
     @classmethod
@@ -187,6 +254,7 @@ class LedgerRow:
         d["cost_usd"] = from_nanos(d["cost_usd"])
         d["saved_usd"] = from_nanos(d["saved_usd"])
         d["ttl_split_assumed"] = bool(d["ttl_split_assumed"])
+        d["usage_estimated"] = bool(d["usage_estimated"])
         return cls(**d)
 
 
@@ -198,8 +266,9 @@ _FIELDS: tuple[tuple[str, str], ...] = tuple(
 
 _NAMES = [name for name, _ in _FIELDS]
 _GET_ALL = operator.attrgetter(*_NAMES)
-_I_TIME, _I_COST, _I_SAVED, _I_TTL = (
-    _NAMES.index(n) for n in ("time", "cost_usd", "saved_usd", "ttl_split_assumed")
+_I_TIME, _I_COST, _I_SAVED, _I_TTL, _I_ESTIMATED = (
+    _NAMES.index(n)
+    for n in ("time", "cost_usd", "saved_usd", "ttl_split_assumed", "usage_estimated")
 )
 
 #: Column names of the usage table, in the order of :meth:`LedgerRow.to_db`.

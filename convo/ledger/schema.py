@@ -153,10 +153,21 @@ ROLLUP_SUMS: tuple[tuple[str, str], ...] = (
     ("saved_nusd", "COALESCE(saved_nusd, 0)"),
     ("rate_limit_tokens", "rate_limit_tokens"),
     ("hit_requests", "CASE WHEN cache_read > 0 AND status = 'ok' THEN 1 ELSE 0 END"),
+    # Version 4. A roll-up built before version 4 holds no such rows, so its zeros are exact.
+    ("cancelled", "CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END"),
+    ("estimated", "usage_estimated"),
 )
 
+#: The sums version 3 created the roll-up with; later versions add columns for the rest.
+_ROLLUP_SUMS_V3 = ROLLUP_SUMS[:12]
 
-def rollup_fold(d: Dialect, source: str, where: str = "") -> str:
+
+def rollup_fold(
+    d: Dialect,
+    source: str,
+    where: str = "",
+    sums_: tuple[tuple[str, str], ...] = ROLLUP_SUMS,
+) -> str:
     """SQL that adds the rows of *source* (matching *where*) into ``convo_rollup``.
 
     One statement: group the new rows by day and the key columns, then add each group's
@@ -166,9 +177,9 @@ def rollup_fold(d: Dialect, source: str, where: str = "") -> str:
     """
     keys = ", ".join(ROLLUP_KEYS)
     day = d.day_start("ts")
-    sums = ", ".join(f"SUM({expr})" for _, expr in ROLLUP_SUMS)
-    names = ", ".join(name for name, _ in ROLLUP_SUMS)
-    update = ", ".join(f"{name} = convo_rollup.{name} + excluded.{name}" for name, _ in ROLLUP_SUMS)
+    sums = ", ".join(f"SUM({expr})" for _, expr in sums_)
+    names = ", ".join(name for name, _ in sums_)
+    update = ", ".join(f"{name} = convo_rollup.{name} + excluded.{name}" for name, _ in sums_)
     return (
         f"INSERT INTO convo_rollup (k, day, {keys}, {names}) "
         f"SELECT CAST({d.json_array}(g.day, {', '.join('g.' + k for k in ROLLUP_KEYS)}) AS TEXT), "
@@ -189,7 +200,7 @@ def _v3(d: Dialect) -> list[str]:
     order, so a statement trigger folds there instead, whoever writes.
     """
     i = d.bigint
-    sums = ",\n            ".join(f"{name} {i} NOT NULL" for name, _ in ROLLUP_SUMS)
+    sums = ",\n            ".join(f"{name} {i} NOT NULL" for name, _ in _ROLLUP_SUMS_V3)
     statements = [
         f"""CREATE TABLE IF NOT EXISTS convo_rollup (
             k TEXT PRIMARY KEY,
@@ -208,18 +219,13 @@ def _v3(d: Dialect) -> list[str]:
     )
     if d.rollup_by_trigger:
         statements += [
-            f"""CREATE OR REPLACE FUNCTION convo_rollup_fold() RETURNS trigger
-            LANGUAGE plpgsql AS $$
-            BEGIN
-                {rollup_fold(d, "convo_new")};
-                RETURN NULL;
-            END $$""",
+            _fold_function(d, _ROLLUP_SUMS_V3),
             "DROP TRIGGER IF EXISTS convo_usage_rollup ON convo_usage",
             """CREATE TRIGGER convo_usage_rollup AFTER INSERT ON convo_usage
             REFERENCING NEW TABLE AS convo_new FOR EACH STATEMENT
             EXECUTE PROCEDURE convo_rollup_fold()""",
             # Rows written before the roll-up existed.
-            rollup_fold(d, "convo_usage"),
+            rollup_fold(d, "convo_usage", "", _ROLLUP_SUMS_V3),
         ]
     else:
         statements += [
@@ -229,22 +235,51 @@ def _v3(d: Dialect) -> list[str]:
             )""",
             "INSERT OR IGNORE INTO convo_rollup_mark VALUES (1, 0)",
             # Rows written before the roll-up existed; the mark moves with them.
-            *rollup_catch_up(d),
+            *rollup_catch_up(d, _ROLLUP_SUMS_V3),
         ]
     return statements
 
 
-def rollup_catch_up(d: Dialect) -> list[str]:
+def _fold_function(d: Dialect, sums_: tuple[tuple[str, str], ...]) -> str:
+    """PostgreSQL: the trigger function that folds each insert into the roll-up."""
+    return f"""CREATE OR REPLACE FUNCTION convo_rollup_fold() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                {rollup_fold(d, "convo_new", "", sums_)};
+                RETURN NULL;
+            END $$"""
+
+
+def _v4(d: Dialect) -> list[str]:
+    """Cancelled attempts, estimated usage and each row's purpose (issue 8).
+
+    ``usage_estimated`` marks output estimated from the text a cut stream delivered;
+    ``purpose`` says whether a row was a turn, a pre-warm or a keep-alive (NULL on rows
+    written before version 4: not recorded). The roll-up gains counts of cancelled and
+    estimated rows; on PostgreSQL the trigger function is replaced to fold them.
+    """
+    statements = [
+        f"ALTER TABLE convo_usage ADD COLUMN usage_estimated {d.bigint} NOT NULL DEFAULT 0",
+        "ALTER TABLE convo_usage ADD COLUMN purpose TEXT",
+        f"ALTER TABLE convo_rollup ADD COLUMN cancelled {d.bigint} NOT NULL DEFAULT 0",
+        f"ALTER TABLE convo_rollup ADD COLUMN estimated {d.bigint} NOT NULL DEFAULT 0",
+    ]
+    if d.rollup_by_trigger:
+        statements.append(_fold_function(d, ROLLUP_SUMS))
+    return statements
+
+
+def rollup_catch_up(d: Dialect, sums_: tuple[tuple[str, str], ...] = ROLLUP_SUMS) -> list[str]:
     """SQLite: fold every row past ``convo_rollup_mark``, and move the mark to the last."""
     return [
-        rollup_fold(d, "convo_usage", " WHERE id > (SELECT last_id FROM convo_rollup_mark)"),
+        rollup_fold(d, "convo_usage", " WHERE id > (SELECT last_id FROM convo_rollup_mark)", sums_),
         "UPDATE convo_rollup_mark SET last_id = "
         "(SELECT COALESCE(MAX(id), 0) FROM convo_usage) WHERE one = 1",
     ]
 
 
 #: Migrations in order; version N is ``MIGRATIONS[N - 1]``. Only ever append to this list.
-MIGRATIONS: tuple[Callable[[Dialect], list[str]], ...] = (_v1, _v2, _v3)
+MIGRATIONS: tuple[Callable[[Dialect], list[str]], ...] = (_v1, _v2, _v3, _v4)
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -15,8 +15,11 @@ one cycle; under heavy load batches grow and the cost per row falls.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from convo.errors import LedgerError
@@ -29,9 +32,11 @@ _STOP = object()
 
 
 class _FlushToken:
-    def __init__(self) -> None:
+    def __init__(self, notify: Callable[[], None] | None = None) -> None:
         self.done = threading.Event()
         self.error: LedgerError | None = None
+        # Called from the writer thread once done is set (wakes an awaiting task).
+        self.notify = notify
 
 
 class BatchWriter:
@@ -86,6 +91,33 @@ class BatchWriter:
         if token.error is not None:
             raise token.error
 
+    async def flush_async(self) -> None:
+        """:meth:`flush`, awaited: the writer thread wakes the task, no thread waits.
+
+        Raises:
+            LedgerError: as :meth:`flush`.
+        """
+        if self._stopped.is_set():
+            self.flush()  # answers at once: nothing to wait for
+            return
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def wake() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        def notify() -> None:
+            # The loop may have closed meanwhile (the waiter gave up); nobody is left to wake.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(wake)
+
+        token = _FlushToken(notify)
+        self._queue.put(token)
+        await woken
+        if token.error is not None:
+            raise token.error
+
     def stop(self, timeout: float | None = None) -> None:
         """Write what is queued, then end the thread."""
         if not self._thread.is_alive():
@@ -115,10 +147,28 @@ class BatchWriter:
             for token in tokens:
                 token.error = error
                 token.done.set()
+                if token.notify is not None:
+                    token.notify()
             if stop and error is not None:
                 # Closing with a failing store: one last try so nothing is lost silently.
                 self._commit()
         self._stopped.set()
+        # A flush that raced close() and queued its token after the stop must not wait
+        # forever: answer it with what is known.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _FlushToken):
+                if self._pending_rows or self._pending_outcomes:
+                    item.error = LedgerError(
+                        f"ledger {self._backend.where}: writer stopped with "
+                        f"{len(self._pending_rows)} rows not committed"
+                    )
+                item.done.set()
+                if item.notify is not None:
+                    item.notify()
 
     def _take(self, item: Any, tokens: list[_FlushToken]) -> bool:
         if item is None:
