@@ -10,8 +10,10 @@ attributes and raised ``from`` their cause::
     ├── BudgetExceeded       a budget would be or was exceeded; nothing was sent
     ├── RetriesExhausted     every allowed attempt failed
     ├── SpendCapReached      the organisation's spend cap: retrying cannot help
-    ├── StreamInterrupted    an error event arrived after text reached the caller
-    └── LedgerError          the ledger could not record or read
+    ├── StreamInterrupted    a stream was cut after text reached the caller
+    ├── LedgerError          the ledger could not record or read
+    ├── UnknownModel         a model id the model table does not know (also a LookupError)
+    └── WarmWaitTimeout      waited too long for another session's write of a prefix
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class BudgetExceeded(ConvoError):
         limit: Which limit (``max_input_tokens``, ``max_output_tokens``, ``max_cost_usd``).
         maximum: Its value.
         estimate: What this request was estimated to add.
-        spent: What the scope had already spent.
+        spent: What the scope had already spent, or reserved for requests in flight.
         scope: ``request``, ``session`` or ``ledger``.
     """
 

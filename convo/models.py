@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
+from convo.errors import ConvoError
+
 __all__ = [
     "LIMITS_SOURCE_DATE",
     "LONG_CONTEXT_BETA",
@@ -122,7 +124,7 @@ class ModelInfo:
     limits_source: str = ""
 
 
-class UnknownModel(LookupError):
+class UnknownModel(ConvoError, LookupError):
     """Raised by :func:`lookup` for a model id the table does not know."""
 
     def __init__(self, model: str) -> None:

@@ -34,7 +34,7 @@ from convo import models, sdk
 from convo.budget import Budget, Spend
 from convo.errors import LayoutError, StreamInterrupted
 from convo.layout import History, Layout, Prefix, RenderedRequest
-from convo.ledger import Ledger, LedgerRow
+from convo.ledger import Ledger, LedgerRow, cache_outcome
 from convo.limits import RateLimiter
 from convo.pricing import price
 from convo.request_rules import RequestChecker, needs_streaming
@@ -51,14 +51,6 @@ __all__ = ["SessionCore"]
 _TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 _log = logging.getLogger("convo")
 _WARM_TEXT = "(cache pre-warm)"
-
-
-def _cache_outcome(usage: Usage) -> str:
-    if usage.cache_read and not usage.cache_write:
-        return "hit"
-    if usage.cache_read:
-        return "partial"
-    return "write" if usage.cache_write else "none"
 
 
 class SessionCore:
@@ -345,17 +337,21 @@ class SessionCore:
         try:
             estimate = self.estimate(pending) if self.budgets else None
             for budget in self.budgets:
-                ledger_spent = None
+                ledger_spent: Spend | None = None
                 if budget.scope == "ledger":
                     if self.ledger is None:
                         raise ValueError(
                             "a Budget with scope='ledger' needs the session to have a ledger"
                         )
-                    totals = yield steps.LedgerTotal(budget.since)
-                    cost = None if totals.unpriced else totals.cost_usd
-                    ledger_spent = Spend(totals.total_input, totals.output, cost)
+                    # The mark first: settles that land while the ledger is read are
+                    # then known to be in the reading or not.
+                    mark = budget.ledger_mark()
+                    ledger_spent = yield steps.LedgerSpend(budget.since)
+                else:
+                    mark = None
                 assert estimate is not None
-                holds.append((budget, budget.reserve(estimate, ledger_spent=ledger_spent)))
+                hold = budget.reserve(estimate, ledger_spent=ledger_spent, mark=mark)
+                holds.append((budget, hold))
             if flight and pending.prefix_position is not None:
                 pending.refresh_at = self._refresh_at(pending)
                 pending.flight = yield steps.Claim(
@@ -572,7 +568,7 @@ class SessionCore:
             status="ok",
             http_status=200,
             request_id=request_id,
-            cache_outcome=_cache_outcome(usage),
+            cache_outcome=cache_outcome(usage),
             cache_reason=str(outcome.reason),
         )
         self.stats = self.stats.add(reply)

@@ -25,7 +25,7 @@ __all__ = [
     "Claim",
     "CloseStream",
     "Deliver",
-    "LedgerTotal",
+    "LedgerSpend",
     "ObserveFailure",
     "OpenStream",
     "RecordWarm",
@@ -67,16 +67,16 @@ Turn = Generator[Step, Any, Any]
 
 
 @attrs.frozen
-class LedgerTotal(Step):
+class LedgerSpend(Step):
     """What the ledger has recorded since *since* (for a ledger-scope budget)."""
 
     since: Any
 
     def run(self, io: IO) -> Any:
-        return io.ledger.total(since=self.since)
+        return io.ledger.spend(since=self.since)
 
     async def arun(self, io: IO) -> Any:
-        return await io.ledger.total_async(since=self.since)
+        return await io.ledger.spend_async(since=self.since)
 
 
 @attrs.frozen
