@@ -213,3 +213,50 @@ class TestCancellation:
         assert len(rows) >= emulator.stats()["requests"]["total"]
         assert len([r for r in rows if r.status == "cancelled"]) <= len(cancelled)
         assert len([r for r in rows if r.status == "ok"]) == len(sessions) - len(cancelled)
+
+
+class TestSharedBudget:
+    """One Budget object given to 32 concurrent sessions is one cap, and it holds."""
+
+    @pytest.mark.parametrize("scope", ["session", "ledger"])
+    async def test_thirty_two_sessions_stay_under_one_cap(
+        self,
+        emulator: RunningEmulator,
+        async_client: anthropic.AsyncAnthropic,
+        ledger: Ledger,
+        scope: str,
+    ) -> None:
+        """Each request reserves its estimated maximum before it is sent: together the
+        sessions never pass the cap, and the ones refused sent nothing."""
+        cap = convo.Budget(max_cost_usd="0.10", scope=scope, warn_at=1.0)  # type: ignore[arg-type]
+        registry = WarmRegistry(clock=emulator.emulator.clock.now)
+        sessions = [
+            convo.AsyncSession(
+                convo.Prefix(model=MODEL, system=[SYSTEM]),
+                client=async_client,
+                registry=registry,
+                limiter=RateLimiter(),
+                ledger=ledger,
+                budget=cap,
+                clock=emulator.emulator.clock.now,
+                max_tokens=256,
+            )
+            for _ in range(32)
+        ]
+
+        async def chat(session: convo.AsyncSession) -> int:
+            refused = 0
+            for turn in range(6):
+                try:
+                    await session.send(f"Question {turn}: which gate?")
+                except convo.BudgetExceeded:
+                    refused += 1
+            return refused
+
+        refusals = await asyncio.gather(*(chat(s) for s in sessions))
+        ledger.flush()
+        spent = ledger.total().cost_usd
+        assert sum(refusals) > 0, "the cap was never reached: the test proves nothing"
+        assert spent <= cap.max_cost_usd
+        answered = sum(len(s.history) // 2 for s in sessions)
+        assert emulator.stats()["requests"]["total"] == answered
