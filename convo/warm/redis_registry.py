@@ -477,30 +477,34 @@ class RedisWarmRegistry:
         keys = self._keys(key)
         member = self._base(key).encode()
         token = uuid.uuid4().hex
-        event: threading.Event | None = None
-        subscribed = False
+        # Registered before the first check (see _acquire_redis_async).
+        event = threading.Event()
+        self._sync_wake.add(member, event)
+        checked_once = False
+        now = start  # the first check is at the start: a reader at once waited 0
         try:
             while True:
-                now = self._clock()
-                if event is not None:
-                    event.clear()
+                event.clear()
                 refresh = None if refresh_at is None else refresh_at + (now - start)
                 args = self._acquire_args(now, token, ttl_seconds, refresh)
+                listening = self._sync_wake.up
                 reply = parse_reply(script(keys=keys, args=args))
+                if reply.code == 2:
+                    self._sync_wake.start()  # others will likely wait for this write
                 if reply.code:
                     return self._flight(key, reply, token, ttl_seconds, start, now)
-                if event is None:
-                    event = threading.Event()
-                    self._sync_wake.add(member, event)
-                    # Subscribed only now: a release published before it may be lost, so
-                    # check once more before the first wait.
-                    subscribed = self._sync_wake.listening(self._poll_interval)
-                    if subscribed:
-                        continue
+                if (
+                    not checked_once
+                    and (listening is None or self._sync_wake.up != listening)
+                    and self._sync_wake.listening(self._poll_interval)
+                ):
+                    checked_once = True
+                    now = self._clock()
+                    continue
                 event.wait(self._delay(key, reply, start, now, timeout))
+                now = self._clock()
         finally:
-            if event is not None:
-                self._sync_wake.discard(member, event)
+            self._sync_wake.discard(member, event)
 
     async def acquire_async(
         self,
@@ -553,53 +557,71 @@ class RedisWarmRegistry:
         keys = self._keys(key)
         member = self._base(key).encode()
         token = uuid.uuid4().hex
-        event: asyncio.Event | None = None
-        in_flight = False
+        # Registered before the first check: a wake-up the subscription hands out between
+        # the check's reply and the wait must find this waiter already there.
+        event = asyncio.Event()
+        here.wake.add(member, event)
+        checked_once = False
+        now = start  # the first check is at the start: a reader at once waited 0
         try:
             while True:
-                now = self._clock()
-                if event is not None:
-                    event.clear()
+                event.clear()
                 refresh = None if refresh_at is None else refresh_at + (now - start)
                 args = self._acquire_args(now, token, ttl_seconds, refresh)
-                in_flight = True
-                reply = parse_reply(await script(keys=keys, args=args))
-                in_flight = False
+                # The script runs in a task of its own, shielded: cancelled while it is on
+                # the wire, this coroutine still learns whether it took the claim, and gives
+                # it back (see _after_cancel). Cancelling the call itself would leave a claim
+                # nobody owns until write_timeout.
+                call = asyncio.ensure_future(script(keys=keys, args=args))
+                listening = here.wake.up
+                try:
+                    reply = parse_reply(await asyncio.shield(call))
+                except asyncio.CancelledError:
+                    await self._after_cancel(here, call, keys, token, member)
+                    raise
+                if reply.code == 2:
+                    here.wake.start()  # others on this loop will likely wait for this write
                 if reply.code:
                     return self._flight(key, reply, token, ttl_seconds, start, now)
-                if event is None:
-                    event = asyncio.Event()
-                    here.wake.add(member, event)
-                    # Subscribed only now: a release published before it may be lost, so
-                    # check once more before the first wait.
-                    if await here.wake.listening(self._poll_interval):
-                        continue
+                # Unless one subscription listened from before the check until now, a
+                # release published meanwhile may be lost: check once more, subscribed.
+                if (
+                    not checked_once
+                    and (listening is None or here.wake.up != listening)
+                    and await here.wake.listening(self._poll_interval)
+                ):
+                    checked_once = True
+                    now = self._clock()
+                    continue
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(
                         event.wait(), self._delay(key, reply, start, now, timeout)
                     )
-        except asyncio.CancelledError:
-            if in_flight:
-                # The script may have run and taken the claim for this token; nobody would
-                # ever begin or abandon it. Release it (only if it is this token's).
-                await self._release_quietly(here, keys, token, member)
-            raise
+                now = self._clock()
         finally:
-            if event is not None:
-                here.wake.discard(member, event)
+            here.wake.discard(member, event)
 
-    async def _release_quietly(
-        self, here: _Loop, keys: list[str], token: str, member: bytes
+    async def _after_cancel(
+        self, here: _Loop, call: asyncio.Future[Any], keys: list[str], token: str, member: bytes
     ) -> None:
-        """Release ``token``'s claim in a task of its own, which a second cancel cannot stop."""
+        """Let a cancelled acquire's script finish; release the claim if it took one.
 
-        async def release() -> None:
-            with contextlib.suppress(Exception):
-                await here.scripts["release"](
-                    keys=keys, args=[token, self._channel, member.decode()]
-                )
+        Done in a task of its own (kept referenced until it ends) and awaited shielded, so
+        a second cancellation cannot stop it half-way.
+        """
 
-        task = asyncio.get_running_loop().create_task(release())
+        async def settle() -> None:
+            try:
+                reply = parse_reply(await call)
+            except Exception:  # the script failed: it took nothing (or Redis is gone)
+                return
+            if reply.code == 2:
+                with contextlib.suppress(Exception):
+                    await here.scripts["release"](
+                        keys=keys, args=[token, self._channel, member.decode()]
+                    )
+
+        task = asyncio.get_running_loop().create_task(settle())
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
         with contextlib.suppress(asyncio.CancelledError):

@@ -48,6 +48,8 @@ class AsyncWake:
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[bool] | None = None
         self._failed_at = -float("inf")
+        self._generation = 0
+        self._closing = False
 
     def add(self, member: bytes, event: asyncio.Event) -> None:
         """Wake ``event`` whenever ``member`` (a key base) is published."""
@@ -66,16 +68,37 @@ class AsyncWake:
         """How many waiters are registered (for tests and metrics)."""
         return sum(len(events) for events in self._waiters.values())
 
+    @property
+    def up(self) -> int | None:
+        """The subscription's generation while it is confirmed and listening, else ``None``.
+
+        A waiter that saw the same generation before its check and after it cannot have
+        missed a message in between, so it need not check again before it waits.
+        """
+        ready = self._ready
+        task = self._task
+        if ready is None or task is None or task.done() or not ready.done() or not ready.result():
+            return None
+        return self._generation
+
+    def start(self) -> None:
+        """Start subscribing in the background, without waiting (a writer's hint: waiters
+        on its write are likely to follow)."""
+        if self._closing:
+            return
+        if self._task is None or self._task.done():
+            if time.monotonic() - self._failed_at < RESUBSCRIBE_AFTER:
+                return
+            loop = asyncio.get_running_loop()
+            self._generation += 1
+            self._ready = loop.create_future()
+            self._task = loop.create_task(self._listen(self._ready))
+
     async def listening(self, within: float) -> bool:
         """Make sure the subscription is up; return whether it is (waiting ``within`` s)."""
-        task = self._task
-        if task is None or task.done():
-            if time.monotonic() - self._failed_at < RESUBSCRIBE_AFTER:
-                return False
-            loop = asyncio.get_running_loop()
-            self._ready = loop.create_future()
-            self._task = task = loop.create_task(self._listen(self._ready))
-        assert self._ready is not None
+        self.start()
+        if self._ready is None or self._task is None or self._task.done():
+            return False
         try:
             return await asyncio.wait_for(asyncio.shield(self._ready), within)
         except asyncio.TimeoutError:
@@ -90,7 +113,7 @@ class AsyncWake:
         pubsub = self._client.pubsub()
         try:
             await pubsub.subscribe(self._channel)
-            while True:
+            while not self._closing:
                 message = await pubsub.get_message(timeout=_READ_SECONDS)
                 if message is None:
                     continue
@@ -115,11 +138,15 @@ class AsyncWake:
 
     async def aclose(self) -> None:
         """Stop listening and give the subscription's connection back."""
+        self._closing = True
         task, self._task = self._task, None
-        if task is not None and not task.done():
+        # redis-py's timed read can swallow a cancellation (it turns into its own timeout),
+        # so cancel until the task really ends; ``_closing`` stops the loop regardless.
+        while task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            await asyncio.wait({task}, timeout=0.05)
+        if task is not None and not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 class SyncWake:
@@ -140,6 +167,7 @@ class SyncWake:
         self._settled = threading.Event()
         self._stop = threading.Event()
         self._failed_at = -float("inf")
+        self._generation = 0
 
     def add(self, member: bytes, event: threading.Event) -> None:
         """Wake ``event`` whenever ``member`` (a key base) is published."""
@@ -155,21 +183,37 @@ class SyncWake:
                 if not events:
                     del self._waiters[member]
 
-    def listening(self, within: float) -> bool:
-        """Make sure the subscription is up; return whether it is (waiting ``within`` s)."""
+    @property
+    def up(self) -> int | None:
+        """The subscription's generation while it is confirmed and listening, else ``None``
+        (see :attr:`AsyncWake.up`)."""
         with self._lock:
             thread = self._thread
-            if thread is None or not thread.is_alive():
-                if self._stop.is_set():
-                    return False
-                if time.monotonic() - self._failed_at < RESUBSCRIBE_AFTER:
-                    return False
-                self._subscribed.clear()
-                self._settled.clear()
-                self._thread = thread = threading.Thread(
-                    target=self._listen, name="convo-warm-wake", daemon=True
-                )
-                thread.start()
+            if thread is None or not thread.is_alive() or not self._subscribed.is_set():
+                return None
+            return self._generation
+
+    def start(self) -> bool:
+        """Start subscribing in the background unless it runs; return whether it may be up."""
+        with self._lock:
+            thread = self._thread
+            if thread is not None and thread.is_alive():
+                return True
+            if self._stop.is_set() or time.monotonic() - self._failed_at < RESUBSCRIBE_AFTER:
+                return False
+            self._generation += 1
+            self._subscribed.clear()
+            self._settled.clear()
+            self._thread = threading.Thread(
+                target=self._listen, name="convo-warm-wake", daemon=True
+            )
+            self._thread.start()
+            return True
+
+    def listening(self, within: float) -> bool:
+        """Make sure the subscription is up; return whether it is (waiting ``within`` s)."""
+        if not self.start():
+            return False
         self._settled.wait(within)
         return self._subscribed.is_set()
 
@@ -208,8 +252,6 @@ class SyncWake:
                     pubsub.close()
 
     def close(self) -> None:
-        """Stop the listening thread (within about a second) and release its connection."""
+        """Stop the listening thread; it ends, and gives its connection back, within a second
+        (its longest read), without this call waiting for it."""
         self._stop.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(_READ_SECONDS * 3)
