@@ -70,6 +70,9 @@ def _import_redis() -> Any:
     try:
         import redis
         import redis.asyncio
+        import redis.asyncio.retry
+        import redis.backoff
+        import redis.retry
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             'RedisWarmRegistry needs the redis package: pip install "convo[redis]"'
