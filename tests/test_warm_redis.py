@@ -494,11 +494,13 @@ class TestWokenNotPolled:
         return flights, time.monotonic() - began
 
     async def test_99_waiters_one_write(self, server: RedisServer, clock: FakeClock) -> None:
-        """99 waiters during a 0.3 s write: 2 scripts each (3 on a loop's first), no polling."""
+        """99 waiters during a 0.3 s write: 2 scripts each, one subscription, no polling."""
         registry = RedisWarmRegistry(server.url, prefix="wake:", clock=clock)
         first_key, second_key = (WarmKey.for_api_key(SECRET, MODEL, c * 32) for c in "12")
         try:
-            await registry.state_async(first_key)  # connected
+            await registry.state_async(first_key)  # connected; the loop's subscription made
+            here = registry._loops[asyncio.get_running_loop()]
+            await settle(lambda: here.wake.up is not None)
             raw = server.client()
             for text in SCRIPTS.values():  # loaded: no EVALSHA misses and loads below
                 raw.script_load(text)
@@ -514,14 +516,44 @@ class TestWokenNotPolled:
             registry.close()
         for flights in (first, second):
             assert [f.role for f in flights].count("reader") == 99
-        # writer 1 + began 1 + per waiter: its check and one after the wake-up; on a loop's
-        # first write also one more, for waiters that checked before the subscription was
-        # up. Polling every 20 ms made it 1,306 for one such write.
-        assert first_calls["evalsha"] <= 2 + 99 * 3, first_calls
-        assert second_calls["evalsha"] == 2 + 99 * 2, second_calls
-        assert (first_calls["subscribe"], second_calls.get("subscribe", 0)) == (1, 0)
+        # The writer's acquire and began, then per waiter its check and one after the
+        # wake-up. Polling every 20 ms made it 1,306 for one such write.
+        for calls in (first_calls, second_calls):
+            assert calls["evalsha"] == 2 + 99 * 2, calls
+            assert "subscribe" not in calls  # one subscription for the loop, made before
         # The safety re-check (poll_interval) is 1 s: only a wake-up finishes this soon.
         assert max(first_woken, second_woken) < 0.5
+
+    async def test_waiters_before_the_subscription_check_again(
+        self, server: RedisServer, key: WarmKey
+    ) -> None:
+        """Waiters that checked before the loop's subscription was up check once more, so a
+        release published in between is not lost: at most 3 scripts each, all woken."""
+        registry = RedisWarmRegistry(server.url, prefix="early:", poll_interval=30)
+        raw = server.client()
+        try:
+            for text in SCRIPTS.values():
+                raw.script_load(text)
+            raw.set(f"early:{{{key.workspace}:{key.model}:{key.fingerprint}}}:writer", "other")
+            before = server.calls()
+            flights, tasks = start_acquirers([registry], key, 20)  # the loop's first calls
+            await asyncio.sleep(0.2)
+            assert flights == []
+            raw.delete(f"early:{{{key.workspace}:{key.model}:{key.fingerprint}}}:writer")
+            raw.publish("early:wake", f"early:{{{key.workspace}:{key.model}:{key.fingerprint}}}")
+            await settle(lambda: len(flights) == 1)
+            await registry.began_async(flights[0])
+            await asyncio.wait_for(asyncio.gather(*tasks), 5)
+            calls = calls_between(before, server.calls())
+        finally:
+            raw.close()
+            await registry.aclose()
+            registry.close()
+        roles = [f.role for f in flights]
+        assert (roles.count("writer"), len(roles)) == (1, 20)
+        # Each: its check, one more once subscribed, one after the wake-up; the 19 that
+        # lost the race for the claim wait for its began and check a last time.
+        assert calls["evalsha"] <= 20 * 3 + 19 + 1, calls
 
     async def test_lost_wake_up_is_caught_by_recheck(
         self, server: RedisServer, key: WarmKey
@@ -869,3 +901,25 @@ class TestDegrade:
         finally:
             registry.close()
         assert len(self.warnings(caplog)) == 1
+
+
+class TestShutdown:
+    """A loop that ends without aclose still ends: the subscription stops when cancelled."""
+
+    def test_asyncio_run_ends_without_aclose(self, server: RedisServer, key: WarmKey) -> None:
+        """asyncio.run cancels the listening task at exit: it stops reading and closes the
+        loop's connections (no ResourceWarning, which this suite turns into errors)."""
+        registry = RedisWarmRegistry(server.url, prefix="exit:")
+
+        async def main() -> None:
+            flight = await registry.acquire_async(key, ttl_seconds=300)
+            here = registry._loops[asyncio.get_running_loop()]
+            await settle(lambda: here.wake.up is not None)
+            await registry.began_async(flight)
+
+        for _ in range(3):
+            runner = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+            runner.start()
+            runner.join(5)
+            assert not runner.is_alive()
+        registry.close()

@@ -322,8 +322,22 @@ class RedisWarmRegistry:
                 )
             client = module.asyncio.Redis(connection_pool=pool)
         scripts = {n: client.register_script(t) for n, t in SCRIPTS.items()}
-        found = _Loop(client, owned, scripts, AsyncWake(client, self._channel))
+
+        async def shutdown() -> None:
+            # The loop is ending without aclose (asyncio.run cancelled the listener): close
+            # what this registry opened on it, or its connections are left to the GC.
+            if self._loops.get(loop) is found:
+                del self._loops[loop]
+                if owned:
+                    await client.aclose()
+                    await client.connection_pool.disconnect()
+
+        found = _Loop(client, owned, scripts, AsyncWake(client, self._channel, shutdown))
         self._loops[loop] = found
+        # Subscribe at once, in the background: the first waiters on this loop then find
+        # the subscription up (no extra check), and a loop that ends without aclose has its
+        # connections closed by the listener's shutdown.
+        found.wake.start()
         return found
 
     def close(self) -> None:
@@ -451,13 +465,12 @@ class RedisWarmRegistry:
         route = self._health.route()
         if route != "local":
             try:
-                flight = self._acquire_redis(key, ttl_seconds, timeout, refresh_at, start)
+                flight = self._acquire_redis(key, ttl_seconds, timeout, refresh_at, start, route)
             except WarmWaitTimeout:
                 raise
             except self._trouble as error:
                 self._health.failed(error)
             else:
-                self._health.answered(route)
                 return flight
         spent = self._clock() - start
         flight = self._local.acquire(
@@ -475,6 +488,7 @@ class RedisWarmRegistry:
         timeout: float | None,
         refresh_at: float | None,
         start: float,
+        route: Route,
     ) -> Flight:
         script = self._sync_scripts["acquire"]
         keys = self._keys(key)
@@ -492,6 +506,8 @@ class RedisWarmRegistry:
                 args = self._acquire_args(now, token, ttl_seconds, refresh)
                 listening = self._sync_wake.up
                 reply = parse_reply(script(keys=keys, args=args))
+                self._health.answered(route)  # a probe rejoins now, not after a long wait
+                route = "redis"
                 if reply.code == 2:
                     self._sync_wake.start()  # others will likely wait for this write
                 if reply.code:
@@ -529,14 +545,13 @@ class RedisWarmRegistry:
         if route != "local":
             try:
                 flight = await self._acquire_redis_async(
-                    key, ttl_seconds, timeout, refresh_at, start
+                    key, ttl_seconds, timeout, refresh_at, start, route
                 )
             except WarmWaitTimeout:
                 raise
             except self._trouble as error:
                 self._health.failed(error)
             else:
-                self._health.answered(route)
                 return flight
         spent = self._clock() - start
         flight = await self._local.acquire_async(
@@ -554,6 +569,7 @@ class RedisWarmRegistry:
         timeout: float | None,
         refresh_at: float | None,
         start: float,
+        route: Route,
     ) -> Flight:
         here = self._loop()
         script = here.scripts["acquire"]
@@ -582,6 +598,8 @@ class RedisWarmRegistry:
                 except asyncio.CancelledError:
                     await self._after_cancel(here, call, keys, token, member)
                     raise
+                self._health.answered(route)  # a probe rejoins now, not after a long wait
+                route = "redis"
                 if reply.code == 2:
                     here.wake.start()  # others on this loop will likely wait for this write
                 if reply.code:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 __all__ = ["AsyncWake", "SyncWake"]
@@ -32,6 +33,18 @@ RESUBSCRIBE_AFTER = 1.0
 _READ_SECONDS = 1.0
 
 
+def _cancel_requested() -> bool:
+    """Whether the running task was asked to stop, even if the request was swallowed.
+
+    redis-py's timed read can turn a cancellation into its own timeout and return ``None``;
+    a listener that went on reading would then hang ``asyncio.run``'s shutdown, which waits
+    for every cancelled task. ``Task.cancelling()`` (Python 3.11+) still counts the request.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
+
+
 class AsyncWake:
     """One subscription for the coroutines of one event loop.
 
@@ -39,11 +52,20 @@ class AsyncWake:
         client: The ``redis.asyncio.Redis`` of this loop; the subscription takes one
             connection of its pool for as long as it listens.
         channel: The channel the scripts publish on.
+        on_shutdown: Awaited when the listening task is cancelled by anything but
+            :meth:`aclose`: the loop is shutting down (``asyncio.run`` cancels every task
+            at its end), the moment to close the loop's connections nobody else will.
     """
 
-    def __init__(self, client: Any, channel: str) -> None:
+    def __init__(
+        self,
+        client: Any,
+        channel: str,
+        on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._client = client
         self._channel = channel
+        self._on_shutdown = on_shutdown
         self._waiters: dict[bytes, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[bool] | None = None
@@ -110,10 +132,11 @@ class AsyncWake:
                 event.set()
 
     async def _listen(self, ready: asyncio.Future[bool]) -> None:
+        shutdown = False
         pubsub = self._client.pubsub()
         try:
             await pubsub.subscribe(self._channel)
-            while not self._closing:
+            while not (self._closing or _cancel_requested()):
                 message = await pubsub.get_message(timeout=_READ_SECONDS)
                 if message is None:
                     continue
@@ -124,6 +147,7 @@ class AsyncWake:
                     for event in self._waiters.get(message["data"], ()):
                         event.set()
         except asyncio.CancelledError:
+            shutdown = not self._closing
             raise
         except Exception:  # any trouble: waiters fall back on their re-checks
             self._failed_at = time.monotonic()
@@ -135,6 +159,9 @@ class AsyncWake:
             self._wake_all()
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+            if (shutdown or _cancel_requested()) and not self._closing and self._on_shutdown:
+                with contextlib.suppress(Exception):
+                    await self._on_shutdown()
 
     async def aclose(self) -> None:
         """Stop listening and give the subscription's connection back."""
