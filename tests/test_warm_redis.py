@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from convo.warm import Flight, RedisWarmRegistry, WarmKey, WarmRegistry, WarmState
 from convo.warm.redis_scripts import SCRIPTS
@@ -923,3 +925,68 @@ class TestShutdown:
             runner.join(5)
             assert not runner.is_alive()
         registry.close()
+
+
+# One step of a run against both registries: advance the clock, record a response, or a
+# whole request (acquire with refresh_at, then began or abandon for a writer).
+_STEP = st.one_of(
+    st.tuples(st.just("advance"), st.sampled_from([1.0, 60.0, 299.0, 300.0, 3600.0])),
+    st.tuples(
+        st.just("record"),
+        st.floats(min_value=-400, max_value=0),  # started this long ago
+        st.sampled_from([300.0, 3600.0]),
+        st.booleans(),
+        st.booleans(),
+    ),
+    st.tuples(
+        st.just("request"),
+        st.floats(min_value=-5, max_value=0),  # refresh_at relative to now
+        st.sampled_from([300.0, 3600.0]),
+        st.booleans(),  # a writer begins (True) or abandons
+    ),
+)
+
+
+class TestSameAsInProcess:
+    """RedisWarmRegistry and WarmRegistry keep the same TTL clock, step for step."""
+
+    # The fixtures are shared by the examples on purpose: each example uses a key of its own
+    # under the one prefix (all deleted afterwards), on the one client.
+    @settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(steps=st.lists(_STEP, max_size=12))
+    def test_random_runs_agree(self, client: redis.Redis, prefix: str, steps: list[Any]) -> None:
+        """Every role, flight state and state() agree after every step of a random run."""
+        clock = FakeClock()
+        local = WarmRegistry(clock=clock)
+        shared = RedisWarmRegistry(client, prefix=prefix, clock=clock)
+        key = WarmKey.for_api_key(SECRET, MODEL, uuid.uuid4().hex)
+        try:
+            for step in steps:
+                if step[0] == "advance":
+                    clock.advance(step[1])
+                elif step[0] == "record":
+                    _, ago, ttl, wrote, read = step
+                    for registry in (local, shared):
+                        registry.record(
+                            key, started_at=clock.now + ago, ttl_seconds=ttl, wrote=wrote, read=read
+                        )
+                else:
+                    _, ago, ttl, begins = step
+                    flights = [
+                        r.acquire(key, ttl_seconds=ttl, refresh_at=clock.now + ago)
+                        for r in (local, shared)
+                    ]
+                    assert flights[0].role == flights[1].role
+                    assert flights[0].state == flights[1].state
+                    for registry, flight in zip((local, shared), flights, strict=True):
+                        if begins:
+                            registry.began(flight)
+                        else:
+                            registry.abandon(flight)
+                assert local.state(key) == shared.state(key)
+        finally:
+            shared.close()
