@@ -809,6 +809,21 @@ class TestDegrade:
         assert len(self.warnings(caplog)) == 1
         assert "not answering" in self.warnings(caplog)[0].getMessage()
 
+    def test_warning_names_no_password(
+        self, caplog: pytest.LogCaptureFixture, key: WarmKey
+    ) -> None:
+        """The one warning says where Redis is, without the URL's user name or password."""
+        url = f"redis://convo:hunter2-secret@127.0.0.1:{free_port()}/3"
+        registry = RedisWarmRegistry(url)
+        try:
+            assert registry.acquire(key, ttl_seconds=300).role == "writer"
+        finally:
+            registry.close()
+        (warning,) = self.warnings(caplog)
+        assert "redis://127.0.0.1:" in warning.getMessage()
+        assert "hunter2" not in caplog.text
+        assert "convo:" not in warning.getMessage().split("redis://", 1)[1].split(" ", 1)[0]
+
     async def test_killed_mid_run_and_rejoined(
         self,
         server: RedisServer,

@@ -158,6 +158,23 @@ class _Health:
         logger.info("Redis at %s answers again; warm state is shared again", self._where)
 
 
+async def _listening_anew(wake: AsyncWake, before: int | None, within: float) -> bool:
+    """Whether a subscription listens now that did not listen throughout the last check
+    (``before`` is its generation then): the waiter must check again before it waits."""
+    up = wake.up
+    if before is not None and up == before:
+        return False
+    return up is not None or await wake.listening(within)
+
+
+def _listening_anew_sync(wake: SyncWake, before: int | None, within: float) -> bool:
+    """:func:`_listening_anew` for the threads' subscription."""
+    up = wake.up
+    if before is not None and up == before:
+        return False
+    return up is not None or wake.listening(within)
+
+
 @attrs.define
 class _Loop:
     """What one event loop needs: its client (and whether convo built it), scripts, wake-ups."""
@@ -497,7 +514,6 @@ class RedisWarmRegistry:
         # Registered before the first check (see _acquire_redis_async).
         event = threading.Event()
         self._sync_wake.add(member, event)
-        checked_once = False
         now = start  # the first check is at the start: a reader at once waited 0
         try:
             while True:
@@ -512,12 +528,9 @@ class RedisWarmRegistry:
                     self._sync_wake.start()  # others will likely wait for this write
                 if reply.code:
                     return self._flight(key, reply, token, ttl_seconds, start, now)
-                if (
-                    not checked_once
-                    and (listening is None or self._sync_wake.up != listening)
-                    and self._sync_wake.listening(self._poll_interval)
-                ):
-                    checked_once = True
+                # As in _acquire_redis_async: check again once a subscription listens.
+                if _listening_anew_sync(self._sync_wake, listening, self._poll_interval):
+                    self._delay(key, reply, start, now, timeout)  # raises when used up
                     now = self._clock()
                     continue
                 event.wait(self._delay(key, reply, start, now, timeout))
@@ -580,7 +593,6 @@ class RedisWarmRegistry:
         # the check's reply and the wait must find this waiter already there.
         event = asyncio.Event()
         here.wake.add(member, event)
-        checked_once = False
         now = start  # the first check is at the start: a reader at once waited 0
         try:
             while True:
@@ -605,13 +617,11 @@ class RedisWarmRegistry:
                 if reply.code:
                     return self._flight(key, reply, token, ttl_seconds, start, now)
                 # Unless one subscription listened from before the check until now, a
-                # release published meanwhile may be lost: check once more, subscribed.
-                if (
-                    not checked_once
-                    and (listening is None or here.wake.up != listening)
-                    and await here.wake.listening(self._poll_interval)
-                ):
-                    checked_once = True
+                # release published meanwhile may be lost: once one listens (started again
+                # if it dropped), check once more. Each such check needs a new subscription,
+                # so this never spins.
+                if await _listening_anew(here.wake, listening, self._poll_interval):
+                    self._delay(key, reply, start, now, timeout)  # raises when used up
                     now = self._clock()
                     continue
                 with contextlib.suppress(asyncio.TimeoutError):
