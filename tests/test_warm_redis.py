@@ -542,7 +542,7 @@ class TestWokenNotPolled:
             await asyncio.sleep(0.2)
             assert flights == []
             raw.delete(f"early:{{{key.workspace}:{key.model}:{key.fingerprint}}}:writer")
-            raw.publish("early:wake", f"early:{{{key.workspace}:{key.model}:{key.fingerprint}}}")
+            raw.publish("early:wake", f"1:early:{{{key.workspace}:{key.model}:{key.fingerprint}}}")
             await settle(lambda: len(flights) == 1)
             await registry.began_async(flights[0])
             await asyncio.wait_for(asyncio.gather(*tasks), 5)
@@ -556,6 +556,68 @@ class TestWokenNotPolled:
         # Each: its check, one more once subscribed, one after the wake-up; the 19 that
         # lost the race for the claim wait for its began and check a last time.
         assert calls["evalsha"] <= 20 * 3 + 19 + 1, calls
+
+    async def test_abandon_wakes_one_waiter(self, server: RedisServer, key: WarmKey) -> None:
+        """A released claim wakes one waiter per process, which takes it over; the other 49
+        sleep on (one wake-up each would be 49 round trips to find the new claim)."""
+        registry = RedisWarmRegistry(server.url, prefix="one:", poll_interval=30)
+        raw = server.client()
+        for text in SCRIPTS.values():  # loaded: no EVALSHA misses and loads below
+            raw.script_load(text)
+        raw.close()
+        try:
+            first = await registry.acquire_async(key, ttl_seconds=300)
+            here = registry._loops[asyncio.get_running_loop()]
+            await settle(lambda: here.wake.up is not None)
+            flights, tasks = start_acquirers([registry], key, 50)
+            await settle(lambda: here.wake.waiting == 50)
+            await asyncio.sleep(0.1)
+            before = server.calls()
+            await registry.abandon_async(first)
+            await settle(lambda: len(flights) == 1)
+            await asyncio.sleep(0.1)
+            handover = calls_between(before, server.calls())
+            await registry.began_async(flights[0])
+            await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        finally:
+            await registry.aclose()
+            registry.close()
+        assert handover["evalsha"] == 2  # the release, and the one woken waiter's check
+        roles = [f.role for f in flights]
+        assert (roles.count("writer"), roles.count("reader")) == (1, 49)
+
+    async def test_cancelled_woken_waiter_hands_wake_up_on(
+        self, server: RedisServer, key: WarmKey
+    ) -> None:
+        """The one waiter woken for a released claim is cancelled before it looks: its
+        wake-up passes to another waiter, which takes the claim over (no 30 s re-check)."""
+        registry = RedisWarmRegistry(server.url, prefix="pass:", poll_interval=30)
+        raw = server.client()
+        try:
+            await registry.acquire_async(key, ttl_seconds=300)
+            here = registry._loops[asyncio.get_running_loop()]
+            await settle(lambda: here.wake.up is not None)
+            member = registry._base(key).encode()
+            first = asyncio.create_task(registry.acquire_async(key, ttl_seconds=300))
+            await settle(lambda: here.wake.waiting == 1)
+            (first_event,) = here.wake._waiters[member]
+            second = asyncio.create_task(registry.acquire_async(key, ttl_seconds=300))
+            await settle(lambda: here.wake.waiting == 2)
+            await asyncio.sleep(0.05)  # both asleep on their events
+            # The claim goes without a message; then the first waiter is woken as a release
+            # message would wake it, and cancelled in the same step, before it can look.
+            raw.delete(f"{member.decode()}:writer")
+            first_event.set()
+            first.cancel()
+            took_over = await asyncio.wait_for(second, 2)
+            with pytest.raises(asyncio.CancelledError):
+                await first
+        finally:
+            raw.close()
+            await registry.aclose()
+            registry.close()
+        assert took_over.role == "writer"
+        assert here.wake.waiting == 0
 
     async def test_lost_wake_up_is_caught_by_recheck(
         self, server: RedisServer, key: WarmKey

@@ -14,7 +14,6 @@ without a wake-up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import threading
 import time
@@ -41,6 +40,20 @@ RETENTION_SECONDS = 24 * 3600.0
 
 #: A sweep of forgotten entries runs once per this many acquires.
 SWEEP_EVERY = 1024
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` pass, whichever is first.
+
+    Not ``asyncio.wait_for``: before Python 3.12 it can swallow a cancellation that
+    arrives as the event is set, and a cancelled acquire would then go on and take a claim.
+    A timer that sets the event is a plain re-check when it fires.
+    """
+    timer = asyncio.get_running_loop().call_later(seconds, event.set)
+    try:
+        await event.wait()
+    finally:
+        timer.cancel()
 
 
 def _later(refresh_at: float | None, waited: float) -> float | None:
@@ -273,8 +286,7 @@ class WarmRegistry:
                     # between the check above and the wait below.
                     event.clear()
                     self._async_waiters.add(waiter)
-                with contextlib.suppress(asyncio.TimeoutError):  # time to re-check anyway
-                    await asyncio.wait_for(event.wait(), delay)
+                await wait_event(event, delay)
                 now = self._clock()
         finally:
             with self._lock:

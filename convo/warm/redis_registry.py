@@ -34,9 +34,9 @@ from convo.warm.keys import (
     check_ttl,
 )
 from convo.warm.keys import needs_warming as _needs_warming
-from convo.warm.memory import RETENTION_SECONDS, WarmRegistry
+from convo.warm.memory import RETENTION_SECONDS, WarmRegistry, wait_event
 from convo.warm.redis_scripts import SCRIPTS, Reply, parse_reply
-from convo.warm.redis_wake import AsyncWake, SyncWake
+from convo.warm.redis_wake import WAKE_ALL, WAKE_ONE, AsyncWake, SyncWake
 
 if TYPE_CHECKING:
     import redis as redis_sync
@@ -403,7 +403,7 @@ class RedisWarmRegistry:
         return [
             flight.token,
             self._channel,
-            self._base(flight.key),
+            WAKE_ALL + self._base(flight.key),
             repr(float(flight.acquired_at)),
             repr(float(flight.ttl_seconds)),
             repr(float(self._clock())),
@@ -415,7 +415,7 @@ class RedisWarmRegistry:
     ) -> list[Any]:
         return [
             self._channel,
-            self._base(key),
+            WAKE_ALL + self._base(key),
             repr(float(started_at)),
             repr(float(ttl_seconds)),
             "1" if wrote else "0",
@@ -425,7 +425,7 @@ class RedisWarmRegistry:
         ]
 
     def _release_args(self, flight: Flight) -> list[Any]:
-        return [flight.token, self._channel, self._base(flight.key)]
+        return [flight.token, self._channel, WAKE_ONE + self._base(flight.key)]
 
     # -- acquiring -------------------------------------------------------------------------
 
@@ -624,10 +624,7 @@ class RedisWarmRegistry:
                     self._delay(key, reply, start, now, timeout)  # raises when used up
                     now = self._clock()
                     continue
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(
-                        event.wait(), self._delay(key, reply, start, now, timeout)
-                    )
+                await wait_event(event, self._delay(key, reply, start, now, timeout))
                 now = self._clock()
         finally:
             here.wake.discard(member, event)
@@ -649,7 +646,7 @@ class RedisWarmRegistry:
             if reply.code == 2:
                 with contextlib.suppress(Exception):
                     await here.scripts["release"](
-                        keys=keys, args=[token, self._channel, member.decode()]
+                        keys=keys, args=[token, self._channel, WAKE_ONE + member.decode()]
                     )
 
         task = asyncio.get_running_loop().create_task(settle())

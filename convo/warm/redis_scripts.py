@@ -6,9 +6,10 @@ every call the registry makes is one round trip (an ``EVALSHA``). Layout, per pr
 
     <p>{<workspace>:<model>:<fingerprint>}:state    hash  w, r, exp, ttl  (floats, %.17g)
     <p>{<workspace>:<model>:<fingerprint>}:writer   string: the writer's token, SET PX
-    <p>wake                                          pub/sub channel: the base of a key
-                                                     whose claim was released or whose
-                                                     entry changed while a claim was held
+    <p>wake                                          pub/sub channel: ``*:`` or ``1:``
+                                                     and the base of a key whose write
+                                                     began or entry changed (wake all)
+                                                     or whose claim was released (one)
 
 ``w``/``r`` are the starts of the last write/read, ``exp`` their latest start plus TTL and
 ``ttl`` that touch's TTL. The state hash expires a day after ``exp``; the writer key after

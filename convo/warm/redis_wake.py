@@ -20,10 +20,10 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
 
-__all__ = ["AsyncWake", "SyncWake"]
+__all__ = ["WAKE_ALL", "WAKE_ONE", "AsyncWake", "SyncWake"]
 
 #: Seconds after a failed subscription before another is tried (waiters meanwhile rely on
 #: their re-check, so a Redis that refuses pub/sub is not hammered).
@@ -31,6 +31,34 @@ RESUBSCRIBE_AFTER = 1.0
 
 #: Longest blocking read of the subscription; bounds how late ``close`` is noticed.
 _READ_SECONDS = 1.0
+
+#: A message is one of these followed by the key base. ``*`` wakes every waiter on the
+#: prefix (a write began, or the entry changed: they may all read now); ``1`` wakes one
+#: per process (a claim was released: one waiter takes it over and the rest would only
+#: find its new claim, so waking them all would cost a round trip each for nothing).
+WAKE_ALL = "*:"
+WAKE_ONE = "1:"
+
+
+class _Settable(Protocol):
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+
+def _wake(events: Iterable[_Settable], one: bool) -> None:
+    """Set every event, or (``one``) the first that is not set already."""
+    for event in events:
+        if not one:
+            event.set()
+        elif not event.is_set():
+            event.set()
+            return
+
+
+def _parse(data: bytes) -> tuple[bytes, bool]:
+    """A message's key base, and whether it wakes one waiter (not all)."""
+    return data[2:], data[:2] == WAKE_ONE.encode()
 
 
 def _cancel_requested() -> bool:
@@ -78,12 +106,18 @@ class AsyncWake:
         self._waiters.setdefault(member, set()).add(event)
 
     def discard(self, member: bytes, event: asyncio.Event) -> None:
-        """Stop waking ``event`` (a cancelled or satisfied waiter leaves nothing behind)."""
+        """Stop waking ``event`` (a cancelled or satisfied waiter leaves nothing behind).
+
+        A waiter woken but leaving (cancelled before it checked) hands its wake-up on to
+        another, or a released claim could find nobody to take it over.
+        """
         events = self._waiters.get(member)
         if events is not None:
             events.discard(event)
             if not events:
                 del self._waiters[member]
+            elif event.is_set():
+                _wake(events, one=True)
 
     @property
     def waiting(self) -> int:
@@ -121,10 +155,11 @@ class AsyncWake:
         self.start()
         if self._ready is None or self._task is None or self._task.done():
             return False
-        try:
-            return await asyncio.wait_for(asyncio.shield(self._ready), within)
-        except asyncio.TimeoutError:
-            return False
+        # asyncio.wait, not wait_for: it neither cancels the shared future on timeout nor
+        # (before Python 3.12) swallows a cancellation of this waiter.
+        ready = self._ready
+        await asyncio.wait({ready}, timeout=within)
+        return ready.done() and ready.result()
 
     def _wake_all(self) -> None:
         for events in self._waiters.values():
@@ -144,8 +179,8 @@ class AsyncWake:
                 if kind == "subscribe" and not ready.done():
                     ready.set_result(True)
                 elif kind == "message":
-                    for event in self._waiters.get(message["data"], ()):
-                        event.set()
+                    member, one = _parse(message["data"])
+                    _wake(self._waiters.get(member, ()), one)
         except asyncio.CancelledError:
             shutdown = not self._closing
             raise
@@ -202,13 +237,15 @@ class SyncWake:
             self._waiters.setdefault(member, set()).add(event)
 
     def discard(self, member: bytes, event: threading.Event) -> None:
-        """Stop waking ``event``."""
+        """Stop waking ``event``, handing a wake-up it did not use on to another waiter."""
         with self._lock:
             events = self._waiters.get(member)
             if events is not None:
                 events.discard(event)
                 if not events:
                     del self._waiters[member]
+                elif event.is_set():
+                    _wake(events, one=True)
 
     @property
     def up(self) -> int | None:
@@ -264,10 +301,9 @@ class SyncWake:
                     self._subscribed.set()
                     self._settled.set()
                 elif kind == "message":
+                    member, one = _parse(message["data"])
                     with self._lock:
-                        events = list(self._waiters.get(message["data"], ()))
-                    for event in events:
-                        event.set()
+                        _wake(self._waiters.get(member, ()), one)
         except Exception:  # any trouble: waiters fall back on their re-checks
             self._failed_at = time.monotonic()
         finally:
