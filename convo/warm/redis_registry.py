@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -35,144 +33,31 @@ from convo.warm.keys import (
 )
 from convo.warm.keys import needs_warming as _needs_warming
 from convo.warm.memory import RETENTION_SECONDS, WarmRegistry, wait_event
+from convo.warm.redis_clients import (
+    DEFAULT_MAX_CONNECTIONS,
+    POOL_TIMEOUT,
+    Health,
+    Route,
+    client_options,
+    import_redis,
+    trouble_types,
+    where,
+)
 from convo.warm.redis_scripts import SCRIPTS, Reply, parse_reply
-from convo.warm.redis_wake import WAKE_ALL, WAKE_ONE, AsyncWake, SyncWake
+from convo.warm.redis_wake import (
+    WAKE_ALL,
+    WAKE_ONE,
+    AsyncWake,
+    SyncWake,
+    listening_anew,
+    listening_anew_sync,
+)
 
 if TYPE_CHECKING:
     import redis as redis_sync
     import redis.asyncio as redis_async
 
 __all__ = ["RedisWarmRegistry"]
-
-logger = logging.getLogger("convo")
-
-#: Connections per pool convo builds (the sync one, and one per event loop): enough that
-#: 1,000 coroutines of one process queue for a few milliseconds at most (a script takes
-#: well under one), few enough that a fleet of processes stays far below Redis's
-#: ``maxclients`` (10,000 by default).
-DEFAULT_MAX_CONNECTIONS = 50
-
-#: Seconds a caller waits for a free pooled connection before that counts as trouble.
-POOL_TIMEOUT = 10.0
-
-# Socket settings of the clients convo builds: a dead or unreachable Redis is noticed in
-# about a second (then the registry degrades), and a command is sent again at most once,
-# at once (enough to get past a pooled connection that a Redis restart left dead; the
-# scripts are idempotent for exactly that reason). redis-py's own default retries three
-# times with backoff, seconds that every call would wait while Redis is down.
-_CONNECT_TIMEOUT = 1.0
-_SOCKET_TIMEOUT = 2.0
-
-Route = Literal["redis", "probe", "local"]
-
-
-def _import_redis() -> Any:
-    try:
-        import redis
-        import redis.asyncio
-        import redis.asyncio.retry
-        import redis.backoff
-        import redis.retry
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            'RedisWarmRegistry needs the redis package: pip install "convo[redis]"'
-        ) from exc
-    return redis
-
-
-def _trouble_types(module: Any) -> tuple[type[BaseException], ...]:
-    """What counts as Redis trouble: every redis error and every socket-level failure."""
-    return (module.exceptions.RedisError, OSError, asyncio.TimeoutError)
-
-
-def _client_options(module: Any, *, asyncio_flavour: bool) -> dict[str, Any]:
-    backoff = module.backoff.NoBackoff()
-    retry_class = module.asyncio.retry.Retry if asyncio_flavour else module.retry.Retry
-    return {
-        "socket_connect_timeout": _CONNECT_TIMEOUT,
-        "socket_timeout": _SOCKET_TIMEOUT,
-        "retry": retry_class(backoff, 1),
-    }
-
-
-def _where(url: str | None, kwargs: dict[str, Any]) -> str:
-    """A Redis address fit for a log line: no user name or password."""
-    if url is not None:
-        parts = urlsplit(url)
-        host = parts.hostname or "localhost"
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{host}{port}{parts.path}"
-    host, port = kwargs.get("host", "?"), kwargs.get("port", "?")
-    return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
-
-
-class _Health:
-    """Whether Redis is answering, and when to try it again. Thread-safe.
-
-    Invariant: ``down`` is true from the first failure until a *probe* (a call let through
-    while down, at most one per ``interval`` of the injected clock) succeeds. Only probes
-    rejoin: a call that started before an outage and happened to succeed must not flip the
-    state back and forth, which would log the outage twice.
-    """
-
-    def __init__(self, clock: Callable[[], float], interval: float, where: str) -> None:
-        self._clock = clock
-        self._interval = interval
-        self._where = where
-        self._lock = threading.Lock()
-        self.down = False
-        self._next_probe = -math.inf
-
-    def route(self) -> Route:
-        with self._lock:
-            if not self.down:
-                return "redis"
-            now = self._clock()
-            if now >= self._next_probe:
-                self._next_probe = now + self._interval
-                return "probe"
-            return "local"
-
-    def failed(self, error: BaseException) -> None:
-        with self._lock:
-            self._next_probe = self._clock() + self._interval
-            if self.down:
-                return
-            self.down = True
-        logger.warning(
-            "Redis at %s is not answering (%s: %s); warm state is kept in this process only "
-            "(single flight per process) until it answers again; trying every %g s",
-            self._where,
-            type(error).__name__,
-            error,
-            self._interval,
-        )
-
-    def answered(self, route: Route) -> None:
-        if route != "probe":
-            return
-        with self._lock:
-            if not self.down:
-                return
-            self.down = False
-        logger.info("Redis at %s answers again; warm state is shared again", self._where)
-
-
-async def _listening_anew(wake: AsyncWake, before: int | None, within: float) -> bool:
-    """Whether a subscription listens now that did not listen throughout the last check
-    (``before`` is its generation then): the waiter must check again before it waits."""
-    up = wake.up
-    if before is not None and up == before:
-        return False
-    return up is not None or await wake.listening(within)
-
-
-def _listening_anew_sync(wake: SyncWake, before: int | None, within: float) -> bool:
-    """:func:`_listening_anew` for the threads' subscription."""
-    up = wake.up
-    if before is not None and up == before:
-        return False
-    return up is not None or wake.listening(within)
 
 
 @attrs.define
@@ -244,7 +129,7 @@ class RedisWarmRegistry:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         probe_interval: float = 5.0,
     ) -> None:
-        module = _import_redis()
+        module = import_redis()
         if write_timeout <= 0 or poll_interval <= 0 or probe_interval <= 0:
             raise ValueError(
                 "write_timeout, poll_interval and probe_interval must be positive seconds"
@@ -262,7 +147,7 @@ class RedisWarmRegistry:
                 redis,
                 max_connections=max_connections,
                 timeout=POOL_TIMEOUT,
-                **_client_options(module, asyncio_flavour=False),
+                **client_options(module, asyncio_flavour=False),
             )
             self._redis: redis_sync.Redis = module.Redis(connection_pool=pool)
         elif isinstance(redis, module.Redis):
@@ -281,16 +166,16 @@ class RedisWarmRegistry:
         self._write_timeout_ms = max(1, math.ceil(write_timeout * 1000))
         self._poll_interval = float(poll_interval)
         self._retention_ms = int(RETENTION_SECONDS * 1000)
-        self._trouble = _trouble_types(module)
+        self._trouble = trouble_types(module)
         self._sync_scripts = {n: self._redis.register_script(t) for n, t in SCRIPTS.items()}
         self._sync_wake = SyncWake(self._redis, self._channel)
         self._local = WarmRegistry(
             clock=clock, write_timeout=write_timeout, poll_interval=poll_interval
         )
-        self._health = _Health(
+        self._health = Health(
             clock,
             float(probe_interval),
-            _where(self._url, self._redis.connection_pool.connection_kwargs),
+            where(self._url, self._redis.connection_pool.connection_kwargs),
         )
         # Releases of claims by cancelled acquires, kept referenced until they finish.
         self._releases: set[asyncio.Task[None]] = set()
@@ -312,7 +197,7 @@ class RedisWarmRegistry:
         client: Any = self._given_async
         owned = client is None
         if client is None:
-            options = _client_options(module, asyncio_flavour=True)
+            options = client_options(module, asyncio_flavour=True)
             if self._url is not None:
                 pool = module.asyncio.BlockingConnectionPool.from_url(
                     self._url,
@@ -529,7 +414,7 @@ class RedisWarmRegistry:
                 if reply.code:
                     return self._flight(key, reply, token, ttl_seconds, start, now)
                 # As in _acquire_redis_async: check again once a subscription listens.
-                if _listening_anew_sync(self._sync_wake, listening, self._poll_interval):
+                if listening_anew_sync(self._sync_wake, listening, self._poll_interval):
                     self._delay(key, reply, start, now, timeout)  # raises when used up
                     now = self._clock()
                     continue
@@ -620,7 +505,7 @@ class RedisWarmRegistry:
                 # release published meanwhile may be lost: once one listens (started again
                 # if it dropped), check once more. Each such check needs a new subscription,
                 # so this never spins.
-                if await _listening_anew(here.wake, listening, self._poll_interval):
+                if await listening_anew(here.wake, listening, self._poll_interval):
                     self._delay(key, reply, start, now, timeout)  # raises when used up
                     now = self._clock()
                     continue

@@ -23,7 +23,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
-__all__ = ["WAKE_ALL", "WAKE_ONE", "AsyncWake", "SyncWake"]
+__all__ = [
+    "WAKE_ALL",
+    "WAKE_ONE",
+    "AsyncWake",
+    "SyncWake",
+    "listening_anew",
+    "listening_anew_sync",
+]
 
 #: Seconds after a failed subscription before another is tried (waiters meanwhile rely on
 #: their re-check, so a Redis that refuses pub/sub is not hammered).
@@ -318,3 +325,20 @@ class SyncWake:
         """Stop the listening thread; it ends, and gives its connection back, within a second
         (its longest read), without this call waiting for it."""
         self._stop.set()
+
+
+async def listening_anew(wake: AsyncWake, before: int | None, within: float) -> bool:
+    """Whether a subscription listens now that did not listen throughout the last check
+    (``before`` is its generation then): the waiter must check again before it waits."""
+    up = wake.up
+    if before is not None and up == before:
+        return False
+    return up is not None or await wake.listening(within)
+
+
+def listening_anew_sync(wake: SyncWake, before: int | None, within: float) -> bool:
+    """:func:`listening_anew` for the threads' subscription."""
+    up = wake.up
+    if before is not None and up == before:
+        return False
+    return up is not None or wake.listening(within)
