@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from typing import Any
 
@@ -295,6 +296,98 @@ class TestTtlClock:
             registry.acquire(key, ttl_seconds=0)
 
 
+class TestOneStepAcquire:
+    """acquire returns the state as of the claim and, with refresh_at, records a read."""
+
+    def test_reader_read_recorded_from_refresh_at(
+        self, registry: WarmRegistry, key: WarmKey, clock: FakeClock
+    ) -> None:
+        """A reader of a live entry: its read dated refresh_at, the TTL counted from then."""
+        registry.record(key, started_at=1000, ttl_seconds=300, wrote=True, read=False)
+        clock.advance(100)
+        flight = registry.acquire(key, ttl_seconds=300, refresh_at=1100)
+        expected = WarmState(
+            last_write_start=1000,
+            last_read_start=1100,
+            ttl_seconds=300,
+            expires_at=1400,
+            writing=False,
+        )
+        assert (flight.role, flight.state) == ("reader", expected)
+        assert registry.state(key) == expected
+
+    def test_without_refresh_at_nothing_is_recorded(
+        self, registry: WarmRegistry, key: WarmKey, clock: FakeClock
+    ) -> None:
+        """No refresh_at: the flight still carries the state; the entry is untouched."""
+        registry.record(key, started_at=1000, ttl_seconds=300, wrote=True, read=False)
+        flight = registry.acquire(key, ttl_seconds=300)
+        assert flight.state == registry.state(key)
+        assert flight.state is not None
+        assert flight.state.last_read_start is None
+
+    def test_writer_state_shows_its_claim(self, registry: WarmRegistry, key: WarmKey) -> None:
+        """A writer: its state says a write is in flight; refresh_at records no read."""
+        flight = registry.acquire(key, ttl_seconds=300, refresh_at=1000)
+        assert flight.role == "writer"
+        assert flight.state == WarmState(
+            last_write_start=None,
+            last_read_start=None,
+            ttl_seconds=0.0,
+            expires_at=float("-inf"),
+            writing=True,
+        )
+
+    async def test_waiter_read_dated_after_its_wait(
+        self, registry: WarmRegistry, key: WarmKey, clock: FakeClock
+    ) -> None:
+        """A reader that waited 2 s for the write has its read dated refresh_at + 2."""
+        writer = await registry.acquire_async(key, ttl_seconds=300)
+        waiting = asyncio.create_task(
+            registry.acquire_async(key, ttl_seconds=300, refresh_at=clock.now)
+        )
+        await asyncio.sleep(0.02)
+        clock.advance(2.0)
+        registry.began(writer)
+        reader = await waiting
+        assert reader.state is not None
+        assert (reader.role, reader.waited, reader.state.last_read_start) == ("reader", 2.0, 1002)
+
+    def test_bad_refresh_at_is_misuse(self, registry: WarmRegistry, key: WarmKey) -> None:
+        """refresh_at must be a finite clock time."""
+        with pytest.raises(TypeError, match="refresh_at"):
+            registry.acquire(key, ttl_seconds=300, refresh_at=float("nan"))
+
+
+class TestWoken:
+    """In-process waiters are woken by began; the 30 s safety re-check never fires here."""
+
+    async def test_coroutines_woken_at_once(self, key: WarmKey) -> None:
+        """99 coroutines waiting on a 0.3 s write are all through within 0.2 s of began."""
+        registry = WarmRegistry(poll_interval=30)
+        writer = await registry.acquire_async(key, ttl_seconds=300)
+        flights, tasks = start_acquirers([registry], key, 99)
+        await asyncio.sleep(0.3)
+        began = time.monotonic()
+        registry.began(writer)
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert time.monotonic() - began < 0.2
+        assert [f.role for f in flights].count("reader") == 99
+
+    def test_threads_woken_at_once(self, key: WarmKey) -> None:
+        """Threads in the blocking acquire likewise."""
+        registry = WarmRegistry(poll_interval=30)
+        writer = registry.acquire(key, ttl_seconds=300)
+        flights, threads = start_threads(registry, key, 10)
+        time.sleep(0.1)
+        began = time.monotonic()
+        registry.began(writer)
+        for thread in threads:
+            thread.join(5)
+        assert time.monotonic() - began < 0.2
+        assert [f.role for f in flights].count("reader") == 10
+
+
 class TestNeedsWarming:
     """Pre-warm only when cold, expired or about to expire, and nobody is writing."""
 
@@ -344,6 +437,10 @@ class TestRegistryShape:
         assert isinstance(registry, WarmBackend)
         protocol = {n for n in vars(WarmBackend) if not n.startswith("_")}
         assert protocol <= set(dir(RedisWarmRegistry))
+        for backend in (WarmBackend, WarmRegistry, RedisWarmRegistry):
+            for name in ("acquire", "acquire_async"):
+                parameters = inspect.signature(getattr(backend, name)).parameters
+                assert list(parameters)[1:] == ["key", "ttl_seconds", "timeout", "refresh_at"]
 
 
 class TestChooseTtl:

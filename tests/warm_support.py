@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+import redis
 
 from convo.warm import Flight, RedisWarmRegistry, WarmBackend, WarmKey
 
@@ -109,3 +113,93 @@ def acquire_in_process(url: str, prefix: str, key: WarmKey, barrier: Any, result
             registry.close()
 
     results.put(asyncio.run(main()))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port, to kill and restart at will.
+
+    Nothing is saved to disk, so a restart comes back empty, like a Redis that lost its data.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stats: redis.Redis | None = None
+
+    def start(self) -> None:
+        """Start it and wait (at most 5 s) until it answers PING."""
+        assert self._process is None
+        self._process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "local",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        try:
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline, "redis-server did not start"
+                    time.sleep(0.01)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """Kill it at once (SIGKILL): no goodbye to its clients."""
+        assert self._process is not None
+        self._process.kill()
+        self._process.wait(5)
+        self._process = None
+        if self._stats is not None:
+            self._stats.close()
+            self._stats = None
+
+    def client(self) -> redis.Redis:
+        """A fresh sync client on it."""
+        return redis.Redis(port=self.port)
+
+    def calls(self) -> dict[str, int]:
+        """``INFO commandstats`` as command name to calls, asked on one lasting connection
+        (so the asking adds nothing but its INFO, which :func:`calls_between` leaves out)."""
+        if self._stats is None:
+            self._stats = self.client()
+        stats = self._stats.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+    def close(self) -> None:
+        """Kill the server if it runs and close the stats connection."""
+        if self._stats is not None:
+            self._stats.close()
+            self._stats = None
+        if self._process is not None:
+            self.kill()
+
+
+def calls_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The commands run between two ``RedisServer.calls()``, but the INFOs asking."""
+    delta = {name: n - before.get(name, 0) for name, n in after.items() if name != "info"}
+    return {name: n for name, n in delta.items() if n}

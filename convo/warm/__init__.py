@@ -48,15 +48,31 @@ class WarmBackend(Protocol):
     the usage says was written or read. A writer that fails before its response begins
     calls ``abandon`` instead of ``began``.
 
+    ``acquire`` hands back the prefix's state as of the claim (``Flight.state``), and with
+    ``refresh_at`` also records a reader's read, so a warm request needs one call (one
+    Redis round trip) before it is sent. Waiters are woken, not polled. No method lets a
+    ``redis`` exception escape: ``RedisWarmRegistry`` falls back to an in-process registry.
+
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 ``refresh_at`` and ``Flight.state``.
     """
 
     def acquire(
-        self, key: WarmKey, *, ttl_seconds: float, timeout: float | None = None
+        self,
+        key: WarmKey,
+        *,
+        ttl_seconds: float,
+        timeout: float | None = None,
+        refresh_at: float | None = None,
     ) -> Flight: ...
 
     async def acquire_async(
-        self, key: WarmKey, *, ttl_seconds: float, timeout: float | None = None
+        self,
+        key: WarmKey,
+        *,
+        ttl_seconds: float,
+        timeout: float | None = None,
+        refresh_at: float | None = None,
     ) -> Flight: ...
 
     def began(self, flight: Flight) -> None: ...

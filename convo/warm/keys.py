@@ -120,8 +120,13 @@ class Flight:
             request's start, used by ``began`` to date a write before ``record`` has the
             exact start.
         ttl_seconds: The TTL the request asked for.
+        state: The prefix's state as of the claim, read in the same step (so a caller needs
+            no separate ``state()`` round trip): for a reader, including the read that
+            ``acquire(refresh_at=...)`` recorded; for a writer, ``writing`` is true (its own
+            claim). ``None`` only on a flight built by hand; registries always set it.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 ``state``.
     """
 
     key: WarmKey
@@ -130,6 +135,7 @@ class Flight:
     waited: float
     acquired_at: float = attrs.field(default=0.0, kw_only=True)
     ttl_seconds: float = attrs.field(default=300.0, kw_only=True)
+    state: WarmState | None = attrs.field(default=None, kw_only=True)
 
 
 class WarmWaitTimeout(ConvoError, TimeoutError):
@@ -151,6 +157,16 @@ class WarmWaitTimeout(ConvoError, TimeoutError):
         )
         self.key = key
         self.waited = waited
+
+
+def check_refresh_at(refresh_at: float | None) -> None:
+    """Raise ``TypeError`` unless ``refresh_at`` is ``None`` or a finite clock time."""
+    if refresh_at is None:
+        return
+    if not (isinstance(refresh_at, (int, float)) and math.isfinite(refresh_at)):
+        raise TypeError(
+            f"refresh_at must be a finite clock time (the request's start), got {refresh_at!r}"
+        )
 
 
 def check_ttl(ttl_seconds: float) -> None:

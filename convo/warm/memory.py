@@ -4,14 +4,16 @@ One ``WarmRegistry`` is shared by every session of a process (``WarmRegistry.def
 across threads and event loops. Its state is a dict of :class:`_Entry` guarded by one
 ``threading.Lock``; nothing is awaited while it is held. Waiters are woken by
 ``threading.Condition.notify_all`` (threads) and ``loop.call_soon_threadsafe(event.set)``
-(coroutines), and every waiter also re-checks at least every ``poll_interval`` seconds so
-that an injected clock which jumps (a test's) is noticed without a wake-up.
+(coroutines) whenever a claim is released or the entry changes; nobody polls. A waiter
+sleeps until it is woken, until the writer's claim would lapse (its deadline on the
+registry's clock), or at most ``poll_interval`` seconds (default 1 s): that last bound is
+a safety re-check, there so that an injected clock which jumps (a test's) is noticed
+without a wake-up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import threading
 import time
@@ -25,6 +27,7 @@ from convo.warm.keys import (
     WarmKey,
     WarmState,
     WarmWaitTimeout,
+    check_refresh_at,
     check_ttl,
     needs_warming,
 )
@@ -37,6 +40,25 @@ RETENTION_SECONDS = 24 * 3600.0
 
 #: A sweep of forgotten entries runs once per this many acquires.
 SWEEP_EVERY = 1024
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` pass, whichever is first.
+
+    Not ``asyncio.wait_for``: before Python 3.12 it can swallow a cancellation that
+    arrives as the event is set, and a cancelled acquire would then go on and take a claim.
+    A timer that sets the event is a plain re-check when it fires.
+    """
+    timer = asyncio.get_running_loop().call_later(seconds, event.set)
+    try:
+        await event.wait()
+    finally:
+        timer.cancel()
+
+
+def _later(refresh_at: float | None, waited: float) -> float | None:
+    """The start to record a read from: ``refresh_at`` moved on by the time spent waiting."""
+    return None if refresh_at is None else refresh_at + waited
 
 
 class _Entry:
@@ -104,10 +126,13 @@ class WarmRegistry:
         clock: Wall-clock seconds; injectable for tests.
         write_timeout: Seconds after which a writer that called neither ``began`` nor
             ``abandon`` is presumed dead and its claim passes to a waiter.
-        poll_interval: Longest real time a waiter sleeps between re-checks (so that a
-            jump of an injected clock is noticed).
+        poll_interval: Longest real time a waiter sleeps without a wake-up before it
+            re-checks anyway (a safety net, and how a jump of an injected clock is
+            noticed); waiters are woken by ``began``, ``abandon`` and ``record``, not by
+            polling.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 ``poll_interval`` defaults to 1 s (it was 50 ms of polling).
     """
 
     _default: ClassVar[WarmRegistry | None] = None
@@ -118,7 +143,7 @@ class WarmRegistry:
         *,
         clock: Callable[[], float] = time.time,
         write_timeout: float = 60.0,
-        poll_interval: float = 0.05,
+        poll_interval: float = 1.0,
     ) -> None:
         if write_timeout <= 0 or poll_interval <= 0:
             raise ValueError("write_timeout and poll_interval must be positive seconds")
@@ -142,20 +167,28 @@ class WarmRegistry:
 
     # -- acquiring -------------------------------------------------------------------------
 
-    def _try(self, key: WarmKey, ttl_seconds: float, now: float) -> tuple[Role, str] | float:
-        """Give a role, or return the clock time until which to wait. Lock held."""
+    def _try(
+        self, key: WarmKey, ttl_seconds: float, now: float, refresh_at: float | None
+    ) -> tuple[Role, str, WarmState] | float:
+        """Give a role (and the state as of it), or the clock time until which to wait.
+
+        A reader of a live entry given ``refresh_at`` has its read recorded from then.
+        Lock held.
+        """
         entry = self._entries.get(key)
         if entry is None:
             entry = self._entries[key] = _Entry()
         if entry.expires_at > now:
-            return "reader", ""
+            if refresh_at is not None:
+                entry.touch(refresh_at, ttl_seconds, wrote=False, read=True)
+            return "reader", "", entry.snapshot(now)
         if entry.writing(now):
             return entry.writer_deadline
         # Cold or expired, and nobody is writing (or the writer's claim lapsed): write.
         token = uuid.uuid4().hex
         entry.writer_token = token
         entry.writer_deadline = now + self._write_timeout
-        return "writer", token
+        return "writer", token, entry.snapshot(now)
 
     def _start(self) -> float:
         """Count an acquire and now and then forget long-expired entries. Lock held."""
@@ -181,7 +214,14 @@ class WarmRegistry:
             until = min(until, start + timeout)
         return max(0.0, min(self._poll_interval, until - now))
 
-    def acquire(self, key: WarmKey, *, ttl_seconds: float, timeout: float | None = None) -> Flight:
+    def acquire(
+        self,
+        key: WarmKey,
+        *,
+        ttl_seconds: float,
+        timeout: float | None = None,
+        refresh_at: float | None = None,
+    ) -> Flight:
         """Get a role for a request about to send ``key``'s prefix; wait while it is being written.
 
         Args:
@@ -189,28 +229,47 @@ class WarmRegistry:
             ttl_seconds: The TTL the request will ask for (300 or 3600).
             timeout: Most seconds to wait for another writer; ``None`` waits as long as it
                 takes (at most ``write_timeout`` per writer).
+            refresh_at: The request's start (registry clock). When given and the caller
+                becomes a reader of a live entry, the read is recorded in the same step,
+                as ``record(read=True)`` would: the entry lives ``ttl_seconds`` from
+                ``refresh_at`` plus the time spent waiting (never later than the request
+                really starts). The caller then need not ``record`` a read.
 
         Returns:
-            The flight: ``"writer"`` (call ``began`` or ``abandon`` later) or ``"reader"``.
+            The flight: ``"writer"`` (call ``began`` or ``abandon`` later) or ``"reader"``,
+            with the prefix's state as of the claim in ``flight.state``.
 
         Raises:
             WarmWaitTimeout: ``timeout`` passed while another request was writing.
+
+        .. versionchanged:: 0.2 ``refresh_at``; ``Flight.state``.
         """
         check_ttl(ttl_seconds)
+        check_refresh_at(refresh_at)
         with self._cond:
             start = now = self._start()
             while True:
-                got = self._try(key, ttl_seconds, now)
+                got = self._try(key, ttl_seconds, now, _later(refresh_at, now - start))
                 if isinstance(got, tuple):
                     return self._flight(key, got, ttl_seconds, start, now)
                 self._cond.wait(self._wait_for(key, got, start, timeout, now))
                 now = self._clock()
 
     async def acquire_async(
-        self, key: WarmKey, *, ttl_seconds: float, timeout: float | None = None
+        self,
+        key: WarmKey,
+        *,
+        ttl_seconds: float,
+        timeout: float | None = None,
+        refresh_at: float | None = None,
     ) -> Flight:
-        """Like :meth:`acquire`, awaiting instead of blocking the thread."""
+        """Like :meth:`acquire`, awaiting instead of blocking the thread.
+
+        Cancelled while waiting, it leaves nothing behind: it holds no claim until it
+        returns one, and it unregisters its wake-up.
+        """
         check_ttl(ttl_seconds)
+        check_refresh_at(refresh_at)
         loop = asyncio.get_running_loop()
         event = asyncio.Event()
         waiter = (loop, event)
@@ -219,7 +278,7 @@ class WarmRegistry:
         try:
             while True:
                 with self._lock:
-                    got = self._try(key, ttl_seconds, now)
+                    got = self._try(key, ttl_seconds, now, _later(refresh_at, now - start))
                     if isinstance(got, tuple):
                         return self._flight(key, got, ttl_seconds, start, now)
                     delay = self._wait_for(key, got, start, timeout, now)
@@ -227,17 +286,21 @@ class WarmRegistry:
                     # between the check above and the wait below.
                     event.clear()
                     self._async_waiters.add(waiter)
-                with contextlib.suppress(asyncio.TimeoutError):  # time to re-check anyway
-                    await asyncio.wait_for(event.wait(), delay)
+                await wait_event(event, delay)
                 now = self._clock()
         finally:
             with self._lock:
                 self._async_waiters.discard(waiter)
 
     def _flight(
-        self, key: WarmKey, got: tuple[Role, str], ttl_seconds: float, start: float, now: float
+        self,
+        key: WarmKey,
+        got: tuple[Role, str, WarmState],
+        ttl_seconds: float,
+        start: float,
+        now: float,
     ) -> Flight:
-        role, token = got
+        role, token, state = got
         return Flight(
             key=key,
             role=role,
@@ -245,6 +308,7 @@ class WarmRegistry:
             waited=now - start,
             acquired_at=now,
             ttl_seconds=ttl_seconds,
+            state=state,
         )
 
     def _wake(self) -> None:
@@ -268,6 +332,14 @@ class WarmRegistry:
         entry.writer_token = None
         entry.writer_deadline = -math.inf
         return entry
+
+    def _holds(self, flight: Flight) -> bool:
+        """Return whether ``flight`` is a writer whose claim this registry still holds."""
+        if flight.role != "writer":
+            return False
+        with self._lock:
+            entry = self._entries.get(flight.key)
+            return entry is not None and entry.writer_token == flight.token
 
     def began(self, flight: Flight) -> None:
         """Report that ``flight``'s response has begun: a writer's entry is now readable.
