@@ -41,6 +41,7 @@ class RedisServer:
         self.port = _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
+        self._client: Any = None
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -71,6 +72,9 @@ class RedisServer:
         raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if self.process is not None:
             self.process.kill()
             self.process.wait(timeout=10)
@@ -80,8 +84,9 @@ class RedisServer:
         """Calls per command so far (INFO commandstats; commands a script runs included)."""
         import redis
 
-        with redis.Redis(port=self.port) as client:
-            stats = client.info("commandstats")
+        if self._client is None:  # one connection, so the count's own HELLO is paid once
+            self._client = redis.Redis(port=self.port)
+        stats = self._client.info("commandstats")
         return {name: value["calls"] for name, value in stats.items()}
 
 
@@ -114,16 +119,29 @@ async def pg_ledger() -> AsyncIterator[convo.Ledger]:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+@pytest.fixture
+async def backends() -> AsyncIterator[list[Any]]:
+    """Redis backends a test builds; closed on its event loop when the test ends."""
+    built: list[Any] = []
+    yield built
+    for backend in built:
+        await backend.aclose()
+
+
 def _session(
-    emulator: RunningEmulator, client: Any, url: str, **options: Any
+    emulator: RunningEmulator, client: Any, url: str, built: list[Any], **options: Any
 ) -> convo.AsyncSession:
     clock = emulator.emulator.clock.now
     options.setdefault("ledger", False)
+    if "registry" not in options:
+        options["registry"] = convo.RedisWarmRegistry(url, clock=clock)
+        built.append(options["registry"])
+    if "limiter" not in options:
+        options["limiter"] = convo.RedisRateLimiter(url, key="scale")
+        built.append(options["limiter"])
     return convo.AsyncSession(
         convo.Prefix(model=MODEL, system=[SYSTEM]),
         client=client,
-        registry=options.pop("registry", None) or convo.RedisWarmRegistry(url, clock=clock),
-        limiter=options.pop("limiter", None) or convo.RedisRateLimiter(url, key="scale"),
         clock=clock,
         max_tokens=64,
         **options,
@@ -157,20 +175,23 @@ class TestRoundTrips:
         emulator: RunningEmulator,
         async_client: anthropic.AsyncAnthropic,
         redis_server: RedisServer,
+        backends: list[Any],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Counted at the clients, and by the server itself: scripts run (INFO
         commandstats) and connections opened (HELLO) around a warm turn."""
-        session = _session(emulator, async_client, redis_server.url)
+        session = _session(emulator, async_client, redis_server.url, backends)
         first = await session.send("Where do we start?")
         assert first.usage.cache_write > 0
         await session.send("And then?")
-        trips = _RoundTrips(monkeypatch)
         before = redis_server.stats()
+        trips = _RoundTrips(monkeypatch)
         warm = await session.send("And after that?")
+        counted = trips.count
+        monkeypatch.undo()
         after = redis_server.stats()
         assert warm.reason == "hit"
-        assert trips.count <= 3, f"{trips.count} Redis round trips for one warm turn"
+        assert counted <= 3, f"{counted} Redis round trips for one warm turn"
         scripts = sum(
             after.get(k, 0) - before.get(k, 0) for k in ("cmdstat_evalsha", "cmdstat_eval")
         )
@@ -186,6 +207,7 @@ class TestScale:
         emulator: RunningEmulator,
         async_client: anthropic.AsyncAnthropic,
         redis_server: RedisServer,
+        backends: list[Any],
     ) -> None:
         """1,000 AsyncSessions at once on a cold prefix: all answered, one cache write
         (redis-py 8 caps an unbounded pool at 100 connections; the backends' pool blocks)."""
@@ -199,8 +221,16 @@ class TestScale:
         clock = emulator.emulator.clock.now
         registry = convo.RedisWarmRegistry(redis_server.url, clock=clock)
         limiter = convo.RedisRateLimiter(redis_server.url, key="thousand")
+        backends += [registry, limiter]
         sessions = [
-            _session(emulator, async_client, redis_server.url, registry=registry, limiter=limiter)
+            _session(
+                emulator,
+                async_client,
+                redis_server.url,
+                backends,
+                registry=registry,
+                limiter=limiter,
+            )
             for _ in range(1000)
         ]
         replies = await asyncio.gather(*(s.send("Which gate?") for s in sessions))
@@ -217,12 +247,13 @@ class TestRedisOutage:
         emulator: RunningEmulator,
         async_client: anthropic.AsyncAnthropic,
         redis_server: RedisServer,
+        backends: list[Any],
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         """Every turn succeeds through the outage, one warning says so, and the history
         stays whole."""
         caplog.set_level(logging.WARNING, logger="convo")
-        session = _session(emulator, async_client, redis_server.url)
+        session = _session(emulator, async_client, redis_server.url, backends)
         await session.send("Turn 1")
         redis_server.stop()
         for turn in range(2, 6):
@@ -295,6 +326,7 @@ class TestEventLoop:
         emulator: RunningEmulator,
         async_client: anthropic.AsyncAnthropic,
         redis_server: RedisServer,
+        backends: list[Any],
         pg_ledger: convo.Ledger,
     ) -> None:
         """Every Redis reply is held 60 ms by a proxy: a turn's Redis round trips then stall
@@ -309,6 +341,7 @@ class TestEventLoop:
             emulator,
             async_client,
             url,
+            backends,
             ledger=pg_ledger,
             budget=convo.Budget(max_cost_usd="100", scope="ledger"),
         )

@@ -11,6 +11,7 @@ The pattern is httpx's auth flows: one generator, driven by a sync and an async 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any
 
@@ -308,7 +309,13 @@ def drive(turn: Turn, io: IO, *, send: Any = None, throw: BaseException | None =
 async def drive_async(
     turn: Turn, io: IO, *, send: Any = None, throw: BaseException | None = None
 ) -> Any:
-    """Run *turn* on the event loop until it returns or reaches a :class:`Deliver`."""
+    """Run *turn* on the event loop until it returns or reaches a :class:`Deliver`.
+
+    Once an exception has been thrown into the turn, every step it still yields is undoing
+    something (giving a claim or a reservation back); those run shielded, so a second
+    cancellation cannot leave a claim or a reservation behind.
+    """
+    undoing = throw is not None
     while True:
         try:
             step = turn.throw(throw) if throw is not None else turn.send(send)
@@ -316,9 +323,10 @@ async def drive_async(
             return done.value
         if isinstance(step, Deliver):
             return step
+        undoing = undoing or throw is not None
         send, throw = None, None
         try:
             result: Awaitable[Any] = step.arun(io)
-            send = await result
+            send = await (asyncio.shield(result) if undoing else result)
         except BaseException as error:
             throw = error
