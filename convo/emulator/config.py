@@ -35,6 +35,7 @@ FaultKind = Literal[
     "overloaded",
     "api_error",
     "rate_limit",
+    "rate_limit_bare",
     "spend_cap",
     "drop",
     "stream_error",
@@ -48,6 +49,8 @@ FAULT_KINDS: Mapping[str, str] = {
     "overloaded": "HTTP 529 overloaded_error",
     "api_error": "HTTP 500 api_error",
     "rate_limit": "HTTP 429 rate_limit_error with retry-after (and retry-after-ms if given)",
+    "rate_limit_bare": "HTTP 429 rate_limit_error without retry-after (as an acceleration "
+    "limit may answer): the client backs off on its own",
     "spend_cap": "HTTP 429 without retry-after, error.details.error_code "
     "= enforced_spend_limit_reached",
     "drop": "the connection closes before a complete response (nothing is billed)",

@@ -77,7 +77,7 @@ class FaultPlan:
         if fault.retry_after_ms is not None:
             headers["retry-after-ms"] = str(fault.retry_after_ms)
         headers.update(_should_retry(fault))
-        if fault.kind == "rate_limit":
+        if fault.kind in ("rate_limit", "rate_limit_bare"):
             return APIError(
                 "rate_limit_error",
                 "This request would exceed the rate limit for your organization. "
