@@ -306,7 +306,8 @@ class TestConcurrency:
                 with pytest.raises(ConversationConflict, match="another writer"):
                     short.save(slow, late)
                 state = short.load("conv-x")
-                assert state is not None and len(state.messages) == 2, kind
+                assert state is not None
+                assert len(state.messages) == 2, kind
 
 
 class TestState:
@@ -322,7 +323,8 @@ class TestState:
         with store.session("conv-r", prefix_for("base"), client=client, ledger=False) as s:
             assert (s.history, s.tracker.entries(), s.stats, s._core._gaps) == before
             assert s._core._last_message_id == first.message.id
-            assert s.tracker.last is not None and s.tracker.last.reason == "hit"
+            assert s.tracker.last is not None
+            assert s.tracker.last.reason == "hit"
 
     def test_no_api_key(self, tmp_path: Path, emulator: RunningEmulator) -> None:
         """The API key never reaches the stored state."""

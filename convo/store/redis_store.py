@@ -56,7 +56,7 @@ class RedisStore(ConversationStore):
         super().__init__(lock_timeout=lock_timeout, lease_s=lease_s)
         if (url is None) == (client is None):
             raise ValueError("give RedisStore a url or a client (one of them)")
-        if client is None:
+        if url is not None:
             import redis
 
             client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)

@@ -72,15 +72,13 @@ def _enc(value: Any) -> Any:
     if isinstance(value, Decimal):
         return {"$d": str(value)}
     if attrs.has(type(value)):
-        name = type(value).__name__
-        if _TYPES.get(name) is not type(value):
+        kind: Any = type(value)
+        name = kind.__name__
+        if _TYPES.get(name) is not kind:
             raise TypeError(f"cannot store a {name} in a conversation state")
         return {
             "$t": name,
-            "v": {
-                f.alias: _enc(getattr(value, f.name))
-                for f in attrs.fields(type(value))  # type: ignore[misc] if f.init
-            },
+            "v": {f.alias: _enc(getattr(value, f.name)) for f in attrs.fields(kind) if f.init},
         }
     if isinstance(value, Mapping):
         return {"$m": [[_enc(k), _enc(v)] for k, v in value.items()]}
