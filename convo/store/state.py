@@ -74,11 +74,12 @@ def _enc(value: Any) -> Any:
     if attrs.has(type(value)):
         kind: Any = type(value)
         name = kind.__name__
+        fields: Any = attrs.fields(kind)
         if _TYPES.get(name) is not kind:
             raise TypeError(f"cannot store a {name} in a conversation state")
         return {
             "$t": name,
-            "v": {f.alias: _enc(getattr(value, f.name)) for f in attrs.fields(kind) if f.init},
+            "v": {f.alias: _enc(getattr(value, f.name)) for f in fields if f.init},
         }
     if isinstance(value, Mapping):
         return {"$m": [[_enc(k), _enc(v)] for k, v in value.items()]}
