@@ -107,7 +107,7 @@ async def enqueue_and_wait(
     redis_url: str, run: str, jobs: int, workers: int
 ) -> list[dict[str, Any]]:
     """Wait for *workers* workers to be up, queue *jobs* jobs, and collect their results."""
-    ready = redis.asyncio.Redis.from_url(redis_url)
+    ready = redis.asyncio.Redis.from_url(redis_url, socket_timeout=90)
 
     try:
         for _ in range(workers):
