@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -21,6 +22,10 @@ import anthropic
 
 import convo
 from convo.store import SQLiteStore
+
+# The emulator accepts any key; a key in the environment is used as it would be for real
+# (and never printed).
+EMULATOR_KEY = os.environ.get("ANTHROPIC_API_KEY") or "sk-ant-example"
 
 PREFIX = convo.Prefix(
     model="claude-sonnet-4-6",
@@ -69,7 +74,7 @@ def client_for(real: bool) -> Iterator[anthropic.Anthropic]:
         return
     with (
         convo.emulator.serve() as running,
-        anthropic.Anthropic(base_url=running.base_url, api_key="sk-ant-example") as client,
+        anthropic.Anthropic(base_url=running.base_url, api_key=EMULATOR_KEY) as client,
     ):
         yield client
 

@@ -32,6 +32,10 @@ from saq import Queue, Worker
 
 import convo
 
+# The emulator accepts any key; a key in the environment is used as it would be for real
+# (and never printed).
+EMULATOR_KEY = os.environ.get("ANTHROPIC_API_KEY") or "sk-ant-example"
+
 PREFIX = convo.Prefix(
     model="claude-sonnet-4-6",
     system=["You extract the invoice number, amount and due date from an email. " * 200],
@@ -170,7 +174,7 @@ def main() -> None:
             env = {
                 **os.environ,
                 "ANTHROPIC_BASE_URL": running.base_url,
-                "ANTHROPIC_API_KEY": "sk-ant-example",
+                "ANTHROPIC_API_KEY": EMULATOR_KEY,
                 "PYTHONPATH": os.pathsep.join(
                     [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]
                 ),

@@ -44,6 +44,10 @@ from starlette.routing import Route
 import convo
 from convo.store import ConversationBusy, open_store
 
+# The emulator accepts any key; a key in the environment is used as it would be for real
+# (and never printed).
+EMULATOR_KEY = os.environ.get("ANTHROPIC_API_KEY") or "sk-ant-example"
+
 MODEL = "claude-sonnet-4-6"
 
 
@@ -238,7 +242,7 @@ def main() -> None:
         write_prompts(prompts)
         env = {
             "ANTHROPIC_BASE_URL": running.base_url,
-            "ANTHROPIC_API_KEY": "sk-ant-example",
+            "ANTHROPIC_API_KEY": EMULATOR_KEY,
             "CONVO_PROMPTS": str(prompts),
             "CONVO_STORE": str(prompts / "conversations.sqlite3"),
         }

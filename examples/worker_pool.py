@@ -17,12 +17,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 from collections.abc import Iterator
 from decimal import Decimal
 
 import anthropic
 
 import convo
+
+# The emulator accepts any key; a key in the environment is used as it would be for real
+# (and never printed).
+EMULATOR_KEY = os.environ.get("ANTHROPIC_API_KEY") or "sk-ant-example"
 
 PREFIX = convo.Prefix(
     model="claude-sonnet-4-6",
@@ -76,7 +81,7 @@ def emulated() -> Iterator[str]:
 
 async def main_async(base_url: str | None) -> None:
     client = (
-        anthropic.AsyncAnthropic(base_url=base_url, api_key="sk-ant-example")
+        anthropic.AsyncAnthropic(base_url=base_url, api_key=EMULATOR_KEY)
         if base_url
         else anthropic.AsyncAnthropic()
     )
