@@ -310,6 +310,45 @@ class TestConcurrency:
                 assert len(state.messages) == 2, kind
 
 
+class TestAsync:
+    """store.async_session: the same for AsyncSession, without blocking the event loop."""
+
+    async def test_two_requests_at_once(
+        self, store: ConversationStore, async_client: anthropic.AsyncAnthropic
+    ) -> None:
+        """Two tasks on one conversation: served one after the other, both turns kept, and
+        the loop keeps running while the second waits for the lease."""
+        import asyncio
+
+        prefix = prefix_for("base")
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        async def turn(text: str) -> str:
+            async with store.async_session(
+                "conv-a", prefix, client=async_client, ledger=False, registry=convo.WarmRegistry()
+            ) as session:
+                reply = await session.send(text)
+                await asyncio.sleep(0.2)
+                return reply.reason
+
+        background = asyncio.create_task(ticker())
+        try:
+            reasons = await asyncio.gather(turn("one"), turn("two"))
+        finally:
+            background.cancel()
+        assert sorted(reasons) == ["cold", "hit"]
+        assert ticks >= 20  # the loop ran while one task held the conversation
+        state = store.load("conv-a")
+        assert state is not None
+        assert len(state.messages) == 4
+
+
 class TestState:
     """What is stored, and what is not."""
 
