@@ -336,7 +336,9 @@ class Telemetry:
         turn = _Turn(self, span)
         token = _active.set(turn)
         try:
-            with trace.use_span(span, end_on_exit=False, record_exception=False):
+            with trace.use_span(
+                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+            ):
                 yield turn
         except BaseException as error:
             self._failed(span, error, session.prefix.model)
