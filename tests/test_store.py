@@ -245,6 +245,26 @@ WORKER = textwrap.dedent(
 )
 
 
+class TestOwnHistory:
+    """An application that keeps the history itself passes messages=; the stored tracker
+    names what changed."""
+
+    def test_edited_old_message(self, tmp_path: Path, client: anthropic.Anthropic) -> None:
+        """An edited old message is messages_changed at its index, not a hit."""
+        store = SQLiteStore(tmp_path / "h.sqlite3")
+        kwargs: dict[str, Any] = {"client": client, "ledger": False}
+        for text in ("first question", "second question"):
+            with store.session("conv-h", prefix_for("base"), **kwargs) as session:
+                session.send(text)
+                history = session.history
+        history[2] = {"role": "user", "content": "second question, edited"}
+        with store.session("conv-h", prefix_for("base"), messages=history, **kwargs) as session:
+            reply = session.send("third question")
+        assert reply.reason == "messages_changed"
+        assert reply.cache.message_index == 2
+        assert reply.cache.exact
+
+
 class TestConcurrency:
     """Two requests on one conversation are serialised, or refused with a clear error."""
 
@@ -383,12 +403,9 @@ class TestState:
         with pytest.raises(ValueError, match="format 99"):
             ConversationState.from_json('{"format": 99}')
 
-    def test_options_from_the_store(self, tmp_path: Path, client: anthropic.Anthropic) -> None:
-        """messages= and conversation_id= come from the store; passing them is an error."""
+    def test_bad_conversation_id(self, tmp_path: Path) -> None:
+        """An empty conversation id is refused before anything is locked."""
         store = SQLiteStore(tmp_path / "o.sqlite3")
-        with pytest.raises(TypeError, match="comes from the store"):  # noqa: SIM117
-            with store.session("c", prefix_for("base"), client=client, messages=[]):
-                pass
         with pytest.raises(ValueError, match="non-empty"):
             store.acquire("")
 

@@ -239,7 +239,9 @@ class ConversationStore:
         The conversation's lease is held for the whole block, so concurrent requests on
         one id run one after the other. The state is saved when the block ends, also when
         it ends with an exception (a failed turn is already undone; what the tracker learnt
-        from it is kept). *options* are :class:`~convo.Session`'s keyword arguments.
+        from it is kept). *options* are :class:`~convo.Session`'s keyword arguments; give
+        ``messages=`` only if your application keeps the history itself (default: the
+        stored history).
 
         Usage::
 
@@ -295,12 +297,13 @@ def _check_id(conversation_id: str) -> None:
 
 
 def _build_options(stored: Stored, options: dict[str, Any]) -> dict[str, Any]:
-    for name in ("messages", "conversation_id"):
-        if name in options:
-            raise TypeError(f"{name}= comes from the store; do not pass it")
+    if "conversation_id" in options:
+        raise TypeError("conversation_id= comes from the store; do not pass it")
     built = dict(options)
     built["conversation_id"] = stored.conversation_id
     if stored.state is not None:
-        built["messages"] = stored.state.messages
+        # An application that keeps the history itself passes messages=; the stored
+        # tracker then names what it changed (messages_changed, with the index).
+        built.setdefault("messages", stored.state.messages)
         built.setdefault("session_id", stored.state.session_id)
     return built

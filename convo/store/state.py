@@ -219,14 +219,13 @@ def capture(session: Any) -> ConversationState:
 
 
 def restore(session: Any, state: ConversationState) -> None:
-    """Put *state* into a *session* just built with ``messages=state.messages``.
+    """Put *state* into a *session* just built with ``messages=state.messages`` (or the
+    history as the application keeps it, which may differ: the tracker then names how).
 
     The history itself is given to the constructor (it validates and hashes it); this
     restores the rest: the tracker's beliefs and the running state.
     """
     core = session._core
-    if len(core.history) != len(state.messages):
-        raise ValueError("restore() needs the session built with messages=state.messages")
     _decode_tracker(core.tracker, state.tracker)
     core._last_message_id = state.last_message_id
     core._gaps = list(state.gaps)
