@@ -213,6 +213,7 @@ class TestSpans:
         (span,) = turn_spans(spans)
         assert (span.attributes or {})["error.type"] == "RetriesExhausted"
         assert span.status.status_code == trace.StatusCode.ERROR
+        assert span.status.description == "RetriesExhausted"  # the type, never the message
 
 
 class TestMetrics:
