@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     from opentelemetry import metrics, trace
@@ -41,7 +41,9 @@ try:
 except ImportError as error:  # pragma: no cover - only without the extra installed
     raise ImportError("convo.telemetry needs OpenTelemetry: pip install 'convo[otel]'") from error
 
-from convo.session import AsyncSession, Reply, Session
+if TYPE_CHECKING:
+    # Imported where used: the session core may import log_bust from here.
+    from convo.session import Reply
 
 __all__ = [
     "CACHE_WRITE_ATTRIBUTES",
@@ -357,6 +359,8 @@ class Telemetry:
     def instrument(self) -> Telemetry:
         """Trace every ``Session`` and ``AsyncSession`` turn in this process, with the
         turn's span current while it runs (the parent of the SDK's spans). Returns self."""
+        from convo.session import AsyncSession, Session
+
         if self._undo:
             return self
         telemetry = self
