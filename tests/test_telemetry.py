@@ -31,14 +31,29 @@ _SPANS = InMemorySpanExporter()
 _METRICS = InMemoryMetricReader()
 
 
+class _Gate(SimpleSpanProcessor):
+    """Exports while open; closed after this module, so the spans of later tests (the
+    global provider cannot be replaced or unset) are not kept in memory."""
+
+    open = True
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.open:
+            super().on_end(span)
+
+
 @pytest.fixture(scope="module", autouse=True)
-def global_providers() -> None:
+def global_providers() -> Iterator[None]:
     """The SDK's in-memory exporters set as the global providers (once per process: the
     OpenTelemetry API refuses to replace them)."""
+    gate = _Gate(_SPANS)
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(_SPANS))
+    provider.add_span_processor(gate)
     trace.set_tracer_provider(provider)
     metrics.set_meter_provider(MeterProvider(metric_readers=[_METRICS]))
+    yield
+    gate.open = False
+    _SPANS.clear()
 
 
 @pytest.fixture
