@@ -282,11 +282,21 @@ class TestConcurrency:
                 time.sleep(hold)
                 order.append(f"out {text}")
 
-        first = threading.Thread(target=turn, args=("one", 0.3))
+        failures: list[BaseException] = []
+
+        def in_thread() -> None:
+            try:
+                turn("one", 0.3)
+            except BaseException as error:
+                failures.append(error)
+                inside.set()
+
+        first = threading.Thread(target=in_thread)
         first.start()
         inside.wait(10)
         turn("two", 0)
         first.join()
+        assert failures == []
         assert order == ["in one", "out one", "in two", "out two"]
         state = store.load("conv-c")
         assert state is not None
