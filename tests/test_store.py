@@ -378,6 +378,31 @@ class TestAsync:
         assert state is not None
         assert len(state.messages) == 4
 
+    async def test_cancelled_acquire_leaves_no_lease(self, store: ConversationStore) -> None:
+        """An acquire_async cancelled while waiting, or at any point of taking a free
+        lease, leaves the conversation free."""
+        import asyncio
+
+        held = store.acquire("conv-w")
+        waiting = asyncio.create_task(store.acquire_async("conv-w", timeout=10))
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        store.release("conv-w", held.token)
+        for delay in (0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02):
+            task = asyncio.create_task(store.acquire_async("conv-w"))
+            await asyncio.sleep(delay)
+            task.cancel()
+            try:
+                stored = await task
+            except asyncio.CancelledError:
+                pass
+            else:
+                store.release("conv-w", stored.token)  # it finished before the cancel
+            free = await store.acquire_async("conv-w", timeout=0.5)
+            store.release("conv-w", free.token)
+
 
 class TestState:
     """What is stored, and what is not."""

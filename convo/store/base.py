@@ -171,30 +171,56 @@ class ConversationStore:
         """
         _check_id(conversation_id)
         token = secrets.token_hex(16)
-        limit = self.lock_timeout if timeout is None else timeout
-        start = time.monotonic()
-        pause = 0.005
-        while not self._guard(
+        backoff = _Backoff(conversation_id, self.lock_timeout if timeout is None else timeout)
+        while not self._lock_once(conversation_id, token):
+            time.sleep(backoff.next())
+        return self._load_locked(conversation_id, token)
+
+    async def acquire_async(self, conversation_id: str, *, timeout: float | None = None) -> Stored:
+        """:meth:`acquire` without blocking the event loop: each lock attempt and the load
+        run on a worker thread, the waits between them on the loop (a request waiting for a
+        busy conversation holds no thread). Cancelled at any point, it leaves no lease."""
+        _check_id(conversation_id)
+        token = secrets.token_hex(16)
+        backoff = _Backoff(conversation_id, self.lock_timeout if timeout is None else timeout)
+        # Polling, not an event: the lease is held in a database that other processes and
+        # hosts write, so nothing in this process could be woken when it is given back.
+        while not await self._in_thread_keeping(conversation_id, token, self._lock_once):  # noqa: ASYNC110
+            await asyncio.sleep(backoff.next())
+        try:
+            return await asyncio.to_thread(self._load_locked, conversation_id, token)
+        except asyncio.CancelledError:
+            await asyncio.shield(asyncio.to_thread(self.release, conversation_id, token))
+            raise
+
+    async def _in_thread_keeping(
+        self, conversation_id: str, token: str, attempt: Callable[[str, str], bool]
+    ) -> bool:
+        """Run one lock attempt on a thread; if the caller is cancelled meanwhile, wait for
+        it and give back a lease it took."""
+        running = asyncio.ensure_future(asyncio.to_thread(attempt, conversation_id, token))
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                if await running:
+                    await asyncio.to_thread(self.release, conversation_id, token)
+            raise
+
+    def _lock_once(self, conversation_id: str, token: str) -> bool:
+        result: bool = self._guard(
             conversation_id, self._try_lock, conversation_id, token, time.time() + self.lease_s
-        ):
-            waited = time.monotonic() - start
-            if waited >= limit:
-                raise ConversationBusy(
-                    f"conversation {conversation_id!r} is in use by another request "
-                    f"(waited {waited:.1f} s; lock_timeout={limit})",
-                    conversation_id=conversation_id,
-                    waited_s=waited,
-                )
-            time.sleep(min(pause, max(0.0, limit - waited)))
-            pause = min(pause * 2, 0.1)
+        )
+        return result
+
+    def _load_locked(self, conversation_id: str, token: str) -> Stored:
         try:
             found = self._guard(conversation_id, self._read, conversation_id)
+            state = None if found is None else ConversationState.from_json(found[1])
         except BaseException:
             self.release(conversation_id, token)
             raise
-        if found is None:
-            return Stored(conversation_id, token, 0, None)
-        return Stored(conversation_id, token, found[0], ConversationState.from_json(found[1]))
+        return Stored(conversation_id, token, 0 if found is None else found[0], state)
 
     def release(self, conversation_id: str, token: str) -> None:
         """Give the lease back (a no-op if it expired and someone else holds it)."""
@@ -276,7 +302,7 @@ class ConversationStore:
     ) -> AsyncIterator[AsyncSession]:
         """:meth:`session` for an :class:`~convo.AsyncSession`; the store's I/O runs on a
         worker thread, so it never blocks the event loop."""
-        stored = await asyncio.to_thread(self.acquire, conversation_id, timeout=timeout)
+        stored = await self.acquire_async(conversation_id, timeout=timeout)
         try:
             session = AsyncSession(prefix, client=client, **_build_options(stored, options))
             if stored.state is not None:
@@ -287,6 +313,30 @@ class ConversationStore:
                 await asyncio.to_thread(self.save, stored, session)
         finally:
             await asyncio.to_thread(self.release, conversation_id, stored.token)
+
+
+class _Backoff:
+    """Waits between lock attempts: 5 ms doubling to 100 ms, until *limit* seconds."""
+
+    def __init__(self, conversation_id: str, limit: float) -> None:
+        self._conversation_id = conversation_id
+        self._limit = limit
+        self._start = time.monotonic()
+        self._pause = 0.005
+
+    def next(self) -> float:
+        """The next wait; raises :class:`ConversationBusy` once the limit is reached."""
+        waited = time.monotonic() - self._start
+        if waited >= self._limit:
+            raise ConversationBusy(
+                f"conversation {self._conversation_id!r} is in use by another request "
+                f"(waited {waited:.1f} s; lock_timeout={self._limit})",
+                conversation_id=self._conversation_id,
+                waited_s=waited,
+            )
+        pause = min(self._pause, self._limit - waited)
+        self._pause = min(self._pause * 2, 0.1)
+        return pause
 
 
 def _check_id(conversation_id: str) -> None:
