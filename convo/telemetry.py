@@ -41,6 +41,8 @@ try:
 except ImportError as error:  # pragma: no cover - only without the extra installed
     raise ImportError("convo.telemetry needs OpenTelemetry: pip install 'convo[otel]'") from error
 
+from convo.session.busts import UNEXPECTED_BUSTS, log_bust
+
 if TYPE_CHECKING:
     # Imported where used: the session core may import log_bust from here.
     from convo.session import Reply
@@ -64,49 +66,11 @@ SCOPE = "convo"
 #: ``gen_ai.usage.cache_write.input_tokens``).
 CACHE_WRITE_ATTRIBUTES = ("gen_ai.usage.cache_creation.input_tokens",)
 
-#: Reasons that are a bust nobody asked for: the cache held (or should have held) a prefix
-#: and the request did not read it. ``cold`` (nothing cached yet) and ``below_minimum``
-#: (nothing cacheable) are expected misses, not busts.
-UNEXPECTED_BUSTS = frozenset(
-    {
-        "expired",
-        "model_changed",
-        "tools_changed",
-        "system_changed",
-        "messages_changed",
-        "lookback_exceeded",
-        "evicted_or_unknown",
-    }
-)
-
 # The turn being traced by instrument(), so a Telemetry that is also a hook of the same
 # session does not record the turn twice.
 _active: contextvars.ContextVar[_Turn | None] = contextvars.ContextVar(
     "convo_telemetry_turn", default=None
 )
-
-
-def log_bust(reply: Reply) -> None:
-    """Warn on the ``convo`` logger if *reply* was an unexpected bust (a hook by itself:
-    ``hooks=[convo.telemetry.log_bust]``). Only the reason and counts are logged."""
-    cache = reply.cache
-    if cache.reason not in UNEXPECTED_BUSTS:
-        return
-    predicted = cache.predicted
-    where = f", message {cache.message_index}" if cache.message_index is not None else ""
-    detail = f" ({cache.detail}{where})" if cache.detail or where else ""
-    _log.warning(
-        "convo: cache bust: %s%s on turn %d of model %s: read %d tokens (%d predicted), "
-        "wrote %d, uncached %d",
-        cache.reason,
-        detail,
-        reply.turn,
-        predicted.model,
-        reply.usage.cache_read,
-        predicted.cache_read,
-        reply.usage.cache_write,
-        reply.usage.input,
-    )
 
 
 class _Turn:
@@ -131,7 +95,8 @@ class Telemetry:
         cache_write_attributes: Attribute names the cache write (both TTLs) is also
             written under on convo's span (default :data:`CACHE_WRITE_ATTRIBUTES`); add
             ``"gen_ai.usage.cache_write.input_tokens"`` to have the newer name there too.
-        log_busts: Warn on the ``convo`` logger on every unexpected bust.
+        log_busts: Also warn on the ``convo`` logger on every unexpected bust (sessions
+            already do; turn this on only for a session built without convo's core).
 
     .. versionadded:: 0.2
     """
@@ -142,7 +107,7 @@ class Telemetry:
         tracer_provider: Any = None,
         meter_provider: Any = None,
         cache_write_attributes: Sequence[str] = CACHE_WRITE_ATTRIBUTES,
-        log_busts: bool = True,
+        log_busts: bool = False,
     ) -> None:
         from convo import __version__
 

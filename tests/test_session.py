@@ -727,3 +727,30 @@ class TestFirstUse:
         assert text
         assert [a.error_type for a in s.reply.attempts] == ["APIConnectionError", None]
         assert emulator.stats()["requests"]["total"] == 2
+
+
+class TestBustWarnings:
+    """Every unexpected bust is a warning on the ``convo`` logger, telemetry or not."""
+
+    def test_a_changed_system_prompt_is_warned_about(
+        self,
+        make_session: Callable[..., Session],
+        client: anthropic.Anthropic,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """The warning names the reason; a cold first turn is no bust and says nothing."""
+        caplog.set_level("WARNING", logger="convo")
+        first = make_session()
+        first.send("Hello")
+        assert not [r for r in caplog.records if "cache bust" in r.getMessage()]
+        edited = Session(
+            convo.Prefix(model=MODEL, system=[SYSTEM + " Be brief."]),
+            client=client,
+            ledger=False,
+            messages=first.history,
+            _tracker=first.tracker,
+        )
+        assert edited.send("Again").reason == "system_changed"
+        busts = [r.getMessage() for r in caplog.records if "cache bust" in r.getMessage()]
+        assert len(busts) == 1
+        assert "system_changed" in busts[0]

@@ -40,6 +40,7 @@ from convo.pricing import price
 from convo.request_rules import RequestChecker, needs_streaming
 from convo.retry import ATTEMPT, AttemptRecord, RetryPolicy
 from convo.session import steps
+from convo.session.busts import log_bust
 from convo.session.reply import Reply, Stats
 from convo.session.turn import KeepAlive, Pending, user_message
 from convo.tracker import CacheEntry, CacheTracker
@@ -583,6 +584,7 @@ class SessionCore:
         return reply
 
     def _run_hooks(self, reply: Reply) -> None:
+        log_bust(reply)
         for hook in self.hooks:
             try:
                 hook(reply)
