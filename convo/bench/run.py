@@ -1,0 +1,380 @@
+"""Running one workload under one strategy on the emulator's virtual clock.
+
+The driver replays the workload's schedule: it moves the emulator's
+:class:`~convo.emulator.VirtualClock` to each turn's time and asks the strategy to send it,
+so hour-long think times take no wall time. Turns that start within ``overlap_s`` of each
+other form a *wave* and are sent concurrently, one thread each, with the emulator holding
+every response back ``wave_ttfb_s`` of real time before it begins: a cache entry is readable
+only once the response that writes it has begun, so a wave on a cold prefix pays one write
+per request unless the client waits for the first (single flight). Outside waves the
+emulator answers at once. Latency is the emulator's latency model applied to each request's
+usage; nothing sleeps to measure it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import heapq
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+import anthropic
+import attrs
+
+import convo
+from convo import tokens
+from convo.bench.ideal import TurnLog, ideal_usage, unit_rates
+from convo.bench.strategies import Sent, Strategy, make
+from convo.bench.workloads import Conversation, Workload
+from convo.emulator import LatencyModel, RunningEmulator, VirtualClock, serve
+
+__all__ = ["Bench", "RequestRecord", "RunResult"]
+
+_TICK_S = 30.0  # keep-alive tick interval: shorter than KeepAlive.margin_s (60 s)
+_ACTIVE_S = 900.0  # ticks stop this long after a conversation's last turn (KeepAlive default)
+
+
+@attrs.frozen
+class RequestRecord:
+    """One request as the client saw it."""
+
+    at: float
+    conversation: str
+    kind: str
+    usage: convo.Usage
+    cost_usd: float
+    latency_s: float
+    cpu_s: float
+
+
+@attrs.frozen
+class RunResult:
+    """Everything measured in one run (see ``docs/benchmarks.md`` for each field)."""
+
+    workload: str
+    strategy: str
+    seed: int
+    users: int
+    records: tuple[RequestRecord, ...]
+    turns: tuple[TurnLog, ...]
+    billed: convo.Usage
+    cost_usd: Decimal
+    ideal: convo.Usage
+    ideal_usd: Decimal
+    rate_limited: int
+    errors: tuple[str, ...]
+    wall_s: float
+
+    def metrics(self) -> dict[str, Any]:
+        """The run's metrics as JSON-ready values."""
+        turns = [r for r in self.records if r.kind == "turn"]
+        total_input = self.billed.total_input
+        hit = sum(1 for r in self.records if r.usage.cache_read)
+        latencies = sorted(r.latency_s for r in turns)
+        cost = float(self.cost_usd)
+        ideal = float(self.ideal_usd)
+        return {
+            "workload": self.workload,
+            "strategy": self.strategy,
+            "seed": self.seed,
+            "users": self.users,
+            "turns": len(turns),
+            "requests": len(self.records),
+            "warm_requests": sum(1 for r in self.records if r.kind == "warm"),
+            "keep_alive_requests": sum(1 for r in self.records if r.kind == "keep_alive"),
+            "tokens": _usage_dict(self.billed),
+            "cache_writes": sum(1 for r in self.records if r.usage.cache_write),
+            "cost_usd": cost,
+            "ideal_usd": ideal,
+            "ideal_tokens": _usage_dict(self.ideal),
+            "cost_over_ideal": cost / ideal if ideal else None,
+            "token_hit_rate": self.billed.cache_read / total_input if total_input else None,
+            "request_hit_rate": hit / len(self.records) if self.records else None,
+            "itpm_weight": sum(_itpm(r.usage) for r in self.records),
+            "rate_limited_429": self.rate_limited,
+            "latency_p50_s": _quantile(latencies, 0.50),
+            "latency_p95_s": _quantile(latencies, 0.95),
+            "client_cpu_ms_per_turn": (
+                1000 * sum(r.cpu_s for r in self.records) / len(turns) if turns else None
+            ),
+            "errors": list(self.errors),
+            "wall_s": self.wall_s,
+        }
+
+    def timeline(self) -> list[tuple[float, float]]:
+        """``(seconds from start, cumulative cost USD)`` after each request."""
+        start = min((r.at for r in self.records), default=0.0)
+        total = 0.0
+        points = []
+        for record in sorted(self.records, key=lambda r: r.at):
+            total += record.cost_usd
+            points.append((record.at - start, total))
+        return points
+
+
+def _usage_dict(usage: convo.Usage) -> dict[str, int]:
+    return {
+        "input": usage.input,
+        "cache_read": usage.cache_read,
+        "cache_write_5m": usage.cache_write_5m,
+        "cache_write_1h": usage.cache_write_1h,
+        "output": usage.output,
+    }
+
+
+def _itpm(usage: convo.Usage) -> int:
+    # ITPM counts uncached input and cache writes; reads are free of it on this model.
+    return usage.input + usage.cache_write
+
+
+def _quantile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    index = min(len(values) - 1, max(0, round(q * (len(values) - 1))))
+    return values[index]
+
+
+def _usd(usage: convo.Usage, model: str) -> Decimal:
+    cost = convo.price(usage, model).usd
+    if cost is None:
+        raise ValueError(f"no price known for {model!r}")
+    return cost
+
+
+@attrs.define
+class _Conversation:
+    """The driver's view of one conversation: what any layout must send at each turn."""
+
+    spec: Conversation
+    messages: list[int] = attrs.field(factory=list)  # tokens of each history message
+    generation: int = 0  # bumps at each turn, so stale keep-alive ticks are dropped
+    next_turn: int = 0
+
+
+class Bench:
+    """One emulator (on a virtual clock) for many runs; reset between them.
+
+    Args:
+        overlap_s: Turns starting within this many virtual seconds of a wave's first turn
+            join it (about the modelled time to first byte of a 10k-token write).
+        wave_ttfb_s: Real seconds the emulator holds back each response of a wave.
+
+    Use as a context manager.
+    """
+
+    def __init__(self, *, overlap_s: float = 1.0, wave_ttfb_s: float = 0.25) -> None:
+        self.overlap_s = overlap_s
+        self.wave_ttfb_s = wave_ttfb_s
+        self.clock = VirtualClock()
+        self._latency = LatencyModel()
+        self._serving: Any = None
+        self.emulator: RunningEmulator | None = None
+        self._wave_mode: bool | None = None
+
+    def __enter__(self) -> Bench:
+        self._serving = serve(clock=self.clock)
+        self.emulator = self._serving.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._serving.__exit__(*exc)
+
+    def _mode(self, wave: bool) -> None:
+        if self._wave_mode == wave:
+            return
+        assert self.emulator is not None
+        if wave:
+            latency = {"base_s": self.wave_ttfb_s, "prefill_uncached_s": 0.0}
+            latency |= {"prefill_cached_s": 0.0, "decode_s": 0.0}
+            self.emulator.configure({"time_scale": 1.0, "latency": latency})
+        else:
+            self.emulator.configure({"time_scale": 0.0})
+        self._wave_mode = wave
+
+    def run(
+        self,
+        workload: Workload,
+        strategy: str,
+        *,
+        seed: int = 0,
+        users: int | None = None,
+        on_turn: Callable[[], None] | None = None,
+    ) -> RunResult:
+        """Replay *workload* under *strategy*; return what it cost and what it could have."""
+        emulator = self.emulator
+        assert emulator is not None, "use Bench as a context manager"
+        emulator.reset(config=True)
+        self._wave_mode = None
+        self._mode(False)
+        self.clock.advance(7_200.0)  # clear of anything a previous run left in the registry
+        origin = self.clock.now()
+        wall = time.perf_counter()
+        client = anthropic.Anthropic(base_url=emulator.base_url, api_key=f"sk-bench-{strategy}")
+        lock = threading.Lock()
+
+        def sleep(seconds: float) -> None:  # retries and pacing wait in virtual time
+            if seconds > 0:
+                with lock:
+                    self.clock.advance(seconds)
+
+        runner = make(strategy, workload, client, clock=self.clock.now, sleep=sleep)
+        records: list[RequestRecord] = []
+        logs: list[TurnLog] = []
+        errors: list[str] = []
+        states = [_Conversation(c) for c in workload.conversations]
+        queue: list[tuple[float, int, str, int, int]] = []
+        order = 0
+
+        def push(at: float, kind: str, index: int, generation: int = 0) -> None:
+            nonlocal order
+            order += 1
+            heapq.heappush(queue, (at, order, kind, index, generation))
+
+        for index, state in enumerate(states):
+            if state.spec.turns:
+                push(origin + state.spec.turns[0].at, "turn", index)
+
+        def catch_up(at: float) -> None:
+            now = self.clock.now()
+            if at > now:
+                self.clock.advance(at - now)
+
+        def record(conversation: str, sent: Sent, cpu_s: float) -> None:
+            usage = sent.usage
+            latency = self._latency.time_to_first_byte(
+                uncached=usage.input + usage.cache_write, cached=usage.cache_read
+            ) + self._latency.decode(usage.output)
+            records.append(
+                RequestRecord(
+                    at=self.clock.now(),
+                    conversation=conversation,
+                    kind=sent.kind,
+                    usage=usage,
+                    cost_usd=float(_usd(usage, workload.model)),
+                    latency_s=latency,
+                    cpu_s=cpu_s,
+                )
+            )
+
+        def send(index: int) -> tuple[list[Sent], float, BaseException | None]:
+            state = states[index]
+            turn = state.spec.turns[state.next_turn]
+            started = time.thread_time()
+            try:
+                sent = runner.turn(state.spec, turn.blocks, self.clock.now())
+            except Exception as error:  # a strategy's failure is a result, not a crash
+                return [], time.thread_time() - started, error
+            return sent, time.thread_time() - started, None
+
+        while queue:
+            at, _, kind, index, generation = heapq.heappop(queue)
+            if kind == "tick":
+                state = states[index]
+                if generation != state.generation:
+                    continue
+                catch_up(at)
+                started = time.thread_time()
+                try:
+                    sent = runner.tick(state.spec)
+                except Exception as error:
+                    errors.append(f"keep-alive: {type(error).__name__}: {error}")
+                    sent = []
+                for item in sent:
+                    record(state.spec.id, item, time.thread_time() - started)
+                limit = self._tick_limit(state, origin)
+                if at + _TICK_S < limit:
+                    push(at + _TICK_S, "tick", index, generation)
+                continue
+            wave = [index]
+            while (
+                queue
+                and queue[0][2] == "turn"
+                and queue[0][0] < at + self.overlap_s
+                and queue[0][3] not in wave
+            ):
+                wave.append(heapq.heappop(queue)[3])
+            catch_up(at)
+            now = self.clock.now()
+            self._mode(len(wave) > 1)
+            if len(wave) == 1:
+                outcomes = [send(wave[0])]
+            else:
+                with concurrent.futures.ThreadPoolExecutor(len(wave)) as pool:
+                    outcomes = list(pool.map(send, wave))
+            for index, (sent, cpu_s, error) in zip(wave, outcomes):
+                state = states[index]
+                turn = state.spec.turns[state.next_turn]
+                if error is not None:
+                    errors.append(f"{state.spec.id} turn {state.next_turn}: {error}")
+                else:
+                    for item in sent:
+                        record(state.spec.id, item, cpu_s if item.kind == "turn" else 0.0)
+                    reply = sent[-1]
+                    logs.append(self._log(workload, state, turn.blocks, now, reply))
+                state.next_turn += 1
+                state.generation += 1
+                if state.next_turn < len(state.spec.turns):
+                    push(origin + state.spec.turns[state.next_turn].at, "turn", index)
+                if runner.ticks:
+                    push(now + _TICK_S, "tick", index, state.generation)
+                if on_turn is not None:
+                    on_turn()
+
+        stats = emulator.stats()
+        billed = convo.Usage(**stats["tokens"])
+        ideal = ideal_usage(logs, unit_rates(workload.model))
+        client.close()
+        return RunResult(
+            workload=workload.name,
+            strategy=strategy,
+            seed=seed,
+            users=users if users is not None else len(workload.conversations),
+            records=tuple(records),
+            turns=tuple(logs),
+            billed=billed,
+            cost_usd=_usd(billed, workload.model),
+            ideal=ideal,
+            ideal_usd=_usd(ideal, workload.model),
+            rate_limited=int(stats["requests"]["by_status"].get("429", 0)),
+            errors=tuple(errors),
+            wall_s=time.perf_counter() - wall,
+        )
+
+    @staticmethod
+    def _tick_limit(state: _Conversation, origin: float) -> float:
+        turns = state.spec.turns
+        last = origin + turns[state.next_turn - 1].at if state.next_turn else origin
+        limit = last + _ACTIVE_S + _TICK_S
+        if state.next_turn < len(turns):
+            limit = min(limit, origin + turns[state.next_turn].at)
+        return limit
+
+    @staticmethod
+    def _log(
+        workload: Workload,
+        state: _Conversation,
+        blocks: Sequence[Mapping[str, Any]],
+        at: float,
+        reply: Sent,
+    ) -> TurnLog:
+        """What this turn's prompt had to hold, as segments keyed by content and context."""
+        tools = workload.tools_at(at - 0.0)
+        static_tokens = sum(tokens.block_tokens(dict(t)) for t in tools)
+        static_tokens += sum(tokens.estimate(text) for text in workload.system)
+        static = f"static:{id(tools)}"
+        conversation = state.spec
+        segments = [(static, static_tokens)]
+        if conversation.suffix is not None:
+            segments.append(
+                (f"suffix:{static}:{conversation.id}", tokens.estimate(conversation.suffix))
+            )
+        user = sum(tokens.block_tokens(dict(b)) for b in blocks)
+        state.messages.append(user)
+        segments.extend(
+            (f"msg:{static}:{conversation.id}:{i}", n) for i, n in enumerate(state.messages)
+        )
+        state.messages.append(sum(tokens.block_tokens(dict(b)) for b in reply.content))
+        return TurnLog(at=at, segments=tuple(segments), output=reply.usage.output)
