@@ -14,6 +14,7 @@ usage; nothing sleeps to measure it.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import heapq
 import threading
 import time
@@ -144,6 +145,12 @@ def _usd(usage: convo.Usage, model: str) -> Decimal:
     return cost
 
 
+def _static_tokens(workload: Workload, tools: Sequence[Mapping[str, Any]]) -> int:
+    """Tokens of the tools and system blocks (the prefix every request starts with)."""
+    total = sum(tokens.block_tokens(dict(t)) for t in tools)
+    return total + sum(tokens.estimate(text) for text in workload.system)
+
+
 @attrs.define
 class _Conversation:
     """The driver's view of one conversation: what any layout must send at each turn."""
@@ -181,6 +188,18 @@ class Bench:
 
     def __exit__(self, *exc: object) -> None:
         self._serving.__exit__(*exc)
+
+    def warm_up(self, strategies: Sequence[str]) -> None:
+        """Run a tiny workload under each strategy and discard it, so first-use costs
+        (imports, code paths run once) do not land in the first measured run's overhead.
+        Strategies that cannot run are left for :meth:`run` to report."""
+        from convo.bench.strategies import StrategyUnavailable
+        from convo.bench.workloads import build
+
+        tiny = build("chatbot", 0, sizes={"users": 2, "system_tokens": 1_500, "turns": (2, 2)})
+        for strategy in strategies:
+            with contextlib.suppress(StrategyUnavailable):
+                self.run(tiny, strategy)
 
     def _mode(self, wave: bool) -> None:
         if self._wave_mode == wave:
@@ -225,6 +244,11 @@ class Bench:
         logs: list[TurnLog] = []
         errors: list[str] = []
         states = [_Conversation(c) for c in workload.conversations]
+        statics = {
+            id(tools): _static_tokens(workload, tools)
+            for tools in (workload.tools, workload.tools_after)
+            if tools is not None
+        }
         queue: list[tuple[float, int, str, int, int]] = []
         order = 0
 
@@ -276,6 +300,7 @@ class Bench:
                 if generation != state.generation:
                     continue
                 catch_up(at)
+                self._mode(False)
                 started = time.thread_time()
                 try:
                     sent = runner.tick(state.spec)
@@ -313,7 +338,7 @@ class Bench:
                     for item in sent:
                         record(state.spec.id, item, cpu_s if item.kind == "turn" else 0.0)
                     reply = sent[-1]
-                    logs.append(self._log(workload, state, turn.blocks, now, reply))
+                    logs.append(self._log(workload, statics, state, turn.blocks, now, reply))
                 state.next_turn += 1
                 state.generation += 1
                 if state.next_turn < len(state.spec.turns):
@@ -355,16 +380,16 @@ class Bench:
     @staticmethod
     def _log(
         workload: Workload,
+        statics: Mapping[int, int],
         state: _Conversation,
         blocks: Sequence[Mapping[str, Any]],
         at: float,
         reply: Sent,
     ) -> TurnLog:
         """What this turn's prompt had to hold, as segments keyed by content and context."""
-        tools = workload.tools_at(at - 0.0)
-        static_tokens = sum(tokens.block_tokens(dict(t)) for t in tools)
-        static_tokens += sum(tokens.estimate(text) for text in workload.system)
+        tools = workload.tools_at(at)
         static = f"static:{id(tools)}"
+        static_tokens = statics[id(tools)]
         conversation = state.spec
         segments = [(static, static_tokens)]
         if conversation.suffix is not None:

@@ -10,6 +10,7 @@ what every request it sent used (pre-warms and keep-alive re-warms included).
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -270,9 +271,15 @@ def make(
             raise StrategyUnavailable(
                 'cacheguardian is not installed; pip install "convo[bench]"'
             ) from error
-        # Its README: client = cacheguardian.wrap(anthropic.Anthropic()); defaults otherwise
-        # (auto_fix, ttl_strategy="auto"), logging quietened to warnings.
-        wrapped = cacheguardian.wrap(client, log_level="WARNING")
+        from cacheguardian.core import logger
+
+        # Its README: client = cacheguardian.wrap(anthropic.Anthropic()), every option at its
+        # default (auto_fix, ttl_strategy="auto"). It prints a line per request on its own
+        # rich console whatever log_level says; silenced, so the bench's progress bar stays
+        # readable (and printing does not count as its overhead).
+        logger.console.quiet = True
+        wrapped = cacheguardian.wrap(client)
+        logging.getLogger("cacheguardian").disabled = True  # its hit-rate alerts, likewise
         return _Raw(name, workload, wrapped)
     if name in STRATEGIES:
         return _Raw(name, workload, client)
