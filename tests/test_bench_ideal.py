@@ -117,7 +117,7 @@ def brute_force(times: list[float], rates: UnitRates) -> float:
     best = math.inf
     for choices in itertools.product(("input", "w5", "w1h", "read"), repeat=len(times)):
         cost, live, last = 0.0, 0.0, times[0]  # live: TTL of the entry touched at `last`
-        for at, choice in zip(times, choices):
+        for at, choice in zip(times, choices, strict=True):
             if choice == "read":
                 if not live:
                     break
@@ -168,9 +168,7 @@ class TestPlan:
         times = list(itertools.accumulate([0.0, *gaps]))
         plan = plan_segment(times, UNIT)
         assert plan.cost <= len(times) * UNIT.input + 1e-9
-        rewrite = UNIT.write_5m + sum(
-            UNIT.read if g < 300 else UNIT.write_5m for g in gaps
-        )
+        rewrite = UNIT.write_5m + sum(UNIT.read if g < 300 else UNIT.write_5m for g in gaps)
         assert plan.cost <= rewrite + 1e-9
 
     def test_out_of_order_times_are_refused(self) -> None:

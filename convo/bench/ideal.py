@@ -21,6 +21,7 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -64,17 +65,17 @@ def unit_rates(model: str) -> UnitRates:
     """
     million = 1_000_000
 
-    def one(**kind: int) -> float:
-        cost = price(Usage(**kind), model).usd
+    def one(usage: Usage) -> float:
+        cost = price(usage, model).usd
         if cost is None:
             raise ValueError(f"no price known for {model!r}; the ideal needs one")
         return float(cost) / million
 
     return UnitRates(
-        input=one(input=million),
-        write_5m=one(cache_write_5m=million),
-        write_1h=one(cache_write_1h=million),
-        read=one(cache_read=million),
+        input=one(Usage(input=million)),
+        write_5m=one(Usage(cache_write_5m=million)),
+        write_1h=one(Usage(cache_write_1h=million)),
+        read=one(Usage(cache_read=million)),
     )
 
 
@@ -124,7 +125,7 @@ def plan_segment(times: Sequence[float], rates: UnitRates) -> SegmentPlan:
     Raises:
         ValueError: when *times* are not in order.
     """
-    if any(b < a for a, b in zip(times, times[1:])):
+    if any(b < a for a, b in itertools.pairwise(times)):
         raise ValueError("use times must be in non-decreasing order")
     if not times:
         return SegmentPlan(cost=0.0)
@@ -134,7 +135,7 @@ def plan_segment(times: Sequence[float], rates: UnitRates) -> SegmentPlan:
         _5M: _plus(start, rates.write_5m, write_5m=1),
         _1H: _plus(start, rates.write_1h, write_1h=1),
     }
-    for previous, now in zip(times, times[1:]):
+    for previous, now in itertools.pairwise(times):
         gap = now - previous
         cold = min(best.values(), key=lambda p: p.cost)  # any state may let its entry lapse
         step: dict[int, SegmentPlan] = {
@@ -144,9 +145,7 @@ def plan_segment(times: Sequence[float], rates: UnitRates) -> SegmentPlan:
         }
         for state in (_5M, _1H):
             refreshes = math.floor(gap / _TTL[state])
-            kept = _plus(
-                best[state], rates.read * (refreshes + 1), read=1, refresh=refreshes
-            )
+            kept = _plus(best[state], rates.read * (refreshes + 1), read=1, refresh=refreshes)
             if kept.cost < step[state].cost:
                 step[state] = kept
         best = step
@@ -184,15 +183,17 @@ def ideal_usage(turns: Iterable[TurnLog], rates: UnitRates) -> Usage:
             if sizes.setdefault(key, tokens) != tokens:
                 raise ValueError(f"segment {key!r} has two sizes: {sizes[key]} and {tokens}")
             uses[key].append(turn.at)
-    totals = {"input": 0, "cache_write_5m": 0, "cache_write_1h": 0, "cache_read": 0}
+    total = Usage(output=output)
     for key, times in uses.items():
         plan = plan_segment(times, rates)
         n = sizes[key]
-        totals["input"] += n * plan.input
-        totals["cache_write_5m"] += n * plan.write_5m
-        totals["cache_write_1h"] += n * plan.write_1h
-        totals["cache_read"] += n * (plan.read + plan.refresh)
-    return Usage(output=output, **totals)
+        total += Usage(
+            input=n * plan.input,
+            cache_write_5m=n * plan.write_5m,
+            cache_write_1h=n * plan.write_1h,
+            cache_read=n * (plan.read + plan.refresh),
+        )
+    return total
 
 
 def ideal_cost(turns: Iterable[TurnLog], model: str) -> Decimal:

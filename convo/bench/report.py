@@ -161,7 +161,7 @@ TERMINAL = ("strategy", "cost $", "÷ ideal", "tok hit", "writes", "reqs", "p95 
 
 def terminal_cells(row: Mapping[str, Any]) -> list[str]:
     """The columns of :data:`TERMINAL` (an 80-column table; results.md has them all)."""
-    everything = dict(zip(HEADERS, cells(row)))
+    everything = dict(zip(HEADERS, cells(row), strict=True))
     return [everything[name] for name in TERMINAL]
 
 
@@ -245,9 +245,7 @@ def plot(doc: Mapping[str, Any], out: Path) -> list[Path]:
                     color=colours(i),
                     linewidth=1.6,
                 )
-        ideal = next(
-            (m["ideal_usd"] for m in doc["runs"] if m["workload"] == "chatbot"), None
-        )
+        ideal = next((m["ideal_usd"] for m in doc["runs"] if m["workload"] == "chatbot"), None)
         if ideal is not None:
             ax.axhline(ideal, color="black", linestyle="--", linewidth=1)
             ax.text(0, ideal, " ideal (total)", va="bottom", fontsize=8)
@@ -265,7 +263,7 @@ def plot(doc: Mapping[str, Any], out: Path) -> list[Path]:
     # 3. the --users sweep: cost ÷ ideal against fleet size.
     if len([n for n in doc["config"].get("users", [None]) if n is not None]) > 1:
         fig, axes = plt.subplots(1, len(workloads), figsize=(4 * len(workloads), 4), squeeze=False)
-        for ax, workload in zip(axes[0], workloads):
+        for ax, workload in zip(axes[0], workloads, strict=True):
             for i, strategy in enumerate(strategies):
                 points = [
                     (users, row["ratio"])
@@ -276,7 +274,8 @@ def plot(doc: Mapping[str, Any], out: Path) -> list[Path]:
                 ]
                 points.sort()
                 if points:
-                    ax.plot(*zip(*points), marker="o", label=strategy, color=colours(i))
+                    sizes, ratios = zip(*points, strict=True)
+                    ax.plot(sizes, ratios, marker="o", label=strategy, color=colours(i))
             ax.set_xscale("log")
             ax.set_title(workload)
             ax.set_xlabel("users (tasks, agents)")

@@ -28,7 +28,7 @@ import attrs
 import convo
 from convo import tokens
 from convo.bench.ideal import TurnLog, ideal_usage, unit_rates
-from convo.bench.strategies import Sent, Strategy, make
+from convo.bench.strategies import Sent, make
 from convo.bench.workloads import Conversation, Workload
 from convo.emulator import LatencyModel, RunningEmulator, VirtualClock, serve
 
@@ -329,11 +329,11 @@ class Bench:
             else:
                 with concurrent.futures.ThreadPoolExecutor(len(wave)) as pool:
                     outcomes = list(pool.map(send, wave))
-            for index, (sent, cpu_s, error) in zip(wave, outcomes):
+            for index, (sent, cpu_s, failure) in zip(wave, outcomes, strict=True):
                 state = states[index]
                 turn = state.spec.turns[state.next_turn]
-                if error is not None:
-                    errors.append(f"{state.spec.id} turn {state.next_turn}: {error}")
+                if failure is not None:
+                    errors.append(f"{state.spec.id} turn {state.next_turn}: {failure}")
                 else:
                     for item in sent:
                         record(state.spec.id, item, cpu_s if item.kind == "turn" else 0.0)

@@ -261,9 +261,7 @@ def make(
         StrategyUnavailable: ``cacheguardian`` without the package (``convo[bench]``).
     """
     if name in ("convo", "convo-tuned"):
-        return _Convo(
-            name, workload, client, clock=clock, sleep=sleep, tuned=name == "convo-tuned"
-        )
+        return _Convo(name, workload, client, clock=clock, sleep=sleep, tuned=name == "convo-tuned")
     if name == "cacheguardian":
         try:
             import cacheguardian

@@ -99,9 +99,9 @@ class Workload:
 
     def tools_at(self, at: float) -> tuple[Mapping[str, Any], ...]:
         """The tool list in force at *at*."""
-        if self.tools_after is not None and self.tools_change_at is not None:
-            if at >= self.tools_change_at:
-                return self.tools_after
+        changed = self.tools_after is not None and self.tools_change_at is not None
+        if changed and at >= self.tools_change_at:  # type: ignore[operator]
+            return self.tools_after  # type: ignore[return-value]
         return self.tools
 
     @property

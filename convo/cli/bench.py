@@ -140,6 +140,7 @@ def bench(
         for row in rows:
             table.add_row(*report.terminal_cells(row))
         console.print(table)
-    console.print(f"{len(results)} runs in {config['elapsed_s']} s; wrote " + ", ".join(
-        str(p) for p in written
-    ))
+    console.print(
+        f"{len(results)} runs in {config['elapsed_s']} s; wrote "
+        + ", ".join(str(p) for p in written)
+    )
