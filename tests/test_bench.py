@@ -21,7 +21,7 @@ from convo.cli import main
 @pytest.fixture(scope="module")
 def bench() -> Iterator[Bench]:
     """One emulator on a virtual clock for the module's runs (each run resets it)."""
-    with Bench(wave_ttfb_s=0.1) as running:
+    with Bench() as running:
         yield running
 
 

@@ -4,7 +4,8 @@ The driver replays the workload's schedule: it moves the emulator's
 :class:`~convo.emulator.VirtualClock` to each turn's time and asks the strategy to send it,
 so hour-long think times take no wall time. Turns that start within ``overlap_s`` of each
 other form a *wave* and are sent concurrently, one thread each, with the emulator holding
-every response back ``wave_ttfb_s`` of real time before it begins: a cache entry is readable
+every response back a moment of real time (longer than sending the wave takes) before it
+begins: a cache entry is readable
 only once the response that writes it has begun, so a wave on a cold prefix pays one write
 per request unless the client waits for the first (single flight). Outside waves the
 emulator answers at once. Latency is the emulator's latency model applied to each request's
@@ -66,6 +67,7 @@ class RunResult:
     ideal: convo.Usage
     ideal_usd: Decimal
     rate_limited: int
+    slept_s: float
     errors: tuple[str, ...]
     wall_s: float
 
@@ -96,6 +98,7 @@ class RunResult:
             "request_hit_rate": hit / len(self.records) if self.records else None,
             "itpm_weight": sum(_itpm(r.usage) for r in self.records),
             "rate_limited_429": self.rate_limited,
+            "slept_s": self.slept_s,
             "latency_p50_s": _quantile(latencies, 0.50),
             "latency_p95_s": _quantile(latencies, 0.95),
             "client_cpu_ms_per_turn": (
@@ -167,19 +170,24 @@ class Bench:
     Args:
         overlap_s: Turns starting within this many virtual seconds of a wave's first turn
             join it (about the modelled time to first byte of a 10k-token write).
-        wave_ttfb_s: Real seconds the emulator holds back each response of a wave.
+        hold_s: Real seconds the emulator holds back each response of a wave, plus
+            ``hold_per_request_s`` per request in the wave: long enough for every request of
+            the wave to reach the emulator before any response begins.
 
     Use as a context manager.
     """
 
-    def __init__(self, *, overlap_s: float = 1.0, wave_ttfb_s: float = 0.25) -> None:
+    def __init__(
+        self, *, overlap_s: float = 1.0, hold_s: float = 0.04, hold_per_request_s: float = 0.008
+    ) -> None:
         self.overlap_s = overlap_s
-        self.wave_ttfb_s = wave_ttfb_s
+        self.hold_s = hold_s
+        self.hold_per_request_s = hold_per_request_s
         self.clock = VirtualClock()
         self._latency = LatencyModel()
         self._serving: Any = None
         self.emulator: RunningEmulator | None = None
-        self._wave_mode: bool | None = None
+        self._wave_mode: int | None = None
 
     def __enter__(self) -> Bench:
         self._serving = serve(clock=self.clock)
@@ -201,12 +209,15 @@ class Bench:
             with contextlib.suppress(StrategyUnavailable):
                 self.run(tiny, strategy)
 
-    def _mode(self, wave: bool) -> None:
+    def _mode(self, wave: int) -> None:
+        """Configure the emulator for a wave of *wave* requests (answer at once for 1)."""
+        wave = max(1, wave)
         if self._wave_mode == wave:
             return
         assert self.emulator is not None
-        if wave:
-            latency = {"base_s": self.wave_ttfb_s, "prefill_uncached_s": 0.0}
+        if wave > 1:
+            hold = self.hold_s + self.hold_per_request_s * wave
+            latency = {"base_s": hold, "prefill_uncached_s": 0.0}
             latency |= {"prefill_cached_s": 0.0, "decode_s": 0.0}
             self.emulator.configure({"time_scale": 1.0, "latency": latency})
         else:
@@ -227,17 +238,19 @@ class Bench:
         assert emulator is not None, "use Bench as a context manager"
         emulator.reset(config=True)
         self._wave_mode = None
-        self._mode(False)
+        self._mode(1)
         self.clock.advance(7_200.0)  # clear of anything a previous run left in the registry
         origin = self.clock.now()
         wall = time.perf_counter()
         client = anthropic.Anthropic(base_url=emulator.base_url, api_key=f"sk-bench-{strategy}")
         lock = threading.Lock()
+        slept = [0.0]
 
         def sleep(seconds: float) -> None:  # retries and pacing wait in virtual time
             if seconds > 0:
                 with lock:
                     self.clock.advance(seconds)
+                    slept[0] += seconds
 
         runner = make(strategy, workload, client, clock=self.clock.now, sleep=sleep)
         records: list[RequestRecord] = []
@@ -300,7 +313,7 @@ class Bench:
                 if generation != state.generation:
                     continue
                 catch_up(at)
-                self._mode(False)
+                self._mode(1)
                 started = time.thread_time()
                 try:
                     sent = runner.tick(state.spec)
@@ -323,7 +336,7 @@ class Bench:
                 wave.append(heapq.heappop(queue)[3])
             catch_up(at)
             now = self.clock.now()
-            self._mode(len(wave) > 1)
+            self._mode(len(wave))
             if len(wave) == 1:
                 outcomes = [send(wave[0])]
             else:
@@ -364,6 +377,7 @@ class Bench:
             ideal=ideal,
             ideal_usd=_usd(ideal, workload.model),
             rate_limited=int(stats["requests"]["by_status"].get("429", 0)),
+            slept_s=slept[0],
             errors=tuple(errors),
             wall_s=time.perf_counter() - wall,
         )

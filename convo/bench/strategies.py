@@ -164,7 +164,10 @@ class _Convo:
         self._clock = clock
         self._sleep = sleep
         self._tuned = tuned
-        self._registry = convo.WarmRegistry(clock=clock)  # one per run, on the run's clock
+        # What a process shares by default (one registry, one limiter per model class),
+        # built on the run's virtual clock instead of the wall clock.
+        self._registry = convo.WarmRegistry(clock=clock)
+        self._limiter = convo.RateLimiter(clock=clock, wall_clock=clock)
         self._prefixes: dict[tuple[int, ...], convo.Prefix] = {}
         self._sessions: dict[str, tuple[convo.Session, convo.Prefix]] = {}
         self._stored: dict[str, list[dict[str, Any]]] = {}
@@ -193,6 +196,7 @@ class _Convo:
             client=self._client,
             suffix=conversation.suffix,
             registry=self._registry,
+            limiter=self._limiter,
             ledger=False,
             clock=self._clock,
             sleep=self._sleep,
