@@ -116,7 +116,7 @@ class TestIdealIsAFloor:
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
     @given(
-        name=st.sampled_from(["chatbot", "idle-gaps", "worker-pool", "agent"]),
+        name=st.sampled_from(["chatbot", "idle-gaps", "worker-pool", "agent", "stateless"]),
         seed=st.integers(0, 10_000),
         long_gaps=st.floats(0.0, 1.0),
     )
@@ -124,7 +124,7 @@ class TestIdealIsAFloor:
         self, bench: Bench, name: str, seed: int, long_gaps: float
     ) -> None:
         """Small random workloads, every strategy: billed cost ≥ the ideal."""
-        sizes = {"long_gap_share": long_gaps} if name == "chatbot" else {}
+        sizes = {"long_gap_share": long_gaps} if name in ("chatbot", "stateless") else {}
         workload = tiny(name, seed, **sizes)
         for strategy in STRATEGIES:
             result = bench.run(workload, strategy)  # type: ignore[arg-type]

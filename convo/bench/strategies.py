@@ -171,6 +171,7 @@ class _Convo:
         self._prefixes: dict[tuple[int, ...], convo.Prefix] = {}
         self._sessions: dict[str, tuple[convo.Session, convo.Prefix]] = {}
         self._stored: dict[str, list[dict[str, Any]]] = {}
+        self._warmed: set[str] = set()
         self._lock = threading.Lock()
 
     def _prefix(self, at: float) -> convo.Prefix:
@@ -221,7 +222,10 @@ class _Convo:
                 self._sessions[conversation.id] = (session, prefix)
             else:
                 session = held[0]
-        if self._tuned:
+        if self._tuned and conversation.id not in self._warmed:
+            # Warm when a conversation opens (single flight: one pre-warm for the fleet
+            # while the prefix is live), as an app does when a user opens the chat.
+            self._warmed.add(conversation.id)
             warm = session.warm()
             if warm is not None:
                 sent.append(Sent("warm", warm.usage))
