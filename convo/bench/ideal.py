@@ -48,7 +48,10 @@ TTL_SECONDS: Mapping[str, float] = {"5m": 300.0, "1h": 3600.0}
 
 @attrs.frozen
 class UnitRates:
-    """Prices of one token of each kind (any unit; only ratios matter to the plan)."""
+    """Prices of one token of each kind (any unit; only ratios matter to the plan).
+
+    .. versionadded:: 0.1
+    """
 
     input: float
     write_5m: float
@@ -90,6 +93,8 @@ class SegmentPlan:
         write_1h: 1-hour writes.
         read: Uses billed as reads.
         refresh: Extra reads between uses that keep an entry alive.
+
+    .. versionadded:: 0.1
     """
 
     cost: float
@@ -162,6 +167,8 @@ class TurnLog:
             *and* everything that must precede it in any prompt (a history message's key
             includes the tools and system it follows).
         output: Output tokens it produced.
+
+    .. versionadded:: 0.1
     """
 
     at: float

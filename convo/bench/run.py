@@ -41,7 +41,10 @@ _ACTIVE_S = 900.0  # ticks stop this long after a conversation's last turn (Keep
 
 @attrs.frozen
 class RequestRecord:
-    """One request as the client saw it."""
+    """One request as the client saw it.
+
+    .. versionadded:: 0.1
+    """
 
     at: float
     conversation: str
@@ -54,7 +57,10 @@ class RequestRecord:
 
 @attrs.frozen
 class RunResult:
-    """Everything measured in one run (see ``docs/benchmarks.md`` for each field)."""
+    """Everything measured in one run (see ``docs/benchmarks.md`` for each field).
+
+    .. versionadded:: 0.1
+    """
 
     workload: str
     strategy: str
@@ -175,6 +181,8 @@ class Bench:
             the wave to reach the emulator before any response begins.
 
     Use as a context manager.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(

@@ -48,6 +48,8 @@ class Turn:
     Attributes:
         at: Seconds from the workload's start.
         blocks: The user message's content blocks (text).
+
+    .. versionadded:: 0.1
     """
 
     at: float
@@ -62,6 +64,8 @@ class Conversation:
         id: Unique within the workload.
         suffix: The per-user dynamic text (``None``: none).
         turns: In time order.
+
+    .. versionadded:: 0.1
     """
 
     id: str
@@ -84,6 +88,8 @@ class Workload:
         stateless: Serve every request from stored history with a fresh session.
         max_tokens: ``max_tokens`` of every turn.
         params: The sizes it was drawn with (for the report).
+
+    .. versionadded:: 0.1
     """
 
     name: str
