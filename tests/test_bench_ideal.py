@@ -14,6 +14,7 @@ from convo.bench.ideal import (
     TurnLog,
     UnitRates,
     ideal_cost,
+    ideal_timeline,
     ideal_usage,
     plan_segment,
     unit_rates,
@@ -179,3 +180,22 @@ class TestPlan:
     def test_no_uses_cost_nothing(self) -> None:
         """A segment never used costs nothing."""
         assert plan_segment([], UNIT).cost == 0.0
+
+
+class TestTimeline:
+    """The ideal charged over time adds up to the ideal."""
+
+    @settings(max_examples=100, deadline=None)
+    @given(gaps=gaps, sizes=st.lists(st.integers(1, 5_000), min_size=1, max_size=3))
+    def test_ends_at_the_ideal(self, gaps: list[float], sizes: list[int]) -> None:
+        """The cumulative timeline's last point is the ideal's cost, and it never falls."""
+        times = list(itertools.accumulate([0.0, *gaps]))
+        turns = [
+            TurnLog(at, tuple((f"s{i}", n) for i, n in enumerate(sizes[: 1 + k % len(sizes)])), 24)
+            for k, at in enumerate(times)
+        ]
+        rates = unit_rates(MODEL)
+        points = ideal_timeline(turns, rates)
+        assert [t for t, _ in points] == times
+        assert all(b >= a for (_, a), (_, b) in itertools.pairwise(points))
+        assert points[-1][1] == pytest.approx(float(ideal_cost(turns, MODEL)), rel=1e-9)

@@ -38,6 +38,7 @@ __all__ = [
     "TurnLog",
     "UnitRates",
     "ideal_cost",
+    "ideal_timeline",
     "ideal_usage",
     "plan_segment",
     "unit_rates",
@@ -57,6 +58,7 @@ class UnitRates:
     write_5m: float
     write_1h: float
     read: float
+    output: float = 0.0
 
 
 def unit_rates(model: str) -> UnitRates:
@@ -79,6 +81,7 @@ def unit_rates(model: str) -> UnitRates:
         write_5m=one(Usage(cache_write_5m=million)),
         write_1h=one(Usage(cache_write_1h=million)),
         read=one(Usage(cache_read=million)),
+        output=one(Usage(output=million)),
     )
 
 
@@ -93,6 +96,8 @@ class SegmentPlan:
         write_1h: 1-hour writes.
         read: Uses billed as reads.
         refresh: Extra reads between uses that keep an entry alive.
+        charges: What each use costs in this history (refreshes charged to the use they
+            keep the entry alive for), in use order; they sum to ``cost``.
 
     .. versionadded:: 0.1
     """
@@ -103,6 +108,7 @@ class SegmentPlan:
     write_1h: int = 0
     read: int = 0
     refresh: int = 0
+    charges: tuple[float, ...] = ()
 
 
 _NONE, _5M, _1H = 0, 1, 2
@@ -113,6 +119,7 @@ def _plus(plan: SegmentPlan, cost: float, **counts: int) -> SegmentPlan:
     return attrs.evolve(
         plan,
         cost=plan.cost + cost,
+        charges=(*plan.charges, cost),
         **{name: getattr(plan, name) + n for name, n in counts.items()},
     )
 
@@ -201,6 +208,25 @@ def ideal_usage(turns: Iterable[TurnLog], rates: UnitRates) -> Usage:
             cache_read=n * (plan.read + plan.refresh),
         )
     return total
+
+
+def ideal_timeline(turns: Iterable[TurnLog], rates: UnitRates) -> list[tuple[float, float]]:
+    """Return ``(time, cumulative ideal cost)`` after each turn, in the units of *rates*
+    (USD with :func:`unit_rates`): each use charged what the cheapest history charges it,
+    output at the output rate. The last value is the ideal's total."""
+    ordered = sorted(turns, key=lambda t: t.at)
+    uses: dict[str, list[int]] = defaultdict(list)
+    sizes: dict[str, int] = {}
+    for index, turn in enumerate(ordered):
+        for key, tokens in turn.segments:
+            sizes.setdefault(key, tokens)
+            uses[key].append(index)
+    charged = [turn.output * rates.output for turn in ordered]
+    for key, indices in uses.items():
+        plan = plan_segment([ordered[i].at for i in indices], rates)
+        for index, charge in zip(indices, plan.charges, strict=True):
+            charged[index] += sizes[key] * charge
+    return list(zip([t.at for t in ordered], itertools.accumulate(charged), strict=True))
 
 
 def ideal_cost(turns: Iterable[TurnLog], model: str) -> Decimal:

@@ -28,7 +28,7 @@ import attrs
 
 import convo
 from convo import tokens
-from convo.bench.ideal import TurnLog, ideal_usage, unit_rates
+from convo.bench.ideal import TurnLog, ideal_timeline, ideal_usage, unit_rates
 from convo.bench.strategies import Sent, make
 from convo.bench.workloads import Conversation, Workload
 from convo.emulator import LatencyModel, RunningEmulator, VirtualClock, serve
@@ -63,6 +63,7 @@ class RunResult:
     """
 
     workload: str
+    model: str
     strategy: str
     seed: int
     users: int
@@ -113,6 +114,12 @@ class RunResult:
             "errors": list(self.errors),
             "wall_s": self.wall_s,
         }
+
+    def ideal_timeline(self) -> list[tuple[float, float]]:
+        """``(seconds from start, cumulative ideal cost USD)`` after each turn."""
+        start = min((r.at for r in self.records), default=0.0)
+        points = ideal_timeline(self.turns, unit_rates(self.model))
+        return [(at - start, cost) for at, cost in points]
 
     def timeline(self) -> list[tuple[float, float]]:
         """``(seconds from start, cumulative cost USD)`` after each request."""
@@ -375,6 +382,7 @@ class Bench:
         client.close()
         return RunResult(
             workload=workload.name,
+            model=workload.model,
             strategy=strategy,
             seed=seed,
             users=users if users is not None else len(workload.conversations),
