@@ -132,7 +132,16 @@ def bench(
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
     doc = report.document(results, config=config)
-    written = report.write(doc, out, plots=not no_plots)
+    plots = not no_plots
+    if plots:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            plots = False
+            console.print(
+                '[yellow]no plots: matplotlib is not installed (pip install "convo[bench]")[/]'
+            )
+    written = report.write(doc, out, plots=plots)
     for (workload_name, n_users), rows in report.rows(doc).items():
         table = Table(title=f"{workload_name} ({n_users} users/tasks)", title_justify="left")
         for header in report.TERMINAL:
