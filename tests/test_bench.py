@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -13,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convo import tokens
-from convo.bench import STRATEGIES, Bench, build
+from convo.bench import STRATEGIES, Bench, StrategyUnavailable, build
+from convo.bench.strategies import make
 from convo.bench.workloads import words
 from convo.cli import main
 
@@ -130,6 +132,21 @@ class TestIdealIsAFloor:
             result = bench.run(workload, strategy)  # type: ignore[arg-type]
             assert not result.errors, result.errors
             assert result.cost_usd >= result.ideal_usd, (strategy, result.metrics())
+
+
+class TestStrategies:
+    """Strategies are built by name; the peer's absence is reported, not a crash."""
+
+    def test_unknown_strategy(self) -> None:
+        """An unknown name says which exist."""
+        with pytest.raises(ValueError, match="docs-layout"):
+            make("cache-everything", tiny("chatbot", 1), object(), clock=float, sleep=print)  # type: ignore[arg-type]
+
+    def test_cacheguardian_missing(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without the package, the strategy is unavailable and says how to install it."""
+        monkeypatch.setitem(sys.modules, "cacheguardian", None)
+        with pytest.raises(StrategyUnavailable, match=r"convo\[bench\]"):
+            make("cacheguardian", tiny("chatbot", 1), object(), clock=float, sleep=print)  # type: ignore[arg-type]
 
 
 class TestCommand:
