@@ -251,7 +251,19 @@ class Bench:
         users: int | None = None,
         on_turn: Callable[[], None] | None = None,
     ) -> RunResult:
-        """Replay *workload* under *strategy*; return what it cost and what it could have."""
+        """Replay *workload* under *strategy*; return what it cost and what it could have.
+
+        Args:
+            workload: What to send, and when.
+            strategy: A name from :data:`convo.bench.STRATEGIES`.
+            seed: The seed *workload* was drawn from (recorded in the result).
+            users: The ``--users`` value it was drawn with (default: its conversations).
+            on_turn: Called after every turn (a progress bar).
+
+        Raises:
+            ValueError: for an unknown strategy.
+            convo.bench.StrategyUnavailable: when the strategy's package is missing.
+        """
         emulator = self.emulator
         assert emulator is not None, "use Bench as a context manager"
         emulator.reset(config=True)
