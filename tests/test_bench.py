@@ -157,6 +157,18 @@ class TestStrategies:
 class TestCommand:
     """`convo bench` writes its results and plots."""
 
+    def test_choices_match_the_package(self) -> None:
+        """The command offers exactly the workloads and strategies the package has (the
+        command lists them itself so that `convo --help` need not import the bench)."""
+        from convo.bench.workloads import names
+        from convo.cli.bench import bench as command
+
+        choices = {
+            p.name: list(p.type.choices) for p in command.params if hasattr(p.type, "choices")
+        }
+        assert choices["workloads"] == list(names())
+        assert choices["strategies"] == list(STRATEGIES)
+
     def test_quick_smoke_run(self, tmp_path: Path) -> None:
         """A --quick run of two workloads, three strategies and a two-size sweep writes
         results.json (schema 1), results.md and the plots, and prints the table."""

@@ -55,6 +55,7 @@ def _users(value: str | None) -> list[int | None]:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("bench-results"),
     show_default=True,
+    help="Where results.json, results.md and the plots go.",
 )
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 def bench(
