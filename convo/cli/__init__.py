@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from convo.cli.bench import bench
 from convo.cli.chat import chat
 from convo.cli.demo import demo
 from convo.cli.emulator import emulator
@@ -18,6 +19,7 @@ def main() -> None:
     """convo: Claude conversations that use the prompt cache well and count every token."""
 
 
+main.add_command(bench)
 main.add_command(chat)
 main.add_command(demo)
 main.add_command(emulator)
