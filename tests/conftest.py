@@ -13,8 +13,6 @@ import pytest
 from convo import wire
 from convo.emulator import RunningEmulator, serve
 
-wire.set_check(os.environ["CONVO_CHECK_WIRE"] not in ("", "0"))
-
 API_KEY = "sk-ant-test-key"
 
 # Anything that falls back to convo's default ledger writes to a throwaway folder, never to
@@ -23,6 +21,7 @@ os.environ["CONVO_HOME"] = tempfile.mkdtemp(prefix="convo-tests-")
 # Every request a session sends is checked against the body the SDK itself would build
 # (convo.wire's debug check; see docs/wire.md).
 os.environ.setdefault("CONVO_CHECK_WIRE", "1")
+wire.set_check(os.environ["CONVO_CHECK_WIRE"] not in ("", "0"))
 
 
 def service_missing(reason: str) -> NoReturn:
