@@ -201,16 +201,19 @@ class WireMessages:
         """The JSON array of messages ``0..n-1``, with *replaced* messages swapped in."""
         offsets = self._offsets
         view = memoryview(self._blob)
-        parts: list[Any] = []
+        parts: list[Any] = [b"["]
         start = 0
         for index in sorted(replaced):
             if index > start:
-                parts.append(view[offsets[start] : offsets[index] - 1])
-            parts.append(replaced[index])
+                parts += (view[offsets[start] : offsets[index] - 1], b",")
+            parts += (replaced[index], b",")
             start = index + 1
         if start < n:
             parts.append(view[offsets[start] : offsets[n] - 1])
-        result = b"[" + b",".join(parts) + b"]"
+        elif len(parts) > 1:
+            parts.pop()  # the comma after the last replaced message
+        parts.append(b"]")
+        result = b"".join(parts)  # the one copy
         del parts, view  # let the buffer grow again
         return result
 
@@ -282,15 +285,16 @@ def body_bytes(request: Request, *, stream: bool) -> tuple[bytes, dict[str, Any]
     }
     for key, value in extra.items():
         ordered[key] = (value, encoded.get(key) if key not in fields else None)
-    parts = [
-        _key(key) + (fragment if fragment is not None else encode(value))
-        for key, (value, fragment) in ordered.items()
-    ]
+    parts: list[bytes] = []
+    for key, (value, fragment) in ordered.items():
+        parts += (b",", _key(key), fragment if fragment is not None else encode(value))
+    parts[0] = b"{"
+    parts.append(b"}")
     headers.update(request.headers)
     extra_headers = options.pop("extra_headers", None)
     if extra_headers:
         headers.update(extra_headers)
-    return b"{" + b",".join(parts) + b"}", options, headers
+    return b"".join(parts), options, headers
 
 
 # -- the debug check -------------------------------------------------------------------------

@@ -191,7 +191,7 @@ class Layout:
         # Each prefix block encoded once; the arrays per set of breakpoints on them.
         self._tool_wire = [encode(t) for t in self._tools]
         self._system_wire = [encode(b) for b in self._system]
-        self._head_wire: dict[tuple[tuple[int, str], ...], tuple[bytes, bytes]] = {}
+        self._head_wire: dict[tuple[tuple[int, str], ...], tuple[bytes, bytes, bytes]] = {}
 
     def _suffix_text(self) -> str:
         value = self.suffix() if callable(self.suffix) else self.suffix
@@ -426,18 +426,21 @@ class Layout:
                 mark(b, marker_bytes(marks[i + tools_end])) if i + tools_end in marks else b
                 for i, b in enumerate(self._system_wire)
             ]
+            items = b",".join(system)
             head = self._head_wire[head_marks] = (
                 b"[" + b",".join(tools) + b"]",
-                b",".join(system),
+                items,
+                b"[" + items + b"]",
             )
         if self._tool_wire:
             encoded["tools"] = head[0]
-        system_items = head[1]
         if in_system:
             suffix = encode(suffix_block)
-            system_items = system_items + b"," + suffix if system_items else suffix
-        if system_items:
-            encoded["system"] = b"[" + system_items + b"]"
+            encoded["system"] = (
+                b"".join((b"[", head[1], b",", suffix, b"]")) if head[1] else b"[" + suffix + b"]"
+            )
+        elif head[1]:
+            encoded["system"] = head[2]
         wire, starts = history.wire, history.chain.starts
         block_marks: dict[int, dict[int, bytes]] = {}
         for position, ttl in marks.items():
