@@ -26,6 +26,7 @@ from the same arguments. :func:`check` proves that per request when the debug sw
 
 from __future__ import annotations
 
+import bisect
 import contextvars
 import json
 import os
@@ -49,6 +50,7 @@ __all__ = [
     "check",
     "checking",
     "encode",
+    "joined",
     "mark",
     "set_check",
     "split_arguments",
@@ -145,21 +147,50 @@ def marker_bytes(ttl: str) -> bytes:
     )
 
 
+#: Bytes of joined messages kept in one growing buffer before it is sealed into an
+#: immutable chunk (a request holds views of sealed chunks, never of the growing buffer).
+CHUNK_BYTES = 1 << 16
+
+#: An encoded field: bytes, or the pieces (bytes and views) that join into them.
+Fragment = bytes | list[Any]
+
+
+def joined(fragment: Fragment) -> bytes:
+    """The bytes of a fragment."""
+    return fragment if isinstance(fragment, bytes) else b"".join(fragment)
+
+
 class WireMessages:
     """The encoded messages of an append-only history, kept joined.
 
-    Each message is encoded once, block by block (:meth:`append`); :meth:`array` returns the
-    JSON array of the first *n* messages with some replaced (a message whose block gained a
-    breakpoint, or the newest turn with the suffix folded in) as one join over a buffer that
-    already holds them all, separated: a memory copy, not an encode.
+    Each message is encoded once, block by block (:meth:`append`). :meth:`array` returns the
+    JSON array of the first *n* messages, with some replaced (a message whose block gained a
+    breakpoint, or the newest turn with the suffix folded in), as *pieces*: views of
+    buffers that already hold the messages joined, plus the replaced messages. The body is
+    joined from them once, when it is sent: a turn copies the history's bytes once, and
+    encodes only what is new.
 
-    Invariant: ``_blob[_offsets[i]:_offsets[i + 1]]`` is message *i*'s bytes plus one comma.
+    Invariants: the messages' bytes, each followed by one comma, concatenated, are the
+    sealed ``_chunks`` followed by ``_tail``; message *i* spans ``_offsets[i]`` to
+    ``_offsets[i + 1]`` of that concatenation; sealed chunks never change (a view of one
+    stays valid), and ``_tail`` is copied, never viewed.
     """
 
-    __slots__ = ("_blob", "_blocks", "_offsets", "_tails")
+    __slots__ = (
+        "_blocks",
+        "_chunk_starts",
+        "_chunks",
+        "_offsets",
+        "_tail",
+        "_tail_start",
+        "_tails",
+    )
 
     def __init__(self) -> None:
-        self._blob = bytearray()
+        self._chunks: list[bytes] = []
+        self._chunk_starts: list[int] = []
+        self._tail = bytearray()
+        self._tail_start = 0
         self._offsets = [0]
         self._blocks: list[list[bytes]] = []
         self._tails: list[bytes] = []
@@ -174,8 +205,13 @@ class WireMessages:
         tail = b"]" + b"".join(b"," + _key(k) + encode(message[k]) for k in keys) + b"}"
         self._blocks.append(blocks)
         self._tails.append(tail)
-        self._blob += b'{"content":[' + b",".join(blocks) + tail + b","
-        self._offsets.append(len(self._blob))
+        self._tail += b'{"content":[' + b",".join(blocks) + tail + b","
+        self._offsets.append(self._tail_start + len(self._tail))
+        if len(self._tail) >= CHUNK_BYTES:
+            self._chunks.append(bytes(self._tail))
+            self._chunk_starts.append(self._tail_start)
+            self._tail_start += len(self._tail)
+            self._tail = bytearray()
         return blocks
 
     def __len__(self) -> int:
@@ -197,25 +233,36 @@ class WireMessages:
             blocks.append(extra)
         return b'{"content":[' + b",".join(blocks) + self._tails[index]
 
-    def array(self, n: int, replaced: Mapping[int, bytes]) -> bytes:
-        """The JSON array of messages ``0..n-1``, with *replaced* messages swapped in."""
+    def _span(self, start: int, end: int, parts: list[Any]) -> None:
+        """Add the pieces holding bytes *start* to *end* of the joined messages."""
+        if start < self._tail_start:
+            i = bisect.bisect_right(self._chunk_starts, start) - 1
+            while start < end and start < self._tail_start:
+                base = self._chunk_starts[i]
+                chunk = self._chunks[i]
+                stop = min(end, base + len(chunk))
+                parts.append(memoryview(chunk)[start - base : stop - base])
+                start, i = stop, i + 1
+        if start < end:
+            parts.append(bytes(self._tail[start - self._tail_start : end - self._tail_start]))
+
+    def array(self, n: int, replaced: Mapping[int, bytes]) -> list[Any]:
+        """The JSON array of messages ``0..n-1``, with *replaced* messages swapped in, as
+        pieces to join (:func:`joined`)."""
         offsets = self._offsets
-        view = memoryview(self._blob)
         parts: list[Any] = [b"["]
         start = 0
         for index in sorted(replaced):
             if index > start:
-                parts += (view[offsets[start] : offsets[index] - 1], b",")
+                self._span(offsets[start], offsets[index], parts)  # ends with a comma
             parts += (replaced[index], b",")
             start = index + 1
         if start < n:
-            parts.append(view[offsets[start] : offsets[n] - 1])
+            self._span(offsets[start], offsets[n] - 1, parts)
         elif len(parts) > 1:
             parts.pop()  # the comma after the last replaced message
         parts.append(b"]")
-        result = b"".join(parts)  # the one copy
-        del parts, view  # let the buffer grow again
-        return result
+        return parts
 
 
 @attrs.frozen
@@ -230,7 +277,7 @@ class Request:
     """
 
     body: Mapping[str, Any] = attrs.field(repr=False)
-    encoded: Mapping[str, bytes] = attrs.field(repr=False, factory=dict)
+    encoded: Mapping[str, Fragment] = attrs.field(repr=False, factory=dict)
     headers: Mapping[str, str] = attrs.field(factory=dict)
 
     def arguments(self) -> dict[str, Any]:
@@ -278,16 +325,22 @@ def body_bytes(request: Request, *, stream: bool) -> tuple[bytes, dict[str, Any]
         fields["stream"] = True
     # The SDK's own merge: {**fields_in_its_order, **extra}; an extra key that names a
     # field keeps the field's place and takes the extra value.
-    ordered: dict[str, tuple[Any, bytes | None]] = {
+    ordered: dict[str, tuple[Any, Fragment | None]] = {
         key: (fields[key], encoded.get(key))
         for key in (STREAM_ORDER if stream else CREATE_ORDER)
         if key in fields
     }
     for key, value in extra.items():
         ordered[key] = (value, encoded.get(key) if key not in fields else None)
-    parts: list[bytes] = []
+    parts: list[Any] = []
     for key, (value, fragment) in ordered.items():
-        parts += (b",", _key(key), fragment if fragment is not None else encode(value))
+        parts += (b",", _key(key))
+        if fragment is None:
+            parts.append(encode(value))
+        elif isinstance(fragment, bytes):
+            parts.append(fragment)
+        else:
+            parts += fragment
     parts[0] = b"{"
     parts.append(b"}")
     headers.update(request.headers)

@@ -100,6 +100,7 @@ def spy_check(monkeypatch: pytest.MonkeyPatch) -> Seen:
 
     monkeypatch.setattr(wire, "check", check)
     monkeypatch.setattr(wire, "_check", True)
+    monkeypatch.setattr(wire, "CHUNK_BYTES", 300)  # views across many sealed chunks
     return seen
 
 
@@ -258,11 +259,13 @@ class TestEncoder:
         layout = Layout(
             convo.Prefix(model=MODEL, system=[SYSTEM]), suffix="s", suffix_placement="message"
         )
-        for i in range(30):
+        for i in range(300):  # past several sealed chunks
             history.append({"role": "user", "content": f"question {i} " + "word " * 60})
             rendered = layout.render(history)
-            assert wire.encode(rendered.body["messages"]) == rendered.encoded["messages"]
-            assert wire.encode(rendered.body["system"]) == rendered.encoded["system"]
+            assert wire.encode(rendered.body["messages"]) == wire.joined(
+                rendered.encoded["messages"]
+            )
+            assert wire.encode(rendered.body["system"]) == wire.joined(rendered.encoded["system"])
             history.append({"role": "assistant", "content": f"answer {i}"})
 
     def test_unmodelled_fields_follow_as_extra_body(self) -> None:

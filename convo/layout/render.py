@@ -28,7 +28,7 @@ from convo.fingerprint import (
 from convo.layout.history import History
 from convo.layout.prefix import TTL, TTLS, Prefix, freeze, thaw
 from convo.tokens import block_tokens
-from convo.wire import encode, mark, marker_bytes
+from convo.wire import Fragment, encode, mark, marker_bytes
 
 __all__ = [
     "LOOKBACK",
@@ -93,7 +93,7 @@ class RenderedRequest:
     minimum: int
     #: ``messages``, ``system`` and ``tools`` as sent (:mod:`convo.wire`), joined from the
     #: bytes each block was encoded to once.
-    encoded: Mapping[str, bytes] = attrs.field(eq=False, repr=False, factory=dict)
+    encoded: Mapping[str, Fragment] = attrs.field(eq=False, repr=False, factory=dict)
     #: Indexes of the messages that are not the history's stored dicts (a block gained a
     #: breakpoint, or the suffix was folded in), in order.
     replaced: tuple[int, ...] = attrs.field(eq=False, repr=False, default=())
@@ -411,10 +411,10 @@ class Layout:
         *,
         in_system: bool,
         in_message: bool,
-    ) -> tuple[dict[str, bytes], tuple[int, ...]]:
+    ) -> tuple[dict[str, Fragment], tuple[int, ...]]:
         """``messages``, ``system`` and ``tools`` as bytes, from the blocks' cached bytes:
         only a block a breakpoint moved onto, and the suffix, are new each turn."""
-        encoded: dict[str, bytes] = {}
+        encoded: dict[str, Fragment] = {}
         head_marks = tuple(sorted((p, t) for p, t in marks.items() if p < suffix_end))
         head = self._head_wire.get(head_marks)
         if head is None:
