@@ -308,16 +308,19 @@ def _failure(error: BaseException, now: float, **seen: Any) -> Outcome:
 
 
 Arguments = wire.Request | Mapping[str, Any]
+_FIRST_PARTY = (anthropic.Anthropic, anthropic.AsyncAnthropic)
 
 
 def _pre_encoded(client: Any, arguments: Arguments) -> wire.Request | None:
     """The request to send as convo's own bytes, or ``None`` to let the SDK build the body.
 
-    The SDK builds it for plain keyword arguments; and when something on the client reads
-    the request's fields from the body the SDK holds: middleware (``client.with_options(
-    middleware=...)``), or OpenTelemetry spans that record (a tracer provider is set).
+    The SDK builds it for plain keyword arguments; for clients other than ``Anthropic`` /
+    ``AsyncAnthropic`` (Bedrock and Vertex route a request by the model in its body); and
+    when something on the client reads the request's fields from the body the SDK holds:
+    middleware (``client.with_options(middleware=...)``), or OpenTelemetry spans that
+    record (a tracer provider is set).
     """
-    if not isinstance(arguments, wire.Request):
+    if not isinstance(arguments, wire.Request) or not isinstance(client, _FIRST_PARTY):
         return None
     if getattr(client, "_middleware", None) or _spans_record(client):
         return None

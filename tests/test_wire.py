@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import convo
-from convo import wire
+from convo import sdk, wire
 from convo.emulator import Emulator, EmulatorConfig
 from convo.emulator.prompt import parse_prompt
 from convo.layout import History, Layout, RenderedRequest
@@ -324,3 +324,28 @@ class TestSending:
                 request,
                 stream=False,
             )
+
+
+class TestFallback:
+    """Where something reads the body the SDK holds, the SDK builds it from the arguments."""
+
+    def test_plain_arguments_go_through_messages_create(
+        self, spy_check: Seen, client: anthropic.Anthropic
+    ) -> None:
+        """Keyword arguments (not a convo.wire.Request) are sent by ``messages.create``."""
+        outcome = sdk.send(
+            client,
+            {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]},
+            now=0.0,
+        )
+        assert outcome.ok
+        assert outcome.facts.status == 200
+        assert not spy_check  # convo's bytes were not used
+
+    def test_other_clients_get_keyword_arguments(self) -> None:
+        """A client that is not Anthropic / AsyncAnthropic (Bedrock, Vertex) is not given
+        pre-encoded bytes: they route a request by the model in its body."""
+        request = wire.Request({"model": MODEL, "max_tokens": 5, "messages": []})
+        assert sdk._pre_encoded(object(), request) is None
+        first_party = anthropic.Anthropic(api_key="k", base_url="http://x.invalid")
+        assert sdk._pre_encoded(first_party, request) is request
