@@ -433,7 +433,10 @@ async def send_async(
 
 
 def _as_kwargs(arguments: Arguments) -> dict[str, Any]:
-    return arguments.arguments() if isinstance(arguments, wire.Request) else dict(arguments)
+    """Keyword arguments for the SDK's own methods (fields it does not model in
+    ``extra_body``, as on the pre-encoded path)."""
+    plain = arguments.arguments() if isinstance(arguments, wire.Request) else arguments
+    return wire.sdk_arguments(plain)
 
 
 def _stream_manager(client: Any, arguments: Arguments) -> Any:

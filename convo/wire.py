@@ -52,6 +52,7 @@ __all__ = [
     "encode",
     "joined",
     "mark",
+    "sdk_arguments",
     "set_check",
     "split_arguments",
 ]
@@ -310,6 +311,19 @@ def split_arguments(
     return fields, extra, options, headers
 
 
+def sdk_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for ``messages.create`` / ``messages.stream``: the fields the SDK
+    models as they are, the others in ``extra_body`` (the SDK takes no other keywords)."""
+    fields, extra, options, headers = split_arguments(arguments)
+    call: dict[str, Any] = {**fields, **options}
+    for name, header in HEADER_PARAMS.items():
+        if header in headers:
+            call[name] = headers[header]
+    if extra:
+        call["extra_body"] = {**extra, **(options.get("extra_body") or {})}
+    return call
+
+
 def body_bytes(request: Request, *, stream: bool) -> tuple[bytes, dict[str, Any], dict[str, str]]:
     """The body's bytes as the SDK would send them, its request options and headers.
 
@@ -396,13 +410,7 @@ def sdk_body(arguments: Mapping[str, Any], *, stream: bool) -> bytes:
             max_retries=0,
             http_client=httpx2.Client(transport=httpx2.MockTransport(_capture)),
         )
-    fields, extra, options, headers = split_arguments(arguments)
-    call: dict[str, Any] = {**fields, **options}
-    for name, header in HEADER_PARAMS.items():
-        if header in headers:
-            call[name] = headers[header]
-    if extra:
-        call["extra_body"] = {**extra, **(options.get("extra_body") or {})}
+    call = sdk_arguments(arguments)
     captured: list[bytes] = []
     token = _captured.set(captured)
     try:

@@ -101,6 +101,9 @@ def spy_check(monkeypatch: pytest.MonkeyPatch) -> Seen:
     monkeypatch.setattr(wire, "check", check)
     monkeypatch.setattr(wire, "_check", True)
     monkeypatch.setattr(wire, "CHUNK_BYTES", 300)  # views across many sealed chunks
+    # Another test may have set a global OpenTelemetry provider (then the SDK builds bodies
+    # itself, see TestFallback); these tests are about convo's own bytes.
+    monkeypatch.setattr(sdk, "_spans_record", lambda client: False)
     return seen
 
 
@@ -341,6 +344,18 @@ class TestFallback:
         assert outcome.ok
         assert outcome.facts.status == 200
         assert not spy_check  # convo's bytes were not used
+
+    def test_unmodelled_fields_go_in_extra_body(
+        self, spy_check: Seen, client: anthropic.Anthropic, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """On the SDK's own path (spans recording), a field it has no keyword for is sent in
+        ``extra_body``, as on convo's path, instead of failing."""
+        monkeypatch.setattr(sdk, "_spans_record", lambda client: True)
+        session = convo.Session(
+            convo.Prefix(model=MODEL, system=[SYSTEM]), client=client, ledger=False
+        )
+        assert session.send("hi", params={"top_k": 5}).text
+        assert not spy_check
 
     def test_other_clients_get_keyword_arguments(self) -> None:
         """A client that is not Anthropic / AsyncAnthropic (Bedrock, Vertex) is not given
