@@ -357,9 +357,10 @@ class TestFallback:
         assert session.send("hi", params={"top_k": 5}).text
         assert not spy_check
 
-    def test_other_clients_get_keyword_arguments(self) -> None:
+    def test_other_clients_get_keyword_arguments(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A client that is not Anthropic / AsyncAnthropic (Bedrock, Vertex) is not given
         pre-encoded bytes: they route a request by the model in its body."""
+        monkeypatch.setattr(sdk, "_spans_record", lambda client: False)
         request = wire.Request({"model": MODEL, "max_tokens": 5, "messages": []})
         assert sdk._pre_encoded(object(), request) is None
         first_party = anthropic.Anthropic(api_key="k", base_url="http://x.invalid")
