@@ -89,13 +89,18 @@ def block_bytes(block: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def block_digest(kind: str, block: Mapping[str, Any]) -> bytes:
+def block_digest(kind: str, block: Mapping[str, Any], encoded: bytes | None = None) -> bytes:
     """Return the 16-byte digest of one block, tagged with where it stands.
 
     *kind* is ``"tool"``, ``"system"`` or ``"<role>:<0|1>"`` (``0`` for the first block of
     a message), so the same text moved between roles or messages is a different block.
+    *encoded* is the block's bytes as sent (:func:`convo.wire.encode`), when already made:
+    for a block without ``cache_control`` they are the bytes hashed, so the key is a hash
+    of exactly what the server receives.
     """
-    return xxhash.xxh3_128_digest(kind.encode() + b"\x1e" + block_bytes(block))
+    if encoded is None or "cache_control" in block:
+        encoded = block_bytes(block)
+    return xxhash.xxh3_128_digest(kind.encode() + b"\x1e" + encoded)
 
 
 def chain(previous: bytes, digest: bytes) -> bytes:
@@ -407,14 +412,22 @@ class BlockChain:
         self._views: dict[bool, _View] = {}
         self._content = ROOT  # a chain over every block digest, stripped or not
 
-    def append(self, role: str, blocks: Sequence[Mapping[str, Any]]) -> None:
-        """Add one message's content blocks (already normalised to a list of dicts)."""
+    def append(
+        self,
+        role: str,
+        blocks: Sequence[Mapping[str, Any]],
+        encoded: Sequence[bytes] | None = None,
+    ) -> None:
+        """Add one message's content blocks (already normalised to a list of dicts), with
+        their bytes as sent when already encoded (see :func:`block_digest`)."""
         start = len(self._digests)
         self._starts.append(start)
         total = self._cum[-1] if self._cum else 0
         message = xxhash.xxh3_128()
         for i, block in enumerate(blocks):
-            digest = block_digest(f"{role}:{0 if i == 0 else 1}", block)
+            digest = block_digest(
+                f"{role}:{0 if i == 0 else 1}", block, encoded[i] if encoded else None
+            )
             message.update(digest)
             self._digests.append(digest)
             self._content = chain(self._content, digest)

@@ -21,16 +21,28 @@ the API and so is kept in the facts.
 from __future__ import annotations
 
 import email.utils
+import functools
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import anthropic
 import attrs
 import httpx2
+from anthropic._constants import DEFAULT_TIMEOUT, MODEL_NONSTREAMING_TOKENS, RAW_RESPONSE_HEADER
+from anthropic._data import DEPRECATED_MODELS, MODELS_TO_WARN_WITH_THINKING_ENABLED
+from anthropic._streaming import AsyncStream, Stream
+from anthropic.lib._stainless_helpers import (
+    HELPER_METHOD_STREAM,
+    STAINLESS_HELPER_METHOD_HEADER,
+    STAINLESS_STREAM_HELPER_HEADER,
+)
+from anthropic.lib.streaming import AsyncMessageStreamManager, MessageStreamManager
+from anthropic.types import Message, RawMessageStreamEvent
 
-from convo import tokens
+from convo import tokens, wire
 from convo.usage import Usage, UsageAccumulator
 
 __all__ = [
@@ -295,10 +307,107 @@ def _failure(error: BaseException, now: float, **seen: Any) -> Outcome:
     return Outcome(facts_of(error, now=now, **seen), error=error)
 
 
-def send(client: anthropic.Anthropic, arguments: Mapping[str, Any], *, now: float) -> Outcome:
-    """One plain ``messages.create`` attempt; the parsed ``Message`` on success."""
+Arguments = wire.Request | Mapping[str, Any]
+_FIRST_PARTY = (anthropic.Anthropic, anthropic.AsyncAnthropic)
+
+
+def _pre_encoded(client: Any, arguments: Arguments) -> wire.Request | None:
+    """The request to send as convo's own bytes, or ``None`` to let the SDK build the body.
+
+    The SDK builds it for plain keyword arguments; for clients other than ``Anthropic`` /
+    ``AsyncAnthropic`` (Bedrock and Vertex route a request by the model in its body); and
+    when something on the client reads the request's fields from the body the SDK holds:
+    middleware (``client.with_options(middleware=...)``), or OpenTelemetry spans that
+    record (a tracer provider is set).
+    """
+    if not isinstance(arguments, wire.Request) or not isinstance(client, _FIRST_PARTY):
+        return None
+    if getattr(client, "_middleware", None) or _spans_record(client):
+        return None
+    return arguments
+
+
+def _spans_record(client: Any) -> bool:
+    """Whether the SDK would record a span for this client's calls."""
     try:
-        raw = client.messages.with_raw_response.create(**arguments)
+        if client._tracer is None:
+            return False
+        provider = client._open_telemetry.get("tracer_provider")
+    except AttributeError:
+        return False
+    if provider is None:
+        from opentelemetry import trace  # present: the client has a tracer
+
+        provider = trace.get_tracer_provider()
+        return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    return True
+
+
+def _warn_like_sdk(body: Mapping[str, Any]) -> None:
+    """The warnings ``messages.create`` gives before it sends (deprecated model, thinking)."""
+    model = body.get("model")
+    if model in DEPRECATED_MODELS:
+        warnings.warn(
+            f"The model '{model}' is deprecated and will reach end-of-life on "
+            f"{DEPRECATED_MODELS[model]}.\nPlease migrate to a newer model. Visit "
+            "https://docs.anthropic.com/en/docs/resources/model-deprecations for more "
+            "information.",
+            DeprecationWarning,
+            stacklevel=4,
+        )
+    thinking = body.get("thinking")
+    if model in MODELS_TO_WARN_WITH_THINKING_ENABLED and thinking and thinking["type"] == "enabled":
+        warnings.warn(
+            f"Using Claude with {model} and 'thinking.type=enabled' is deprecated. Use "
+            "'thinking.type=adaptive' instead which results in better model performance in our "
+            "testing: https://platform.claude.com/docs/en/build-with-claude/adaptive-thinking",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _post_arguments(client: Any, request: wire.Request, *, stream: bool) -> dict[str, Any]:
+    """``client.post`` arguments carrying *request* as pre-encoded bytes, with the options
+    and headers ``messages.create`` / ``messages.stream`` would have given."""
+    content, options, headers = wire.body_bytes(request, stream=stream)
+    if wire.checking():
+        wire.check(content, request, stream=stream)
+    _warn_like_sdk(request.body)
+    body = request.body
+    request_options: dict[str, Any] = {}
+    timeout = options.get("timeout", anthropic.NOT_GIVEN)
+    if stream:
+        headers = {
+            STAINLESS_HELPER_METHOD_HEADER: HELPER_METHOD_STREAM,
+            STAINLESS_STREAM_HELPER_HEADER: "messages",
+            **headers,
+        }
+    else:
+        if isinstance(timeout, anthropic.NotGiven) and client.timeout == DEFAULT_TIMEOUT:
+            timeout = client._calculate_nonstreaming_timeout(
+                body["max_tokens"], MODEL_NONSTREAMING_TOKENS.get(body["model"], None)
+            )
+        headers = {**headers, RAW_RESPONSE_HEADER: "raw"}
+    request_options["headers"] = headers
+    if not isinstance(timeout, anthropic.NotGiven):
+        request_options["timeout"] = timeout
+    if options.get("extra_query") is not None:
+        request_options["params"] = options["extra_query"]
+    return {"cast_to": Message, "content": content, "options": request_options, "stream": stream}
+
+
+def send(client: anthropic.Anthropic, arguments: Arguments, *, now: float) -> Outcome:
+    """One plain ``messages.create`` attempt; the parsed ``Message`` on success.
+
+    *arguments* is a :class:`convo.wire.Request` (sent as convo's pre-encoded bytes through
+    ``client.post``) or the keyword arguments of ``messages.create``.
+    """
+    request = _pre_encoded(client, arguments)
+    try:
+        if request is None:
+            raw = client.messages.with_raw_response.create(**_as_kwargs(arguments))
+        else:
+            raw = client.post("/v1/messages", **_post_arguments(client, request, stream=False))
         message = raw.parse()
     except Exception as error:
         return _failure(error, now)
@@ -306,15 +415,47 @@ def send(client: anthropic.Anthropic, arguments: Mapping[str, Any], *, now: floa
 
 
 async def send_async(
-    client: anthropic.AsyncAnthropic, arguments: Mapping[str, Any], *, now: float
+    client: anthropic.AsyncAnthropic, arguments: Arguments, *, now: float
 ) -> Outcome:
     """The awaitable twin of :func:`send`."""
+    request = _pre_encoded(client, arguments)
     try:
-        raw = await client.messages.with_raw_response.create(**arguments)
+        if request is None:
+            raw = await client.messages.with_raw_response.create(**_as_kwargs(arguments))
+        else:
+            raw = await client.post(
+                "/v1/messages", **_post_arguments(client, request, stream=False)
+            )
         message = await raw.parse()
     except Exception as error:
         return _failure(error, now)
     return _success(message, raw.headers, raw.request_id)
+
+
+def _as_kwargs(arguments: Arguments) -> dict[str, Any]:
+    """Keyword arguments for the SDK's own methods (fields it does not model in
+    ``extra_body``, as on the pre-encoded path)."""
+    plain = arguments.arguments() if isinstance(arguments, wire.Request) else arguments
+    return wire.sdk_arguments(plain)
+
+
+def _stream_manager(client: Any, arguments: Arguments) -> Any:
+    """The SDK's ``MessageStreamManager`` (or its async twin) for *arguments*."""
+    request = _pre_encoded(client, arguments)
+    if request is None:
+        return client.messages.stream(**_as_kwargs(arguments))
+    post = _post_arguments(client, request, stream=True)
+    if isinstance(client, anthropic.AsyncAnthropic):
+        return AsyncMessageStreamManager(
+            client.post("/v1/messages", **post, stream_cls=AsyncStream[RawMessageStreamEvent]),
+            output_format=anthropic.NOT_GIVEN,
+        )
+    return MessageStreamManager(
+        functools.partial(
+            client.post, "/v1/messages", **post, stream_cls=Stream[RawMessageStreamEvent]
+        ),
+        output_format=anthropic.NOT_GIVEN,
+    )
 
 
 # Events after which content has begun: from here on, text may reach the caller.
@@ -398,10 +539,10 @@ def _dropped(stream: Any, error: Exception) -> anthropic.APIConnectionError:
 
 
 def open_stream(
-    client: anthropic.Anthropic, arguments: Mapping[str, Any], *, now: float, requested_ttl: str
+    client: anthropic.Anthropic, arguments: Arguments, *, now: float, requested_ttl: str
 ) -> Outcome:
     """Open a stream and read up to its first content event (one retryable attempt)."""
-    manager = client.messages.stream(**arguments)
+    manager = _stream_manager(client, arguments)
     try:
         stream = manager.__enter__()
     except Exception as error:
@@ -427,13 +568,13 @@ def open_stream(
 
 async def open_stream_async(
     client: anthropic.AsyncAnthropic,
-    arguments: Mapping[str, Any],
+    arguments: Arguments,
     *,
     now: float,
     requested_ttl: str,
 ) -> Outcome:
     """The awaitable twin of :func:`open_stream`."""
-    manager = client.messages.stream(**arguments)
+    manager = _stream_manager(client, arguments)
     try:
         stream = await manager.__aenter__()
     except Exception as error:

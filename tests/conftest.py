@@ -10,6 +10,7 @@ from typing import NoReturn
 import anthropic
 import pytest
 
+from convo import wire
 from convo.emulator import RunningEmulator, serve
 
 API_KEY = "sk-ant-test-key"
@@ -17,6 +18,10 @@ API_KEY = "sk-ant-test-key"
 # Anything that falls back to convo's default ledger writes to a throwaway folder, never to
 # the user's data directory.
 os.environ["CONVO_HOME"] = tempfile.mkdtemp(prefix="convo-tests-")
+# Every request a session sends is checked against the body the SDK itself would build
+# (convo.wire's debug check; see docs/wire.md).
+os.environ.setdefault("CONVO_CHECK_WIRE", "1")
+wire.set_check(os.environ["CONVO_CHECK_WIRE"] not in ("", "0"))
 
 
 def service_missing(reason: str) -> NoReturn:

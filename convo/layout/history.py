@@ -9,6 +9,7 @@ from typing import Any
 from convo.errors import LayoutError
 from convo.fingerprint import BlockChain
 from convo.layout.prefix import check_block, check_cache_control
+from convo.wire import WireMessages
 
 __all__ = ["History", "normalise_message"]
 
@@ -88,6 +89,7 @@ class History:
         self._marks: list[tuple[int, str]] = []
         self._markers: dict[int, dict[str, Any]] = {}
         self._last_assistant = -1
+        self._wire = WireMessages()
         self.extend(messages)
 
     def append(self, message: Mapping[str, Any]) -> None:
@@ -102,7 +104,13 @@ class History:
             if "cache_control" in block:
                 self._marks.append((start + i, check_cache_control(block["cache_control"], "")))
                 self._markers[start + i] = block["cache_control"]
-        self._chain.append(stored["role"], stored["content"])
+        try:
+            encoded = self._wire.append(stored)
+        except (TypeError, ValueError) as error:
+            raise LayoutError(
+                f"messages[{len(self._messages)}] cannot be sent as JSON: {error}"
+            ) from error
+        self._chain.append(stored["role"], stored["content"], encoded)
         if stored["role"] == "assistant":
             self._last_assistant = len(self._messages)
         self._messages.append(stored)
@@ -127,6 +135,11 @@ class History:
     def chain(self) -> BlockChain:
         """The hashed, counted blocks (used by :class:`convo.layout.Layout`)."""
         return self._chain
+
+    @property
+    def wire(self) -> WireMessages:
+        """The stored messages as encoded for the wire (used by :class:`convo.layout.Layout`)."""
+        return self._wire
 
     @property
     def stored(self) -> Sequence[dict[str, Any]]:

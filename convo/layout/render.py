@@ -28,6 +28,7 @@ from convo.fingerprint import (
 from convo.layout.history import History
 from convo.layout.prefix import TTL, TTLS, Prefix, freeze, thaw
 from convo.tokens import block_tokens
+from convo.wire import Fragment, encode, mark, marker_bytes
 
 __all__ = [
     "LOOKBACK",
@@ -90,6 +91,12 @@ class RenderedRequest:
     fingerprint: Fingerprint
     breakpoints: tuple[Breakpoint, ...]
     minimum: int
+    #: ``messages``, ``system`` and ``tools`` as sent (:mod:`convo.wire`), joined from the
+    #: bytes each block was encoded to once.
+    encoded: Mapping[str, Fragment] = attrs.field(eq=False, repr=False, factory=dict)
+    #: Indexes of the messages that are not the history's stored dicts (a block gained a
+    #: breakpoint, or the suffix was folded in), in order.
+    replaced: tuple[int, ...] = attrs.field(eq=False, repr=False, default=())
 
     @property
     def model(self) -> str:
@@ -181,6 +188,10 @@ class Layout:
         self._system = [thaw(b) for b in prefix.system]
         self._strip_thinking = strips_thinking(prefix.model, prefix.models)
         self._tools = [thaw(t) for t in prefix.tools]
+        # Each prefix block encoded once; the arrays per set of breakpoints on them.
+        self._tool_wire = [encode(t) for t in self._tools]
+        self._system_wire = [encode(b) for b in self._system]
+        self._head_wire: dict[tuple[tuple[int, str], ...], tuple[bytes, bytes, bytes]] = {}
 
     def _suffix_text(self) -> str:
         value = self.suffix() if callable(self.suffix) else self.suffix
@@ -328,6 +339,15 @@ class Layout:
                     "type": "ephemeral",
                 }
             )
+        encoded, replaced = self._encode(
+            history,
+            marks,
+            tools_end,
+            suffix_end,
+            suffix_block,
+            in_system=in_system,
+            in_message=in_message,
+        )
         caller_markers = {
             i: thaw(b["cache_control"])
             for i, b in enumerate((*prefix.tools, *prefix.system))
@@ -377,7 +397,63 @@ class Layout:
             fingerprint=fingerprint,
             breakpoints=breakpoints,
             minimum=info.min_cacheable_tokens,
+            encoded=encoded,
+            replaced=replaced,
         )
+
+    def _encode(
+        self,
+        history: History,
+        marks: Mapping[int, str],
+        tools_end: int,
+        suffix_end: int,
+        suffix_block: Mapping[str, Any] | None,
+        *,
+        in_system: bool,
+        in_message: bool,
+    ) -> tuple[dict[str, Fragment], tuple[int, ...]]:
+        """``messages``, ``system`` and ``tools`` as bytes, from the blocks' cached bytes:
+        only a block a breakpoint moved onto, and the suffix, are new each turn."""
+        encoded: dict[str, Fragment] = {}
+        head_marks = tuple(sorted((p, t) for p, t in marks.items() if p < suffix_end))
+        head = self._head_wire.get(head_marks)
+        if head is None:
+            tools = [
+                mark(b, marker_bytes(marks[i])) if i in marks else b
+                for i, b in enumerate(self._tool_wire)
+            ]
+            system = [
+                mark(b, marker_bytes(marks[i + tools_end])) if i + tools_end in marks else b
+                for i, b in enumerate(self._system_wire)
+            ]
+            items = b",".join(system)
+            head = self._head_wire[head_marks] = (
+                b"[" + b",".join(tools) + b"]",
+                items,
+                b"[" + items + b"]",
+            )
+        if self._tool_wire:
+            encoded["tools"] = head[0]
+        if in_system:
+            suffix = encode(suffix_block)
+            encoded["system"] = (
+                b"".join((b"[", head[1], b",", suffix, b"]")) if head[1] else b"[" + suffix + b"]"
+            )
+        elif head[1]:
+            encoded["system"] = head[2]
+        wire, starts = history.wire, history.chain.starts
+        block_marks: dict[int, dict[int, bytes]] = {}
+        for position, ttl in marks.items():
+            if position >= suffix_end:
+                relative = position - suffix_end
+                index = _message_of(starts, relative)
+                block_marks.setdefault(index, {})[relative - starts[index]] = marker_bytes(ttl)
+        replaced = {i: wire.message(i, m) for i, m in block_marks.items()}
+        last = len(wire) - 1
+        if in_message:
+            replaced[last] = wire.message(last, block_marks.get(last), encode(suffix_block))
+        encoded["messages"] = wire.array(len(wire), replaced)
+        return encoded, tuple(sorted(replaced))
 
     def _plan(
         self,

@@ -156,6 +156,8 @@ class SessionCore:
         self._prefix_known_until = float("-inf")
         self._info = models.lookup(prefix.model, prefix.models)
         self._checker = RequestChecker(models=prefix.models)
+        # (the history last checked, how many of its leading messages that request shared)
+        self._checked: tuple[History | None, int] = (None, 0)
 
     def _use_prefix(self, prefix: Prefix, workspace: str) -> None:
         """(Re)build the layouts for *prefix* (at start, and when the adaptive TTL switches)."""
@@ -223,7 +225,17 @@ class SessionCore:
             )
             # The API's own limits (body size, context window, max_tokens, block types,
             # images, sampling and thinking rules), checked before anything is spent.
-            self._checker.check(rendered.body, input_tokens=rendered.fingerprint.total_tokens)
+            # Messages before the first one the layout replaced (a new breakpoint, a folded
+            # suffix), in this request and the last one checked, are the same stored dicts:
+            # the checker need not look at them again (keeps the check flat in history).
+            first = rendered.replaced[0] if rendered.replaced else len(self.history)
+            checked = self._checked
+            unchanged = min(checked[1], first) if checked[0] is self.history else None
+            self._checked = (None, 0)
+            self._checker.check(
+                rendered.body, input_tokens=rendered.fingerprint.total_tokens, unchanged=unchanged
+            )
+            self._checked = (self.history, first)
             return self._plan(rendered, turn=self.turns + 1, user_appended=True)
         except BaseException:
             self.rollback()

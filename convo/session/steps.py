@@ -240,7 +240,7 @@ class Sleep(Step):
 class Send(Step):
     """One plain attempt; the result is an :class:`convo.sdk.Outcome`."""
 
-    arguments: Mapping[str, Any]
+    arguments: sdk.Arguments
     now: float
 
     def run(self, io: IO) -> sdk.Outcome:
@@ -254,7 +254,7 @@ class Send(Step):
 class OpenStream(Step):
     """One streaming attempt, up to its first content; an :class:`convo.sdk.Outcome`."""
 
-    arguments: Mapping[str, Any]
+    arguments: sdk.Arguments
     now: float
     requested_ttl: str
 

@@ -16,6 +16,7 @@ from convo.sdk import Outcome
 from convo.tracker import Prediction
 from convo.usage import Usage
 from convo.warm import Flight, WarmKey
+from convo.wire import Request
 
 __all__ = ["KeepAlive", "Pending", "user_message"]
 
@@ -97,11 +98,12 @@ class Pending:
         return self.rendered.body
 
     @property
-    def call_arguments(self) -> dict[str, Any]:
-        """The SDK call's keyword arguments: the body, plus the beta header diagnostics needs."""
-        if "diagnostics" in self.rendered.body:
-            return {**self.rendered.body, "extra_headers": {"anthropic-beta": DIAGNOSTICS_BETA}}
-        return self.rendered.body
+    def call_arguments(self) -> Request:
+        """The request to send: the body (with its fields already encoded, see
+        :mod:`convo.wire`), plus the beta header diagnostics needs."""
+        rendered = self.rendered
+        headers = {"anthropic-beta": DIAGNOSTICS_BETA} if "diagnostics" in rendered.body else {}
+        return Request(rendered.body, rendered.encoded, headers)
 
     @property
     def max_tokens(self) -> int:
