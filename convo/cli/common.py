@@ -1,0 +1,30 @@
+"""Small pieces the subcommands share: where their own ledgers live, and how figures print."""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+
+import platformdirs
+
+__all__ = ["data_path", "mmss", "usd"]
+
+
+def data_path(name: str) -> Path:
+    """A file in convo's data directory (``$CONVO_HOME``, else the user data directory),
+    next to the default ledger."""
+    return Path(os.environ.get("CONVO_HOME") or platformdirs.user_data_dir("convo")) / name
+
+
+def usd(value: Decimal | None, places: int = 5) -> str:
+    """A cost as ``$0.00123``; ``unpriced`` for a model with no known price (never ``$0``)."""
+    return "unpriced" if value is None else f"${value:,.{places}f}"
+
+
+def mmss(seconds: float) -> str:
+    """Seconds as ``m:ss`` (``h:mm:ss`` past an hour), for TTL countdowns."""
+    whole = max(0, int(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
