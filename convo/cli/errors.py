@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-__all__ = ["ConvoGroup", "one_line"]
+__all__ = ["ConvoGroup", "debugging", "one_line"]
 
 _LIMIT = 300  # characters: a message longer than this is cut (a wall of text is no help)
 
@@ -91,12 +91,17 @@ class ConvoGroup(click.Group):
         except Exception as error:
             if _debug(ctx):
                 raise
-            click.echo(f"error: {one_line(error)}", err=True)
+            click.echo(f"Error: {one_line(error)}", err=True)
             ctx.exit(1)
 
 
 def _debug(ctx: click.Context) -> bool:
-    return bool((ctx.obj or {}).get("debug")) or os.environ.get("CONVO_DEBUG", "") not in (
-        "",
-        "0",
-    )
+    return bool((ctx.find_root().obj or {}).get("debug")) or os.environ.get(
+        "CONVO_DEBUG", ""
+    ) not in ("", "0")
+
+
+def debugging() -> bool:
+    """Whether ``convo --debug`` (or ``CONVO_DEBUG=1``) asked for tracebacks."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and _debug(ctx)

@@ -23,6 +23,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from convo.cli.errors import debugging
 from convo.cli.tables import Column, print_fitted
 from convo.errors import LedgerError
 from convo.ledger import Ledger, Totals
@@ -401,9 +402,14 @@ def _plot(ledger: Ledger, path: str, filters: dict[str, Any]) -> None:
     if x:
         hit_ax.set_xlim(min(x) - step, max(x) + 2 * step)
         hit_ax.legend(loc="lower right")
-    fmt = "%H:%M\n%b %d" if unit == "hour" else "%b %d"
-    hit_ax.xaxis.set_major_formatter(mdates.DateFormatter(fmt))  # type: ignore[no-untyped-call]
-    fig.autofmt_xdate()
+    if unit == "hour":
+        hit_ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))  # type: ignore[no-untyped-call]
+        days = sorted({s.strftime("%Y-%m-%d") for s in x})
+        hit_ax.set_xlabel("hour (UTC) on " + " and ".join(days) if days else "hour (UTC)")
+    else:
+        hit_ax.xaxis.set_major_formatter(mdates.DateFormatter("%b %d"))  # type: ignore[no-untyped-call]
+        hit_ax.set_xlabel("day (UTC)")
+        fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -491,6 +497,8 @@ def report(
             if plot:
                 _plot(ledger, plot, filters)
     except (LedgerError, ValueError) as error:
+        if debugging():
+            raise
         # A report reads: a bad URL or an unreachable database is a message, not a traceback
         # (the ledger's errors already carry the location with any password masked).
         raise click.ClickException(str(error)) from error
@@ -500,6 +508,9 @@ def report(
         click.echo(_render_csv(data), nl=False)
     elif fmt == "md":
         click.echo(_render_md(data, by), nl=False)
+    elif hint and not data["summary"]["requests"]:
+        click.echo(f"no rows match: {hint}", err=True)
+        hint = None
     else:
         console = Console()
         if not console.is_terminal and "COLUMNS" not in os.environ:

@@ -14,8 +14,9 @@ import attrs
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-__all__ = ["Column", "fitted"]
+__all__ = ["Column", "fitted", "print_fitted"]
 
 
 @attrs.frozen
@@ -37,8 +38,12 @@ class Column:
     min_width: int = 12
 
 
+def _cells(text: str) -> int:
+    return Text.from_markup(text).cell_len
+
+
 def _natural(column: Column, rows: Sequence[Mapping[str, str]]) -> int:
-    widest = max([len(column.heading), *(len(r[column.key]) for r in rows)])
+    widest = max([_cells(column.heading), *(_cells(r[column.key]) for r in rows)])
     return min(widest, column.min_width) if column.text else widest
 
 
@@ -53,7 +58,8 @@ def fitted(
     kept = list(columns)
     dropped: list[Column] = []
     while True:
-        need = sum(_natural(c, rows) + 2 for c in kept)
+        # Each column: its cells, a space of padding either side, a (blank) rule between.
+        need = sum(_natural(c, rows) + 2 for c in kept) + len(kept) - 1
         droppable = [c for c in kept if c.drop]
         if need <= width or not droppable:
             break
@@ -66,7 +72,7 @@ def fitted(
             c.heading,
             justify="left" if c.text else "right",
             no_wrap=not c.text,
-            overflow="fold" if c.text else "ignore",
+            overflow="fold",
         )
     for r in rows:
         table.add_row(*(r[c.key] for c in kept))
@@ -80,6 +86,7 @@ def print_fitted(
     *,
     title: str | None = None,
     legend: str = "",
+    elsewhere: str = "--format csv or json has every column",
 ) -> None:
     """Print a fitted table, then its legend and which columns did not fit (if any)."""
     table, dropped = fitted(columns, rows, width=console.width, title=title)
@@ -89,7 +96,7 @@ def print_fitted(
         notes.append(
             "not shown at this width: "
             + ", ".join(c.heading for c in dropped)
-            + " (--format csv or json has every column)"
+            + (f" ({elsewhere})" if elsewhere else "")
         )
     for note in notes:
         console.print(f"[dim]{note}[/]", highlight=False)
