@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -83,6 +84,42 @@ def _backend(use_emulator: bool, config_path: Path | None) -> Iterator[tuple[Any
         yield client, emu.emulator.clock.now
 
 
+class _Wrap:
+    """Word-wrap streamed text to the terminal's width as it arrives (a word is held back
+    until it ends, so it is never split across lines)."""
+
+    def __init__(self, width: int) -> None:
+        self.width = max(20, width)
+        self.column = 0
+        self.word = ""
+
+    def _word(self) -> str:
+        word, self.word = self.word, ""
+        if not word:
+            return ""
+        if self.column and self.column + 1 + len(word) > self.width:
+            self.column = len(word)
+            return "\n" + word
+        sep = " " if self.column else ""
+        self.column += len(sep) + len(word)
+        return sep + word
+
+    def feed(self, text: str) -> str:
+        out = []
+        for char in text:
+            if char == "\n":
+                out.append(self._word() + "\n")
+                self.column = 0
+            elif char == " ":
+                out.append(self._word())
+            else:
+                self.word += char
+        return "".join(out)
+
+    def end(self) -> str:
+        return self._word()
+
+
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
@@ -101,6 +138,7 @@ class _Chat:
         self.clock = clock
         self.max_tokens = max_tokens
         self.stats = Stats()  # across /system switches, which start a new Session
+        self.stopped: list[Any] = []  # the billed usage of replies stopped mid-stream
         self.tty = sys.stdin.isatty()
 
     # -- what the person sees -------------------------------------------------------------
@@ -114,16 +152,39 @@ class _Chat:
         return mmss(left) if left > 0 else "expired"
 
     def status(self, reply: Any) -> str:
+        """The line after a reply, broken between its parts (never inside one) to fit."""
         cache, usage = reply.cache, reply.usage
         p = cache.predicted
         colour = "green" if reply.reason == "hit" else "yellow"
         reason = reply.reason + (f" ({cache.detail})" if cache.detail else "")
-        off = "" if cache.exact else "  [red]prediction off[/]"
-        return (
-            f"[{colour}]{reason}[/] [dim]| read {p.cache_read:,}/{usage.cache_read:,} "
-            f"write {p.cache_write:,}/{usage.cache_write:,} | in {usage.input:,} "
-            f"out {usage.output:,} | {usd(reply.cost.usd)} | TTL {self.ttl_left()}[/]{off}"
-        )
+        parts = [
+            (f"[{colour}]{escape(reason)}[/]", reason),
+            *(
+                (f"[dim]{text}[/]", text)
+                for text in (
+                    f"read {p.cache_read:,}/{usage.cache_read:,}",
+                    f"write {p.cache_write:,}/{usage.cache_write:,}",
+                    f"in {usage.input:,}",
+                    f"out {usage.output:,}",
+                    usd(reply.cost.usd),
+                    f"TTL {self.ttl_left()}",
+                )
+            ),
+        ]
+        if not cache.exact:
+            parts.append(("[red]prediction off[/]", "prediction off"))
+        lines: list[str] = []
+        width = 0
+        for markup, plain in parts:
+            if lines and width + 2 + len(plain) > self.console.width:
+                lines.append("\n")
+                width = 0
+            elif lines:
+                lines.append("  ")
+                width += 2
+            lines.append(markup)
+            width += len(plain)
+        return "".join(lines)
 
     def say(self, text: str) -> None:
         self.console.print(text, highlight=False)
@@ -165,15 +226,17 @@ class _Chat:
         import convo
 
         out = sys.stdout
+        wrap = _Wrap(self.console.width if self.tty else 10**9)
         try:
             with self.session.stream(text) as stream:
                 for piece in stream.text_stream:
-                    out.write(piece)
+                    out.write(wrap.feed(piece))
                     out.flush()
-            out.write("\n")
+            out.write(wrap.end() + "\n")
             out.flush()
         except convo.StreamInterrupted as cut:
-            out.write("\n")
+            out.write(wrap.end() + "\n")
+            self.stopped.append(cut.usage or convo.Usage.zero())
             self.say(
                 f"[yellow]stopped after {len(cut.partial_text):,} characters[/] [dim]"
                 "(billed usage recorded; this turn is left out of the history)[/]"
@@ -276,12 +339,16 @@ class _Chat:
         path = Path(argument).expanduser()
         try:
             text = path.read_text(encoding="utf-8")
-            prefix = convo.Prefix(
-                model=self.session.prefix.model, system=[text], ttl=self.session.prefix.ttl
-            )
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", convo.PrefixTooShortWarning)
+                prefix = convo.Prefix(
+                    model=self.session.prefix.model, system=[text], ttl=self.session.prefix.ttl
+                )
         except (OSError, UnicodeDecodeError, ValueError, TypeError) as error:
             self.say(f"[red]cannot use {escape(str(path))}:[/] {escape(one_line(error))}")
             return
+        for warning in caught:
+            self.say(f"[dim]note: {escape(str(warning.message))}[/]")
         probe = [*self.session.history, {"role": "user", "content": "(next message)"}]
         tracker = self.session.tracker
         before = tracker.predict(Layout(self.session.prefix).render(probe))
@@ -324,14 +391,21 @@ class _Chat:
         self.say("system prompt replaced; the next turn pays the write above")
 
     def summary(self) -> None:
+        from convo.pricing import price
+
         s = self.stats
-        if not s.requests:
+        if not s.requests and not self.stopped:
             self.say(f"[dim]nothing sent; ledger {self.ledger.where}[/]")
             return
+        total = s.cost_usd
+        for usage in self.stopped:  # billed too, so counted in the cost
+            cost = price(usage, self.session.prefix.model).usd
+            total = None if total is None or cost is None else total + cost
+        stopped = f" ({len(self.stopped)} stopped)" if self.stopped else ""
         rate = "-" if s.token_hit_rate is None else f"{s.token_hit_rate:.0%}"
         self.say(
-            f"[dim]{s.requests} requests, token hit rate {rate}, {usd(s.cost_usd)} "
-            f"(saved {usd(s.saved_usd)}); ledger {self.ledger.where}[/]"
+            f"[dim]{s.requests + len(self.stopped)} requests{stopped}, token hit rate {rate}, "
+            f"{usd(total)} (saved {usd(s.saved_usd)}); ledger {self.ledger.where}[/]"
         )
 
 
@@ -378,8 +452,6 @@ def chat(
     Type a message and press Enter. /help lists the commands; Ctrl-C stops a reply,
     Ctrl-D or /quit ends the chat.
     """
-    import warnings
-
     import convo
 
     console = Console(stderr=True)

@@ -23,7 +23,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from convo.cli.errors import debugging
+from convo.cli.errors import debugging, one_line
 from convo.cli.tables import Column, print_fitted
 from convo.errors import LedgerError
 from convo.ledger import Ledger, Totals
@@ -311,20 +311,20 @@ def _render_md(data: dict[str, Any], by: str) -> str:
 
 
 def _render_csv(data: dict[str, Any]) -> str:
-    """One CSV: a ``table`` column says ``group``, ``summary`` or ``bust``; a bust row's
-    ``key`` is its reason and ``cache_write`` its writes (both kinds)."""
+    """One CSV: the last column, ``table``, says ``group``, ``summary`` or ``bust``; a bust
+    row's ``key`` is its reason and ``cache_write`` its writes (both kinds)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     keys = [k for k, _ in _COLUMNS]
-    writer.writerow(["table", *keys, "cache_write"])
+    writer.writerow([*keys, "cache_write", "table"])
     for table, row in [("group", r) for r in data["groups"]] + [("summary", data["summary"])]:
         cells = ["" if row[k] is None else _plain(row[k]) for k in keys]
-        writer.writerow([table, *cells, _write(row)])
+        writer.writerow([*cells, _write(row), table])
     for b in data["busts"]:
         bust = {"key": b["reason"], "requests": b["requests"], "input": b["input"]}
         bust["cost_usd"] = b["cost_usd"]
         cells = ["" if bust.get(k) is None else _plain(bust[k]) for k in keys]
-        writer.writerow(["bust", *cells, b["cache_write"]])
+        writer.writerow([*cells, b["cache_write"], "bust"])
     return out.getvalue()
 
 
@@ -501,7 +501,7 @@ def report(
             raise
         # A report reads: a bad URL or an unreachable database is a message, not a traceback
         # (the ledger's errors already carry the location with any password masked).
-        raise click.ClickException(str(error)) from error
+        raise click.ClickException(one_line(error)) from error
     if fmt == "json":
         click.echo(json.dumps(_plain(data), indent=2))
     elif fmt == "csv":
