@@ -45,13 +45,14 @@ _EMULATOR_CONFIG: dict[str, Any] = {
 
 HELP = """\
 /help         this list
-/stats        what this chat has used: turns, hit rates, tokens by kind, cost
-/warm         write the system prompt to the cache now (if it is cold or expiring)
-/report       the ledger's summary for this chat (all of it: `convo report`)
-/system FILE  use FILE as the system prompt; shows the cache bust first, then asks
+/stats        what this chat has used: requests, hit rates, tokens, cost
+/warm         write the system prompt to the cache now, if cold or expiring
+/report       this chat's summary from the ledger (everything: convo report)
+/system FILE  use FILE as the system prompt: shows the bust, then asks
 /quit         end the chat (so does Ctrl-D); Ctrl-C stops a reply mid-stream
-After each reply: reason | read and write as predicted/observed tokens | in =
-uncached input | out = output | cost | how long the cached prompt lives (TTL)."""
+After each reply: the cache reason; read and write, as predicted/observed
+tokens; in (uncached input); out (output); cost; TTL (how long the cached
+prompt lives)."""
 
 
 def _has_key() -> bool:
@@ -409,7 +410,7 @@ class _Chat:
         )
 
 
-@click.command()
+@click.command(short_help="Chat with Claude (or the emulator); see each turn's cache use.")
 @click.option("--model", default="claude-sonnet-4-6", show_default=True)
 @click.option(
     "--system",

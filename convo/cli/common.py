@@ -7,8 +7,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import platformdirs
+from rich.console import Console
 
-__all__ = ["data_path", "mmss", "usd"]
+__all__ = ["data_path", "mmss", "output_console", "usd"]
 
 
 def data_path(name: str) -> Path:
@@ -28,3 +29,16 @@ def mmss(seconds: float) -> str:
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def output_console(piped_width: int = 160) -> Console:
+    """A console for a command's output: the terminal's width on a terminal; piped into
+    ``less`` or ``tail`` on a terminal (stderr still is one), that terminal's width; with no
+    terminal at all (a file, a CI log), *piped_width* unless ``COLUMNS`` says otherwise."""
+    console = Console()
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    try:
+        return Console(width=os.get_terminal_size(2).columns)
+    except OSError:
+        return Console(width=piped_width)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import sys
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -23,7 +22,7 @@ import attrs
 import click
 from rich.console import Console
 
-from convo.cli.common import data_path
+from convo.cli.common import data_path, output_console
 from convo.cli.tables import Column, print_fitted
 from convo.ledger import Ledger, LedgerRow
 
@@ -69,7 +68,7 @@ class _RealTimeLedger(Ledger):
         super().append(attrs.evolve(row, time=shifted))
 
 
-@click.command()
+@click.command(short_help="Run convo's main job on the embedded emulator.")
 @click.option("--turns", default=len(_QUESTIONS), show_default=True, type=click.IntRange(1, 20))
 @click.option(
     "--burst",
@@ -92,8 +91,7 @@ def demo(turns: int, burst: int, ledger_url: str | None) -> None:
     import convo
     from convo.emulator import serve
 
-    # Wide enough for the table when the output is not a terminal (a pipe, a CI log).
-    console = Console() if sys.stdout.isatty() else Console(width=100)
+    console = output_console(piped_width=100)
     if ledger_url:
         ledger = _RealTimeLedger.open(ledger_url)
     else:

@@ -10,7 +10,7 @@ import click
 __all__ = ["emulator"]
 
 
-@click.group()
+@click.group(short_help="Serve the Messages API emulator for offline tests.")
 def emulator() -> None:
     """The Messages API emulator (for offline tests of cache behaviour, retries, limits)."""
 

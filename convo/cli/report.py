@@ -12,7 +12,6 @@ import csv
 import datetime as dt
 import io
 import json
-import os
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +22,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from convo.cli.common import output_console
 from convo.cli.errors import debugging, one_line
 from convo.cli.tables import Column, print_fitted
 from convo.errors import LedgerError
@@ -60,7 +60,7 @@ _COLUMNS = [
 #: The breakdown columns in a terminal table, short headings first to go when it is too
 #: narrow; json, csv and md carry every column of _COLUMNS.
 _TABLE_COLUMNS = [
-    Column("key", "group", text=True, min_width=18),
+    Column("key", "group", text=True, min_width=20),  # a session id whole
     Column("requests", "req"),
     Column("input", "in", drop=3),
     Column("cache_read", "read"),
@@ -430,7 +430,7 @@ def _no_match_hint(ledger: Ledger, filters: dict[str, Any]) -> str | None:
     return "no rows in that time range; try a wider --since/--until"
 
 
-@click.command()
+@click.command(short_help="Tokens, hit rates, cost and rate-limit weight from a ledger.")
 @click.option(
     "--ledger",
     "url",
@@ -512,10 +512,7 @@ def report(
         click.echo(f"no rows match: {hint}", err=True)
         hint = None
     else:
-        console = Console()
-        if not console.is_terminal and "COLUMNS" not in os.environ:
-            # Piped output has no width to fit: every column, unless COLUMNS says otherwise.
-            console = Console(width=160)
+        console = output_console()
         _render_table(data, console, by)
     if hint:
         click.echo(f"hint: {hint}", err=True)
