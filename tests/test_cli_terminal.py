@@ -223,8 +223,15 @@ class TestErrors:
         assert f"could not reach the API at http://127.0.0.1:{port}" in line
         assert "--emulator" in line
 
-    @pytest.mark.parametrize("command", ["demo", "chat", "report"])
-    @pytest.mark.parametrize("kind", ["corrupt", "directory"])
+    @pytest.mark.parametrize(
+        ("command", "kind"),
+        [
+            ("demo", "corrupt"),
+            ("chat", "directory"),
+            ("report", "corrupt"),
+            ("report", "directory"),
+        ],
+    )
     def test_bad_ledger(self, home: Path, command: str, kind: str) -> None:
         """A ledger that is not a database, or is a directory, is one line naming it."""
         target = home / "bad.sqlite3"
