@@ -27,7 +27,9 @@ from convo.cli.errors import one_line
 
 __all__ = ["chat"]
 
-#: Long enough to pass every current model's cache minimum, so turn 2 reads the cache.
+#: About 1,340 tokens: past the 1,024-token cache minimum of the Sonnet models (the
+#: default) and most Opus ones, so turn 2 reads the cache. Models whose minimum is 2,048
+#: or 4,096 (Haiku 4.5, some Opus) say so at start; give them a longer --system FILE.
 DEFAULT_SYSTEM = resources.files("convo.cli").joinpath("default_system.txt").read_text("utf-8")
 
 # The embedded emulator streams at a visible pace (about 50 tokens a second) rather than
@@ -471,6 +473,8 @@ def chat(
         raise click.BadParameter(str(error), param_hint="--model/--system") from error
     for warning in caught:  # said once, plainly, rather than as a Python warning
         console.print(f"[dim]note: {escape(str(warning.message))}[/]")
+        if not system_file:
+            console.print("[dim]note: --system FILE with a longer prompt lets it cache[/]")
     if ledger_url:
         ledger = convo.Ledger.open(ledger_url)
     elif use_emulator:
