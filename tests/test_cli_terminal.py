@@ -244,6 +244,14 @@ class TestErrors:
         assert "bad.sqlite3" in line
         assert "--ledger" in line
 
+    def test_a_bad_option_value(self, home: Path) -> None:
+        """A usage error is one line too, naming the option and where help is."""
+        status, text = run(home, "report", "--since", "yesterday")
+        line = _one_line_error(status, text)
+        assert "Invalid value for --since: 'yesterday'" in line
+        assert "30m, 24h, 7d" in line
+        assert "convo report -h lists the options" in line  # python -m convo here
+
     def test_debug_shows_the_traceback(self, home: Path) -> None:
         """convo --debug lets the traceback through."""
         target = home / "bad.sqlite3"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from typing import Any
 
 import click
@@ -76,6 +77,25 @@ def one_line(error: BaseException) -> str:
 
 class ConvoGroup(click.Group):
     """A click group whose subcommands fail in one line unless ``--debug`` is on."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Run the command line; a usage error is one line too (click prints the usage,
+        a hint and the error on four), naming the ``-h`` that shows the options."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[call-overload]
+        try:
+            status = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[call-overload]
+        except click.UsageError as error:
+            where = error.ctx.command_path if error.ctx else "convo"
+            click.echo(f"Error: {error.format_message()} ({where} -h lists the options)", err=True)
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the subcommand; turn an unexpected exception into one line and exit 1."""

@@ -98,6 +98,16 @@ def parse_since(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
+def _when(text: str | None, option: str) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        return parse_since(text)
+    except click.BadParameter as error:
+        error.param_hint = option  # so the message names the option
+        raise
+
+
 def _group_row(t: Totals, *, summary: bool = False) -> dict[str, Any]:
     # The summary row is "(all)"; a group whose key is missing (rows without a session or
     # prefix) is None, shown as "(none)", so the two never look alike.
@@ -484,8 +494,8 @@ def report(
     if plot:
         _pyplot()  # fail before reading anything when the extra is missing
     filters: dict[str, Any] = {
-        "since": parse_since(since) if since else None,
-        "until": parse_since(until) if until else None,
+        "since": _when(since, "--since"),
+        "until": _when(until, "--until"),
         "model": model,
         "session": session,
     }
