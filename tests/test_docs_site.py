@@ -79,6 +79,14 @@ class TestCodeBlocks:
         ]
         assert unmarked == []
 
+    @pytest.mark.parametrize("page", pages(), ids=lambda p: p.name)
+    def test_python_is_tagged(self, page: Path) -> None:
+        """A block with no language is output, a diagram or a formula, never Python code
+        dodging the rule above (it would assign with '=' and call a dotted name)."""
+        untagged = re.findall(r"```\n(.*?)```", page.read_text(encoding="utf-8"), re.DOTALL)
+        python_like = re.compile(r"^\w+ = [\w.]+\(", re.MULTILINE)
+        assert [b.splitlines()[0] for b in untagged if python_like.search(b)] == []
+
     def test_quick_start_runs(self, tmp_path: Path) -> None:
         """The quick start on the home page runs as pasted: turn 1 cold, turn 2 a hit."""
         blocks = PYTHON_BLOCK.findall((DOCS / "index.md").read_text(encoding="utf-8"))
