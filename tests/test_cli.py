@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from decimal import Decimal
 from pathlib import Path
 
 import anthropic
@@ -13,6 +14,7 @@ from rich.console import Console
 
 from convo.cli import main
 from convo.cli.chat import _Wrap
+from convo.cli.common import mmss, usd
 from convo.cli.report import _series
 from convo.cli.tables import Column, fitted
 from convo.emulator import serve_process
@@ -89,6 +91,20 @@ class TestChat:
         assert re.search(r"hit\s+read ([\d,]+)/\1\s+write", result.output)
         assert "token hit rate (read / all input)" in result.output
         assert "2 requests, token hit rate" in " ".join(result.output.split())
+
+
+class TestFigures:
+    """How figures print."""
+
+    def test_money(self) -> None:
+        """Costs keep five places, a negative saving puts its sign first, unknown is said."""
+        assert usd(Decimal("0.0012345")) == "$0.00123"
+        assert usd(Decimal("-0.001")) == "-$0.00100"
+        assert usd(None) == "unpriced"
+
+    def test_countdown(self) -> None:
+        """TTLs print as m:ss, past an hour as h:mm:ss, never negative."""
+        assert [mmss(s) for s in (299.7, 3600, -5)] == ["4:59", "1:00:00", "0:00"]
 
 
 class TestWrap:

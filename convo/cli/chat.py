@@ -247,7 +247,7 @@ class _Chat:
             return
         except KeyboardInterrupt:
             out.write("\n")
-            self.say("[yellow]cancelled before the reply began[/]")
+            self.say("[yellow]cancelled before the reply began[/] [dim](not in the history)[/]")
             return
         except (anthropic.AuthenticationError, anthropic.PermissionDeniedError):
             raise

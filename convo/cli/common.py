@@ -20,7 +20,10 @@ def data_path(name: str) -> Path:
 
 def usd(value: Decimal | None, places: int = 5) -> str:
     """A cost as ``$0.00123``; ``unpriced`` for a model with no known price (never ``$0``)."""
-    return "unpriced" if value is None else f"${value:,.{places}f}"
+    if value is None:
+        return "unpriced"
+    sign = "-" if value < 0 else ""  # a saving can be negative: -$0.00100, not $-0.00100
+    return f"{sign}${abs(value):,.{places}f}"
 
 
 def mmss(seconds: float) -> str:
