@@ -138,6 +138,11 @@ class TestChat:
         new_prompt.write_text("You answer questions about gardening. " * 200)
         chat.sendline(f"/system {new_prompt}")
         chat.expect(r"apply it\? \[y/N\]: ")
+        chat.sendintr()  # Ctrl-C at the question is a no
+        chat.expect("kept the current system prompt")
+        chat.expect(PROMPT)
+        chat.sendline(f"/system {new_prompt}")
+        chat.expect(r"apply it\? \[y/N\]: ")
         shown = ANSI.sub("", chat.before)
         assert "busts the cache: system_changed" in shown
         assert re.search(r"predicted: read 0, write [\d,]+, in \d+", " ".join(shown.split()))

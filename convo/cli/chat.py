@@ -375,7 +375,12 @@ class _Chat:
             f"(unchanged: read {before.cache_read:,}, write {before.cache_write:,}: "
             f"{cost(before)})"
         )
-        if not click.confirm("apply it?", default=False):
+        try:
+            apply = click.confirm("apply it?", default=False)
+        except click.Abort:  # Ctrl-C or Ctrl-D at the question: a no, and the chat goes on
+            click.echo()
+            apply = False
+        if not apply:
             self.say("kept the current system prompt")
             return
         old = self.session
