@@ -57,7 +57,11 @@ def serve(
     if seed is not None:
         config = attrs.evolve(config, seed=seed)
     _check_free(host, port)  # before saying where it listens: a busy port is one line
-    click.echo(f"convo emulator on http://{host}:{port} (time scale {config.time_scale})", err=True)
+    scale = f"(time scale {config.time_scale})"
+    if port:
+        click.echo(f"convo emulator on http://{host}:{port} {scale}", err=True)
+    else:
+        click.echo(f"convo emulator on a free port of {host} {scale}; the log names it", err=True)
     run(config, host=host, port=port, log_level=log_level)
 
 
