@@ -73,10 +73,17 @@ _TABLE_COLUMNS = [
     Column("request_hit_rate", "req hit", drop=6),
     Column("rate_limit_tokens", "ITPM", drop=7),
 ]
-_LEGEND = (
-    "req: requests; in: uncached input; read/write: cache tokens; out: output; "
-    "hit: token hit rate (read / all input); ITPM: rate-limit weight (in + write)"
-)
+_LEGEND = {
+    "req": "requests",
+    "in": "uncached input",
+    "read": "cache reads",
+    "write": "cache writes",
+    "out": "output",
+    "hit": "token hit rate (read / all input)",
+    "err": "failed or cancelled",
+    "req hit": "share of requests that read the cache",
+    "ITPM": "rate-limit weight (in + write)",
+}
 
 
 def parse_since(text: str, *, now: dt.datetime | None = None) -> dt.datetime:

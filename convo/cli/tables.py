@@ -85,12 +85,18 @@ def print_fitted(
     rows: Sequence[Mapping[str, str]],
     *,
     title: str | None = None,
-    legend: str = "",
+    legend: str | Mapping[str, str] = "",
     elsewhere: str = "--format csv or json has every column",
 ) -> None:
-    """Print a fitted table, then its legend and which columns did not fit (if any)."""
+    """Print a fitted table, then its legend and which columns did not fit (if any).
+
+    A legend given as ``{heading: meaning}`` explains only the columns shown.
+    """
     table, dropped = fitted(columns, rows, width=console.width, title=title)
     console.print(table)
+    if isinstance(legend, Mapping):
+        gone = {c.heading for c in dropped}
+        legend = "; ".join(f"{h}: {m}" for h, m in legend.items() if h not in gone)
     notes = [legend] if legend else []
     if dropped:
         notes.append(
