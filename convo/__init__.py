@@ -3,6 +3,8 @@
 This module only re-exports the public names; each lives in the module named beside it.
 """
 
+import logging as _logging
+
 from convo import emulator, models, tokens
 from convo.budget import Budget, BudgetWarning, Spend
 from convo.errors import (
@@ -70,3 +72,7 @@ __all__ = [
 ]
 
 __version__ = "0.1.0.dev0"
+
+# A library's logger stays silent until the application configures logging (the standard
+# practice): without this, Python's last-resort handler would print convo's warnings.
+_logging.getLogger("convo").addHandler(_logging.NullHandler())

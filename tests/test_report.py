@@ -81,11 +81,15 @@ class TestFormats:
             assert text in out
 
     def test_csv(self, ledger_path: str) -> None:
-        """CSV has a header, one row per group and an (all) row."""
-        rows = list(csv.DictReader(io.StringIO(_run("--ledger", ledger_path, "--format", "csv"))))
+        """CSV has a header, one row per group, an (all) row, then the busts."""
+        every = list(csv.DictReader(io.StringIO(_run("--ledger", ledger_path, "--format", "csv"))))
+        rows = [r for r in every if r["table"] != "bust"]
         assert [r["key"] for r in rows] == ["claude-haiku-4-5", "claude-sonnet-4-6", "(all)"]
-        assert rows[-1]["key"] == "(all)"
+        assert rows[-1]["table"] == "summary"
         assert sum(int(r["requests"]) for r in rows[:-1]) == int(rows[-1]["requests"]) == 40
+        busts = {r["key"]: r for r in every if r["table"] == "bust"}
+        assert set(busts) == {"cold", "expired"}
+        assert all(int(b["cache_write"]) > 0 and b["cost_usd"] for b in busts.values())
 
     def test_markdown(self, ledger_path: str) -> None:
         """Markdown output has the three sections as pipe tables."""

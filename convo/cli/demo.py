@@ -5,19 +5,26 @@ predicted before the call and observed after it, the reason, the cost, and the p
 state; an idle gap longer than the 5-minute TTL shows an ``expired`` miss. Part two is a
 burst of concurrent :class:`convo.AsyncSession` on a cold prefix: single flight makes one
 request write it and the rest read. Everything goes through the real ``anthropic`` SDK on
-loopback; every attempt lands in the ledger (``convo report`` reads it afterwards).
+loopback; every attempt lands in the demo's own ledger (``demo.sqlite3`` in convo's data
+directory, replaced on each run and never the user's ledger), with the real time of each
+request: the idle gaps pass on the emulator's virtual clock, not in the ledger.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
+import datetime as dt
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import click
 from rich.console import Console
-from rich.table import Table
+
+from convo.cli.common import data_path, output_console
+from convo.cli.tables import Column, print_fitted
+from convo.ledger import Ledger, LedgerRow
 
 __all__ = ["demo"]
 
@@ -45,7 +52,23 @@ def _usd(value: Decimal | None) -> str:
     return "unpriced" if value is None else f"${value:.5f}"
 
 
-@click.command()
+class _RealTimeLedger(Ledger):
+    """A ledger that stores each row at the real time of its request.
+
+    The demo's sessions run on the emulator's clock, which jumps ahead over the idle gaps;
+    rows stamped with it would sit minutes in the future. ``skew()`` is how far the
+    emulator's clock is ahead of the real one, taken off every row's time.
+    """
+
+    skew: Callable[[], float] = staticmethod(lambda: 0.0)
+
+    def append(self, row: LedgerRow) -> None:
+        """Enqueue *row*, moved back to real time."""
+        shifted = row.time - dt.timedelta(seconds=self.skew())
+        super().append(attrs.evolve(row, time=shifted))
+
+
+@click.command(short_help="Run convo's main job on the embedded emulator.")
 @click.option("--turns", default=len(_QUESTIONS), show_default=True, type=click.IntRange(1, 20))
 @click.option(
     "--burst",
@@ -58,7 +81,8 @@ def _usd(value: Decimal | None) -> str:
     "--ledger",
     "ledger_url",
     default=None,
-    help="Ledger path or URL (default: convo's default SQLite ledger).",
+    help="Ledger path or URL. Default: demo.sqlite3 in convo's data directory, replaced on "
+    "each run (never your own ledger).",
 )
 def demo(turns: int, burst: int, ledger_url: str | None) -> None:
     """Run a cached conversation and a concurrent burst on the embedded emulator."""
@@ -67,11 +91,20 @@ def demo(turns: int, burst: int, ledger_url: str | None) -> None:
     import convo
     from convo.emulator import serve
 
-    # Wide enough for the table when the output is not a terminal (a pipe, a CI log).
-    console = Console() if sys.stdout.isatty() else Console(width=100)
-    ledger = convo.Ledger.open(ledger_url) if ledger_url else convo.Ledger.default()
+    console = output_console(piped_width=100)
+    if ledger_url:
+        ledger = _RealTimeLedger.open(ledger_url)
+    else:
+        path = data_path("demo.sqlite3")
+        for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            stale.unlink(missing_ok=True)
+        ledger = _RealTimeLedger.open(path)
+    assert isinstance(ledger, _RealTimeLedger)
     with serve() as emu, ledger:
+        import time
+
         clock = emu.emulator.clock.now
+        ledger.skew = lambda: clock() - time.time()
         registry = convo.WarmRegistry(clock=clock)
         prefix = convo.Prefix(model=_MODEL, system=[_HANDBOOK], ttl="5m")
         with anthropic.Anthropic(base_url=emu.base_url, api_key="sk-ant-demo") as client:
@@ -90,10 +123,13 @@ def demo(turns: int, burst: int, ledger_url: str | None) -> None:
         _burst(console, emu, registry, ledger, burst)
         ledger.flush()
         totals = ledger.total(session=session.session_id)
+        where = ledger.where
         console.print(
-            f"3. Ledger {ledger.where}: {totals.requests} rows for the conversation, "
-            f"{_usd(totals.cost_usd)}. Run `convo report` to see everything recorded."
+            f"3. The demo's own ledger holds {totals.requests} rows for the conversation "
+            f"({_usd(totals.cost_usd)}) and the burst's, at real times. See them with:",
+            highlight=False,
         )
+        console.print(f"   convo report --ledger {where}", highlight=False, soft_wrap=True)
 
 
 def _ttl_before(registry: Any, session: Any, now: float) -> str:
@@ -101,13 +137,26 @@ def _ttl_before(registry: Any, session: Any, now: float) -> str:
     if state is None:
         return "cold"
     left = state.expires_at - now
-    return f"{left:.0f} s" if left > 0 else f"gone {-left:.0f} s"
+    return f"{left:.0f} s" if left > 0 else "expired"
+
+
+_DEMO_COLUMNS = [
+    Column("turn", "turn"),
+    Column("idle", "idle"),
+    Column("ttl", "TTL"),
+    Column("reason", "reason", text=True, min_width=14),
+    Column("read", "read"),
+    Column("write", "write"),
+    Column("in", "in"),
+    Column("out", "out"),
+    Column("cost", "cost"),
+    Column("pred", "pred", drop=1),
+]
 
 
 def _conversation(console: Console, emu: Any, session: Any, registry: Any, turns: int) -> None:
-    table = Table(title=f"1. A conversation on {_MODEL}: cache predicted/observed per turn")
-    for column in ("turn", "idle", "TTL left", "reason", "read", "write", "in", "out", "cost"):
-        table.add_column(column, justify="right")
+    rows: list[dict[str, str]] = []
+    misses: list[str] = []
     for turn in range(turns):
         idle = _GAPS.get(turn, 0.0)
         if idle:
@@ -115,24 +164,51 @@ def _conversation(console: Console, emu: Any, session: Any, registry: Any, turns
         ttl = _ttl_before(registry, session, emu.emulator.clock.now())
         reply = session.send(_QUESTIONS[turn % len(_QUESTIONS)])
         cache, usage = reply.cache, reply.usage
+        p = cache.predicted
         colour = "green" if reply.reason == "hit" else "yellow"
-        table.add_row(
-            str(reply.turn),
-            f"{idle:.0f} s" if idle else "",
-            ttl,
-            f"[{colour}]{reply.reason}[/]",
-            f"{cache.predicted.cache_read:,}/{usage.cache_read:,}",
-            f"{cache.predicted.cache_write:,}/{usage.cache_write:,}",
-            f"{usage.input:,}",
-            f"{usage.output:,}",
-            _usd(reply.cost.usd),
+        if not cache.exact:
+            misses.append(
+                f"turn {reply.turn} was predicted to read {p.cache_read:,}, write "
+                f"{p.cache_write:,}, in {p.input:,}"
+            )
+        rows.append(
+            {
+                "turn": str(reply.turn),
+                "idle": f"{idle:.0f} s" if idle else "",
+                "ttl": ttl,
+                "reason": f"[{colour}]{reply.reason}[/]",
+                "read": f"{usage.cache_read:,}",
+                "write": f"{usage.cache_write:,}",
+                "in": f"{usage.input:,}",
+                "out": f"{usage.output:,}",
+                "cost": _usd(reply.cost.usd),
+                "pred": "exact" if cache.exact else "off",
+            }
         )
-    console.print(table)
+    # Widths count the markup too; the reason column is text, so it may wrap, never cut.
+    print_fitted(
+        console,
+        _DEMO_COLUMNS,
+        rows,
+        title=f"1. A conversation on {_MODEL}, on the emulator",
+        legend=(
+            "idle: seconds before the turn, on the emulator's virtual clock (no real wait)\n"
+            "TTL: what was left of the cached prefix's 5 minutes as the turn began\n"
+            "read/write: tokens read from / written to the cache; in: uncached input; "
+            "out: output\n"
+            "pred: convo's prediction of read, write and in, made before the call, "
+            "against what the response said"
+        ),
+        elsewhere="",
+    )
+    for line in misses:
+        console.print(line, highlight=False)
     stats = session.stats
     console.print(
         f"token hit rate {stats.token_hit_rate:.0%}, request hit rate "
         f"{stats.request_hit_rate:.0%}; {_usd(stats.cost_usd)} spent, "
-        f"{_usd(stats.saved_usd)} saved by caching; ITPM weight {stats.rate_limit_tokens:,}"
+        f"{_usd(stats.saved_usd)} saved by caching; ITPM weight {stats.rate_limit_tokens:,}",
+        highlight=False,
     )
 
 

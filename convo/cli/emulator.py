@@ -10,7 +10,7 @@ import click
 __all__ = ["emulator"]
 
 
-@click.group()
+@click.group(short_help="Serve the Messages API emulator for offline tests.")
 def emulator() -> None:
     """The Messages API emulator (for offline tests of cache behaviour, retries, limits)."""
 
@@ -56,5 +56,29 @@ def serve(
         config = attrs.evolve(config, time_scale=time_scale)
     if seed is not None:
         config = attrs.evolve(config, seed=seed)
-    click.echo(f"convo emulator on http://{host}:{port} (time scale {config.time_scale})", err=True)
+    _check_free(host, port)  # before saying where it listens: a busy port is one line
+    scale = f"(time scale {config.time_scale})"
+    if port:
+        click.echo(f"convo emulator on http://{host}:{port} {scale}", err=True)
+    else:
+        click.echo(f"convo emulator on a free port of {host} {scale}; the log names it", err=True)
     run(config, host=host, port=port, log_level=log_level)
+
+
+def _check_free(host: str, port: int) -> None:
+    """Raise a one-line error if *host*:*port* cannot be bound (in use, or not an address
+    of this machine). Bound the way uvicorn binds it (``SO_REUSEADDR``), then released."""
+    import socket
+
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise click.ClickException(
+                f"cannot listen on {host}:{port} ({error.strerror or error}): "
+                "pick another --port (0 picks a free one) or stop what holds it"
+            ) from None

@@ -18,14 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from convo.cli.common import output_console
+from convo.cli.errors import debugging, one_line
+from convo.cli.tables import Column, print_fitted
 from convo.errors import LedgerError
 from convo.ledger import Ledger, Totals
 from convo.ledger.queries import GroupBy
 
-__all__ = ["build_report", "parse_since", "report"]
+__all__ = ["build_report", "parse_since", "render_summary", "report"]
 
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -45,18 +49,41 @@ _COLUMNS = [
     ("cost_usd", "cost $"),
     ("saved_usd", "saved $"),
     ("unpriced", "unpriced"),
+    ("cancelled", "cancelled"),
+    ("estimated", "output estimated"),
     ("rate_limit_tokens", "ITPM weight"),
     ("billed_equivalent_tokens", "billed-equiv input"),
     ("naive_tokens", "naive log (in+out)"),
 ]
 
 
-#: The breakdown columns shown in a terminal table; json, csv and md carry all of them.
+#: The breakdown columns in a terminal table, short headings first to go when it is too
+#: narrow; json, csv and md carry every column of _COLUMNS.
 _TABLE_COLUMNS = [
-    c
-    for c in _COLUMNS
-    if c[0] not in {"errors", "unpriced", "billed_equivalent_tokens", "naive_tokens"}
+    Column("key", "group", text=True, min_width=20),  # a session id whole
+    Column("requests", "req"),
+    Column("input", "in", drop=3),
+    Column("cache_read", "read"),
+    Column("cache_write", "write"),
+    Column("output", "out", drop=2),
+    Column("token_hit_rate", "hit"),
+    Column("cost_usd", "cost $"),
+    Column("saved_usd", "saved $", drop=4),
+    Column("errors", "err", drop=5),
+    Column("request_hit_rate", "req hit", drop=6),
+    Column("rate_limit_tokens", "ITPM", drop=7),
 ]
+_LEGEND = {
+    "req": "requests",
+    "in": "uncached input",
+    "read": "cache reads",
+    "write": "cache writes",
+    "out": "output",
+    "hit": "token hit rate (read / all input)",
+    "err": "failed or cancelled",
+    "req hit": "share of requests that read the cache",
+    "ITPM": "rate-limit weight (in + write)",
+}
 
 
 def parse_since(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
@@ -78,6 +105,16 @@ def parse_since(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
+def _when(text: str | None, option: str) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        return parse_since(text)
+    except click.BadParameter as error:
+        error.param_hint = option  # so the message names the option
+        raise
+
+
 def _group_row(t: Totals, *, summary: bool = False) -> dict[str, Any]:
     # The summary row is "(all)"; a group whose key is missing (rows without a session or
     # prefix) is None, shown as "(none)", so the two never look alike.
@@ -96,6 +133,8 @@ def _group_row(t: Totals, *, summary: bool = False) -> dict[str, Any]:
         "cost_usd": None if t.unpriced and t.unpriced == t.requests else t.cost_usd,
         "saved_usd": None if t.unpriced and t.unpriced == t.requests else t.saved_usd,
         "unpriced": t.unpriced,
+        "cancelled": t.cancelled,
+        "estimated": t.estimated,
         "rate_limit_tokens": t.rate_limit_tokens,
         "billed_equivalent_tokens": round(t.billed_equivalent_tokens, 1),
         "naive_tokens": t.input + t.output,
@@ -166,9 +205,12 @@ def _plain(value: Any) -> Any:
 def _summary_pairs(data: dict[str, Any]) -> list[tuple[str, str]]:
     s, t = data["summary"], data["tasks"]
     return [
-        ("requests (errors)", f"{s['requests']:,} ({s['errors']:,})"),
         (
-            "input / cache read / write 5m / write 1h / output",
+            "requests (errors, of them cancelled)",
+            f"{s['requests']:,} ({s['errors']:,}, {s['cancelled']:,})",
+        ),
+        (
+            "tokens: in / read / write 5m / write 1h / out",
             " / ".join(
                 f"{s[k]:,}"
                 for k in ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output")
@@ -194,32 +236,51 @@ def _summary_pairs(data: dict[str, Any]) -> list[tuple[str, str]]:
         ("ITPM weight (input + writes)", _fmt(s["rate_limit_tokens"])),
         ("billed-equivalent input tokens", _fmt(s["billed_equivalent_tokens"])),
         ("naive log tokens (input + output)", _fmt(s["naive_tokens"])),
+        ("rows whose output is estimated (cut streams)", _fmt(s["estimated"])),
     ]
 
 
-def _render_table(data: dict[str, Any], console: Console, by: str) -> None:
-    summary = Table(title="Summary", show_header=False)
-    summary.add_column("measure", style="bold")
-    summary.add_column("value", justify="right")
+def render_summary(data: dict[str, Any], console: Console, *, title: str = "Summary") -> None:
+    """Print the report's summary as a two-column table that wraps its labels, never its
+    figures."""
+    summary = Table(title=title, show_header=False, box=box.SIMPLE, show_edge=False)
+    summary.add_column("measure", style="bold", overflow="fold")
+    summary.add_column("value", justify="right", no_wrap=True)
     for name, value in _summary_pairs(data):
         summary.add_row(name, value)
     console.print(summary)
-    groups = Table(title=f"By {by}")
-    for key, heading in _TABLE_COLUMNS:
-        groups.add_column(
-            heading, justify="left" if key == "key" else "right", no_wrap=key == "key"
-        )
-    for row in data["groups"]:
-        groups.add_row(*(_fmt(row[k], k) for k, _ in _TABLE_COLUMNS))
-    console.print(groups)
-    busts = Table(title="Top cache busts")
-    for heading in ("reason", "requests", "cache write", "input", "cost $"):
-        busts.add_column(heading, justify="left" if heading == "reason" else "right")
-    for b in data["busts"]:
-        busts.add_row(
-            b["reason"], *(_fmt(b[k]) for k in ("requests", "cache_write", "input", "cost_usd"))
-        )
-    console.print(busts)
+
+
+def _render_table(data: dict[str, Any], console: Console, by: str) -> None:
+    render_summary(data, console)
+    rows = [
+        {c.key: _fmt(row.get(c.key, _write(row)), c.key) for c in _TABLE_COLUMNS}
+        for row in data["groups"]
+    ]
+    print_fitted(console, _TABLE_COLUMNS, rows, title=f"By {by}", legend=_LEGEND)
+    busts = [
+        {
+            "reason": b["reason"],
+            **{k: _fmt(b[k]) for k in ("requests", "cache_write", "input", "cost_usd")},
+        }
+        for b in data["busts"]
+    ]
+    print_fitted(
+        console,
+        [
+            Column("reason", "reason", text=True, min_width=18),
+            Column("requests", "req"),
+            Column("cache_write", "write"),
+            Column("input", "in"),
+            Column("cost_usd", "cost $"),
+        ],
+        busts,
+        title="Top cache busts",
+    )
+
+
+def _write(row: dict[str, Any]) -> int:
+    return int(row["cache_write_5m"]) + int(row["cache_write_1h"])
 
 
 def _check_exists(url: str | None) -> None:
@@ -267,11 +328,20 @@ def _render_md(data: dict[str, Any], by: str) -> str:
 
 
 def _render_csv(data: dict[str, Any]) -> str:
+    """One CSV: the last column, ``table``, says ``group``, ``summary`` or ``bust``; a bust
+    row's ``key`` is its reason and ``cache_write`` its writes (both kinds)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([k for k, _ in _COLUMNS])
-    for row in [*data["groups"], data["summary"]]:
-        writer.writerow(["" if row[k] is None else _plain(row[k]) for k, _ in _COLUMNS])
+    keys = [k for k, _ in _COLUMNS]
+    writer.writerow([*keys, "cache_write", "table"])
+    for table, row in [("group", r) for r in data["groups"]] + [("summary", data["summary"])]:
+        cells = ["" if row[k] is None else _plain(row[k]) for k in keys]
+        writer.writerow([*cells, _write(row), table])
+    for b in data["busts"]:
+        bust = {"key": b["reason"], "requests": b["requests"], "input": b["input"]}
+        bust["cost_usd"] = b["cost_usd"]
+        cells = ["" if bust.get(k) is None else _plain(bust[k]) for k in keys]
+        writer.writerow([*cells, b["cache_write"], "bust"])
     return out.getvalue()
 
 
@@ -289,30 +359,95 @@ def _pyplot() -> Any:
     return plt
 
 
+def _series(ledger: Ledger, filters: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """Cost and hit rates per bin that suits the data's span: hours when it spans two days
+    or less, else days. Each bin: ``start`` (a datetime), ``cost``, ``token``, ``request``."""
+    days = ledger.totals(by="day", **filters)
+    if len(days) > 2:
+        return "day", [
+            {
+                "start": dt.datetime.fromisoformat(str(d.key)),
+                "cost": float(d.cost_usd),
+                "token": d.token_hit_rate,
+                "request": d.request_hit_rate,
+            }
+            for d in days
+        ]
+    bins: dict[dt.datetime, dict[str, float]] = {}
+    for row in ledger.rows(**filters):
+        start = row.time.replace(minute=0, second=0, microsecond=0)
+        b = bins.setdefault(start, dict.fromkeys(("cost", "read", "input", "ok", "hits"), 0.0))
+        b["cost"] += float(row.cost_usd or 0)
+        b["read"] += row.cache_read
+        b["input"] += row.input + row.cache_read + row.cache_write_5m + row.cache_write_1h
+        if row.status == "ok":
+            b["ok"] += 1
+            b["hits"] += row.cache_read > 0
+    return "hour", [
+        {
+            "start": start,
+            "cost": b["cost"],
+            "token": b["read"] / b["input"] if b["input"] else None,
+            "request": b["hits"] / b["ok"] if b["ok"] else None,
+        }
+        for start, b in sorted(bins.items())
+    ]
+
+
 def _plot(ledger: Ledger, path: str, filters: dict[str, Any]) -> None:
     plt = _pyplot()
-    days = ledger.totals(by="day", **filters)
-    x = [dt.date.fromisoformat(str(d.key)) for d in days]
+    import matplotlib.dates as mdates
+
+    unit, series = _series(ledger, filters)
+    step = dt.timedelta(hours=1) if unit == "hour" else dt.timedelta(days=1)
+    x = [b["start"] for b in series]
     fig, (cost_ax, hit_ax) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    cost_ax.bar(x, [float(d.cost_usd) for d in days], color="tab:blue")
+    # Bars start at their bin and span 90% of it; a lone bin keeps a bin's margin either side
+    # so it reads as one hour (or day), not as a bar filling the chart.
+    cost_ax.bar(x, [b["cost"] for b in series], width=step * 0.9, align="edge", color="tab:blue")
     cost_ax.set_ylabel("cost (USD)")
-    cost_ax.set_title("convo ledger: cost and cache hit rate per day (UTC)")
-    hit_ax.plot(
-        x, [(d.token_hit_rate or 0) * 100 for d in days], marker="o", label="token hit rate"
-    )
-    hit_ax.plot(
-        x, [(d.request_hit_rate or 0) * 100 for d in days], marker="s", label="request hit rate"
-    )
+    cost_ax.set_title(f"convo ledger: cost and cache hit rate per {unit} (UTC)")
+    mid = [s + step / 2 for s in x]
+    for key, marker, label in (
+        ("token", "o", "token hit rate"),
+        ("request", "s", "request hit rate"),
+    ):
+        points = [(m, b[key] * 100) for m, b in zip(mid, series, strict=True) if b[key] is not None]
+        hit_ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=label)
     hit_ax.set_ylabel("hit rate (%)")
-    hit_ax.set_ylim(0, 100)
-    hit_ax.legend()
-    fig.autofmt_xdate()
+    hit_ax.set_ylim(0, 105)
+    if x:
+        hit_ax.set_xlim(min(x) - step, max(x) + 2 * step)
+        hit_ax.legend(loc="lower right")
+    if unit == "hour":
+        hit_ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))  # type: ignore[no-untyped-call]
+        days = sorted({s.strftime("%Y-%m-%d") for s in x})
+        hit_ax.set_xlabel("hour (UTC) on " + " and ".join(days) if days else "hour (UTC)")
+    else:
+        hit_ax.xaxis.set_major_formatter(mdates.DateFormatter("%b %d"))  # type: ignore[no-untyped-call]
+        hit_ax.set_xlabel("day (UTC)")
+        fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-@click.command()
+def _no_match_hint(ledger: Ledger, filters: dict[str, Any]) -> str | None:
+    """When filters match nothing in a ledger that has rows, say what the ledger does hold."""
+    if not any(filters.values()) or not ledger.total().requests:
+        return None
+    for name in ("model", "session"):
+        if filters[name] is not None:
+            keys = [str(t.key) for t in ledger.totals(by=name) if t.key is not None]
+            if filters[name] not in keys:
+                shown = ", ".join(keys[:5]) + (
+                    f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+                )
+                return f"no rows with --{name} {filters[name]}; this ledger has: {shown}"
+    return "no rows in that time range; try a wider --since/--until"
+
+
+@click.command(short_help="Tokens, hit rates, cost and rate-limit weight from a ledger.")
 @click.option(
     "--ledger",
     "url",
@@ -366,8 +501,8 @@ def report(
     if plot:
         _pyplot()  # fail before reading anything when the extra is missing
     filters: dict[str, Any] = {
-        "since": parse_since(since) if since else None,
-        "until": parse_since(until) if until else None,
+        "since": _when(since, "--since"),
+        "until": _when(until, "--until"),
         "model": model,
         "session": session,
     }
@@ -375,23 +510,28 @@ def report(
     try:
         with Ledger.open(url) if url else Ledger.default() as ledger:
             data = build_report(ledger, by=by, top=top, **filters)
+            hint = _no_match_hint(ledger, filters) if not data["summary"]["requests"] else None
             if plot:
                 _plot(ledger, plot, filters)
     except (LedgerError, ValueError) as error:
+        if debugging():
+            raise
         # A report reads: a bad URL or an unreachable database is a message, not a traceback
         # (the ledger's errors already carry the location with any password masked).
-        raise click.ClickException(str(error)) from error
+        raise click.ClickException(one_line(error)) from error
     if fmt == "json":
         click.echo(json.dumps(_plain(data), indent=2))
     elif fmt == "csv":
         click.echo(_render_csv(data), nl=False)
     elif fmt == "md":
         click.echo(_render_md(data, by), nl=False)
+    elif hint and not data["summary"]["requests"]:
+        click.echo(f"no rows match: {hint}", err=True)
+        hint = None
     else:
-        console = Console()
-        if not console.is_terminal:
-            # Piped output has no width to fit; 80 columns would fold the breakdown.
-            console = Console(width=160)
+        console = output_console()
         _render_table(data, console, by)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
     if plot:
         click.echo(f"wrote {plot}", err=True)
