@@ -11,6 +11,7 @@ import attrs
 from convo.emulator.diagnostics import DIAGNOSTICS_BETA  # the API's beta name, defined once
 from convo.layout import RenderedRequest
 from convo.limits import Reservation
+from convo.policy import Decision
 from convo.retry import AttemptRecord
 from convo.sdk import Outcome
 from convo.tracker import Prediction
@@ -90,6 +91,8 @@ class Pending:
     sent: bool = False
     #: Keep a cut stream's partial reply in the history.
     keep_partial: bool = False
+    #: The policy's decision that caused a warm or keep-alive request (convo.policy).
+    decision: Decision | None = None
 
     @property
     def body(self) -> dict[str, Any]:

@@ -1,0 +1,163 @@
+"""What the policy knows: inter-arrival times per conversation and pooled per prefix.
+
+A :class:`PrefixPool` holds, for one shared prefix, the gaps between its uses (by every
+session) and, per conversation, the gaps between turns plus the time of each
+conversation's latest turn (a *censored* observation: its next turn has not come yet, so
+its gap is known only to exceed the time since). Every probability it gives is computed at
+the moment it is asked, from what was recorded before: nothing about the future.
+
+Probabilities carry one pseudo-success and one pseudo-failure (Laplace's rule), so with
+nothing observed they are 1/2 and no single observation makes them 0 or 1.
+
+Pools live with the registry the sessions share (:func:`pool_for`), so every session of a
+process that shares a :class:`~convo.WarmRegistry` learns from the others.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["PrefixPool", "pool_for", "within"]
+
+_MAX_GAPS = 512  # recent gaps kept per pool: enough to estimate, bounded in memory
+_MAX_CONVERSATIONS = 1024  # open conversations whose latest turn is remembered
+
+
+def within(
+    gaps: Iterable[float],
+    censored: Iterable[float],
+    *,
+    after: float,
+    before: float,
+    alive: float = 0.0,
+) -> float:
+    """P(the next turn starts in ``(after, before]`` seconds | it did not start by ``alive``).
+
+    Args:
+        gaps: Observed gaps (a next turn came after that many seconds).
+        censored: Seconds since turns with no next turn yet.
+        after: Start of the window (exclusive), in seconds since the turn.
+        before: End of the window (inclusive).
+        alive: Seconds already elapsed with no next turn (condition).
+
+    An observation counts as a success if its gap falls in the window, as a failure if it
+    falls in ``(alive, after]`` or beyond ``before`` (a censored one beyond ``before`` too),
+    and not at all if it tells nothing (a gap up to ``alive``, a censored time inside the
+    window). Laplace's rule gives ``(successes + 1) / (known + 2)``.
+    """
+    success = failure = 0
+    for gap in gaps:
+        if gap <= alive:
+            continue
+        if after < gap <= before:
+            success += 1
+        else:
+            failure += 1
+    for elapsed in censored:
+        if elapsed > before:
+            failure += 1
+    return (success + 1) / (success + failure + 2)
+
+
+class PrefixPool:
+    """Observed timing for one shared prefix: its uses, and its conversations' turns.
+
+    Thread-safe: sessions on several threads record into one pool.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_use: float | None = None
+        self._prefix_gaps: collections.deque[float] = collections.deque(maxlen=_MAX_GAPS)
+        self._turn_gaps: collections.deque[float] = collections.deque(maxlen=_MAX_GAPS)
+        self._own: dict[str, collections.deque[float]] = {}
+        self._latest: collections.OrderedDict[str, float] = collections.OrderedDict()
+
+    def record_use(self, at: float) -> None:
+        """Record a use of the prefix starting at *at* (a turn of any session)."""
+        with self._lock:
+            if self._last_use is not None and at >= self._last_use:
+                self._prefix_gaps.append(at - self._last_use)
+            self._last_use = at if self._last_use is None else max(self._last_use, at)
+
+    def record_turn(self, conversation: str, at: float) -> None:
+        """Record a turn of *conversation* starting at *at* (its use of the prefix is
+        recorded apart, by :meth:`record_use`)."""
+        with self._lock:
+            previous = self._latest.pop(conversation, None)
+            if previous is not None and at > previous:
+                gap = at - previous
+                self._turn_gaps.append(gap)
+                own = self._own.setdefault(conversation, collections.deque(maxlen=64))
+                own.append(gap)
+            self._latest[conversation] = at if previous is None else max(at, previous)
+            while len(self._latest) > _MAX_CONVERSATIONS:
+                old, _ = self._latest.popitem(last=False)
+                self._own.pop(old, None)
+
+    def last_use(self) -> float | None:
+        """When the latest recorded use of the prefix started."""
+        with self._lock:
+            return self._last_use
+
+    def prefix_gaps(self) -> list[float]:
+        """Gaps between consecutive uses of the prefix, by any session (oldest first)."""
+        with self._lock:
+            return list(self._prefix_gaps)
+
+    def prefix_lapse(self, ttl_s: float) -> float:
+        """P(a gap between uses of the prefix by anyone reaches *ttl_s*): how often the fleet
+        alone would let an entry of that TTL lapse."""
+        gaps = self.prefix_gaps()
+        return (sum(g >= ttl_s for g in gaps) + 1) / (len(gaps) + 2)
+
+    def next_turn(
+        self,
+        conversation: str | None,
+        now: float,
+        *,
+        after: float,
+        before: float,
+        alive: float = 0.0,
+    ) -> float:
+        """P(*conversation*'s next turn starts in ``(after, before]`` seconds after its latest
+        turn, given none by ``alive``), from every conversation of this prefix. The
+        conversation's own gaps count twice (once in the pool, once more on their own)."""
+        with self._lock:
+            gaps = list(self._turn_gaps)
+            if conversation is not None:
+                gaps.extend(self._own.get(conversation, ()))
+            censored = [now - t for c, t in self._latest.items() if c != conversation]
+        return within(gaps, censored, after=after, before=before, alive=alive)
+
+    def latest_turn(self, conversation: str) -> float | None:
+        """When *conversation*'s latest recorded turn started."""
+        with self._lock:
+            return self._latest.get(conversation)
+
+
+_POOLS: weakref.WeakKeyDictionary[Any, dict[str, PrefixPool]] = weakref.WeakKeyDictionary()
+_POOLS_LOCK = threading.Lock()
+
+
+def pool_for(registry: Any, prefix_key: str) -> PrefixPool:
+    """The pool of *prefix_key* shared by every session on *registry*.
+
+    Pools are kept beside the registry object (not in Redis): sessions of one process that
+    share a registry learn together; other processes learn on their own.
+    """
+    with _POOLS_LOCK:
+        try:
+            pools = _POOLS.setdefault(registry, {})
+        except TypeError:  # not weak-referenceable: a pool per session
+            return PrefixPool()
+        pool = pools.get(prefix_key)
+        if pool is None:
+            pool = pools[prefix_key] = PrefixPool()
+        return pool
