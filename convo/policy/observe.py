@@ -74,10 +74,38 @@ class PrefixPool:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._last_use: float | None = None
+        self._last_touch: float | None = None  # uses and re-warms: what keeps the entry live
+        #: The TTL the prefix's entry was last written with, as far as this pool knows.
+        self.entry_ttl = "5m"
         self._prefix_gaps: collections.deque[float] = collections.deque(maxlen=_MAX_GAPS)
         self._turn_gaps: collections.deque[float] = collections.deque(maxlen=_MAX_GAPS)
         self._own: dict[str, collections.deque[float]] = {}
         self._latest: collections.OrderedDict[str, float] = collections.OrderedDict()
+
+    def live(self, at: float) -> bool:
+        """Whether the prefix's entry should still be live at *at*: used less than its TTL
+        ago (every read refreshes it)."""
+        with self._lock:
+            return self._live(at)
+
+    def _live(self, at: float) -> bool:
+        ttl_s = 3600.0 if self.entry_ttl == "1h" else 300.0
+        return self._last_touch is not None and at - self._last_touch < ttl_s
+
+    def record_touch(self, at: float) -> None:
+        """Record a re-warm (or pre-warm) of the prefix at *at*: it keeps the entry live
+        but is not a use (not a gap between uses)."""
+        with self._lock:
+            self._last_touch = at if self._last_touch is None else max(self._last_touch, at)
+
+    def record_write(self, ttl: str, *, live: bool) -> str:
+        """A turn is about to send the prefix with *ttl*; *live* is :meth:`live` as of its
+        start. When the entry is not live, the turn writes it with *ttl*. Returns the TTL of
+        the entry the turn will find."""
+        with self._lock:
+            if not live:
+                self.entry_ttl = ttl
+            return self.entry_ttl
 
     def record_use(self, at: float) -> None:
         """Record a use of the prefix starting at *at* (a turn of any session)."""
@@ -85,6 +113,7 @@ class PrefixPool:
             if self._last_use is not None and at >= self._last_use:
                 self._prefix_gaps.append(at - self._last_use)
             self._last_use = at if self._last_use is None else max(self._last_use, at)
+            self._last_touch = at if self._last_touch is None else max(self._last_touch, at)
 
     def record_turn(self, conversation: str, at: float) -> None:
         """Record a turn of *conversation* starting at *at* (its use of the prefix is

@@ -133,6 +133,7 @@ class SessionCore:
         self._pool: PrefixPool = pool_for(registry, repr(self.warm_key))
         self._conversation_key: str | None = conversation_id
         self._first_turn_at: float | None = None
+        self._entry_ttl: str | None = None  # the TTL of the prefix entry this turn finds
         self._history_seen = 0  # history tokens at the previous turn (what it added since)
         #: The latest decision the policy took for this session (TTL, or a re-warm).
         self.last_decision: Decision | None = None
@@ -208,7 +209,7 @@ class SessionCore:
             self._gaps = [*self._gaps[-99:], now - self._last_turn_start]
         self._last_turn_start = now
         pool = self._pool
-        previous_use = pool.last_use()
+        prefix_live = pool.live(now)
         pool.record_use(now)
         key = self._conversation()
         if key is None:
@@ -219,11 +220,12 @@ class SessionCore:
                 self._first_turn_at = None
             pool.record_turn(key, now)
         if not self.adaptive_ttl:
+            self._entry_ttl = pool.record_write(self.prefix.ttl, live=prefix_live)
             return
-        prefix_live = (
-            previous_use is not None and now - previous_use < econ.TTL_SECONDS[self.prefix.ttl]
-        )
         prefix_ttl, history, history_ttl = self._choose_layout(now, key, prefix_live)
+        # What the registry is told a read refreshes must be the entry's own TTL (a read
+        # never changes it), not the one this turn's marker asks for.
+        self._entry_ttl = pool.record_write(prefix_ttl, live=prefix_live)
         options = self._layout_options
         if (prefix_ttl, history, history_ttl) != (
             self.prefix.ttl,
@@ -373,6 +375,7 @@ class SessionCore:
         if decision.action != "send":
             return None
         pending.decision = decision
+        self._pool.record_touch(self.clock())
         return pending
 
     def _next_use_probability(self, now: float) -> float:
@@ -451,6 +454,7 @@ class SessionCore:
             return None
         pending.purpose = "keep_alive"
         pending.decision = decision
+        self._pool.record_touch(self.clock())
         return pending
 
     def _params(self, params: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -530,7 +534,7 @@ class SessionCore:
 
     @property
     def _ttl_seconds(self) -> float:
-        return _TTL_SECONDS[self.prefix.ttl]
+        return _TTL_SECONDS[self._entry_ttl or self.prefix.ttl]
 
     # -- the turn ---------------------------------------------------------------------------
 
