@@ -131,7 +131,9 @@ class SessionCore:
         self._prefix_floor = prefix.ttl
         self._fixed_history_ttl = history_ttl
         self._pool: PrefixPool = pool_for(registry, repr(self.warm_key))
-        self._conversation_key: str | None = conversation_id
+        # A session built from stored messages continues a conversation another session
+        # began: key it on its first message (see _conversation); else on this session.
+        self._conversation_key: str | None = conversation_id or (None if messages else "")
         self._first_turn_at: float | None = None
         self._entry_ttl: str | None = None  # the TTL of the prefix entry this turn finds
         self._history_seen = 0  # history tokens at the previous turn (what it added since)
@@ -254,6 +256,8 @@ class SessionCore:
         """The key this conversation's turns are pooled under: the caller's conversation id,
         else the first message (with a fixed suffix), so a conversation rebuilt from stored
         history in a fresh session is still the same conversation."""
+        if self._conversation_key == "":
+            self._conversation_key = self.session_id
         if self._conversation_key is None and len(self.history):
             suffix = self._layout_options["suffix"]
             digest = self.history.chain.message_digests[0]
