@@ -29,7 +29,9 @@ class TestPrefixTtl:
         [
             pytest.param([400.0], "1h", 1000 * (1.15 * 1 - 0.75), id="one-long-gap"),
             pytest.param([100.0, 200.0], "5m", -750.0, id="short-gaps-decide-nothing"),
-            pytest.param([400.0, 4000.0], "5m", 1000 * (1.15 * 0.5 - 0.75), id="hour-gap-ends-chain"),
+            pytest.param(
+                [400.0, 4000.0], "5m", 1000 * (1.15 * 0.5 - 0.75), id="hour-gap-ends-chain"
+            ),
             pytest.param([400.0, 900.0, 4000.0], "1h", 1000 * (1.15 * 1 - 0.75), id="two-per-two"),
             pytest.param([], "5m", -750.0, id="nothing-observed"),
         ],
@@ -108,22 +110,31 @@ class TestKeepAlive:
 
 
 class TestWithin:
-    """P(next turn in a window), from gaps and censored waits, by Laplace's rule."""
+    """P(next turn in a window): Kaplan-Meier, with a pseudo-gap mid-window and a wait
+    that never ends."""
 
-    def test_counts(self) -> None:
-        """Gap 400 is in (300, 3600]; 100 and 5000 are not; a wait of 7000 is beyond; a wait
-        of 50 says nothing: (1 + 1) / (4 + 2)."""
+    def test_product_limit_by_hand(self) -> None:
+        """Gaps 100, 400, 5000 (+ 1950), waits 50, 7000 (+ inf): S(100) = 5/6,
+        S(400) = 4/6, S(1950) = 3/6, so P((300, 3600]) = S(300) - S(3600) = 2/6."""
         p = within([100.0, 400.0, 5000.0], [50.0, 7000.0], after=300.0, before=3600.0)
         assert p == pytest.approx(2 / 6)
 
     def test_condition_on_time_already_waited(self) -> None:
-        """Given 200 s passed, the gap of 100 is no evidence: (1 + 1) / (3 + 2)."""
+        """Given 200 s passed: divided by S(200) = 5/6, so 2/5."""
         p = within([100.0, 400.0, 5000.0], [50.0, 7000.0], after=300.0, before=3600.0, alive=200.0)
         assert p == pytest.approx(2 / 5)
 
     def test_nothing_known_is_one_half(self) -> None:
         """No observation: 1/2."""
         assert within([], [], after=0.0, before=300.0) == 0.5
+
+    def test_a_wait_counts_only_as_long_as_it_is_known(self) -> None:
+        """Seven conversations quiet for 400 s after 100 quick gaps: within 5m is 101/109;
+        within an hour hardly more, since nothing came back after 5 minutes."""
+        five = within([10.0] * 100, [400.0] * 7, after=0.0, before=300.0)
+        hour = within([10.0] * 100, [400.0] * 7, after=0.0, before=3600.0)
+        assert five == pytest.approx(1 - (9 / 109) * (8 / 9))
+        assert five < hour < five + 0.05
 
 
 class TestPrefixPool:

@@ -6,8 +6,8 @@ conversation's latest turn (a *censored* observation: its next turn has not come
 its gap is known only to exceed the time since). Every probability it gives is computed at
 the moment it is asked, from what was recorded before: nothing about the future.
 
-Probabilities carry one pseudo-success and one pseudo-failure (Laplace's rule), so with
-nothing observed they are 1/2 and no single observation makes them 0 or 1.
+Probabilities are Kaplan-Meier estimates with one pseudo-success and one pseudo-failure,
+so with nothing observed they are 1/2 and no single observation makes them 0 or 1.
 
 Pools live with the registry the sessions share (:func:`pool_for`), so every session of a
 process that shares a :class:`~convo.WarmRegistry` learns from the others.
@@ -15,10 +15,13 @@ process that shares a :class:`~convo.WarmRegistry` learns from the others.
 
 from __future__ import annotations
 
+import bisect
 import collections
+import itertools
+import math
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["PrefixPool", "pool_for", "within"]
@@ -39,28 +42,42 @@ def within(
 
     Args:
         gaps: Observed gaps (a next turn came after that many seconds).
-        censored: Seconds since turns with no next turn yet.
-        after: Start of the window (exclusive), in seconds since the turn.
+        censored: Seconds since turns with no next turn yet (their gap exceeds that).
+        after: Start of the window (exclusive), in seconds since the turn; ``>= alive``.
         before: End of the window (inclusive).
-        alive: Seconds already elapsed with no next turn (condition).
+        alive: Seconds already elapsed with no next turn (the condition).
 
-    An observation counts as a success if its gap falls in the window, as a failure if it
-    falls in ``(alive, after]`` or beyond ``before`` (a censored one beyond ``before`` too),
-    and not at all if it tells nothing (a gap up to ``alive``, a censored time inside the
-    window). Laplace's rule gives ``(successes + 1) / (known + 2)``.
+    The Kaplan-Meier estimate of the gap's survival ``S``, so a censored wait counts for
+    as long as it is known and no longer: ``(S(after) - S(before)) / S(alive)``. Two
+    pseudo-observations, a gap in the middle of the window and a wait that never ends, keep
+    it at 1/2 with nothing observed and away from 0 and 1 on little evidence.
     """
-    success = failure = 0
-    for gap in gaps:
-        if gap <= alive:
-            continue
-        if after < gap <= before:
-            success += 1
-        else:
-            failure += 1
-    for elapsed in censored:
-        if elapsed > before:
-            failure += 1
-    return (success + 1) / (success + failure + 2)
+    events = sorted([*gaps, (after + before) / 2])
+    waits = sorted([*censored, math.inf])
+    survival = _survival(events, waits)
+    base = survival(alive)
+    return (survival(after) - survival(before)) / base if base > 0 else 0.0
+
+
+def _survival(events: list[float], waits: list[float]) -> Callable[[float], float]:
+    """The Kaplan-Meier survival function of sorted event and censoring times."""
+    total = len(events) + len(waits)
+    steps: list[tuple[float, float]] = []  # (time, survival just after it)
+    s = 1.0
+    i = 0
+    for time, group in itertools.groupby(events):
+        deaths = len(list(group))
+        at_risk = total - i - bisect.bisect_left(waits, time)
+        s *= 1.0 - deaths / at_risk
+        i += deaths
+        steps.append((time, s))
+    times = [t for t, _ in steps]
+
+    def at(t: float) -> float:
+        k = bisect.bisect_right(times, t)
+        return steps[k - 1][1] if k else 1.0
+
+    return at
 
 
 class PrefixPool:

@@ -44,6 +44,7 @@ from convo.session import steps
 from convo.session.busts import log_bust
 from convo.session.reply import Reply, Stats
 from convo.session.turn import KeepAlive, Pending, user_message
+from convo.tokens import block_tokens
 from convo.tokens import estimate as estimate_tokens
 from convo.tracker import CacheEntry, CacheTracker
 from convo.usage import Usage
@@ -54,6 +55,13 @@ __all__ = ["SessionCore"]
 _TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 _log = logging.getLogger("convo")
 _WARM_TEXT = "(cache pre-warm)"
+
+
+def _message_tokens(message: Mapping[str, Any]) -> int:
+    content = message.get("content")
+    if isinstance(content, str):
+        return block_tokens(content)
+    return sum(block_tokens(b) for b in content or () if isinstance(b, Mapping))
 
 
 class SessionCore:
@@ -136,7 +144,6 @@ class SessionCore:
         self._conversation_key: str | None = conversation_id or (None if messages else "")
         self._first_turn_at: float | None = None
         self._entry_ttl: str | None = None  # the TTL of the prefix entry this turn finds
-        self._history_seen = 0  # history tokens at the previous turn (what it added since)
         #: The latest decision the policy took for this session (TTL, or a re-warm).
         self.last_decision: Decision | None = None
         self.history = History(messages)
@@ -282,10 +289,10 @@ class SessionCore:
         suffix_tokens = estimate_tokens(suffix) if isinstance(suffix, str) else 0
         history = self.history.chain.cumulative_tokens
         seen = history[-1] if len(history) else 0
-        # This turn adds about what the previous one did (its user message and the reply):
-        # the first turn writes the suffix (and an unknown message).
-        added = seen - self._history_seen if self._history_seen else suffix_tokens + seen
-        self._history_seen = seen
+        # This turn writes the previous reply and its own message: about the last exchange
+        # (the first turn writes the suffix, and a message not seen yet).
+        stored = self.history.stored
+        added = sum(_message_tokens(m) for m in stored[-2:]) if len(stored) >= 2 else suffix_tokens
         p_within = {
             ttl: pool.next_turn(key, now, after=0.0, before=econ.TTL_SECONDS[ttl])
             for ttl in ("5m", "1h")
