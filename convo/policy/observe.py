@@ -21,10 +21,10 @@ import itertools
 import math
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["PrefixPool", "pool_for", "within"]
+__all__ = ["PrefixPool", "cdf", "pool_for", "within"]
 
 _MAX_GAPS = 512  # recent gaps kept per pool: enough to estimate, bounded in memory
 _MAX_CONVERSATIONS = 1024  # open conversations whose latest turn is remembered
@@ -57,6 +57,18 @@ def within(
     survival = _survival(events, waits)
     base = survival(alive)
     return (survival(after) - survival(before)) / base if base > 0 else 0.0
+
+
+def cdf(gaps: Iterable[float], censored: Iterable[float], times: Sequence[float]) -> list[float]:
+    """P(the next turn starts within each of *times* seconds), from one survival curve.
+
+    One Kaplan-Meier curve serves every time, with the pseudo-gap at half the shortest, so
+    the difference between two times comes from real observations only (a 1h TTL is not
+    favoured over 5m by the prior alone).
+    """
+    events = sorted([*gaps, min(times) / 2])
+    survival = _survival(events, sorted([*censored, math.inf]))
+    return [1.0 - survival(t) for t in times]
 
 
 def _survival(events: list[float], waits: list[float]) -> Callable[[float], float]:
@@ -97,6 +109,7 @@ class PrefixPool:
         self._prefix_gaps: collections.deque[float] = collections.deque(maxlen=_MAX_GAPS)
         self._turn_gaps: collections.deque[float] = collections.deque(maxlen=_MAX_GAPS)
         self._own: dict[str, collections.deque[float]] = {}
+        self._growth: collections.deque[int] = collections.deque(maxlen=_MAX_GAPS)
         self._latest: collections.OrderedDict[str, float] = collections.OrderedDict()
 
     def live(self, at: float) -> bool:
@@ -181,6 +194,29 @@ class PrefixPool:
                 gaps.extend(self._own.get(conversation, ()))
             censored = [now - t for c, t in self._latest.items() if c != conversation]
         return within(gaps, censored, after=after, before=before, alive=alive)
+
+    def next_turn_cdf(
+        self, conversation: str | None, now: float, times: Sequence[float]
+    ) -> list[float]:
+        """P(*conversation*'s next turn starts within each of *times* seconds of its latest
+        turn), from every conversation of this prefix (its own gaps count twice)."""
+        with self._lock:
+            gaps = list(self._turn_gaps)
+            if conversation is not None:
+                gaps.extend(self._own.get(conversation, ()))
+            censored = [now - t for c, t in self._latest.items() if c != conversation]
+        return cdf(gaps, censored, times)
+
+    def record_growth(self, tokens: int) -> None:
+        """Record how many tokens a turn added to its conversation."""
+        with self._lock:
+            self._growth.append(tokens)
+
+    def typical_growth(self) -> int:
+        """The median tokens a turn added, of those recorded (0 before any)."""
+        with self._lock:
+            values = sorted(self._growth)
+        return values[len(values) // 2] if values else 0
 
     def latest_turn(self, conversation: str) -> float | None:
         """When *conversation*'s latest recorded turn started."""

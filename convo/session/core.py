@@ -292,11 +292,14 @@ class SessionCore:
         # This turn writes the previous reply and its own message: about the last exchange
         # (the first turn writes the suffix, and a message not seen yet).
         stored = self.history.stored
-        added = sum(_message_tokens(m) for m in stored[-2:]) if len(stored) >= 2 else suffix_tokens
-        p_within = {
-            ttl: pool.next_turn(key, now, after=0.0, before=econ.TTL_SECONDS[ttl])
-            for ttl in ("5m", "1h")
-        }
+        if len(stored) >= 2:
+            added = sum(_message_tokens(m) for m in stored[-2:])
+            pool.record_growth(added)
+        else:  # the first message is not seen yet: the typical turn's size stands in
+            added = suffix_tokens + pool.typical_growth()
+        times = (econ.TTL_SECONDS["5m"], econ.TTL_SECONDS["1h"])
+        five, hour = pool.next_turn_cdf(key, now, times)
+        p_within = {"5m": five, "1h": hour}
         # What the history entry spares the next turn: the conversation's own tokens, and
         # the shared prefix as often as the fleet alone would let it lapse (never, while the
         # prefix has a 1h entry of its own).
