@@ -110,8 +110,8 @@ class TestKeepAlive:
 
 
 class TestWithin:
-    """P(next turn in a window): Kaplan-Meier, with a pseudo-gap mid-window and a wait
-    that never ends."""
+    """P(next turn in a window): Kaplan-Meier, with a pseudo-gap at the median gap and a
+    wait that never ends."""
 
     def test_product_limit_by_hand(self) -> None:
         """Gaps 100, 400, 5000 (+ 1950), waits 50, 7000 (+ inf): S(100) = 5/6,
@@ -129,12 +129,17 @@ class TestWithin:
         assert within([], [], after=0.0, before=300.0) == 0.5
 
     def test_a_wait_counts_only_as_long_as_it_is_known(self) -> None:
-        """Seven conversations quiet for 400 s after 100 quick gaps: within 5m is 101/109;
-        within an hour hardly more, since nothing came back after 5 minutes."""
+        """100 gaps of 10 s (+ the pseudo-gap at their median), 7 conversations quiet for
+        400 s: within 5m is 101/109, and within an hour the same, since nothing was seen
+        coming back after 10 s."""
         five = within([10.0] * 100, [400.0] * 7, after=0.0, before=300.0)
         hour = within([10.0] * 100, [400.0] * 7, after=0.0, before=3600.0)
-        assert five == pytest.approx(1 - (9 / 109) * (8 / 9))
-        assert five < hour < five + 0.05
+        assert five == pytest.approx(101 / 109)
+        assert hour == pytest.approx(five)
+
+    def test_silence_longer_than_any_gap_seen_is_let_go(self) -> None:
+        """Every gap seen was under 30 s; after 240 s of silence nothing says it returns."""
+        assert within([5.0, 12.0, 30.0], [], after=300.0, before=540.0, alive=240.0) == 0.0
 
 
 class TestPrefixPool:

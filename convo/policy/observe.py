@@ -49,10 +49,13 @@ def within(
 
     The Kaplan-Meier estimate of the gap's survival ``S``, so a censored wait counts for
     as long as it is known and no longer: ``(S(after) - S(before)) / S(alive)``. Two
-    pseudo-observations, a gap in the middle of the window and a wait that never ends, keep
-    it at 1/2 with nothing observed and away from 0 and 1 on little evidence.
+    pseudo-observations, a gap at the median observed gap (mid-window with none observed)
+    and a wait that never ends, make it 1/2 with nothing observed and keep it away from 0
+    and 1 on little evidence. After a silence longer than every gap seen, only the wait that
+    never ends is left at risk: the estimate is 0 (nobody ever came back that late).
     """
-    events = sorted([*gaps, (after + before) / 2])
+    observed = sorted(gaps)
+    events = sorted([*observed, _pseudo_gap(observed, (after + before) / 2)])
     waits = sorted([*censored, math.inf])
     survival = _survival(events, waits)
     base = survival(alive)
@@ -62,13 +65,21 @@ def within(
 def cdf(gaps: Iterable[float], censored: Iterable[float], times: Sequence[float]) -> list[float]:
     """P(the next turn starts within each of *times* seconds), from one survival curve.
 
-    One Kaplan-Meier curve serves every time, with the pseudo-gap at half the shortest, so
-    the difference between two times comes from real observations only (a 1h TTL is not
-    favoured over 5m by the prior alone).
+    One Kaplan-Meier curve serves every time (pseudo-observations as in :func:`within`, the
+    pseudo-gap at half the shortest time when nothing was observed), so the difference
+    between two times comes from real observations only: the prior alone never favours a
+    1h TTL over 5m.
     """
-    events = sorted([*gaps, min(times) / 2])
+    observed = sorted(gaps)
+    events = sorted([*observed, _pseudo_gap(observed, min(times) / 2)])
     survival = _survival(events, sorted([*censored, math.inf]))
     return [1.0 - survival(t) for t in times]
+
+
+def _pseudo_gap(observed: Sequence[float], default: float) -> float:
+    """Where the prior's pseudo-gap goes: at the median observed gap (so the prior follows
+    the data and says nothing about silences longer than any seen), else at *default*."""
+    return observed[len(observed) // 2] if observed else default
 
 
 def _survival(events: list[float], waits: list[float]) -> Callable[[float], float]:
