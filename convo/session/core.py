@@ -364,6 +364,7 @@ class SessionCore:
         """
         if keep_alive:
             return self._keep_alive_plan()
+        self._prepare_warm()
         rendered = self._warm_layout.render([{"role": "user", "content": _WARM_TEXT}], max_tokens=0)
         if not rendered.breakpoints:
             return None
@@ -391,6 +392,24 @@ class SessionCore:
         pending.decision = decision
         self._pool.record_touch(self.clock())
         return pending
+
+    def _prepare_warm(self) -> None:
+        """Before a pre-warm: give a cold prefix the TTL the policy chooses for it (a warm
+        writes it), and note which TTL the entry it finds or writes has."""
+        now = self.clock()
+        live = self._pool.live(now)
+        if self.adaptive_ttl and not live:
+            decision = econ.prefix_ttl(self._pool.prefix_gaps(), tokens=self.prefix.tokens)
+            ttl = "1h" if decision.action == "1h" or self._prefix_floor == "1h" else "5m"
+            if ttl != self.prefix.ttl:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the same content: warned once already
+                    prefix = attrs.evolve(self.prefix, ttl="1h" if ttl == "1h" else "5m")
+                options = self._layout_options
+                if ttl == "5m" and options["history_ttl"] == "1h":
+                    options["history_ttl"] = "5m"  # 1h breakpoints may not follow a 5m one
+                self._use_prefix(prefix, self._workspace)
+        self._entry_ttl = self._pool.record_write(self.prefix.ttl, live=live)
 
     def _next_use_probability(self, now: float) -> float:
         """P(this conversation's next turn comes after its entry lapses but within a TTL of
