@@ -140,27 +140,42 @@ def keep_alive(
     read: float,
     rewrite: float = WRITE["5m"],
     tail: float = 0.0,
+    shared: float = 0.0,
+    p_shared: float = 0.0,
+    shared_rewrite: float = WRITE["5m"],
 ) -> Decision:
     """Whether a re-warm (a ``max_tokens: 0`` request reading what is cached) pays.
 
-    Without it the entry lapses and the next turn writes the protected tokens again
+    Without it the entry lapses and the next use writes the protected tokens again
     (``rewrite`` each, 1.25 for 5m) instead of reading them (0.1). The re-warm reads every
     token up to its last breakpoint (``read``, the shared prefix included: a prompt is read
-    from its start) and writes the ``tail`` not cached yet::
+    from its start) and writes the ``tail`` not cached yet. The conversation's own tokens
+    are needed by its next turn (``p_next``); the ``shared`` prefix, when nobody else keeps
+    it live, by the next use of anyone (``p_shared``)::
 
-        saving = p_next × (rewrite − 0.1) × protected − 0.1 × read − WRITE["5m"] × tail
+        saving = p_next × (rewrite − 0.1) × protected
+               + p_shared × (shared_rewrite − 0.1) × shared
+               − 0.1 × read − WRITE["5m"] × tail
 
     Args:
-        p_next: Probability that the next use comes after the entry would have lapsed but
-            inside the window the re-warm opens.
-        protected: Tokens that would otherwise be written again.
+        p_next: Probability that the conversation's next turn comes after its entry would
+            have lapsed but inside the window the re-warm opens.
+        protected: The conversation's tokens that would otherwise be written again.
         read: Tokens the re-warm reads.
         rewrite: Price multiple of writing them again.
         tail: Tokens the re-warm writes.
+        shared: Shared-prefix tokens the re-warm keeps live (0 when others keep it).
+        p_shared: Probability that anyone uses the shared prefix in that window.
+        shared_rewrite: Price multiple of writing the shared prefix again.
     """
-    saving = p_next * (rewrite - READ) * protected - READ * read - WRITE["5m"] * tail
+    saving = (
+        p_next * (rewrite - READ) * protected
+        + p_shared * (shared_rewrite - READ) * shared
+        - READ * read
+        - WRITE["5m"] * tail
+    )
     reason = (
-        f"re-warm vs lapse: P(next in window)={p_next:.2f}, protected={protected:.0f}, "
-        f"read={read:.0f}"
+        f"re-warm vs lapse: P(next turn in window)={p_next:.2f}, protected={protected:.0f}, "
+        f"P(prefix used in window)={p_shared:.2f}, shared={shared:.0f}, read={read:.0f}"
     )
     return Decision("send" if saving > 0 else "skip", saving, reason)

@@ -218,6 +218,22 @@ class PrefixPool:
             censored = [now - t for c, t in self._latest.items() if c != conversation]
         return cdf(gaps, censored, times)
 
+    def next_use(self, now: float, *, after: float, before: float) -> float:
+        """P(anyone's next use of the prefix starts in ``(now + after, now + before]``,
+        given none since the latest), from the gaps between uses."""
+        with self._lock:
+            gaps = list(self._prefix_gaps)
+            last = self._last_touch
+        if last is None:
+            return within(gaps, [], after=after, before=before)
+        alive = max(0.0, now - last)
+        return within(gaps, [], after=alive + after, before=alive + before, alive=alive)
+
+    def touched_since(self, at: float) -> bool:
+        """Whether any session used or re-warmed the prefix after *at*."""
+        with self._lock:
+            return self._last_touch is not None and self._last_touch > at
+
     def record_growth(self, tokens: int) -> None:
         """Record how many tokens a turn added to its conversation."""
         with self._lock:

@@ -143,6 +143,7 @@ class SessionCore:
         # began: key it on its first message (see _conversation); else on this session.
         self._conversation_key: str | None = conversation_id or (None if messages else "")
         self._first_turn_at: float | None = None
+        self._own_touch = float("-inf")  # this session's latest re-warm
         self._entry_ttl: str | None = None  # the TTL of the prefix entry this turn finds
         #: The latest decision the policy took for this session (TTL, or a re-warm).
         self.last_decision: Decision | None = None
@@ -439,15 +440,20 @@ class SessionCore:
         this conversation's latest turn).
         """
         now = self.clock()
+        pool = self._pool
         p_next = self._next_use_probability(now)
-        last_use = self._pool.last_use()
-        others = (
-            last_use is not None
-            and self._last_turn_start is not None
-            and last_use > self._last_turn_start
-        )
+        start = self._last_turn_start
+        # Touched after this conversation's own latest turn and re-warm: someone else.
+        others = start is not None and pool.touched_since(max(start, self._own_touch))
         prefix_tokens = 0 if others else self.prefix.tokens
-        prefix_rewrite = econ.WRITE[self.prefix.ttl]
+        entry_ttl = econ.TTL_SECONDS[pool.entry_ttl]
+        # The prefix is needed by whoever uses it next (this conversation included).
+        p_shared = max(p_next, pool.next_use(now, after=0.0, before=entry_ttl))
+        shared = {
+            "shared": prefix_tokens,
+            "p_shared": p_shared,
+            "shared_rewrite": econ.WRITE[pool.entry_ttl],
+        }
         candidates: list[tuple[Decision, Pending]] = []
         if len(self.history):
             rendered = self._keep_alive_layout.render(self.history, max_tokens=0)
@@ -455,13 +461,13 @@ class SessionCore:
                 pending = self._plan(rendered, turn=0, user_appended=False)
                 p = pending.prediction
                 ttl = self._history_ttl_now()
-                own = max(0, p.cache_read - self.prefix.tokens)
                 decision = econ.keep_alive(
                     p_next=p_next,
-                    protected=own + prefix_tokens * prefix_rewrite / econ.WRITE[ttl],
+                    protected=max(0, p.cache_read - self.prefix.tokens),
                     read=p.cache_read,
                     rewrite=econ.WRITE[ttl],
                     tail=p.cache_write + p.input / econ.WRITE["5m"],
+                    **shared,
                 )
                 candidates.append((decision, pending))
         if prefix_tokens:
@@ -472,11 +478,11 @@ class SessionCore:
                 pending = self._plan(rendered, turn=0, user_appended=False)
                 p = pending.prediction
                 decision = econ.keep_alive(
-                    p_next=p_next,
-                    protected=prefix_tokens,
+                    p_next=0.0,
+                    protected=0,
                     read=p.cache_read,
-                    rewrite=prefix_rewrite,
                     tail=p.cache_write + p.input / econ.WRITE["5m"],
+                    **shared,
                 )
                 candidates.append((decision, pending))
         if not candidates:
@@ -487,7 +493,8 @@ class SessionCore:
             return None
         pending.purpose = "keep_alive"
         pending.decision = decision
-        self._pool.record_touch(self.clock())
+        self._own_touch = self.clock()
+        self._pool.record_touch(self._own_touch)
         return pending
 
     def _params(self, params: Mapping[str, Any] | None) -> dict[str, Any] | None:
