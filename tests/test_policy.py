@@ -14,6 +14,7 @@ from convo.emulator import RunningEmulator
 from convo.ledger import Ledger
 from convo.limits import RateLimiter
 from convo.policy import PrefixPool, history_ttl, keep_alive, pool_for, prefix_ttl, within
+from convo.policy.observe import cdf
 from convo.session import KeepAlive, Session
 from convo.warm import WarmRegistry
 
@@ -108,6 +109,13 @@ class TestKeepAlive:
         assert decision.expected_saving == pytest.approx(0.2 * 1.9 * 3000 - 300)
         assert decision.action == "send"
 
+    def test_the_shared_prefix_counts_for_whoever_comes_next(self) -> None:
+        """A 200-token history nobody will read (P = 0) behind a 6,000-token prefix the
+        fleet uses again with P = 0.3: 0.3 x 1.15 x 6000 - 0.1 x 6200 = 1450: send."""
+        decision = keep_alive(p_next=0.0, protected=200, read=6200, shared=6000, p_shared=0.3)
+        assert decision.action == "send"
+        assert decision.expected_saving == pytest.approx(0.3 * 1.15 * 6000 - 620)
+
 
 class TestWithin:
     """P(next turn in a window): Kaplan-Meier, with a pseudo-gap at the median gap and a
@@ -140,6 +148,17 @@ class TestWithin:
     def test_silence_longer_than_any_gap_seen_is_let_go(self) -> None:
         """Every gap seen was under 30 s; after 240 s of silence nothing says it returns."""
         assert within([5.0, 12.0, 30.0], [], after=300.0, before=540.0, alive=240.0) == 0.0
+
+
+class TestCdf:
+    """One survival curve for several horizons: the prior never favours the longer one."""
+
+    def test_nothing_seen_after_five_minutes_means_no_more_within_the_hour(self) -> None:
+        """Gaps 60 and 120 (+ the pseudo-gap at the median, 120), waits of 900, 900 (+ inf):
+        S(60) = 5/6, S(120) = 5/6 x 3/5 = 1/2, nothing after: P(<5m) = P(<1h) = 1/2."""
+        five, hour = cdf([60.0, 120.0], [900.0, 900.0], (300.0, 3600.0))
+        assert five == pytest.approx(0.5)
+        assert hour == pytest.approx(five)
 
 
 class TestPrefixPool:
@@ -219,7 +238,8 @@ class TestSessionPolicy:
         reply = session.keep_alive_tick()
         assert reply is not None
         decision = session._core.last_decision
-        assert decision is not None and decision.action == "send"
+        assert decision is not None
+        assert decision.action == "send"
         ledger.flush()
         rows = [r for r in ledger.rows(session=session.session_id) if r.purpose == "keep_alive"]
         assert len(rows) == 1
@@ -240,7 +260,8 @@ class TestSessionPolicy:
         emulator.advance(250)
         assert task.keep_alive_tick() is None
         decision = task._core.last_decision
-        assert decision is not None and decision.action != "send"
+        assert decision is not None
+        assert decision.action != "send"
 
     def test_single_turn_tasks_stop_caching_history(
         self, emulator: RunningEmulator, make_session: Callable[..., Session]
