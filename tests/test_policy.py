@@ -53,15 +53,17 @@ class TestHistoryTtl:
     """The history breakpoint: none, 5m or 1h, by the next turn's chance of reading it."""
 
     def test_likely_soon_and_surely_within_the_hour_takes_1h(self) -> None:
-        """5m: 0.9x0.9x1000 - 0.25x100 = 785; 1h: 1.0x0.9x1000 - 1.0x100 = 800."""
+        """5m: 0.9 x (1 + 0.9 x 0.25 - 0.1) x 1000 - 0.25 x 100 = 987.5;
+        1h: 1.0 x (1 + 0.9 x 0.25 + 0.1 x 1.0 - 0.1) x 1000 - 1.0 x 100 = 1125."""
         decision = history_ttl(
             p_within={"5m": 0.9, "1h": 1.0}, protected={"5m": 1000, "1h": 1000}, new=100
         )
         assert decision.action == "1h"
-        assert decision.expected_saving == pytest.approx(800.0)
+        assert decision.expected_saving == pytest.approx(1125.0)
 
     def test_a_1h_prefix_write_tips_it_back_to_5m(self) -> None:
-        """The same, but a 1h history needs the cold prefix written 1h: +0.75 x 2000."""
+        """The same, but a 1h history needs the cold prefix written 1h: 1125 - 0.75 x 2000
+        = -375 < 987.5."""
         decision = history_ttl(
             p_within={"5m": 0.9, "1h": 1.0},
             protected={"5m": 1000, "1h": 1000},
@@ -69,7 +71,7 @@ class TestHistoryTtl:
             extra_1h=0.75 * 2000,
         )
         assert decision.action == "5m"
-        assert decision.expected_saving == pytest.approx(785.0)
+        assert decision.expected_saving == pytest.approx(987.5)
 
     def test_a_conversation_that_never_returns_gets_no_breakpoint(self) -> None:
         """P(next) near 0: any write costs more than input; the baseline (none) wins at 0."""
@@ -80,12 +82,30 @@ class TestHistoryTtl:
         assert decision.expected_saving == 0.0
 
     def test_long_gaps_take_1h(self) -> None:
-        """Turns 10-60 minutes apart: 5m gains nothing, 1h gains 0.9 x 0.9 x 2000 - 300."""
+        """Turns 10-60 minutes apart: 5m gains nothing, 1h 0.9 x 1.8 x 2000 - 300 = 2940."""
         decision = history_ttl(
             p_within={"5m": 0.0, "1h": 0.9}, protected={"5m": 2000, "1h": 2000}, new=300
         )
         assert decision.action == "1h"
-        assert decision.expected_saving == pytest.approx(0.9 * 0.9 * 2000 - 300)
+        assert decision.expected_saving == pytest.approx(2940.0)
+
+    def test_the_same_chances_never_favour_1h(self) -> None:
+        """P(<5m) = P(<1h) = 0.5: a 1h write buys no more reads than a 5m one."""
+        decision = history_ttl(
+            p_within={"5m": 0.5, "1h": 0.5}, protected={"5m": 2000, "1h": 2000}, new=200
+        )
+        assert decision.action == "5m"
+        assert decision.expected_saving == pytest.approx(0.5 * 1.025 * 2000 - 50)
+
+    def test_a_first_turn_is_written_when_the_conversation_goes_on(self) -> None:
+        """Everything is new on a first turn (protected = new = 220). Writing it 1h now
+        (2.0, then reads) beats sending it as input now and writing it next turn when
+        another turn is likely: 0.85 x (1 + 0.85 - 0.1) x 220 - 220 = 107.25."""
+        decision = history_ttl(
+            p_within={"5m": 0.0, "1h": 0.85}, protected={"5m": 220, "1h": 220}, new=220
+        )
+        assert decision.action == "1h"
+        assert decision.expected_saving == pytest.approx(0.85 * 1.75 * 220 - 220)
 
 
 class TestKeepAlive:

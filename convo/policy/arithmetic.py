@@ -98,17 +98,23 @@ def history_ttl(
 ) -> Decision:
     """Choose the history breakpoint for this turn: none, 5m or 1h (1h may follow a 1h prefix).
 
-    Baseline: no history breakpoint. Then this turn pays its *new* tokens as input (1.0)
-    and the next turn pays the *protected* tokens (what the entry would save it from
-    sending again) as input. With a breakpoint of TTL ``T``, this turn pays ``WRITE[T]`` for
-    the new tokens, and the next turn reads the protected ones (0.1) when it comes within
-    ``T``, which it does with probability ``p_within[T]``::
+    Baseline: no history breakpoint. Then this turn pays its *new* tokens as input (1.0),
+    and the next turn pays the *protected* tokens (what the entry would spare it) as input,
+    plus, if yet another turn is to come, the write that turn would then make itself. With
+    a breakpoint of TTL ``T``, this turn pays ``WRITE[T]`` for the new tokens, and the next
+    turn reads the protected ones (0.1) when it comes within ``T``, which it does with
+    probability ``p = p_within[T]``. Without the entry the next turn would write them
+    itself for the turn after: at 5m for the chance of a turn within 5 minutes, at 1h only
+    for the extra chance of one within the hour::
 
-        saving(T) = p_within[T] × (1.0 − 0.1) × protected[T] − (WRITE[T] − 1.0) × new − extra
+        then(5m)  = 1.0 + p5 × 0.25
+        then(1h)  = 1.0 + p5 × 0.25 + (p1h − p5) × 1.0
+        saving(T) = p_T × (then(T) − 0.1) × protected[T] − (WRITE[T] − 1.0) × new − extra
 
+    (with ``p1h = p5``, 1h never beats 5m: the same chance of a read for a dearer write).
     where ``extra`` is what a 1h history costs elsewhere (the API wants every 1h breakpoint
     before every 5m one, so a 1h history needs a 1h prefix: 0.75 × its tokens if this turn
-    writes it). The decision is re-taken every turn, so one gap ahead is enough: a read
+    writes it). The decision is re-taken every turn, so two turns ahead are enough: a read
     refreshes the entry, and the next turn decides again.
 
     Args:
@@ -121,7 +127,8 @@ def history_ttl(
     """
     options: dict[str, float] = {"none": 0.0}
     for ttl in ("5m", "1h"):
-        gain = p_within[ttl] * (INPUT - READ) * protected[ttl]
+        p = p_within[ttl]
+        gain = p * (_then(p_within, ttl) - READ) * protected[ttl]
         cost = (WRITE[ttl] - INPUT) * new + (extra_1h if ttl == "1h" else 0.0)
         options[ttl] = gain - cost
     best = max(options, key=lambda o: (options[o], o == "none"))
@@ -131,6 +138,17 @@ def history_ttl(
         f"{protected['1h']:.0f}, new={new:.0f}"
     )
     return Decision(best, options[best], reason)
+
+
+def _then(p_within: Mapping[str, float], ttl: str) -> float:
+    """What the next turn pays per protected token without this entry: input, plus the
+    write it then makes for the turn after (a 5m write covers the chance of a turn within
+    5 minutes; only the extra chance of one within the hour needs a 1h write)."""
+    five = p_within["5m"]
+    if ttl == "5m":
+        return INPUT + five * (WRITE["5m"] - INPUT)
+    extra = max(0.0, p_within["1h"] - five)
+    return INPUT + five * (WRITE["5m"] - INPUT) + extra * (WRITE["1h"] - INPUT)
 
 
 def keep_alive(
