@@ -23,6 +23,7 @@ from convo.bench.workloads import Conversation, Workload
 
 __all__ = [
     "STRATEGIES",
+    "VARIANTS",
     "Sent",
     "Strategy",
     "StrategyUnavailable",
@@ -156,8 +157,10 @@ class _Convo:
         clock: Callable[[], float],
         sleep: Callable[[float], Any],
         tuned: bool,
+        warm: bool = True,
     ) -> None:
         self.name = name
+        self._warm = warm
         self.ticks = tuned and not workload.stateless
         self._workload = workload
         self._client = client
@@ -222,7 +225,7 @@ class _Convo:
                 self._sessions[conversation.id] = (session, prefix)
             else:
                 session = held[0]
-        if self._tuned and conversation.id not in self._warmed:
+        if self._tuned and self._warm and conversation.id not in self._warmed:
             # Warm when a conversation opens (single flight: one pre-warm for the fleet
             # while the prefix is live), as an app does when a user opens the chat.
             self._warmed.add(conversation.id)
@@ -242,6 +245,11 @@ class _Convo:
         reply = held[0].keep_alive_tick()
         return [] if reply is None else [Sent("keep_alive", reply.usage)]
 
+
+#: Variants :func:`make` builds on request (``Bench.run(workload, name)``) that the default
+#: runs leave out: ``convo-keepalive`` is ``convo-tuned`` without the pre-warm when a
+#: conversation opens, to measure keep-alive on its own.
+VARIANTS: tuple[str, ...] = ("convo-keepalive",)
 
 STRATEGIES: tuple[str, ...] = (
     "none",
@@ -270,6 +278,8 @@ def make(
     """
     if name in ("convo", "convo-tuned"):
         return _Convo(name, workload, client, clock=clock, sleep=sleep, tuned=name == "convo-tuned")
+    if name == "convo-keepalive":
+        return _Convo(name, workload, client, clock=clock, sleep=sleep, tuned=True, warm=False)
     if name == "cacheguardian":
         try:
             import cacheguardian

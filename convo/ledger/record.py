@@ -149,11 +149,16 @@ class LedgerRow:
             delivered, ``convo.tokens.estimate``), not the server's figure.
         purpose: ``"turn"``, ``"warm"`` (a pre-warm) or ``"keep_alive"``; ``None`` on
             rows written before schema version 4.
+        expected_saving_usd: On ``warm`` and ``keep_alive`` rows, what the cache policy
+            expected the request to save (negative: its expected extra cost, e.g. a cold
+            pre-warm bought for latency); ``None`` elsewhere (:mod:`convo.policy`).
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
        ``status="cancelled"``, ``usage_estimated``, ``purpose``; ``status``,
        ``cache_outcome`` and ``purpose`` are checked against their values.
+    .. versionchanged:: 0.3
+       ``expected_saving_usd`` (schema version 5).
     """
 
     model: str
@@ -191,6 +196,7 @@ class LedgerRow:
     purpose: Purpose | None = attrs.field(
         default="turn", validator=_one_of(PURPOSES, optional=True)
     )
+    expected_saving_usd: Decimal | None = attrs.field(default=None, converter=_usd)
 
     @classmethod
     def build(
@@ -244,6 +250,8 @@ class LedgerRow:
         values[_I_SAVED] = None if self.saved_usd is None else int(self.saved_usd.scaleb(9))
         values[_I_TTL] = int(self.ttl_split_assumed)
         values[_I_ESTIMATED] = int(self.usage_estimated)
+        expected = self.expected_saving_usd
+        values[_I_EXPECTED] = None if expected is None else int(expected.scaleb(9))
         return tuple(values)
 
     @classmethod
@@ -255,20 +263,36 @@ class LedgerRow:
         d["saved_usd"] = from_nanos(d["saved_usd"])
         d["ttl_split_assumed"] = bool(d["ttl_split_assumed"])
         d["usage_estimated"] = bool(d["usage_estimated"])
+        d["expected_saving_usd"] = from_nanos(d["expected_saving_usd"])
         return cls(**d)
 
 
 #: (attribute, column) pairs; columns differ where the stored unit differs.
 _FIELDS: tuple[tuple[str, str], ...] = tuple(
-    (a.name, {"time": "ts", "cost_usd": "cost_nusd", "saved_usd": "saved_nusd"}.get(a.name, a.name))
+    (
+        a.name,
+        {
+            "time": "ts",
+            "cost_usd": "cost_nusd",
+            "saved_usd": "saved_nusd",
+            "expected_saving_usd": "expected_saving_nusd",
+        }.get(a.name, a.name),
+    )
     for a in attrs.fields(LedgerRow)
 )
 
 _NAMES = [name for name, _ in _FIELDS]
 _GET_ALL = operator.attrgetter(*_NAMES)
-_I_TIME, _I_COST, _I_SAVED, _I_TTL, _I_ESTIMATED = (
+_I_TIME, _I_COST, _I_SAVED, _I_TTL, _I_ESTIMATED, _I_EXPECTED = (
     _NAMES.index(n)
-    for n in ("time", "cost_usd", "saved_usd", "ttl_split_assumed", "usage_estimated")
+    for n in (
+        "time",
+        "cost_usd",
+        "saved_usd",
+        "ttl_split_assumed",
+        "usage_estimated",
+        "expected_saving_usd",
+    )
 )
 
 #: Column names of the usage table, in the order of :meth:`LedgerRow.to_db`.

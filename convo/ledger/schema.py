@@ -269,6 +269,12 @@ def _v4(d: Dialect) -> list[str]:
     return statements
 
 
+def _v5(d: Dialect) -> list[str]:
+    """The expected saving of each warm and keep-alive request (issue 11), in nano-dollars
+    like the cost; NULL on other rows and on rows written before version 5."""
+    return [f"ALTER TABLE convo_usage ADD COLUMN expected_saving_nusd {d.bigint}"]
+
+
 def rollup_catch_up(d: Dialect, sums_: tuple[tuple[str, str], ...] = ROLLUP_SUMS) -> list[str]:
     """SQLite: fold every row past ``convo_rollup_mark``, and move the mark to the last."""
     return [
@@ -279,7 +285,7 @@ def rollup_catch_up(d: Dialect, sums_: tuple[tuple[str, str], ...] = ROLLUP_SUMS
 
 
 #: Migrations in order; version N is ``MIGRATIONS[N - 1]``. Only ever append to this list.
-MIGRATIONS: tuple[Callable[[Dialect], list[str]], ...] = (_v1, _v2, _v3, _v4)
+MIGRATIONS: tuple[Callable[[Dialect], list[str]], ...] = (_v1, _v2, _v3, _v4, _v5)
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -58,7 +58,7 @@ class AsyncSession(SessionBase):
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         diagnostics: bool = False,
         keep_alive: KeepAlive | None = None,
-        adaptive_ttl: bool = False,
+        adaptive_ttl: bool = True,
         refresh: str = "path",
         session_id: str | None = None,
         conversation_id: str | None = None,

@@ -19,7 +19,6 @@ only enqueued (the ledger's writer does the disk work).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -36,6 +35,8 @@ from convo.errors import LayoutError, StreamInterrupted
 from convo.layout import History, Layout, Prefix, RenderedRequest
 from convo.ledger import Ledger, LedgerRow, cache_outcome
 from convo.limits import RateLimiter
+from convo.policy import Decision, PrefixPool, pool_for
+from convo.policy import arithmetic as econ
 from convo.pricing import price
 from convo.request_rules import RequestChecker, needs_streaming
 from convo.retry import ATTEMPT, AttemptRecord, RetryPolicy
@@ -43,15 +44,24 @@ from convo.session import steps
 from convo.session.busts import log_bust
 from convo.session.reply import Reply, Stats
 from convo.session.turn import KeepAlive, Pending, user_message
+from convo.tokens import block_tokens
+from convo.tokens import estimate as estimate_tokens
 from convo.tracker import CacheEntry, CacheTracker
 from convo.usage import Usage
-from convo.warm import WarmBackend, WarmKey, choose_ttl
+from convo.warm import WarmBackend, WarmKey
 
 __all__ = ["SessionCore"]
 
 _TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 _log = logging.getLogger("convo")
 _WARM_TEXT = "(cache pre-warm)"
+
+
+def _message_tokens(message: Mapping[str, Any]) -> int:
+    content = message.get("content")
+    if isinstance(content, str):
+        return block_tokens(content)
+    return sum(block_tokens(b) for b in content or () if isinstance(b, Mapping))
 
 
 class SessionCore:
@@ -79,7 +89,7 @@ class SessionCore:
         messages: Sequence[Mapping[str, Any]],
         hooks: Sequence[Callable[[Reply], None]],
         tracker: CacheTracker | None = None,
-        adaptive_ttl: bool = False,
+        adaptive_ttl: bool = True,
         history_ttl: str | None = None,
         refresh: str = "path",
     ) -> None:
@@ -122,6 +132,21 @@ class SessionCore:
         self.adaptive_ttl = adaptive_ttl
         self._gaps: list[float] = []
         self._last_turn_start: float | None = None
+        # The cache-economics state (convo.policy): what this session's TTL choices and
+        # re-warms are decided from. The pool is shared by every session on the registry.
+        self._history_strategy = history
+        # A caller's Prefix(ttl="1h") is a floor the policy never lowers (5m is the default).
+        self._prefix_floor = prefix.ttl
+        self._fixed_history_ttl = history_ttl
+        self._pool: PrefixPool = pool_for(registry, repr(self.warm_key))
+        # A session built from stored messages continues a conversation another session
+        # began: key it on its first message (see _conversation); else on this session.
+        self._conversation_key: str | None = conversation_id or (None if messages else "")
+        self._first_turn_at: float | None = None
+        self._own_touch = float("-inf")  # this session's latest re-warm
+        self._entry_ttl: str | None = None  # the TTL of the prefix entry this turn finds
+        #: The latest decision the policy took for this session (TTL, or a re-warm).
+        self.last_decision: Decision | None = None
         self.history = History(messages)
         self.registry = registry
         self.limiter = limiter
@@ -185,7 +210,9 @@ class SessionCore:
         self.warm_key = WarmKey.for_api_key(workspace, prefix.model, content)
 
     def _adapt_ttl(self) -> None:
-        """Track gaps between turns; with ``adaptive_ttl``, switch to the TTL they favour.
+        """Record this turn's start; with ``adaptive_ttl``, lay out its breakpoints by
+        expected value (:mod:`convo.policy`): the prefix's TTL, and whether the history gets
+        a breakpoint and with which TTL. Called before the user turn is appended.
 
         Cache keys do not include ``cache_control``, so switching TTL keeps every entry.
         """
@@ -193,12 +220,110 @@ class SessionCore:
         if self._last_turn_start is not None:
             self._gaps = [*self._gaps[-99:], now - self._last_turn_start]
         self._last_turn_start = now
-        if self.adaptive_ttl and self._gaps:
-            best = choose_ttl(self._gaps)
-            if best != self.prefix.ttl:
-                # An explicit history_ttl="1h" rules out a 5m prefix: then keep the 1h one.
-                with contextlib.suppress(LayoutError):
-                    self._use_prefix(attrs.evolve(self.prefix, ttl=best), self._workspace)
+        pool = self._pool
+        prefix_live = pool.live(now)
+        pool.record_use(now)
+        key = self._conversation()
+        if key is None:
+            self._first_turn_at = now  # linked to the conversation once it has a message
+        else:
+            if self._first_turn_at is not None:
+                pool.record_turn(key, self._first_turn_at)
+                self._first_turn_at = None
+            pool.record_turn(key, now)
+        if not self.adaptive_ttl:
+            self._entry_ttl = pool.record_write(self.prefix.ttl, live=prefix_live)
+            return
+        prefix_ttl, history, history_ttl = self._choose_layout(now, key, prefix_live)
+        # What the registry is told a read refreshes must be the entry's own TTL (a read
+        # never changes it), not the one this turn's marker asks for.
+        self._entry_ttl = pool.record_write(prefix_ttl, live=prefix_live)
+        options = self._layout_options
+        if (prefix_ttl, history, history_ttl) != (
+            self.prefix.ttl,
+            options["history"],
+            options["history_ttl"],
+        ):
+            saved = dict(options)
+            options["history"], options["history_ttl"] = history, history_ttl
+            try:
+                prefix = self.prefix
+                if prefix_ttl != prefix.ttl:
+                    with warnings.catch_warnings():
+                        # Rebuilding the same content: its warnings were given once already.
+                        warnings.simplefilter("ignore")
+                        prefix = attrs.evolve(prefix, ttl="1h" if prefix_ttl == "1h" else "5m")
+                self._use_prefix(prefix, self._workspace)
+            except LayoutError:
+                options.update(saved)  # a TTL order the API refuses: keep the layout
+
+    def _history_ttl_now(self) -> str:
+        """The TTL of the history breakpoints as laid out now."""
+        ttl = self._layout_options["history_ttl"]
+        return ttl if isinstance(ttl, str) else self.prefix.ttl
+
+    def _conversation(self) -> str | None:
+        """The key this conversation's turns are pooled under: the caller's conversation id,
+        else the first message (with a fixed suffix), so a conversation rebuilt from stored
+        history in a fresh session is still the same conversation."""
+        if self._conversation_key == "":
+            self._conversation_key = self.session_id
+        if self._conversation_key is None and len(self.history):
+            suffix = self._layout_options["suffix"]
+            digest = self.history.chain.message_digests[0]
+            self._conversation_key = f"{digest}:{suffix if isinstance(suffix, str) else ''}"
+        return self._conversation_key
+
+    def _choose_layout(
+        self, now: float, key: str | None, prefix_live: bool
+    ) -> tuple[str, str, str | None]:
+        """``(prefix TTL, history strategy, history TTL)`` for the turn about to be sent."""
+        pool = self._pool
+        tokens = self.prefix.tokens
+        prefix = econ.prefix_ttl(pool.prefix_gaps(), tokens=tokens)
+        if self._prefix_floor == "1h" and prefix.action != "1h":
+            prefix = Decision("1h", prefix.expected_saving, "the caller's 1h prefix")
+        fixed = self._fixed_history_ttl
+        if self._history_strategy != "rolling" or fixed is not None:
+            ttl = "1h" if prefix.action == "1h" or fixed == "1h" else "5m"
+            self.last_decision = prefix
+            return ttl, self._history_strategy, fixed
+        suffix = self._layout_options["suffix"]
+        suffix_tokens = estimate_tokens(suffix) if isinstance(suffix, str) else 0
+        history = self.history.chain.cumulative_tokens
+        seen = history[-1] if len(history) else 0
+        # This turn writes the previous reply and its own message: about the last exchange
+        # (the first turn writes the suffix, and a message not seen yet).
+        stored = self.history.stored
+        if len(stored) >= 2:
+            added = sum(_message_tokens(m) for m in stored[-2:])
+            pool.record_growth(added)
+        else:  # the first message is not seen yet: the typical turn's size stands in
+            added = suffix_tokens + pool.typical_growth()
+        times = (econ.TTL_SECONDS["5m"], econ.TTL_SECONDS["1h"])
+        five, hour = pool.next_turn_cdf(key, now, times)
+        p_within = {"5m": five, "1h": hour}
+        # What the history entry spares the next turn: the conversation's own tokens, and
+        # the shared prefix as often as the fleet alone would let it lapse (never, while the
+        # prefix has a 1h entry of its own).
+        own = suffix_tokens + seen + added
+        lapse = {
+            ttl: 0.0 if prefix.action == "1h" else pool.prefix_lapse(econ.TTL_SECONDS[ttl])
+            for ttl in ("5m", "1h")
+        }
+        decision = econ.history_ttl(
+            p_within=p_within,
+            protected={ttl: own + tokens * lapse[ttl] for ttl in ("5m", "1h")},
+            new=added,
+            extra_1h=0.0
+            if prefix.action == "1h" or prefix_live
+            else (econ.WRITE["1h"] - econ.WRITE["5m"]) * tokens,
+        )
+        self.last_decision = decision
+        if decision.action == "none":
+            return prefix.action, "none", None
+        ttl = "1h" if prefix.action == "1h" or decision.action == "1h" else "5m"
+        return ttl, "rolling", decision.action
 
     # -- planning -------------------------------------------------------------------------
 
@@ -246,17 +371,142 @@ class SessionCore:
 
         Returns ``None`` when there is nothing a pre-warm could cache (a prefix below the
         model's minimum has no breakpoint): such a request would cost input and write nothing.
+        A keep-alive re-warm is planned only when it pays (:meth:`_keep_alive_plan`), and
+        reads the smallest prefix that protects what is worth protecting. The decision and
+        its expected saving go with the request (and into its ledger row).
         """
-        if keep_alive and len(self.history):
-            rendered = self._keep_alive_layout.render(self.history, max_tokens=0)
-        else:
-            rendered = self._warm_layout.render(
-                [{"role": "user", "content": _WARM_TEXT}], max_tokens=0
-            )
+        if keep_alive:
+            return self._keep_alive_plan()
+        self._prepare_warm()
+        rendered = self._warm_layout.render([{"role": "user", "content": _WARM_TEXT}], max_tokens=0)
         if not rendered.breakpoints:
             return None
         pending = self._plan(rendered, turn=0, user_appended=False)
-        pending.purpose = "keep_alive" if keep_alive else "warm"
+        pending.purpose = "warm"
+        p = pending.prediction
+        if not p.cache_read:
+            # A pre-warm of a cold prefix moves its write earlier: the first turn then reads
+            # it, so it costs that read and the warm's own text more. It buys time to first
+            # token, not money; sent because the caller asked, with the price on record.
+            cost = econ.READ * p.cache_write + econ.INPUT * p.input
+            decision = Decision("send", -cost, "cold pre-warm vs the first turn writing")
+        else:
+            # A live prefix about to lapse: a refresh, sent only when it pays.
+            decision = econ.keep_alive(
+                p_next=self._next_use_probability(self.clock()),
+                protected=p.cache_read,
+                read=p.cache_read,
+                rewrite=econ.WRITE[self.prefix.ttl],
+                tail=p.input / econ.WRITE["5m"],
+            )
+        self.last_decision = decision
+        if decision.action != "send":
+            return None
+        pending.decision = decision
+        self._pool.record_touch(self.clock())
+        return pending
+
+    def _prepare_warm(self) -> None:
+        """Before a pre-warm: give a cold prefix the TTL the policy chooses for it (a warm
+        writes it), and note which TTL the entry it finds or writes has."""
+        now = self.clock()
+        live = self._pool.live(now)
+        if self.adaptive_ttl and not live:
+            decision = econ.prefix_ttl(self._pool.prefix_gaps(), tokens=self.prefix.tokens)
+            ttl = "1h" if decision.action == "1h" or self._prefix_floor == "1h" else "5m"
+            if ttl != self.prefix.ttl:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the same content: warned once already
+                    prefix = attrs.evolve(self.prefix, ttl="1h" if ttl == "1h" else "5m")
+                options = self._layout_options
+                if ttl == "5m" and options["history_ttl"] == "1h":
+                    options["history_ttl"] = "5m"  # 1h breakpoints may not follow a 5m one
+                self._use_prefix(prefix, self._workspace)
+        self._entry_ttl = self._pool.record_write(self.prefix.ttl, live=live)
+
+    def _next_use_probability(self, now: float) -> float:
+        """P(this conversation's next turn comes after its entry lapses but within a TTL of
+        now), given none came since its latest turn."""
+        last = self._last_turn_start
+        if last is None:
+            return self._pool.next_turn(None, now, after=0.0, before=econ.TTL_SECONDS["5m"])
+        tracker = self.tracker
+        deepest = max(
+            (x for x in map(tracker.expires_at, tracker.entries()) if x > now), default=now
+        )
+        ttl = self._history_ttl_now()
+        return self._pool.next_turn(
+            self._conversation(),
+            now,
+            after=deepest - last,
+            before=now + econ.TTL_SECONDS[ttl] - last,
+            alive=now - last,
+        )
+
+    def _keep_alive_plan(self) -> Pending | None:
+        """The keep-alive re-warm that pays most, or ``None`` when none pays.
+
+        Two candidates: the conversation as it stands (protects its history and the prefix),
+        and the static prefix alone (protects only the prefix, reads only it). The prefix
+        counts only when no other session keeps it alive (the pool saw no use of it since
+        this conversation's latest turn).
+        """
+        now = self.clock()
+        pool = self._pool
+        p_next = self._next_use_probability(now)
+        start = self._last_turn_start
+        # Touched after this conversation's own latest turn and re-warm: someone else.
+        others = start is not None and pool.touched_since(max(start, self._own_touch))
+        prefix_tokens = 0 if others else self.prefix.tokens
+        entry_ttl = econ.TTL_SECONDS[pool.entry_ttl]
+        # The prefix is needed by whoever uses it next (this conversation included).
+        p_shared = max(p_next, pool.next_use(now, after=0.0, before=entry_ttl))
+        shared = {
+            "shared": prefix_tokens,
+            "p_shared": p_shared,
+            "shared_rewrite": econ.WRITE[pool.entry_ttl],
+        }
+        candidates: list[tuple[Decision, Pending]] = []
+        if len(self.history):
+            rendered = self._keep_alive_layout.render(self.history, max_tokens=0)
+            if rendered.breakpoints:
+                pending = self._plan(rendered, turn=0, user_appended=False)
+                p = pending.prediction
+                ttl = self._history_ttl_now()
+                decision = econ.keep_alive(
+                    p_next=p_next,
+                    protected=max(0, p.cache_read - self.prefix.tokens),
+                    read=p.cache_read,
+                    rewrite=econ.WRITE[ttl],
+                    tail=p.cache_write + p.input / econ.WRITE["5m"],
+                    **shared,
+                )
+                candidates.append((decision, pending))
+        if prefix_tokens:
+            rendered = self._warm_layout.render(
+                [{"role": "user", "content": _WARM_TEXT}], max_tokens=0
+            )
+            if rendered.breakpoints:
+                pending = self._plan(rendered, turn=0, user_appended=False)
+                p = pending.prediction
+                decision = econ.keep_alive(
+                    p_next=0.0,
+                    protected=0,
+                    read=p.cache_read,
+                    tail=p.cache_write + p.input / econ.WRITE["5m"],
+                    **shared,
+                )
+                candidates.append((decision, pending))
+        if not candidates:
+            return None
+        decision, pending = max(candidates, key=lambda c: c[0].expected_saving)
+        self.last_decision = decision
+        if decision.action != "send":
+            return None
+        pending.purpose = "keep_alive"
+        pending.decision = decision
+        self._own_touch = self.clock()
+        self._pool.record_touch(self._own_touch)
         return pending
 
     def _params(self, params: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -336,7 +586,7 @@ class SessionCore:
 
     @property
     def _ttl_seconds(self) -> float:
-        return _TTL_SECONDS[self.prefix.ttl]
+        return _TTL_SECONDS[self._entry_ttl or self.prefix.ttl]
 
     # -- the turn ---------------------------------------------------------------------------
 
@@ -576,6 +826,7 @@ class SessionCore:
             cost,
             started_at=pending.records[-1].started_at if pending.records else pending.prediction.at,
             purpose=pending.purpose,
+            expected_saving_usd=self._expected_saving_usd(pending),
             latency_ms=latency_s * 1000,
             attempts=max(1, len(pending.records)),
             status="ok",
@@ -594,6 +845,17 @@ class SessionCore:
                 hold, Spend(actual.total_input, actual.output, price(actual, self.prefix.model).usd)
             )
         return reply
+
+    def _expected_saving_usd(self, pending: Pending) -> Decimal | None:
+        """The policy's expected saving for the request *pending*, in USD (warm and
+        keep-alive requests; ``None`` for turns or an unpriced model)."""
+        if pending.decision is None:
+            return None
+        per_million = price(Usage(input=1_000_000), self.prefix.model).usd
+        if per_million is None:
+            return None
+        saving = Decimal(repr(round(pending.decision.expected_saving, 3)))
+        return saving * per_million / 1_000_000
 
     def _run_hooks(self, reply: Reply) -> None:
         log_bust(reply)

@@ -51,9 +51,12 @@ class Session(SessionBase):
         sleep: How to wait (retries, rate limits); injected in tests.
         diagnostics: Ask the server for ``cache_miss_reason`` (beta) on every turn.
         keep_alive: Re-warm this conversation before its TTL ends while in use.
-        adaptive_ttl: Switch the prefix between 5m and 1h TTLs as the observed gaps between
-            turns make one cheaper (:func:`convo.warm.choose_ttl`; the break-even is in
-            ``docs/sessions.md``). Switching keeps every cache entry.
+        adaptive_ttl: Lay out each turn's breakpoints by expected value (on by default): the
+            prefix's TTL (5m or 1h) and whether the history gets a breakpoint, and with which
+            TTL, from the gaps observed so far in this conversation and pooled over every
+            session on the same registry and prefix (:mod:`convo.policy`; the break-even
+            arithmetic is in ``docs/economics.md``). ``False``: the prefix's TTL and
+            ``history``/``history_ttl`` as given. Switching keeps every cache entry.
         refresh: What a cache read refreshes, as the server does it: ``"path"`` (every entry
             on the request's path, the default) or ``"entry"`` (only the entry read). The API
             does not document it; set it to match what you observe (``docs/emulator.md``).
@@ -82,7 +85,7 @@ class Session(SessionBase):
         sleep: Callable[[float], Any] = time.sleep,
         diagnostics: bool = False,
         keep_alive: KeepAlive | None = None,
-        adaptive_ttl: bool = False,
+        adaptive_ttl: bool = True,
         refresh: str = "path",
         session_id: str | None = None,
         conversation_id: str | None = None,

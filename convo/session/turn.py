@@ -11,6 +11,7 @@ import attrs
 from convo.emulator.diagnostics import DIAGNOSTICS_BETA  # the API's beta name, defined once
 from convo.layout import RenderedRequest
 from convo.limits import Reservation
+from convo.policy import Decision
 from convo.retry import AttemptRecord
 from convo.sdk import Outcome
 from convo.tracker import Prediction
@@ -51,9 +52,16 @@ class KeepAlive:
         active_for_s: A session counts as in use for this long after its last turn.
         max_cost_usd: Stop re-warming once keep-alive has spent this much (``None``: no cap).
 
-    A keep-alive re-warm sends the conversation so far with ``max_tokens: 0``: it reads
-    (and so refreshes) everything cached, for 0.1× the input price of the read part. See
-    ``docs/sessions.md`` for when that pays.
+    A keep-alive re-warm sends the conversation so far (or only the static prefix, when
+    that is all worth keeping) with ``max_tokens: 0``: it reads, and so refreshes, what is
+    cached, for 0.1× the input price of what it reads. Within these limits a re-warm is sent
+    only when its expected saving is positive (:func:`convo.policy.keep_alive`, from the
+    gaps observed in this conversation and every other on the same prefix); the decision
+    and its expected saving go into the request's ledger row. ``docs/economics.md`` has
+    the arithmetic.
+
+    .. versionchanged:: 0.3
+       Re-warms are sent by expected value, not whenever the entry is about to lapse.
 
     .. versionadded:: 0.1
     """
@@ -91,6 +99,8 @@ class Pending:
     sent: bool = False
     #: Keep a cut stream's partial reply in the history.
     keep_partial: bool = False
+    #: The policy's decision that caused a warm or keep-alive request (convo.policy).
+    decision: Decision | None = None
 
     @property
     def body(self) -> dict[str, Any]:

@@ -1,0 +1,272 @@
+"""What the policy knows: inter-arrival times per conversation and pooled per prefix.
+
+A :class:`PrefixPool` holds, for one shared prefix, the gaps between its uses (by every
+session) and, per conversation, the gaps between turns plus the time of each
+conversation's latest turn (a *censored* observation: its next turn has not come yet, so
+its gap is known only to exceed the time since). Every probability it gives is computed at
+the moment it is asked, from what was recorded before: nothing about the future.
+
+Probabilities are Kaplan-Meier estimates with one pseudo-success and one pseudo-failure,
+so with nothing observed they are 1/2 and no single observation makes them 0 or 1.
+
+Pools live with the registry the sessions share (:func:`pool_for`), so every session of a
+process that shares a :class:`~convo.WarmRegistry` learns from the others.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import itertools
+import math
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+__all__ = ["PrefixPool", "cdf", "pool_for", "within"]
+
+_MAX_GAPS = 512  # recent gaps kept per pool: enough to estimate, bounded in memory
+_MAX_CONVERSATIONS = 1024  # open conversations whose latest turn is remembered
+
+
+def within(
+    gaps: Iterable[float],
+    censored: Iterable[float],
+    *,
+    after: float,
+    before: float,
+    alive: float = 0.0,
+) -> float:
+    """P(the next turn starts in ``(after, before]`` seconds | it did not start by ``alive``).
+
+    Args:
+        gaps: Observed gaps (a next turn came after that many seconds).
+        censored: Seconds since turns with no next turn yet (their gap exceeds that).
+        after: Start of the window (exclusive), in seconds since the turn; ``>= alive``.
+        before: End of the window (inclusive).
+        alive: Seconds already elapsed with no next turn (the condition).
+
+    The Kaplan-Meier estimate of the gap's survival ``S``, so a censored wait counts for
+    as long as it is known and no longer: ``(S(after) - S(before)) / S(alive)``. Two
+    pseudo-observations, a gap at the median observed gap (mid-window with none observed)
+    and a wait that never ends, make it 1/2 with nothing observed and keep it away from 0
+    and 1 on little evidence. After a silence longer than every gap seen, only the wait that
+    never ends is left at risk: the estimate is 0 (nobody ever came back that late).
+    """
+    observed = sorted(gaps)
+    events = sorted([*observed, _pseudo_gap(observed, (after + before) / 2)])
+    waits = sorted([*censored, math.inf])
+    survival = _survival(events, waits)
+    base = survival(alive)
+    return (survival(after) - survival(before)) / base if base > 0 else 0.0
+
+
+def cdf(gaps: Iterable[float], censored: Iterable[float], times: Sequence[float]) -> list[float]:
+    """P(the next turn starts within each of *times* seconds), from one survival curve.
+
+    One Kaplan-Meier curve serves every time (pseudo-observations as in :func:`within`, the
+    pseudo-gap at half the shortest time when nothing was observed), so the difference
+    between two times comes from real observations only: the prior alone never favours a
+    1h TTL over 5m.
+    """
+    observed = sorted(gaps)
+    events = sorted([*observed, _pseudo_gap(observed, min(times) / 2)])
+    survival = _survival(events, sorted([*censored, math.inf]))
+    return [1.0 - survival(t) for t in times]
+
+
+def _pseudo_gap(observed: Sequence[float], default: float) -> float:
+    """Where the prior's pseudo-gap goes: at the median observed gap (so the prior follows
+    the data and says nothing about silences longer than any seen), else at *default*."""
+    return observed[len(observed) // 2] if observed else default
+
+
+def _survival(events: list[float], waits: list[float]) -> Callable[[float], float]:
+    """The Kaplan-Meier survival function of sorted event and censoring times."""
+    total = len(events) + len(waits)
+    steps: list[tuple[float, float]] = []  # (time, survival just after it)
+    s = 1.0
+    i = 0
+    for time, group in itertools.groupby(events):
+        deaths = len(list(group))
+        at_risk = total - i - bisect.bisect_left(waits, time)
+        s *= 1.0 - deaths / at_risk
+        i += deaths
+        steps.append((time, s))
+    times = [t for t, _ in steps]
+
+    def at(t: float) -> float:
+        k = bisect.bisect_right(times, t)
+        return steps[k - 1][1] if k else 1.0
+
+    return at
+
+
+class PrefixPool:
+    """Observed timing for one shared prefix: its uses, and its conversations' turns.
+
+    Thread-safe: sessions on several threads record into one pool.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_use: float | None = None
+        self._last_touch: float | None = None  # uses and re-warms: what keeps the entry live
+        #: The TTL the prefix's entry was last written with, as far as this pool knows.
+        self.entry_ttl = "5m"
+        self._prefix_gaps: collections.deque[float] = collections.deque(maxlen=_MAX_GAPS)
+        self._turn_gaps: collections.deque[float] = collections.deque(maxlen=_MAX_GAPS)
+        self._own: dict[str, collections.deque[float]] = {}
+        self._growth: collections.deque[int] = collections.deque(maxlen=_MAX_GAPS)
+        self._latest: collections.OrderedDict[str, float] = collections.OrderedDict()
+
+    def live(self, at: float) -> bool:
+        """Whether the prefix's entry should still be live at *at*: used less than its TTL
+        ago (every read refreshes it)."""
+        with self._lock:
+            return self._live(at)
+
+    def _live(self, at: float) -> bool:
+        ttl_s = 3600.0 if self.entry_ttl == "1h" else 300.0
+        return self._last_touch is not None and at - self._last_touch < ttl_s
+
+    def record_touch(self, at: float) -> None:
+        """Record a re-warm (or pre-warm) of the prefix at *at*: it keeps the entry live
+        but is not a use (not a gap between uses)."""
+        with self._lock:
+            self._last_touch = at if self._last_touch is None else max(self._last_touch, at)
+
+    def record_write(self, ttl: str, *, live: bool) -> str:
+        """A turn is about to send the prefix with *ttl*; *live* is :meth:`live` as of its
+        start. When the entry is not live, the turn writes it with *ttl*. Returns the TTL of
+        the entry the turn will find."""
+        with self._lock:
+            if not live:
+                self.entry_ttl = ttl
+            return self.entry_ttl
+
+    def record_use(self, at: float) -> None:
+        """Record a use of the prefix starting at *at* (a turn of any session)."""
+        with self._lock:
+            if self._last_use is not None and at >= self._last_use:
+                self._prefix_gaps.append(at - self._last_use)
+            self._last_use = at if self._last_use is None else max(self._last_use, at)
+            self._last_touch = at if self._last_touch is None else max(self._last_touch, at)
+
+    def record_turn(self, conversation: str, at: float) -> None:
+        """Record a turn of *conversation* starting at *at* (its use of the prefix is
+        recorded apart, by :meth:`record_use`)."""
+        with self._lock:
+            previous = self._latest.pop(conversation, None)
+            if previous is not None and at > previous:
+                gap = at - previous
+                self._turn_gaps.append(gap)
+                own = self._own.setdefault(conversation, collections.deque(maxlen=64))
+                own.append(gap)
+            self._latest[conversation] = at if previous is None else max(at, previous)
+            while len(self._latest) > _MAX_CONVERSATIONS:
+                old, _ = self._latest.popitem(last=False)
+                self._own.pop(old, None)
+
+    def last_use(self) -> float | None:
+        """When the latest recorded use of the prefix started."""
+        with self._lock:
+            return self._last_use
+
+    def prefix_gaps(self) -> list[float]:
+        """Gaps between consecutive uses of the prefix, by any session (oldest first)."""
+        with self._lock:
+            return list(self._prefix_gaps)
+
+    def prefix_lapse(self, ttl_s: float) -> float:
+        """P(a gap between uses of the prefix by anyone reaches *ttl_s*): how often the fleet
+        alone would let an entry of that TTL lapse."""
+        gaps = self.prefix_gaps()
+        return (sum(g >= ttl_s for g in gaps) + 1) / (len(gaps) + 2)
+
+    def next_turn(
+        self,
+        conversation: str | None,
+        now: float,
+        *,
+        after: float,
+        before: float,
+        alive: float = 0.0,
+    ) -> float:
+        """P(*conversation*'s next turn starts in ``(after, before]`` seconds after its latest
+        turn, given none by ``alive``), from every conversation of this prefix. The
+        conversation's own gaps count twice (once in the pool, once more on their own)."""
+        with self._lock:
+            gaps = list(self._turn_gaps)
+            if conversation is not None:
+                gaps.extend(self._own.get(conversation, ()))
+            censored = [now - t for c, t in self._latest.items() if c != conversation]
+        return within(gaps, censored, after=after, before=before, alive=alive)
+
+    def next_turn_cdf(
+        self, conversation: str | None, now: float, times: Sequence[float]
+    ) -> list[float]:
+        """P(*conversation*'s next turn starts within each of *times* seconds of its latest
+        turn), from every conversation of this prefix (its own gaps count twice)."""
+        with self._lock:
+            gaps = list(self._turn_gaps)
+            if conversation is not None:
+                gaps.extend(self._own.get(conversation, ()))
+            censored = [now - t for c, t in self._latest.items() if c != conversation]
+        return cdf(gaps, censored, times)
+
+    def next_use(self, now: float, *, after: float, before: float) -> float:
+        """P(anyone's next use of the prefix starts in ``(now + after, now + before]``,
+        given none since the latest), from the gaps between uses."""
+        with self._lock:
+            gaps = list(self._prefix_gaps)
+            last = self._last_touch
+        if last is None:
+            return within(gaps, [], after=after, before=before)
+        alive = max(0.0, now - last)
+        return within(gaps, [], after=alive + after, before=alive + before, alive=alive)
+
+    def touched_since(self, at: float) -> bool:
+        """Whether any session used or re-warmed the prefix after *at*."""
+        with self._lock:
+            return self._last_touch is not None and self._last_touch > at
+
+    def record_growth(self, tokens: int) -> None:
+        """Record how many tokens a turn added to its conversation."""
+        with self._lock:
+            self._growth.append(tokens)
+
+    def typical_growth(self) -> int:
+        """The median tokens a turn added, of those recorded (0 before any)."""
+        with self._lock:
+            values = sorted(self._growth)
+        return values[len(values) // 2] if values else 0
+
+    def latest_turn(self, conversation: str) -> float | None:
+        """When *conversation*'s latest recorded turn started."""
+        with self._lock:
+            return self._latest.get(conversation)
+
+
+_POOLS: weakref.WeakKeyDictionary[Any, dict[str, PrefixPool]] = weakref.WeakKeyDictionary()
+_POOLS_LOCK = threading.Lock()
+
+
+def pool_for(registry: Any, prefix_key: str) -> PrefixPool:
+    """The pool of *prefix_key* shared by every session on *registry*.
+
+    Pools are kept beside the registry object (not in Redis): sessions of one process that
+    share a registry learn together; other processes learn on their own.
+    """
+    with _POOLS_LOCK:
+        try:
+            pools = _POOLS.setdefault(registry, {})
+        except TypeError:  # not weak-referenceable: a pool per session
+            return PrefixPool()
+        pool = pools.get(prefix_key)
+        if pool is None:
+            pool = pools[prefix_key] = PrefixPool()
+        return pool

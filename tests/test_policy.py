@@ -1,0 +1,309 @@
+"""The cache policy: its decisions from their arithmetic, and a Session consulting it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import anthropic
+import pytest
+
+import convo
+from convo.emulator import RunningEmulator
+from convo.ledger import Ledger
+from convo.limits import RateLimiter
+from convo.policy import PrefixPool, history_ttl, keep_alive, pool_for, prefix_ttl, within
+from convo.policy.observe import cdf
+from convo.session import KeepAlive, Session
+from convo.warm import WarmRegistry
+
+MODEL = "claude-sonnet-4-6"  # $3 per million input tokens
+SYSTEM = "You answer questions about the travel plan, briefly and exactly. " * 120  # 2,040 tokens
+
+
+class TestPrefixTtl:
+    """1h pays for the shared prefix when 5-60 minute gaps per chain exceed 0.75 / 1.15."""
+
+    @pytest.mark.parametrize(
+        ("gaps", "action", "saving"),
+        [
+            pytest.param([400.0], "1h", 1000 * (1.15 * 1 - 0.75), id="one-long-gap"),
+            pytest.param([100.0, 200.0], "5m", -750.0, id="short-gaps-decide-nothing"),
+            pytest.param(
+                [400.0, 4000.0], "5m", 1000 * (1.15 * 0.5 - 0.75), id="hour-gap-ends-chain"
+            ),
+            pytest.param([400.0, 900.0, 4000.0], "1h", 1000 * (1.15 * 1 - 0.75), id="two-per-two"),
+            pytest.param([], "5m", -750.0, id="nothing-observed"),
+        ],
+    )
+    def test_break_even(self, gaps: list[float], action: str, saving: float) -> None:
+        """saving(1h) = tokens x (1.15 k / (1 + w) - 0.75), chosen when positive."""
+        decision = prefix_ttl(gaps, tokens=1000)
+        assert decision.action == action
+        assert decision.expected_saving == pytest.approx(saving)
+
+    def test_negative_gap_is_refused(self) -> None:
+        """A negative gap is a caller's bug."""
+        with pytest.raises(ValueError, match="negative"):
+            prefix_ttl([-1.0])
+
+
+class TestHistoryTtl:
+    """The history breakpoint: none, 5m or 1h, by the next turn's chance of reading it."""
+
+    def test_likely_soon_and_surely_within_the_hour_takes_1h(self) -> None:
+        """5m: 0.9 x (1 + 0.9 x 0.25 - 0.1) x 1000 - 0.25 x 100 = 987.5;
+        1h: 1.0 x (1 + 0.9 x 0.25 + 0.1 x 1.0 - 0.1) x 1000 - 1.0 x 100 = 1125."""
+        decision = history_ttl(
+            p_within={"5m": 0.9, "1h": 1.0}, protected={"5m": 1000, "1h": 1000}, new=100
+        )
+        assert decision.action == "1h"
+        assert decision.expected_saving == pytest.approx(1125.0)
+
+    def test_a_1h_prefix_write_tips_it_back_to_5m(self) -> None:
+        """The same, but a 1h history needs the cold prefix written 1h: 1125 - 0.75 x 2000
+        = -375 < 987.5."""
+        decision = history_ttl(
+            p_within={"5m": 0.9, "1h": 1.0},
+            protected={"5m": 1000, "1h": 1000},
+            new=100,
+            extra_1h=0.75 * 2000,
+        )
+        assert decision.action == "5m"
+        assert decision.expected_saving == pytest.approx(987.5)
+
+    def test_a_conversation_that_never_returns_gets_no_breakpoint(self) -> None:
+        """P(next) near 0: any write costs more than input; the baseline (none) wins at 0."""
+        decision = history_ttl(
+            p_within={"5m": 0.01, "1h": 0.01}, protected={"5m": 200, "1h": 200}, new=200
+        )
+        assert decision.action == "none"
+        assert decision.expected_saving == 0.0
+
+    def test_long_gaps_take_1h(self) -> None:
+        """Turns 10-60 minutes apart: 5m gains nothing, 1h 0.9 x 1.8 x 2000 - 300 = 2940."""
+        decision = history_ttl(
+            p_within={"5m": 0.0, "1h": 0.9}, protected={"5m": 2000, "1h": 2000}, new=300
+        )
+        assert decision.action == "1h"
+        assert decision.expected_saving == pytest.approx(2940.0)
+
+    def test_the_same_chances_never_favour_1h(self) -> None:
+        """P(<5m) = P(<1h) = 0.5: a 1h write buys no more reads than a 5m one."""
+        decision = history_ttl(
+            p_within={"5m": 0.5, "1h": 0.5}, protected={"5m": 2000, "1h": 2000}, new=200
+        )
+        assert decision.action == "5m"
+        assert decision.expected_saving == pytest.approx(0.5 * 1.025 * 2000 - 50)
+
+    def test_a_first_turn_is_written_when_the_conversation_goes_on(self) -> None:
+        """Everything is new on a first turn (protected = new = 220). Writing it 1h now
+        (2.0, then reads) beats sending it as input now and writing it next turn when
+        another turn is likely: 0.85 x (1 + 0.85 - 0.1) x 220 - 220 = 107.25."""
+        decision = history_ttl(
+            p_within={"5m": 0.0, "1h": 0.85}, protected={"5m": 220, "1h": 220}, new=220
+        )
+        assert decision.action == "1h"
+        assert decision.expected_saving == pytest.approx(0.85 * 1.75 * 220 - 220)
+
+
+class TestKeepAlive:
+    """A re-warm pays when P(next in window) x what it saves exceeds what it reads."""
+
+    def test_small_history_behind_a_big_prefix_does_not_pay(self) -> None:
+        """0.5 x 1.15 x 1000 = 575 saved against 0.1 x 9000 = 900 read: skip, -325."""
+        decision = keep_alive(p_next=0.5, protected=1000, read=9000)
+        assert decision.action == "skip"
+        assert decision.expected_saving == pytest.approx(-325.0)
+
+    def test_protecting_the_prefix_too_pays(self) -> None:
+        """Nobody else keeps the prefix: 0.5 x 1.15 x 9000 - 900 - 1.25 x 24 = 4245."""
+        decision = keep_alive(p_next=0.5, protected=9000, read=9000, tail=24)
+        assert decision.action == "send"
+        assert decision.expected_saving == pytest.approx(0.5 * 1.15 * 9000 - 900 - 30)
+
+    def test_a_1h_entry_is_worth_more_to_keep(self) -> None:
+        """Rewriting at 2.0 instead of 1.25: 0.2 x 1.9 x 3000 - 300 = 840."""
+        decision = keep_alive(p_next=0.2, protected=3000, read=3000, rewrite=2.0)
+        assert decision.expected_saving == pytest.approx(0.2 * 1.9 * 3000 - 300)
+        assert decision.action == "send"
+
+    def test_the_shared_prefix_counts_for_whoever_comes_next(self) -> None:
+        """A 200-token history nobody will read (P = 0) behind a 6,000-token prefix the
+        fleet uses again with P = 0.3: 0.3 x 1.15 x 6000 - 0.1 x 6200 = 1450: send."""
+        decision = keep_alive(p_next=0.0, protected=200, read=6200, shared=6000, p_shared=0.3)
+        assert decision.action == "send"
+        assert decision.expected_saving == pytest.approx(0.3 * 1.15 * 6000 - 620)
+
+
+class TestWithin:
+    """P(next turn in a window): Kaplan-Meier, with a pseudo-gap at the median gap and a
+    wait that never ends."""
+
+    def test_product_limit_by_hand(self) -> None:
+        """Gaps 100, 400, 5000 (+ 1950), waits 50, 7000 (+ inf): S(100) = 5/6,
+        S(400) = 4/6, S(1950) = 3/6, so P((300, 3600]) = S(300) - S(3600) = 2/6."""
+        p = within([100.0, 400.0, 5000.0], [50.0, 7000.0], after=300.0, before=3600.0)
+        assert p == pytest.approx(2 / 6)
+
+    def test_condition_on_time_already_waited(self) -> None:
+        """Given 200 s passed: divided by S(200) = 5/6, so 2/5."""
+        p = within([100.0, 400.0, 5000.0], [50.0, 7000.0], after=300.0, before=3600.0, alive=200.0)
+        assert p == pytest.approx(2 / 5)
+
+    def test_nothing_known_is_one_half(self) -> None:
+        """No observation: 1/2."""
+        assert within([], [], after=0.0, before=300.0) == 0.5
+
+    def test_a_wait_counts_only_as_long_as_it_is_known(self) -> None:
+        """100 gaps of 10 s (+ the pseudo-gap at their median), 7 conversations quiet for
+        400 s: within 5m is 101/109, and within an hour the same, since nothing was seen
+        coming back after 10 s."""
+        five = within([10.0] * 100, [400.0] * 7, after=0.0, before=300.0)
+        hour = within([10.0] * 100, [400.0] * 7, after=0.0, before=3600.0)
+        assert five == pytest.approx(101 / 109)
+        assert hour == pytest.approx(five)
+
+    def test_silence_longer_than_any_gap_seen_is_let_go(self) -> None:
+        """Every gap seen was under 30 s; after 240 s of silence nothing says it returns."""
+        assert within([5.0, 12.0, 30.0], [], after=300.0, before=540.0, alive=240.0) == 0.0
+
+
+class TestCdf:
+    """One survival curve for several horizons: the prior never favours the longer one."""
+
+    def test_nothing_seen_after_five_minutes_means_no_more_within_the_hour(self) -> None:
+        """Gaps 60 and 120 (+ the pseudo-gap at the median, 120), waits of 900, 900 (+ inf):
+        S(60) = 5/6, S(120) = 5/6 x 3/5 = 1/2, nothing after: P(<5m) = P(<1h) = 1/2."""
+        five, hour = cdf([60.0, 120.0], [900.0, 900.0], (300.0, 3600.0))
+        assert five == pytest.approx(0.5)
+        assert hour == pytest.approx(five)
+
+
+class TestPrefixPool:
+    """The pool records uses, turns and the prefix entry's TTL."""
+
+    def test_gaps_and_turns(self) -> None:
+        """Prefix gaps come from every use; a conversation's own gaps count twice."""
+        pool = PrefixPool()
+        for at in (0.0, 100.0, 700.0):
+            pool.record_use(at)
+        assert pool.prefix_gaps() == [100.0, 600.0]
+        pool.record_turn("a", 0.0)
+        pool.record_turn("a", 100.0)
+        pool.record_turn("b", 50.0)
+        # a: gaps [100] (twice); b's wait of 950 at now=1000 is beyond 300: a failure.
+        assert pool.next_turn("a", 1000.0, after=0.0, before=300.0) == pytest.approx(3 / 5)
+
+    def test_entry_ttl_follows_the_writer(self) -> None:
+        """A cold prefix takes the writer's TTL; a live one keeps the TTL it was written with."""
+        pool = PrefixPool()
+        assert not pool.live(0.0)
+        assert pool.record_write("1h", live=False) == "1h"
+        pool.record_use(0.0)
+        assert pool.live(3000.0)
+        assert pool.record_write("5m", live=pool.live(3000.0)) == "1h"
+        assert not pool.live(3600.0)
+
+    def test_shared_per_registry(self) -> None:
+        """Sessions on one registry share a prefix's pool; another registry has its own."""
+        one, two = WarmRegistry(), WarmRegistry()
+        assert pool_for(one, "p") is pool_for(one, "p")
+        assert pool_for(one, "p") is not pool_for(two, "p")
+        assert pool_for(one, "p") is not pool_for(one, "q")
+
+
+# -- a Session consulting the policy ------------------------------------------------------
+
+
+@pytest.fixture
+def ledger() -> Iterator[Ledger]:
+    with Ledger.open(":memory:") as led:
+        yield led
+
+
+@pytest.fixture
+def registry(emulator: RunningEmulator) -> WarmRegistry:
+    return WarmRegistry(clock=emulator.emulator.clock.now)
+
+
+@pytest.fixture
+def make_session(
+    emulator: RunningEmulator, client: anthropic.Anthropic, registry: WarmRegistry, ledger: Ledger
+) -> Callable[..., Session]:
+    def make(**options: Any) -> Session:
+        options.setdefault("client", client)
+        options.setdefault("clock", emulator.emulator.clock.now)
+        options.setdefault("registry", registry)
+        options.setdefault("limiter", RateLimiter())
+        options.setdefault("ledger", ledger)
+        options.setdefault("max_tokens", 64)
+        return Session(convo.Prefix(model=MODEL, system=[SYSTEM]), **options)
+
+    return make
+
+
+class TestSessionPolicy:
+    """The Session lays out turns and re-warms by the policy, and records why."""
+
+    def test_keep_alive_row_carries_its_expected_saving(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session], ledger: Ledger
+    ) -> None:
+        """A lone conversation's re-warm protects the prefix too: it pays, and its ledger
+        row says keep_alive with the saving expected (tokens x $3 per million)."""
+        session = make_session(keep_alive=KeepAlive(margin_s=60))
+        session.send("Hello")
+        emulator.advance(250)
+        reply = session.keep_alive_tick()
+        assert reply is not None
+        decision = session._core.last_decision
+        assert decision is not None
+        assert decision.action == "send"
+        ledger.flush()
+        rows = [r for r in ledger.rows(session=session.session_id) if r.purpose == "keep_alive"]
+        assert len(rows) == 1
+        expected = Decimal(repr(round(decision.expected_saving, 3))) * Decimal(3) / 1_000_000
+        assert rows[0].expected_saving_usd == pytest.approx(expected, abs=Decimal("1e-9"))
+        assert rows[0].expected_saving_usd > 0
+
+    def test_finished_single_turn_tasks_are_not_kept_alive(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """Once the pool has seen single-turn tasks end, a finished task is not re-warmed
+        (no other turn is expected), though keep-alive is on."""
+        for i in range(20):  # tasks that never came back, 10 minutes ago
+            make_session().send(f"Task number {i}")
+        emulator.advance(600)
+        task = make_session(keep_alive=KeepAlive(margin_s=60))
+        task.send("One more task")
+        emulator.advance(250)
+        assert task.keep_alive_tick() is None
+        decision = task._core.last_decision
+        assert decision is not None
+        assert decision.action != "send"
+
+    def test_single_turn_tasks_stop_caching_history(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """Tasks that never have a second turn: the history breakpoint stops being written
+        (its 1.25x would never be read); only the prefix is written, for an hour, since
+        the fleet came back after more than 5 minutes."""
+        for i in range(10):
+            make_session().send(f"Task {i} of a few words")
+        emulator.advance(400)
+        reply = make_session().send("Another task of a few words")
+        assert reply.usage.cache_write_1h == 2040
+        assert reply.usage.cache_write_5m == 0
+        assert reply.usage.input > 0  # the task itself: sent once, never cached
+
+    def test_adaptive_ttl_off_keeps_the_layout(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """adaptive_ttl=False: the 5m prefix and 5m rolling history, whatever the gaps."""
+        session = make_session(adaptive_ttl=False)
+        session.send("First")
+        emulator.advance(400)
+        reply = session.send("Second")
+        assert reply.usage.cache_write_1h == 0
+        assert session.prefix.ttl == "5m"
