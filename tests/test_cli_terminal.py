@@ -136,12 +136,12 @@ class TestChat:
         assert "unknown command /frobnicate; /help lists them" in unknown
         new_prompt = home / "prompt.txt"
         new_prompt.write_text("You answer questions about gardening. " * 200)
-        chat.sendline(f"/system {new_prompt}")
+        chat.sendline("/system prompt.txt")  # relative to the chat's folder: a short line
         chat.expect(r"apply it\? \[y/N\]: ")
         chat.sendintr()  # Ctrl-C at the question is a no
         chat.expect("kept the current system prompt")
         chat.expect(PROMPT)
-        chat.sendline(f"/system {new_prompt}")
+        chat.sendline("/system prompt.txt")  # relative to the chat's folder: a short line
         chat.expect(r"apply it\? \[y/N\]: ")
         shown = ANSI.sub("", chat.before)
         assert "busts the cache: system_changed" in shown
