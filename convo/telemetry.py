@@ -146,6 +146,11 @@ class Telemetry:
         self._rate_limited = meter.create_counter(
             "convo.rate_limited", unit="{attempt}", description="Attempts refused with 429."
         )
+        self._limiter_wait = meter.create_histogram(
+            "convo.limiter.wait",
+            unit="s",
+            description="Seconds a turn waited for the client-side rate limiter.",
+        )
         self._errors = meter.create_counter(
             "convo.turn.errors", unit="{turn}", description="Turns that failed, by error.type."
         )
@@ -221,7 +226,11 @@ class Telemetry:
             "convo.turn": reply.turn,
             "convo.prewarm": reply.turn == 0,
             "convo.latency_s": reply.latency_s,
+            "convo.limiter.wait_s": reply.limiter_wait_s,
+            "convo.purpose": reply.purpose,
         }
+        if reply.warm_role is not None:
+            attributes["convo.warm.role"] = reply.warm_role
         for name in self.cache_write_attributes:
             attributes[name] = usage.cache_write
         if cache.detail:
@@ -271,6 +280,7 @@ class Telemetry:
         limited = sum(1 for a in reply.attempts if a.status == 429)
         if limited:
             self._rate_limited.add(limited, base)
+        self._limiter_wait.record(reply.limiter_wait_s, base)
         with self._sums_lock:
             sums = self._sums.setdefault(model, [0, 0])
             sums[0] += usage.cache_read

@@ -754,3 +754,15 @@ class TestBustWarnings:
         busts = [r.getMessage() for r in caplog.records if "cache bust" in r.getMessage()]
         assert len(busts) == 1
         assert "system_changed" in busts[0]
+
+
+class TestReplyFacts:
+    """A reply says its part in the single flight, its purpose and its limiter wait."""
+
+    def test_writer_then_reader(self, make_session: Callable[..., Session]) -> None:
+        """The first session on a cold prefix writes it; a second session reads it."""
+        first = make_session().send("Hello")
+        second = make_session().send("Hello too")
+        assert (first.warm_role, second.warm_role) == ("writer", "reader")
+        assert first.purpose == second.purpose == "turn"
+        assert first.limiter_wait_s == 0.0

@@ -820,6 +820,9 @@ class SessionCore:
             request_id=request_id,
             latency_s=latency_s,
             turn=pending.turn,
+            limiter_wait_s=pending.reservation.wait if pending.reservation is not None else 0.0,
+            warm_role=str(pending.flight.role) if pending.flight is not None else None,
+            purpose=pending.purpose,
         )
         self._record(
             usage,

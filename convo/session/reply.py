@@ -31,6 +31,11 @@ class Reply:
         request_id: The successful attempt's ``request-id``.
         latency_s: Wall time of the successful attempt.
         turn: This session's turn number, from 1 (pre-warms count as 0).
+        limiter_wait_s: Seconds the request waited for the client-side rate limiter.
+        warm_role: The request's part in the shared prefix's single flight: ``"writer"``
+            (it wrote the prefix), ``"reader"`` (it read what another wrote, or waited for
+            it), or ``None`` (no shared prefix breakpoint, or a keep-alive re-warm).
+        purpose: ``"turn"``, ``"warm"`` or ``"keep_alive"``.
 
     .. versionadded:: 0.1
     """
@@ -44,6 +49,9 @@ class Reply:
     request_id: str | None
     latency_s: float
     turn: int
+    limiter_wait_s: float = 0.0
+    warm_role: str | None = None
+    purpose: str = "turn"
 
     @property
     def reason(self) -> str:
