@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
 from typing import NoReturn
 
 import anthropic
 import pytest
 
 from convo import wire
-from convo.emulator import RunningEmulator, serve
+from convo.emulator import RunningEmulator
 
-API_KEY = "sk-ant-test-key"
+#: The key convo.testing's fixtures send (convo.testing.TEST_API_KEY; not imported here, so
+#: pytest can still rewrite the plugin's asserts when it loads it).
+API_KEY = "sk-ant-convo-testing"
 
 # Anything that falls back to convo's default ledger writes to a throwaway folder, never to
 # the user's data directory.
@@ -33,30 +34,24 @@ def service_missing(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def _emulator_server() -> Iterator[RunningEmulator]:
-    with serve() as running:
-        yield running
+# The emulator and SDK clients come from convo.testing, the fixtures users get too; the
+# suite knows them by shorter names.
+pytest_plugins = ["convo.testing"]
 
 
 @pytest.fixture
-def emulator(_emulator_server: RunningEmulator) -> RunningEmulator:
+def emulator(convo_emulator: RunningEmulator) -> RunningEmulator:
     """The in-process emulator, with its cache, counters, buckets, clock and config reset."""
-    _emulator_server.reset(config=True)
-    return _emulator_server
+    return convo_emulator
 
 
 @pytest.fixture
-def client(emulator: RunningEmulator) -> Iterator[anthropic.Anthropic]:
+def client(convo_client: anthropic.Anthropic) -> anthropic.Anthropic:
     """The real sync SDK client on the emulator, with the SDK's own retries off."""
-    with anthropic.Anthropic(base_url=emulator.base_url, api_key=API_KEY, max_retries=0) as c:
-        yield c
+    return convo_client
 
 
 @pytest.fixture
-async def async_client(emulator: RunningEmulator) -> AsyncIterator[anthropic.AsyncAnthropic]:
+def async_client(convo_async_client: anthropic.AsyncAnthropic) -> anthropic.AsyncAnthropic:
     """The real async SDK client on the emulator, with the SDK's own retries off."""
-    async with anthropic.AsyncAnthropic(
-        base_url=emulator.base_url, api_key=API_KEY, max_retries=0
-    ) as c:
-        yield c
+    return convo_async_client
