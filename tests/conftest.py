@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
+from collections.abc import Iterator
 from typing import NoReturn
 
 import anthropic
@@ -55,3 +57,25 @@ def client(convo_client: anthropic.Anthropic) -> anthropic.Anthropic:
 def async_client(convo_async_client: anthropic.AsyncAnthropic) -> anthropic.AsyncAnthropic:
     """The real async SDK client on the emulator, with the SDK's own retries off."""
     return convo_async_client
+
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL on a fresh schema of its own, dropped after the test."""
+    try:
+        import psycopg
+
+        psycopg.connect(PG_URL, connect_timeout=2).close()
+    except Exception:
+        service_missing("no PostgreSQL server at 127.0.0.1:5432")
+    schema = f"convo_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

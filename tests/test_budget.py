@@ -20,8 +20,6 @@ import convo
 from convo.budget import Spend
 from convo.ledger import LedgerRow
 
-from .test_ledger import pg_url  # noqa: F401 (the fixture)
-
 
 class TestCheck:
     """Budget.check on an estimate against what was spent."""

@@ -26,12 +26,10 @@ from convo.ledger.schema import POSTGRES, SCHEMA_VERSION, SQLITE, migration_stat
 from convo.ledger.writer import BatchWriter
 from convo.pricing import price
 from convo.usage import Usage
-
-from .conftest import service_missing
+from tests.conftest import PG_URL
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)
 MISSION = Usage(input=3, cache_read=9390, cache_write_5m=58869, output=1021)
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def _row(i: int = 0, **fields: Any) -> LedgerRow:
@@ -48,33 +46,6 @@ def ledger() -> Iterator[Ledger]:
     """An in-memory SQLite ledger, closed after the test."""
     with Ledger.open(":memory:") as led:
         yield led
-
-
-def _pg_available() -> bool:
-    try:
-        import psycopg
-
-        psycopg.connect(PG_URL, connect_timeout=2).close()
-    except Exception:
-        return False
-    return True
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL URL on a fresh schema, dropped after the test."""
-    if not _pg_available():
-        service_missing("no PostgreSQL server at 127.0.0.1:5432")
-    import psycopg
-
-    schema = f"convo_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 class TestOpen:

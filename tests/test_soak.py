@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from convo.emulator import FAULT_KINDS
-from tests.conftest import service_missing
-
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def _soak_module() -> Any:
@@ -24,23 +19,6 @@ def _soak_module() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    try:
-        import psycopg
-
-        schema = f"convo_soak_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(PG_URL, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
-    except Exception as error:
-        service_missing(f"no PostgreSQL server at 127.0.0.1:5432 ({error})")
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 class TestSoak:

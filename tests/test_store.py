@@ -31,7 +31,6 @@ from convo.store import (
 )
 from tests.conftest import API_KEY, service_missing
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 MODEL = "claude-sonnet-4-6"
 SYSTEM = "You answer questions about the convo library. " * 300
@@ -83,33 +82,6 @@ def outcome_of(reply: convo.Reply) -> dict[str, Any]:
 
 
 # -- backends ---------------------------------------------------------------------------
-
-
-def _pg_available() -> bool:
-    try:
-        import psycopg
-
-        psycopg.connect(PG_URL, connect_timeout=2).close()
-    except Exception:
-        return False
-    return True
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL URL on a fresh schema, dropped after the test."""
-    if not _pg_available():
-        service_missing("no PostgreSQL server at 127.0.0.1:5432")
-    import psycopg
-
-    schema = f"convo_store_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture
