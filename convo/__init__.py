@@ -22,6 +22,7 @@ from convo.limits import RateLimiter, RedisRateLimiter
 from convo.pricing import Cost, Rates, price
 from convo.request_rules import RequestRejected
 from convo.retry import AttemptRecord, RetryPolicy, StackedRetriesWarning
+from convo.routing import Router
 from convo.session import AsyncSession, KeepAlive, Reply, Session, Stats
 from convo.tracker import CacheOutcome, CacheTracker, Prediction
 from convo.usage import Usage
@@ -56,6 +57,7 @@ __all__ = [
     "RequestRejected",
     "RetriesExhausted",
     "RetryPolicy",
+    "Router",
     "Session",
     "Spend",
     "SpendCapReached",

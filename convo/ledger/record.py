@@ -152,6 +152,10 @@ class LedgerRow:
         expected_saving_usd: On ``warm`` and ``keep_alive`` rows, what the cache policy
             expected the request to save (negative: its expected extra cost, e.g. a cold
             pre-warm bought for latency); ``None`` elsewhere (:mod:`convo.policy`).
+        route: On a routed turn (:class:`convo.Router`), the tier the turn needed and the
+            tier that answered it, ``"small>large"``; ``None`` on unrouted rows.
+        route_reason: The router's reason for its choice, in words (model ids and amounts
+            only, never prompt text).
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
@@ -159,6 +163,8 @@ class LedgerRow:
        ``cache_outcome`` and ``purpose`` are checked against their values.
     .. versionchanged:: 0.3
        ``expected_saving_usd`` (schema version 5).
+    .. versionchanged:: 0.4
+       ``route`` and ``route_reason`` (schema version 6).
     """
 
     model: str
@@ -197,6 +203,8 @@ class LedgerRow:
         default="turn", validator=_one_of(PURPOSES, optional=True)
     )
     expected_saving_usd: Decimal | None = attrs.field(default=None, converter=_usd)
+    route: str | None = None
+    route_reason: str | None = None
 
     @classmethod
     def build(

@@ -275,6 +275,15 @@ def _v5(d: Dialect) -> list[str]:
     return [f"ALTER TABLE convo_usage ADD COLUMN expected_saving_nusd {d.bigint}"]
 
 
+def _v6(d: Dialect) -> list[str]:
+    """Cache-aware routing (issue 14): the route a turn took (``"small>large"``: the tier it
+    needed, the tier that answered) and the router's reason; NULL on unrouted rows."""
+    return [
+        "ALTER TABLE convo_usage ADD COLUMN route TEXT",
+        "ALTER TABLE convo_usage ADD COLUMN route_reason TEXT",
+    ]
+
+
 def rollup_catch_up(d: Dialect, sums_: tuple[tuple[str, str], ...] = ROLLUP_SUMS) -> list[str]:
     """SQLite: fold every row past ``convo_rollup_mark``, and move the mark to the last."""
     return [
@@ -285,7 +294,7 @@ def rollup_catch_up(d: Dialect, sums_: tuple[tuple[str, str], ...] = ROLLUP_SUMS
 
 
 #: Migrations in order; version N is ``MIGRATIONS[N - 1]``. Only ever append to this list.
-MIGRATIONS: tuple[Callable[[Dialect], list[str]], ...] = (_v1, _v2, _v3, _v4, _v5)
+MIGRATIONS: tuple[Callable[[Dialect], list[str]], ...] = (_v1, _v2, _v3, _v4, _v5, _v6)
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

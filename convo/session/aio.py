@@ -19,6 +19,7 @@ from convo.layout import Prefix
 from convo.ledger import Ledger
 from convo.limits import RateLimiter
 from convo.retry import RetryPolicy
+from convo.routing import Router
 from convo.session import steps
 from convo.session.base import SessionBase
 from convo.session.reply import Reply
@@ -64,6 +65,7 @@ class AsyncSession(SessionBase):
         conversation_id: str | None = None,
         messages: Sequence[Mapping[str, Any]] = (),
         hooks: Sequence[Callable[[Reply], None]] = (),
+        router: Router | None = None,
         _tracker: CacheTracker | None = None,
     ) -> None:
         # Every constructor argument, as given, for the shared wiring (and for forks).
@@ -82,9 +84,10 @@ class AsyncSession(SessionBase):
         *,
         max_tokens: int | None = None,
         params: Mapping[str, Any] | None = None,
+        tier: str | None = None,
     ) -> Reply:
         """Send one user turn and return the reply (see :meth:`convo.Session.send`)."""
-        pending = self._core.begin_turn(content, max_tokens=max_tokens, params=params)
+        pending = self._begin(content, max_tokens, params, tier)
         if self._core.must_stream(pending):
             async with self._stream(pending) as replying:
                 await replying.aclose()
@@ -128,10 +131,11 @@ class AsyncSession(SessionBase):
         *,
         max_tokens: int | None = None,
         params: Mapping[str, Any] | None = None,
+        tier: str | None = None,
         keep_partial: bool = False,
     ) -> contextlib.AbstractAsyncContextManager[AsyncReplyStream]:
         """Send one user turn and stream the reply (see :meth:`convo.Session.stream`)."""
-        pending = self._core.begin_turn(content, max_tokens=max_tokens, params=params)
+        pending = self._begin(content, max_tokens, params, tier)
         pending.keep_partial = keep_partial
         return self._stream(pending)
 

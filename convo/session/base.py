@@ -7,12 +7,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import anthropic
+import attrs
 
 from convo.layout import Prefix
 from convo.retry import RetryPolicy
 from convo.session import steps
 from convo.session.core import SessionCore
 from convo.session.reply import Stats
+from convo.session.turn import Pending
 from convo.session.wiring import default_ledger, default_limiter, workspace_of
 from convo.tracker import CacheTracker
 from convo.warm import WarmKey, WarmRegistry
@@ -35,6 +37,7 @@ _INHERITED = (
     "adaptive_ttl",
     "refresh",
     "hooks",
+    "router",
 )
 
 
@@ -75,6 +78,9 @@ class SessionBase:
             history=options["history"],
             registry=registry if registry is not None else WarmRegistry.default(),
             limiter=limiter if limiter is not None else default_limiter(prefix.model, workspace),
+            # Routed to another model, a default limiter follows it (limits are per model).
+            limiter_for=None if limiter is not None else lambda m: default_limiter(m, workspace),
+            router=options["router"],
             ledger=default_ledger() if ledger is None or ledger is True else (ledger or None),
             retry=retry if retry is not None else RetryPolicy(),
             budget=options["budget"],
@@ -100,6 +106,20 @@ class SessionBase:
         )
         self._options = {name: options[name] for name in _INHERITED}
         self._options["retry"] = self._core.retry
+
+    def _begin(
+        self,
+        content: Any,
+        max_tokens: int | None,
+        params: Mapping[str, Any] | None,
+        tier: str | None,
+    ) -> Pending:
+        """Plan a user turn; a routed turn may have moved the session onto another model's
+        limiter, which the steps must then use."""
+        pending = self._core.begin_turn(content, max_tokens=max_tokens, params=params, tier=tier)
+        if self._io.limiter is not self._core.limiter:
+            self._io = attrs.evolve(self._io, limiter=self._core.limiter)
+        return pending
 
     # -- what the session knows -----------------------------------------------------------
 

@@ -40,7 +40,8 @@ from convo.policy import arithmetic as econ
 from convo.pricing import price
 from convo.request_rules import RequestChecker, needs_streaming
 from convo.retry import ATTEMPT, AttemptRecord, RetryPolicy
-from convo.session import steps
+from convo.routing import Router, RouteState
+from convo.session import routed, steps
 from convo.session.busts import log_bust
 from convo.session.reply import Reply, Stats
 from convo.session.turn import KeepAlive, Pending, user_message
@@ -55,6 +56,14 @@ __all__ = ["SessionCore"]
 _TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 _log = logging.getLogger("convo")
 _WARM_TEXT = "(cache pre-warm)"
+
+
+def _route_fields(pending: Pending) -> dict[str, Any]:
+    """The ledger fields of a routed request (none for an unrouted one)."""
+    route = pending.route
+    if route is None:
+        return {}
+    return {"route": f"{route.required}>{route.tier}", "route_reason": route.reason}
 
 
 def _message_tokens(message: Mapping[str, Any]) -> int:
@@ -92,6 +101,8 @@ class SessionCore:
         adaptive_ttl: bool = True,
         history_ttl: str | None = None,
         refresh: str = "path",
+        router: Router | None = None,
+        limiter_for: Callable[[str], Any] | None = None,
     ) -> None:
         if not isinstance(prefix, Prefix):
             raise TypeError(f"prefix must be a convo.Prefix, got {type(prefix).__name__}")
@@ -148,6 +159,19 @@ class SessionCore:
         #: The latest decision the policy took for this session (TTL, or a re-warm).
         self.last_decision: Decision | None = None
         self.history = History(messages)
+        if router is not None and not isinstance(router, Router):
+            raise TypeError(f"router must be a convo.Router, got {type(router).__name__}")
+        if router is not None and router.rank_of_model(prefix.model) is None:
+            raise ValueError(
+                f"the prefix's model {prefix.model!r} is not one of the router's tiers "
+                f"{dict(router.tiers)}; the conversation starts on it"
+            )
+        #: Cache-aware model routing (None: every turn on the prefix's model).
+        self.router = router
+        #: What this conversation's routed turns have shown the router.
+        self.route_state = RouteState()
+        #: The limiter of another model, when the session moves (None: keep the one given).
+        self.limiter_for = limiter_for
         self.registry = registry
         self.limiter = limiter
         self.ledger = ledger
@@ -333,8 +357,12 @@ class SessionCore:
         *,
         max_tokens: int | None,
         params: Mapping[str, Any] | None,
+        tier: str | None = None,
     ) -> Pending:
-        """Append the user turn, render, predict and check budgets; roll back on refusal."""
+        """Append the user turn, render, predict and check budgets; roll back on refusal.
+
+        With a router, the turn first goes to the model it chooses (*tier*: the tier the
+        turn needs, else the router's signal decides)."""
         if max_tokens is not None and (
             isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
         ):
@@ -342,6 +370,9 @@ class SessionCore:
                 f"max_tokens must be an int >= 1 (use warm() for max_tokens=0), got {max_tokens!r}"
             )
         message = user_message(content)
+        if tier is not None and self.router is None:
+            raise ValueError("tier= needs a session built with router=convo.Router(...)")
+        route = routed.route_turn(self, message, tier) if self.router is not None else None
         self._adapt_ttl()
         self.history.append(message)
         try:
@@ -361,7 +392,9 @@ class SessionCore:
                 rendered.body, input_tokens=rendered.fingerprint.total_tokens, unchanged=unchanged
             )
             self._checked = (self.history, first)
-            return self._plan(rendered, turn=self.turns + 1, user_appended=True)
+            pending = self._plan(rendered, turn=self.turns + 1, user_appended=True)
+            pending.route = route
+            return pending
         except BaseException:
             self.rollback()
             raise
@@ -722,6 +755,7 @@ class SessionCore:
             usage,
             started_at=record.started_at,
             purpose=pending.purpose,
+            **_route_fields(pending),
             attempts=record.number,
             status="error",
             error_type=record.error_type,
@@ -740,6 +774,7 @@ class SessionCore:
             usage,
             started_at=self.clock(),
             purpose=pending.purpose,
+            **_route_fields(pending),
             attempts=len(pending.records) + 1,
             status="cancelled",
             error_type=type(error).__name__,
@@ -799,6 +834,9 @@ class SessionCore:
         outcome = self.tracker.observe(
             pending.prediction, usage, getattr(message, "diagnostics", None)
         )
+        if pending.route is not None and pending.user_appended:
+            added = _message_tokens(self.history[-1]) + usage.output
+            routed.note_reply(self, pending.route, usage.output, added)
         if pending.user_appended:
             self.history.append({"role": "assistant", "content": message.content})
             self.turns += 1
@@ -823,12 +861,14 @@ class SessionCore:
             limiter_wait_s=pending.reservation.wait if pending.reservation is not None else 0.0,
             warm_role=str(pending.flight.role) if pending.flight is not None else None,
             purpose=pending.purpose,
+            route=pending.route,
         )
         self._record(
             usage,
             cost,
             started_at=pending.records[-1].started_at if pending.records else pending.prediction.at,
             purpose=pending.purpose,
+            **_route_fields(pending),
             expected_saving_usd=self._expected_saving_usd(pending),
             latency_ms=latency_s * 1000,
             attempts=max(1, len(pending.records)),
@@ -898,6 +938,7 @@ class SessionCore:
             usage,
             started_at=pending.records[-1].started_at if pending.records else pending.prediction.at,
             purpose=pending.purpose,
+            **_route_fields(pending),
             attempts=max(1, len(pending.records)),
             status="cancelled" if cancelled else "error",
             error_type=error_type,

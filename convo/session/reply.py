@@ -11,6 +11,7 @@ import attrs
 
 from convo.pricing import Cost
 from convo.retry import AttemptRecord
+from convo.routing import RouteDecision
 from convo.tracker import CacheOutcome
 from convo.usage import Usage
 
@@ -36,6 +37,8 @@ class Reply:
             (it wrote the prefix), ``"reader"`` (it read what another wrote, or waited for
             it), or ``None`` (no shared prefix breakpoint, or a keep-alive re-warm).
         purpose: ``"turn"``, ``"warm"`` or ``"keep_alive"``.
+        route: With a :class:`convo.Router`: the model the turn went to, the tier it needed
+            and why (:class:`convo.routing.RouteDecision`); ``None`` without a router.
 
     .. versionadded:: 0.1
     """
@@ -52,6 +55,7 @@ class Reply:
     limiter_wait_s: float = 0.0
     warm_role: str | None = None
     purpose: str = "turn"
+    route: RouteDecision | None = attrs.field(default=None, repr=False)
 
     @property
     def reason(self) -> str:

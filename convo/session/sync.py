@@ -14,6 +14,7 @@ from convo.layout import Prefix
 from convo.ledger import Ledger
 from convo.limits import RateLimiter
 from convo.retry import RetryPolicy
+from convo.routing import Router
 from convo.session import steps
 from convo.session.base import SessionBase
 from convo.session.reply import Reply
@@ -62,6 +63,10 @@ class Session(SessionBase):
             does not document it; set it to match what you observe (``docs/emulator.md``).
         messages: History to start from.
         hooks: Called with every :class:`Reply` (telemetry, logging).
+        router: A :class:`convo.Router`: each turn goes to the model of the tier it needs,
+            or stays on a bigger one when moving would cost more, cache included
+            (``docs/routing.md``). The prefix's model must be one of its tiers; the
+            conversation starts there. ``send(..., tier=...)`` names a turn's tier.
 
     .. versionadded:: 0.1
     """
@@ -91,6 +96,7 @@ class Session(SessionBase):
         conversation_id: str | None = None,
         messages: Sequence[Mapping[str, Any]] = (),
         hooks: Sequence[Callable[[Reply], None]] = (),
+        router: Router | None = None,
         _tracker: CacheTracker | None = None,
     ) -> None:
         # Every constructor argument, as given, for the shared wiring (and for forks).
@@ -111,8 +117,10 @@ class Session(SessionBase):
         *,
         max_tokens: int | None = None,
         params: Mapping[str, Any] | None = None,
+        tier: str | None = None,
     ) -> Reply:
-        """Send one user turn and return the reply.
+        """Send one user turn and return the reply (*tier*: with a router, the tier the
+        turn needs; default: the router's signal decides).
 
         Raises:
             ValueError, TypeError: bad input, before anything is sent.
@@ -120,7 +128,7 @@ class Session(SessionBase):
             convo.RetriesExhausted, convo.SpendCapReached: the call failed for good.
             anthropic.APIStatusError: a non-retryable API error (400, 401, ...).
         """
-        pending = self._core.begin_turn(content, max_tokens=max_tokens, params=params)
+        pending = self._begin(content, max_tokens, params, tier)
         if self._core.must_stream(pending):
             with self._stream(pending) as replying:
                 replying.close()
@@ -173,6 +181,7 @@ class Session(SessionBase):
         *,
         max_tokens: int | None = None,
         params: Mapping[str, Any] | None = None,
+        tier: str | None = None,
         keep_partial: bool = False,
     ) -> contextlib.AbstractContextManager[ReplyStream]:
         """Send one user turn and stream the reply's text as it arrives.
@@ -189,7 +198,7 @@ class Session(SessionBase):
         carrying the partial text; what the server billed is recorded, and the history is
         as it was before the turn unless *keep_partial* asks to keep the partial reply.
         """
-        pending = self._core.begin_turn(content, max_tokens=max_tokens, params=params)
+        pending = self._begin(content, max_tokens, params, tier)
         pending.keep_partial = keep_partial
         return self._stream(pending)
 

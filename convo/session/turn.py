@@ -13,6 +13,7 @@ from convo.layout import RenderedRequest
 from convo.limits import Reservation
 from convo.policy import Decision
 from convo.retry import AttemptRecord
+from convo.routing import RouteDecision
 from convo.sdk import Outcome
 from convo.tracker import Prediction
 from convo.usage import Usage
@@ -101,6 +102,8 @@ class Pending:
     keep_partial: bool = False
     #: The policy's decision that caused a warm or keep-alive request (convo.policy).
     decision: Decision | None = None
+    #: The router's decision for a routed turn (convo.routing).
+    route: RouteDecision | None = None
 
     @property
     def body(self) -> dict[str, Any]:

@@ -1,0 +1,323 @@
+"""The routing decision from its arithmetic: expected cost of each acceptable model, cache
+state included. Pure: numbers in, a :class:`RouteDecision` out (no I/O, no clock).
+
+A model's cache is its own: a conversation that moves from one model to another finds its
+warm prefix and history on the first and must write them again on the second. So the cost of
+answering a turn on model *m* is not this turn's price alone. It is
+
+- **now**: this turn on *m*: what *m* holds warm read at *m*'s read rate, the rest of the
+  context written (or sent uncached, below *m*'s minimum), the expected output;
+- **the run**: the later turns that the required tier can answer, until one needs more (the
+  ``horizon``, at most the expected remaining turns; the same window for every candidate),
+  each reading the context and writing what a turn adds;
+- **the way back**: when the turn that ends the window needs more than *m*, the model that
+  answers it must write what it does not hold by then: only what the run added if its entry
+  outlived the run, else the whole context (less a shared prefix the fleet keeps warm).
+
+The candidate with the least expected total wins; the current model wins ties, and a model
+below the tier the turn requires is never a candidate. ``docs/routing.md`` works one example
+through by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+__all__ = ["Option", "Prices", "RouteDecision", "RouteFacts", "decide", "horizon", "p_return"]
+
+
+@attrs.frozen
+class Prices:
+    """A model's rates in USD per token.
+
+    Attributes:
+        input: Uncached input.
+        read: Cache read.
+        write: Cache write at the TTL this conversation writes with.
+        output: Output.
+    """
+
+    input: float
+    read: float
+    write: float
+    output: float
+
+
+@attrs.frozen
+class Option:
+    """One model the turn could go to, and what its cache holds now.
+
+    Attributes:
+        model: The model id.
+        tier: Its tier's rank (0 = the cheapest tier).
+        prices: Its rates.
+        warm: Tokens of the conversation so far this model would read from cache now.
+        cold: Tokens of the conversation so far it would write now.
+        uncached: Tokens of the conversation so far it would send uncached (below its
+            minimum cacheable length, or after the last breakpoint).
+        shared: Tokens of the static prefix that stay warm on this model whatever this
+            conversation does (another session keeps them alive).
+        ttl_left_s: Seconds until what this model holds for the conversation expires.
+    """
+
+    model: str
+    tier: int
+    prices: Prices
+    warm: int
+    cold: int
+    uncached: int = 0
+    shared: int = 0
+    ttl_left_s: float = 0.0
+
+    @property
+    def context(self) -> int:
+        """Tokens of the conversation so far (prefix included) on this model."""
+        return self.warm + self.cold + self.uncached
+
+    @property
+    def caches(self) -> bool:
+        """Whether this model caches the conversation at all (something read or written)."""
+        return self.warm + self.cold > 0
+
+
+@attrs.frozen
+class RouteFacts:
+    """What is known of the conversation when the turn is routed.
+
+    Attributes:
+        required: The tier rank the turn needs.
+        current: The model the conversation is on (``None`` before its first turn).
+        new: Tokens this turn adds before the answer (the user's message, the suffix).
+        output: Expected output tokens of a turn.
+        growth: Tokens a turn adds to the context (message and answer).
+        remaining: Expected turns after this one.
+        p_above: For each tier rank, the probability that a later turn needs a tier above
+            it (the top tier's is 0).
+        gap_s: Expected seconds between turns.
+    """
+
+    required: int
+    current: str | None
+    new: int
+    output: float
+    growth: float
+    remaining: float
+    p_above: Sequence[float]
+    gap_s: float
+
+
+@attrs.frozen
+class Costed:
+    """One candidate's expected cost, in parts (USD).
+
+    Attributes:
+        model: The model id.
+        now: This turn.
+        run: The turns after it that this model answers.
+        back: The expected extra writes when a later turn needs a higher tier.
+        turns: Expected turns of the run (after this one).
+        writes: Tokens this turn writes (or sends uncached) on this model.
+    """
+
+    model: str
+    now: float
+    run: float
+    back: float
+    turns: float
+    writes: int
+
+    @property
+    def total(self) -> float:
+        """The expected total."""
+        return self.now + self.run + self.back
+
+
+@attrs.frozen
+class RouteDecision:
+    """Which model a turn went to, and why.
+
+    Attributes:
+        model: The chosen model id.
+        tier: The chosen model's tier name.
+        required: The tier the turn needed.
+        reason: One sentence a person can read (``"stayed on claude-opus-4-6: moving to
+            claude-haiku-4-5 would write 21,400 tokens ($0.0268) to save $0.0113 over
+            ~2.1 turns"``).
+        expected_usd: The chosen model's expected total over its horizon.
+        candidates: Every acceptable model's expected cost, cheapest first.
+        cache_aware: Whether the cache was counted (``False``: the signal's tier, as a
+            naive router would).
+    """
+
+    model: str
+    tier: str
+    required: str
+    reason: str
+    expected_usd: float | None = None
+    candidates: tuple[Costed, ...] = ()
+    cache_aware: bool = True
+
+
+def horizon(p_above: float, remaining: float) -> float:
+    """Expected turns after this one before a turn needs a higher tier, at most *remaining*:
+    ``sum((1 - p) ** k for k in 1..remaining)`` (each later turn independently needs more with
+    probability *p*); a fractional *remaining* counts its last turn in part."""
+    if remaining <= 0:
+        return 0.0
+    stay = 1.0 - p_above
+    if p_above <= 0.0:
+        return remaining
+    if stay <= 0.0:
+        return 0.0
+    # The geometric sum, in closed form, over a real-valued number of turns.
+    return float(stay * (1.0 - stay**remaining) / p_above)
+
+
+def p_return(p_above: float, remaining: float) -> float:
+    """Probability that some turn among the *remaining* needs a tier above."""
+    if remaining <= 0 or p_above <= 0.0:
+        return 0.0
+    return float(1.0 - (1.0 - p_above) ** remaining)
+
+
+def _now(option: Option, facts: RouteFacts) -> float:
+    p = option.prices
+    if option.caches:
+        writes = (option.cold + facts.new) * p.write
+    else:
+        writes = (option.cold + facts.new) * p.input
+    return option.warm * p.read + writes + option.uncached * p.input + facts.output * p.output
+
+
+def _per_turn(option: Option, facts: RouteFacts) -> float:
+    """A later turn on *option*'s model: reads the context, writes what a turn adds."""
+    p = option.prices
+    context = option.context + facts.new
+    if option.caches:
+        return context * p.read + facts.growth * p.write + facts.output * p.output
+    return (context + facts.growth) * p.input + facts.output * p.output
+
+
+def _way_back(option: Option, target: Option, turns: float, facts: RouteFacts) -> float:
+    """What *target* must write when a later turn needs it after a run of *turns* on
+    *option*'s model (it must write nothing for the run if it is the same model)."""
+    added = turns * facts.growth
+    # Time from now to the turn that returns: this turn, the run, and that turn's gap.
+    away = (turns + 1.0) * facts.gap_s
+    held = target.warm if away < target.ttl_left_s else target.shared
+    context = option.context + facts.new + facts.output + added
+    missing = max(0.0, context - held)
+    rate = target.prices.write if target.caches else target.prices.input
+    return missing * rate
+
+
+def _cost(option: Option, options: Sequence[Option], facts: RouteFacts, turns: float) -> Costed:
+    """*option*'s expected cost over the same window for every candidate: this turn, the
+    *turns* after it that the required tier can answer, and the way back when the turn
+    that ends the window needs more than *option*'s model."""
+    p = facts.p_above
+    p_req = p[facts.required] if facts.required < len(p) else 0.0
+    p_up = p[option.tier] if option.tier < len(p) else 0.0
+    back = 0.0
+    above = [o for o in options if o.tier > option.tier]
+    if above and p_req > 0.0:
+        # The way back goes to the current model when it is above this one (its entry may
+        # outlive the run), else to the cheapest model of the next tier up.
+        current = next((o for o in above if o.model == facts.current), None)
+        target = current or min(above, key=lambda o: (o.tier, _now(o, facts)))
+        # The window ends with a turn above the required tier; it needs more than this
+        # model with probability p_up / p_req.
+        p_back = p_return(p_req, facts.remaining) * min(1.0, p_up / p_req)
+        back = p_back * _way_back(option, target, turns, facts)
+    return Costed(
+        model=option.model,
+        now=_now(option, facts),
+        run=turns * _per_turn(option, facts),
+        back=back,
+        turns=turns,
+        writes=option.cold + option.uncached + facts.new,
+    )
+
+
+def decide(options: Sequence[Option], facts: RouteFacts, names: Sequence[str]) -> RouteDecision:
+    """Choose the model for a turn by expected total cost.
+
+    Args:
+        options: Every model of every tier (one per tier), with its cache state; models below
+            ``facts.required`` are kept for the way back but never chosen.
+        facts: What is known of the conversation.
+        names: Tier names by rank.
+
+    Returns:
+        The decision, with every acceptable candidate's costs, cheapest first.
+
+    Raises:
+        ValueError: when no option is at or above the required tier.
+    """
+    acceptable = [o for o in options if o.tier >= facts.required]
+    if not acceptable:
+        raise ValueError(f"no model at or above tier {names[facts.required]!r}")
+    # One window for every candidate: the turns until one needs more than the required
+    # tier (at most the expected remaining turns), so each is costed over the same turns.
+    p_req = facts.p_above[facts.required] if facts.required < len(facts.p_above) else 0.0
+    turns = horizon(p_req, facts.remaining)
+    costed = sorted(
+        (_cost(o, options, facts, turns) for o in acceptable),
+        # Ties go to the current model (a move must earn its keep), then the cheaper tier.
+        key=lambda c: (c.total, c.model != facts.current),
+    )
+    best = costed[0]
+    chosen = next(o for o in acceptable if o.model == best.model)
+    required = names[facts.required]
+    return RouteDecision(
+        model=best.model,
+        tier=names[chosen.tier],
+        required=required,
+        reason=_reason(best, costed, acceptable, facts, required),
+        expected_usd=best.total,
+        candidates=tuple(costed),
+    )
+
+
+def _usd(value: float) -> str:
+    return f"${value:.4f}"
+
+
+def _reason(
+    best: Costed,
+    costed: Sequence[Costed],
+    acceptable: Sequence[Option],
+    facts: RouteFacts,
+    required: str,
+) -> str:
+    if len(costed) == 1:
+        return f"{best.model}: the only model at or above tier {required!r}"
+    cheapest_tier = min(acceptable, key=lambda o: o.tier)
+    current = facts.current
+    if best.model == current and cheapest_tier.model != current:
+        other = next(c for c in costed if c.model == cheapest_tier.model)
+        return (
+            f"stayed on {current}: moving to {other.model} would write {other.writes:,} tokens "
+            f"({_usd(other.now)} this turn) and cost {_usd(other.total - best.total)} more "
+            f"over ~{other.turns + 1:.1f} turns"
+        )
+    runner_up = costed[1]
+    staying = next((c for c in costed if c.model == current), None)
+    if current is None or best.model == current:
+        return (
+            f"{best.model}: cheapest at or above tier {required!r} "
+            f"({_usd(best.total)} expected over ~{best.turns + 1:.1f} turns, "
+            f"{runner_up.model} {_usd(runner_up.total)})"
+        )
+    if staying is None:
+        return (
+            f"moved to {best.model}: the turn needs tier {required!r}; "
+            f"{_usd(best.total)} expected, {runner_up.model} {_usd(runner_up.total)}"
+        )
+    return (
+        f"moved to {best.model}: writes {best.writes:,} tokens ({_usd(best.now)} this turn) "
+        f"and saves {_usd(staying.total - best.total)} against staying on {current} "
+        f"over ~{best.turns + 1:.1f} turns"
+    )

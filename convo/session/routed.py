@@ -1,0 +1,169 @@
+"""Routing a session's turn (:class:`convo.Router`): what each model's cache holds for this
+conversation, the decision, and moving the session onto the chosen model.
+
+Kept apart from :mod:`convo.session.core` so the turn's path reads the same with or without
+a router; the core calls :func:`route_turn` before it lays the turn out.
+"""
+
+from __future__ import annotations
+
+import statistics
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from convo import models
+from convo.layout import Layout
+from convo.policy import pool_for
+from convo.routing import Option, RouteDecision, RouteFacts, decide
+from convo.tokens import block_tokens
+from convo.tokens import estimate as estimate_tokens
+from convo.warm import WarmKey
+
+if TYPE_CHECKING:
+    from convo.session.core import SessionCore
+
+__all__ = ["route_turn", "use_model"]
+
+_WARM_TEXT = "(cache pre-warm)"
+
+
+def _tokens(message: Mapping[str, Any]) -> int:
+    content = message.get("content")
+    if isinstance(content, str):
+        return block_tokens(content)
+    return sum(block_tokens(b) for b in content or () if isinstance(b, Mapping))
+
+
+def route_turn(core: SessionCore, message: Mapping[str, Any], tier: str | None) -> RouteDecision:
+    """Choose the model for the user turn *message* and move *core* onto it."""
+    router = core.router
+    assert router is not None
+    required = router.required(message["content"], core.history.stored, tier)
+    names = router.names
+    if not router.cache_aware:
+        model = router.models[required]
+        decision = RouteDecision(
+            model=model,
+            tier=names[required],
+            required=names[required],
+            reason=f"{model}: tier {names[required]!r} by the signal (cache not counted)",
+            cache_aware=False,
+        )
+    else:
+        decision = decide(
+            [_option(core, model, rank) for rank, model in enumerate(router.models)],
+            _facts(core, message, required),
+            names,
+        )
+    use_model(core, decision.model)
+    return decision
+
+
+def _prefix_for(core: SessionCore, model: str) -> Any:
+    if model == core.prefix.model:
+        return core.prefix
+    with warnings.catch_warnings():
+        # The same content on another model: its warnings (e.g. below the minimum) are
+        # the router's business here, not the caller's.
+        warnings.simplefilter("ignore")
+        return attrs.evolve(core.prefix, model=model)
+
+
+def _option(core: SessionCore, model: str, rank: int) -> Option:
+    """What *model*'s cache holds for this conversation now (tracker and fleet)."""
+    router = core.router
+    assert router is not None
+    prefix = _prefix_for(core, model)
+    options: dict[str, Any] = dict(core._layout_options)
+    now = core.clock()
+    if len(core.history):
+        # The conversation as it stands (it ends with an answer), laid out for *model*.
+        layout = Layout(
+            prefix,
+            history=options["history"],
+            history_ttl=options["history_ttl"],
+            max_tokens=options["max_tokens"],
+        )
+        rendered = layout.render(core.history, max_tokens=0)
+    else:
+        layout = Layout(prefix, history="none", max_tokens=options["max_tokens"])
+        rendered = layout.render([{"role": "user", "content": _WARM_TEXT}], max_tokens=0)
+    p = core.tracker.predict(rendered, previous=None)
+    warm, cold, uncached = p.cache_read, p.cache_write_5m + p.cache_write_1h, p.input
+    if not len(core.history):
+        uncached = max(0, uncached - estimate_tokens(_WARM_TEXT))
+    # The fleet's entry of the static prefix on this model (another session keeps it).
+    content = prefix.keys[-1].hex() if prefix.keys else prefix.fingerprint
+    key = WarmKey.for_api_key(core._workspace, model, content)
+    pool = pool_for(core.registry, repr(key))
+    shared = prefix.tokens if pool.live(now) and cold + warm >= prefix.tokens else 0
+    if shared > warm:
+        cold, warm = cold - (shared - warm), shared
+    entries = [core.tracker.expires_at(e) for e in core.tracker.entries() if e.model == model]
+    ttl_left = max((x - now for x in entries if x > now), default=0.0)
+    return Option(
+        model=model,
+        tier=rank,
+        prices=router.prices(model, core._history_ttl_now()),
+        warm=warm,
+        cold=max(0, cold),
+        uncached=uncached,
+        shared=shared,
+        ttl_left_s=ttl_left,
+    )
+
+
+def _facts(core: SessionCore, message: Mapping[str, Any], required: int) -> RouteFacts:
+    router = core.router
+    assert router is not None
+    state = core.route_state
+    suffix = core._layout_options["suffix"]
+    new = _tokens(message) + (estimate_tokens(suffix) if isinstance(suffix, str) else 0)
+    # Before any answer: a quarter of max_tokens (answers rarely run to the limit).
+    max_tokens: int = core._layout_options["max_tokens"]  # type: ignore[assignment]
+    output = state.output(max_tokens / 4)
+    turns = core.turns
+    if router.expected_turns is not None:
+        remaining = max(1.0, router.expected_turns - turns - 1)
+    else:
+        remaining = max(1.0, float(turns))  # n turns so far: about n more
+    p_above = state.p_above(len(router.tiers), also=required)
+    gaps = core._gaps
+    # Before two turns: half the 5-minute TTL (as likely to outlive it as not).
+    gap = statistics.median(gaps[-20:]) if gaps else 150.0
+    return RouteFacts(
+        required=required,
+        current=core.prefix.model if core.turns else None,
+        new=new,
+        output=output,
+        growth=state.growth(new + output),
+        remaining=remaining,
+        p_above=p_above,
+        gap_s=gap,
+    )
+
+
+def use_model(core: SessionCore, model: str) -> None:
+    """Move *core* onto *model*: its layouts, warm key, policy pool, limiter and rules."""
+    if model == core.prefix.model:
+        return
+    core._use_prefix(_prefix_for(core, model), core._workspace)
+    core._info = models.lookup(model, core.prefix.models)
+    core._pool = pool_for(core.registry, repr(core.warm_key))
+    core._prefix_known_until = float("-inf")  # what the registry said was of another model
+    core._checked = (None, 0)  # the rules differ by model: check the whole request again
+    if core.limiter_for is not None:
+        core.limiter = core.limiter_for(model)
+
+
+def note_reply(core: SessionCore, decision: RouteDecision, output: int, added: int) -> None:
+    """Remember what a routed turn showed: the tier it needed, its answer's length and how
+    much it added to the context."""
+    router = core.router
+    assert router is not None
+    core.route_state.needed.append(router.rank(decision.required))
+    core.route_state.outputs.append(output)
+    core.route_state.growths.append(added)
