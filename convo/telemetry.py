@@ -231,6 +231,14 @@ class Telemetry:
         }
         if reply.warm_role is not None:
             attributes["convo.warm.role"] = reply.warm_role
+        route = reply.route
+        if route is not None:
+            attributes["convo.route.tier"] = route.tier
+            attributes["convo.route.required_tier"] = route.required
+            attributes["convo.route.reason"] = route.reason
+            attributes["convo.route.cache_aware"] = route.cache_aware
+            if route.expected_usd is not None:
+                attributes["convo.route.expected_usd"] = route.expected_usd
         for name in self.cache_write_attributes:
             attributes[name] = usage.cache_write
         if cache.detail:
@@ -271,6 +279,8 @@ class Telemetry:
         if cost.saved_usd is not None and cost.saved_usd > 0:
             self._saved.add(float(cost.saved_usd), base)
         reason = {**base, "convo.cache.reason": str(cache.reason)}
+        if route is not None:
+            reason["convo.route"] = f"{route.required}>{route.tier}"
         self._turns.add(1, reason)
         if cache.reason != "hit":
             self._busts.add(1, reason)

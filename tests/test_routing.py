@@ -1,0 +1,284 @@
+"""Cache-aware routing: the decision from its arithmetic, the Router's checks, and routed
+sessions against the emulator through the real SDK."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import anthropic
+import pytest
+
+import convo
+from convo.emulator import RunningEmulator
+from convo.ledger import Ledger
+from convo.limits import RateLimiter
+from convo.routing import Option, Prices, RouteFacts, decide, default_signal
+from convo.routing.decide import horizon, p_return
+from convo.warm import WarmRegistry
+
+HAIKU, SONNET, OPUS = "claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-6"
+TWO = convo.Router({"small": HAIKU, "large": SONNET})
+OPUS_ROUTER = convo.Router({"small": HAIKU, "large": OPUS})
+NAMES = TWO.names
+PER_MILLION = 1e-6
+HAIKU_P = Prices(input=1.0 * PER_MILLION, read=0.1 * PER_MILLION, write=1.25e-6, output=5e-6)
+SONNET_P = Prices(input=3e-6, read=0.3 * PER_MILLION, write=3.75e-6, output=15e-6)
+
+
+def options(*, haiku_warm: int = 10_000, sonnet_ttl_left: float = 290.0) -> list[Option]:
+    """The worked example of docs/routing.md: a 19,400-token conversation warm on Sonnet;
+    Haiku holds the 10,000-token shared prefix (kept warm by the fleet) or less."""
+    return [
+        Option(HAIKU, 0, HAIKU_P, warm=haiku_warm, cold=19_400 - haiku_warm, shared=haiku_warm),
+        Option(SONNET, 1, SONNET_P, warm=19_400, cold=0, shared=10_000, ttl_left_s=sonnet_ttl_left),
+    ]
+
+
+def facts(
+    *, p: float, remaining: float, current: str | None = SONNET, gap: float = 40.0
+) -> RouteFacts:
+    return RouteFacts(
+        required=0,
+        current=current,
+        new=150,
+        output=250,
+        growth=400,
+        remaining=remaining,
+        p_above=[p, 0.0],
+        gap_s=gap,
+    )
+
+
+class TestArithmetic:
+    """A gap in, a decision and its expected costs out (the docs' worked example)."""
+
+    def test_the_worked_example_stays_warm_on_the_bigger_model(self) -> None:
+        """Three hard turns of four: the window is short, the move's write does not pay."""
+        decision = decide(options(), facts(p=4 / 6, remaining=3), NAMES)
+        assert decision.model == SONNET
+        by_model = {c.model: c for c in decision.candidates}
+        assert by_model[SONNET].total == pytest.approx(0.01548, abs=5e-6)
+        assert by_model[HAIKU].total == pytest.approx(0.01811, abs=5e-6)
+        assert by_model[HAIKU].now == pytest.approx(0.0141875)
+        assert decision.reason.startswith(
+            f"stayed on {SONNET}: moving to {HAIKU} would write 9,550"
+        )
+
+    def test_the_worked_example_moves_when_easy_turns_run_long(self) -> None:
+        """One hard turn in six: a long window of cheap turns pays for Haiku's write."""
+        decision = decide(options(), facts(p=2 / 8, remaining=5), NAMES)
+        assert decision.model == HAIKU
+        by_model = {c.model: c for c in decision.candidates}
+        assert by_model[HAIKU].total == pytest.approx(0.02643, abs=5e-6)
+        assert by_model[SONNET].total == pytest.approx(0.03556, abs=5e-6)
+        assert decision.reason.startswith(f"moved to {HAIKU}: writes 9,550 tokens")
+
+    def test_a_warm_cheap_model_is_chosen_where_a_cold_one_is_not(self) -> None:
+        """Same conversation, same odds: only what Haiku holds differs."""
+        f = facts(p=0.5, remaining=2)
+        cold = decide(options(haiku_warm=0), f, NAMES)
+        warm = decide(options(haiku_warm=19_400), f, NAMES)
+        assert (cold.model, warm.model) == (SONNET, HAIKU)
+
+    def test_an_expired_bigger_model_makes_the_way_back_dearer(self) -> None:
+        """When Sonnet's entry would lapse before the way back, returning rewrites it all."""
+        f = facts(p=0.5, remaining=2)
+        live = {c.model: c for c in decide(options(), f, NAMES).candidates}
+        lapsing = {c.model: c for c in decide(options(sonnet_ttl_left=20.0), f, NAMES).candidates}
+        assert lapsing[HAIKU].back > 10 * live[HAIKU].back
+        assert lapsing[SONNET].back == live[SONNET].back == 0.0
+
+    def test_more_remaining_turns_favour_the_cheaper_model(self) -> None:
+        """With few turns left the write is not repaid; with many it is."""
+        decisions = [decide(options(), facts(p=0.5, remaining=r), NAMES).model for r in (1, 8)]
+        assert decisions == [SONNET, HAIKU]
+
+    def test_never_below_the_tier_the_turn_needs(self) -> None:
+        """A turn that needs the large tier goes there, however warm the small model is."""
+        f = RouteFacts(
+            required=1,
+            current=HAIKU,
+            new=10,
+            output=10,
+            growth=20,
+            remaining=50,
+            p_above=[0.0, 0.0],
+            gap_s=1.0,
+        )
+        decision = decide(options(haiku_warm=19_400), f, NAMES)
+        assert decision.model == SONNET
+        assert [c.model for c in decision.candidates] == [SONNET]
+
+    def test_the_window_is_a_truncated_geometric_sum(self) -> None:
+        assert horizon(0.5, 3) == pytest.approx(0.5 + 0.25 + 0.125)
+        assert horizon(0.0, 4) == 4
+        assert horizon(1.0, 4) == 0.0
+        assert p_return(0.5, 2) == pytest.approx(0.75)
+        assert p_return(0.0, 9) == 0.0
+
+    def test_ties_go_to_the_current_model(self) -> None:
+        same = Prices(input=1e-6, read=1e-7, write=1.25e-6, output=5e-6)
+        both = [Option("a", 0, same, warm=100, cold=0), Option("b", 1, same, warm=100, cold=0)]
+        f = RouteFacts(
+            required=0,
+            current="b",
+            new=1,
+            output=1,
+            growth=1,
+            remaining=1,
+            p_above=[0.0, 0.0],
+            gap_s=1.0,
+        )
+        assert decide(both, f, ("x", "y")).model == "b"
+
+
+class TestRouter:
+    """What a Router accepts, and its signal."""
+
+    def test_unknown_tier_names_are_refused(self) -> None:
+        with pytest.raises(ValueError, match="unknown tier 'huge'"):
+            TWO.rank("huge")
+
+    def test_tiers_need_distinct_models_with_prices(self) -> None:
+        with pytest.raises(ValueError, match="its own model"):
+            convo.Router({"a": HAIKU, "b": HAIKU})
+        with pytest.raises(ValueError, match="at least one tier"):
+            convo.Router({})
+        with pytest.raises(convo.models.UnknownModel):
+            convo.Router({"a": "claude-nonexistent-9"})
+        with pytest.raises(ValueError, match="expected_turns"):
+            convo.Router({"a": HAIKU}, expected_turns=0)
+
+    def test_the_default_signal_scores_length_code_and_reasoning_words(self) -> None:
+        three = ("small", "standard", "large")
+        assert default_signal("thanks!", [], three) == "small"
+        assert default_signal("Why is the sky blue?", [], three) == "standard"
+        hard = "Please design and debug this:\n```python\n" + "x = 1\n" * 300 + "```"
+        assert default_signal(hard, [], three) == "large"
+        blocks = [{"type": "text", "text": "prove it"}]
+        assert default_signal(blocks, [], ("s", "l")) == "s"  # one point of three: rounds down
+
+    def test_a_session_needs_its_prefix_model_among_the_tiers(
+        self, client: anthropic.Anthropic
+    ) -> None:
+        prefix = convo.Prefix(model=OPUS, system=["x " * 5000])
+        with pytest.raises(ValueError, match="not one of the router's tiers"):
+            convo.Session(prefix, client=client, router=TWO, ledger=False)
+
+    def test_tier_without_a_router_is_refused_before_sending(
+        self, client: anthropic.Anthropic
+    ) -> None:
+        session = convo.Session(
+            convo.Prefix(model=SONNET, system=["x " * 5000]), client=client, ledger=False
+        )
+        with pytest.raises(ValueError, match="needs a session built with router"):
+            session.send("hi", tier="small")
+        assert session.history == []
+
+
+SYSTEM = "The house rules, read carefully and followed exactly. " * 1_200  # ~10k tokens
+
+
+@pytest.fixture
+def routed(
+    emulator: RunningEmulator, client: anthropic.Anthropic
+) -> Callable[..., tuple[convo.Session, Ledger]]:
+    def make(router: convo.Router = TWO, **options: Any) -> tuple[convo.Session, Ledger]:
+        ledger = Ledger.open(":memory:")
+        clock = emulator.emulator.clock.now
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prefix = convo.Prefix(model=router.models[-1], system=[SYSTEM])
+        session = convo.Session(
+            prefix,
+            client=client,
+            router=router,
+            ledger=ledger,
+            clock=clock,
+            sleep=emulator.advance,
+            registry=WarmRegistry(clock=clock),
+            max_tokens=200,
+            **options,
+        )
+        return session, ledger
+
+    return make
+
+
+class TestRoutedSession:
+    """Routed turns against the emulator: the right model, exact predictions, the record."""
+
+    def test_turns_never_go_below_their_tier_and_moves_are_predicted_exactly(
+        self, routed: Callable[..., tuple[convo.Session, Ledger]], emulator: RunningEmulator
+    ) -> None:
+        session, ledger = routed(OPUS_ROUTER)
+        tiers = ["large", "small", "small", "large", "small", "small", "small", "small"]
+        replies = []
+        for i, tier in enumerate(tiers):
+            replies.append(session.send(f"Question {i}. " * 30, tier=tier))
+            emulator.advance(30)
+        models = [r.route.model for r in replies]
+        assert all(m == OPUS for m, t in zip(models, tiers, strict=True) if t == "large")
+        assert HAIKU in models  # the run of easy turns moved down
+        assert all(r.cache.exact for r in replies), [r.cache for r in replies]
+        # The emulator answered each turn on the model convo chose, and billed that model.
+        assert [r.message.model for r in replies] == models
+        ledger.flush()
+        rows = ledger.rows()
+        assert [row.model for row in rows] == models
+        assert [row.route for row in rows] == [
+            f"{t}>{'small' if m == HAIKU else 'large'}" for t, m in zip(tiers, models, strict=True)
+        ]
+        assert all(row.route_reason for row in rows)
+        assert sum(row.cost_usd for row in rows) == session.stats.cost_usd
+
+    def test_a_warm_conversation_stays_for_a_lone_easy_turn(
+        self, routed: Callable[..., tuple[convo.Session, Ledger]], emulator: RunningEmulator
+    ) -> None:
+        """Hard turns so far: the easy one stays warm where a naive router moves."""
+        aware, _ = routed()
+        naive, _ = routed(convo.Router(dict(TWO.tiers), cache_aware=False))
+        for session in (aware, naive):
+            for i in range(3):
+                session.send(f"Hard question {i}. " * 30, tier="large")
+                emulator.advance(20)
+        stay = aware.send("Thanks!", tier="small")
+        move = naive.send("Thanks!", tier="small")
+        assert stay.route.model == SONNET
+        assert stay.reason == "hit"
+        assert stay.route.reason.startswith(f"stayed on {SONNET}")
+        assert move.route.model == HAIKU
+        assert not move.route.cache_aware
+        assert move.usage.cache_write > 10_000  # the naive move wrote the conversation again
+        assert stay.cost.usd < move.cost.usd
+
+    def test_the_signal_decides_without_a_tier(
+        self, routed: Callable[..., tuple[convo.Session, Ledger]]
+    ) -> None:
+        router = convo.Router(dict(TWO.tiers), signal=lambda content, history: "large")
+        session, _ = routed(router)
+        assert session.send("hello").route.required == "large"
+
+    async def test_an_async_session_routes_the_same(
+        self, emulator: RunningEmulator, async_client: anthropic.AsyncAnthropic
+    ) -> None:
+        clock = emulator.emulator.clock.now
+        session = convo.AsyncSession(
+            convo.Prefix(model=OPUS, system=[SYSTEM]),
+            client=async_client,
+            router=OPUS_ROUTER,
+            ledger=False,
+            clock=clock,
+            registry=WarmRegistry(clock=clock),
+            limiter=RateLimiter(),
+            max_tokens=100,
+        )
+        models = []
+        for tier in ("large", "small", "small", "small", "small", "large"):
+            reply = await session.send(f"A {tier} one. " * 20, tier=tier)
+            assert reply.message.model == reply.route.model
+            models.append(reply.route.model)
+        assert models[0] == models[-1] == OPUS
+        assert HAIKU in models
