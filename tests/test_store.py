@@ -392,6 +392,29 @@ class TestState:
             assert s.tracker.last is not None
             assert s.tracker.last.reason == "hit"
 
+    def test_a_routed_conversation_goes_on_from_its_model(
+        self, tmp_path: Path, client: anthropic.Anthropic
+    ) -> None:
+        """A routed conversation restored in a fresh session is on the model it left on,
+        with what its turns showed the router; its next turn reads that model's cache."""
+        router = convo.Router({"small": "claude-haiku-4-5", "large": "claude-opus-4-6"})
+        prefix = convo.Prefix(model="claude-opus-4-6", system=[SYSTEM * 4])
+        store = SQLiteStore(tmp_path / "s.sqlite3")
+        options: dict[str, Any] = {"client": client, "ledger": False, "router": router}
+        with store.session("conv-routed", prefix, **options) as s:
+            for tier in ("large", "small", "small", "small", "small"):
+                last = s.send(f"A {tier} question, asked at some length. " * 12, tier=tier)
+            assert last.route is not None
+            left_on, shown = s.prefix.model, s._core.route_state
+        assert left_on == "claude-haiku-4-5"  # the run of easy turns moved down
+        with store.session("conv-routed", prefix, **options) as s:
+            assert s.prefix.model == left_on
+            assert s._core.route_state == shown
+            reply = s.send("One more small one.", tier="small")
+        assert reply.route is not None
+        assert reply.route.model == left_on
+        assert reply.reason == "hit"
+
     def test_no_api_key(self, tmp_path: Path, emulator: RunningEmulator) -> None:
         """The API key never reaches the stored state."""
         planted = "sk-ant-PLANTED-" + uuid.uuid4().hex

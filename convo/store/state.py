@@ -29,6 +29,8 @@ from typing import Any
 import attrs
 
 from convo.fingerprint import Fingerprint, Segments
+from convo.routing import RouteState
+from convo.session import routed
 from convo.session.reply import Stats
 from convo.tracker import CacheEntry, CacheOutcome, CacheTracker, Prediction
 from convo.tracker.values import Point
@@ -172,6 +174,9 @@ class ConversationState:
         return cls(**data)
 
 
+_ROUTE_FIELDS = {a.name for a in attrs.fields(RouteState)}
+
+
 def _encode_tracker(tracker: CacheTracker) -> dict[str, Any]:
     return {
         name: _enc(getattr(tracker, name)) for name in _TRACKER_FIELDS if hasattr(tracker, name)
@@ -214,6 +219,10 @@ def capture(session: Any) -> ConversationState:
             "stats": _enc(core.stats),
             "keep_alive_spent": str(core.keep_alive_spent),
             "prefix_known_until": _enc(core._prefix_known_until),
+            # A routed conversation (convo.Router) goes on from the model it is on, with
+            # what its turns have shown the router.
+            "model": core.prefix.model,
+            "route_state": attrs.asdict(core.route_state),
         },
     )
 
@@ -242,3 +251,12 @@ def restore(session: Any, state: ConversationState) -> None:
         core._prefix_known_until = _dec(extra["prefix_known_until"])
     if core.adaptive_ttl and state.prefix_ttl != core.prefix.ttl:
         core._use_prefix(attrs.evolve(core.prefix, ttl=state.prefix_ttl), core._workspace)
+    router = core.router
+    if router is not None:
+        model = extra.get("model")
+        if isinstance(model, str) and router.rank_of_model(model) is not None:
+            routed.use_model(core, model)
+        if isinstance(extra.get("route_state"), Mapping):
+            core.route_state = RouteState(
+                **{k: list(v) for k, v in extra["route_state"].items() if k in _ROUTE_FIELDS}
+            )
