@@ -65,7 +65,8 @@ async def answer(ctx: dict[str, Any], *, email: str) -> dict[str, Any]:
 
 
 def run_worker(redis_url: str, run: str) -> None:
-    """A worker process: takes jobs until the queue stays empty for a few seconds."""
+    """A worker process: takes jobs until it is told to stop (SIGTERM, which saq handles by
+    finishing the jobs in hand and running ``shutdown``)."""
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["client"] = anthropic.AsyncAnthropic()  # ANTHROPIC_BASE_URL / _API_KEY
@@ -73,32 +74,49 @@ def run_worker(redis_url: str, run: str) -> None:
         ctx["limiter"] = convo.RedisRateLimiter(
             redis_url, key="org", rpm=4000, itpm=2_000_000, otpm=400_000, prefix=f"{run}:limits:"
         )
-        # Tell the enqueuer this worker is up (see enqueue_and_wait).
-        ready = redis.asyncio.Redis.from_url(redis_url)
-        await ready.rpush(f"{run}:ready", os.getpid())
-        await ready.aclose()
+        # Tell the enqueuer this worker is up (see enqueue_and_wait), once saq's first sweep
+        # of its active list is done: a sweep after the jobs are queued could abort a job
+        # another worker has just taken but not yet marked active ("swept").
+        ctx["announce"] = asyncio.create_task(announce())
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["client"].close()
         await ctx["registry"].aclose()
         await ctx["limiter"].aclose()
 
-    # saq warns at every burst shutdown that its own timers were cancelled: not news here.
+    # saq warns at every shutdown that its own timers were cancelled: not news here.
     logging.getLogger("saq").setLevel(logging.ERROR)
+
+    swept = asyncio.Event()
+
+    async def announce() -> None:
+        await swept.wait()
+        ready = redis.asyncio.Redis.from_url(redis_url)
+        await ready.rpush(f"{run}:ready", os.getpid())
+        await ready.aclose()
 
     async def work() -> None:
         queue = Queue.from_url(redis_url, name=run)
+        sweep = queue.sweep
+
+        async def sweep_and_note(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await sweep(*args, **kwargs)
+            finally:
+                swept.set()
+
+        queue.sweep = sweep_and_note  # type: ignore[method-assign]
         worker = Worker(
             queue,
             functions=[answer],
             concurrency=20,
             startup=startup,
             shutdown=shutdown,
-            burst=True,
-            dequeue_timeout=3,
+            # Not burst mode: a worker that started early would stop on an empty queue while
+            # the other is still starting. main() stops the workers once every job is done.
             # saq sweeps its active list when a worker starts: a job another worker has just
             # taken but not yet marked active would be aborted as "swept". The jobs are only
-            # queued once every worker is up, and take seconds, so sweep rarely.
+            # queued once every worker has swept, and take seconds, so sweep rarely after.
             timers={"sweep": 600},
         )
         await worker.start()
@@ -188,6 +206,8 @@ def main() -> None:
             try:
                 results = asyncio.run(enqueue_and_wait(args.redis, run, args.jobs, args.workers))
             finally:
+                for process in workers:
+                    process.terminate()
                 for process in workers:
                     process.wait(60)
         print(summary(results))
