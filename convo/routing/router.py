@@ -107,6 +107,10 @@ class Router:
     cache_aware: bool = True
     expected_turns: float | None = None
     _prices: dict[str, Prices] = attrs.field(factory=dict, init=False, repr=False, eq=False)
+    # Per rank: [turns at or below it followed by a turn, of which the next needed more];
+    # learnt from every conversation routed by this Router (the prior of each one's
+    # estimate). Counts only grow; a lost update under threads costs a little evidence.
+    _fleet: dict[int, list[int]] = attrs.field(factory=dict, init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if self.expected_turns is not None and not (
@@ -154,6 +158,23 @@ class Router:
             )
         return self.rank(tier)
 
+    def observe_transition(self, before: int, after: int) -> None:
+        """Learn that a turn needing rank *before* was followed by one needing *after*."""
+        for rank in range(len(self.tiers) - 1):
+            if before <= rank:
+                counts = self._fleet.setdefault(rank, [0, 0])
+                counts[0] += 1
+                counts[1] += after > rank
+
+    def fleet_p_above(self) -> list[float]:
+        """Per rank, the share of turns at or below it (in every conversation this Router
+        routed) whose next turn needed more; ½ for a rank with nothing seen (one
+        pseudo-turn each way)."""
+        return [
+            (self._fleet.get(rank, [0, 0])[1] + 1) / (self._fleet.get(rank, [0, 0])[0] + 2)
+            for rank in range(len(self.tiers))
+        ]
+
     def prices(self, model: str, ttl: str) -> Prices:
         """*model*'s rates per token, cache writes at *ttl* (computed once per model)."""
         key = f"{model}|{ttl}"
@@ -182,16 +203,29 @@ class RouteState:
     outputs: list[int] = attrs.field(factory=list)
     growths: list[int] = attrs.field(factory=list)
 
-    def p_above(self, ranks: int, *, also: int | None = None) -> list[float]:
-        """For each rank, P(a later turn needs a tier above it): the share of turns so far
-        (and *also*, the rank the turn being routed needs) that did, with one pseudo-turn
-        each way (1/2 before any turn is seen)."""
-        needed = self.needed if also is None else [*self.needed, also]
-        n = len(needed)
-        return [
-            (sum(1 for r in needed if r > rank) + 1) / (n + 2) if rank < ranks - 1 else 0.0
-            for rank in range(ranks)
-        ]
+    def p_above(self, ranks: int, *, now: int, prior: Sequence[float] | None = None) -> list[float]:
+        """For each rank *k*, P(the next turn needs more than tier *k*), given that the turn
+        being routed needs rank *now* (the next turns' needs depend on this one's: hard turns
+        come in runs).
+
+        A first-order estimate: of this conversation's turns that needed at most *k* and
+        had a next turn, the share whose next turn needed more; and for *k* below *now*
+        (this turn already needs more), the share of turns above *k* followed by another.
+        Two pseudo-turns at the *prior* (the fleet's rate; ½ when none) keep it away from
+        0 and 1 on little evidence. The top rank's is 0.
+        """
+        pairs = list(zip(self.needed, [*self.needed[1:], now][: len(self.needed)], strict=True))
+        result: list[float] = []
+        for rank in range(ranks):
+            if rank >= ranks - 1:
+                result.append(0.0)
+                continue
+            base = prior[rank] if prior is not None and rank < len(prior) else 0.5
+            below = now <= rank
+            seen = [b for a, b in pairs if (a <= rank) == below]
+            up = sum(1 for b in seen if b > rank)
+            result.append((up + 2 * base) / (len(seen) + 2))
+        return result
 
     def output(self, default: float) -> float:
         """Mean output tokens of this conversation's answers (*default* before any)."""

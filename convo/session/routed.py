@@ -80,13 +80,19 @@ def _option(core: SessionCore, model: str, rank: int) -> Option:
     options: dict[str, Any] = dict(core._layout_options)
     now = core.clock()
     if len(core.history):
-        # The conversation as it stands (it ends with an answer), laid out for *model*.
-        layout = Layout(
-            prefix,
-            history=options["history"],
-            history_ttl=options["history_ttl"],
-            max_tokens=options["max_tokens"],
-        )
+        # The conversation as it stands (it ends with an answer), laid out for *model* as
+        # its turns are: with the suffix where it sits in the system prompt (every key
+        # after it depends on it); a suffix placed in the last message is after every
+        # breakpoint and changes no key, so it is left out, as keep-alive does.
+        if options["suffix_placement"] == "system":
+            layout = Layout(prefix, **options)
+        else:
+            layout = Layout(
+                prefix,
+                history=options["history"],
+                history_ttl=options["history_ttl"],
+                max_tokens=options["max_tokens"],
+            )
         rendered = layout.render(core.history, max_tokens=0)
     else:
         layout = Layout(prefix, history="none", max_tokens=options["max_tokens"])
@@ -130,7 +136,7 @@ def _facts(core: SessionCore, message: Mapping[str, Any], required: int) -> Rout
         remaining = max(1.0, router.expected_turns - turns - 1)
     else:
         remaining = max(1.0, float(turns))  # n turns so far: about n more
-    p_above = state.p_above(len(router.tiers), also=required)
+    p_above = state.p_above(len(router.tiers), now=required, prior=router.fleet_p_above())
     gaps = core._gaps
     # Before two turns: half the 5-minute TTL (as likely to outlive it as not).
     gap = statistics.median(gaps[-20:]) if gaps else 150.0
@@ -164,6 +170,10 @@ def note_reply(core: SessionCore, decision: RouteDecision, output: int, added: i
     much it added to the context."""
     router = core.router
     assert router is not None
-    core.route_state.needed.append(router.rank(decision.required))
+    rank = router.rank(decision.required)
+    state = core.route_state
+    if state.needed:
+        router.observe_transition(state.needed[-1], rank)
+    state.needed.append(rank)
     core.route_state.outputs.append(output)
     core.route_state.growths.append(added)
