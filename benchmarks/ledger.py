@@ -134,6 +134,7 @@ def run(url: str, n: int, chunk: int) -> dict[str, Any]:
             "total, one session": lambda: led.total(session="s42"),
             "top busts": lambda: led.top_busts(),
             "cost per successful task": lambda: led.task_cost(),
+            "cost per successful task by model, route, day": lambda: led.task_costs(),
             "whole `convo report`": lambda: build_report(led, by="model"),
             "whole `convo report --since 7d`": lambda: build_report(led, by="model", since=since),
         }
