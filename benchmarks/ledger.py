@@ -64,7 +64,7 @@ def make_rows(n: int, seed: int = 7) -> list[LedgerRow]:
                 rate_limit_tokens=write + 100,
                 latency_ms=rnd.uniform(200, 9000),
                 request_id=f"req_{i:012d}",
-                cache_outcome="hit" if hit else "miss",
+                cache_outcome="hit" if hit else "write",
                 cache_reason=rnd.choice(REASONS),
                 status="error" if i % 97 == 0 else "ok",
             )
