@@ -64,7 +64,7 @@ def make_rows(n: int, seed: int = 7) -> list[LedgerRow]:
                 rate_limit_tokens=write + 100,
                 latency_ms=rnd.uniform(200, 9000),
                 request_id=f"req_{i:012d}",
-                cache_outcome="hit" if hit else "miss",
+                cache_outcome="hit" if hit else "write",
                 cache_reason=rnd.choice(REASONS),
                 status="error" if i % 97 == 0 else "ok",
             )
@@ -134,6 +134,7 @@ def run(url: str, n: int, chunk: int) -> dict[str, Any]:
             "total, one session": lambda: led.total(session="s42"),
             "top busts": lambda: led.top_busts(),
             "cost per successful task": lambda: led.task_cost(),
+            "cost per successful task by model, route, day": lambda: led.task_costs(),
             "whole `convo report`": lambda: build_report(led, by="model"),
             "whole `convo report --since 7d`": lambda: build_report(led, by="model", since=since),
         }

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from convo import tokens
 from convo.bench import STRATEGIES, Bench, StrategyUnavailable, Workload, build
+from convo.bench.routing import ROUTING_STRATEGIES
 from convo.bench.strategies import make
 from convo.bench.workloads import words
 from convo.cli import main
@@ -167,7 +168,7 @@ class TestCommand:
             p.name: list(p.type.choices) for p in command.params if hasattr(p.type, "choices")
         }
         assert choices["workloads"] == list(names())
-        assert choices["strategies"] == list(STRATEGIES)
+        assert choices["strategies"] == [*STRATEGIES, *ROUTING_STRATEGIES]
 
     def test_quick_smoke_run(self, tmp_path: Path) -> None:
         """A --quick run of two workloads, three strategies and a two-size sweep writes

@@ -14,12 +14,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convo.errors import LedgerError
-from convo.ledger import BustCount, Ledger, LedgerRow, Totals
+from convo.ledger import BustCount, Ledger, LedgerRow, TaskCost, Totals
 from convo.ledger.backends import SQLiteBackend, redact
 from convo.ledger.record import COLUMNS, cache_outcome
 from convo.ledger.schema import POSTGRES, SCHEMA_VERSION, SQLITE, migration_statements
@@ -421,6 +422,142 @@ class TestQueries:
         """An outcome other than success/failure is a ValueError."""
         with pytest.raises(ValueError, match="success"):
             ledger.mark_outcome("t", "maybe")  # type: ignore[arg-type]
+
+
+def _routed_tasks(led: Ledger) -> None:
+    """Four tasks over two models, three routes and two UTC days; three of them marked."""
+    small, large = "claude-haiku-4-5", "claude-opus-4-6"
+    late = T0.replace(hour=23)  # a task that crosses midnight has rows on two days
+    for i, (task, model, route, when, outcome) in enumerate(
+        [
+            ("t1", small, "small>small", late, None),
+            ("t1", large, "large>large", late + dt.timedelta(hours=2), None),
+            ("t2", large, "small>large", T0, None),
+            ("t2", large, None, T0, None),  # a pre-warm: no route
+            ("t3", small, "small>small", T0, "failure"),  # marked on its row
+            ("t4", small, "small>small", T0, None),  # never marked
+            ("t5", "claude-imaginary-9", None, T0, None),  # unpriced
+        ]
+    ):
+        usage = Usage(input=1_000 * (i + 1), output=100)
+        row = _row(time=when, conversation_id=task, model=model, usage=usage, route=route)
+        led.append(attrs.evolve(row, outcome=outcome))
+    led.mark_outcome("t1", "success")
+    led.mark_outcome("t2", "failure")
+    led.mark_outcome("t2", "success")  # the latest mark wins
+    led.mark_outcome("t5", "failure")
+
+
+def _reference_task_costs(led: Ledger, by: str) -> list[TaskCost]:
+    """What task_costs should say, from the rows and marks in Python."""
+    rows = led.rows()
+    marks = {
+        r[0]: r[1]
+        for r in led._backend.query(  # the marks, raw
+            "SELECT task_id, outcome FROM convo_outcomes ORDER BY id", []
+        )
+    }
+    verdict = {r.task_id: r.outcome for r in rows if r.outcome} | marks
+    groups: dict[str | None, dict[str, Any]] = {}
+    for r in rows:
+        if verdict.get(r.task_id) not in ("success", "failure"):
+            continue
+        key = {"model": r.model, "route": r.route, "day": r.time.date().isoformat()}[by]
+        g = groups.setdefault(
+            key, {"success": set(), "failure": set(), "cost": Decimal(0), "u": set()}
+        )
+        g[verdict[r.task_id]].add(r.task_id)
+        g["cost"] += r.cost_usd or 0
+        if r.cost_usd is None:
+            g["u"].add(r.task_id)
+    return [
+        TaskCost(len(g["success"]), len(g["failure"]), g["cost"], len(g["u"]), key)
+        for key, g in sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))
+    ]
+
+
+class TestTaskCostsByGroup:
+    """Cost per successful task by model, route and day: a task counts in each group it
+    used, with that group's share of its cost."""
+
+    def test_attribution(self, ledger: Ledger) -> None:
+        """t1 (haiku then opus) counts under both models with each one's share; unmarked
+        tasks count nowhere; rows without a route are the None group, last."""
+        _routed_tasks(ledger)
+        costs = ledger.task_costs()
+        rows = {(r.task_id, r.model, r.route): r.cost_usd for r in ledger.rows()}
+        model = {c.key: c for c in costs["model"]}
+        assert list(model) == ["claude-haiku-4-5", "claude-imaginary-9", "claude-opus-4-6"]
+        assert (model["claude-haiku-4-5"].successful, model["claude-haiku-4-5"].failed) == (1, 1)
+        assert model["claude-haiku-4-5"].cost_usd == (
+            rows[("t1", "claude-haiku-4-5", "small>small")]
+            + rows[("t3", "claude-haiku-4-5", "small>small")]
+        )
+        assert (model["claude-opus-4-6"].successful, model["claude-opus-4-6"].failed) == (2, 0)
+        assert (
+            model["claude-opus-4-6"].per_success
+            == (
+                rows[("t1", "claude-opus-4-6", "large>large")]
+                + rows[("t2", "claude-opus-4-6", "small>large")]
+                + rows[("t2", "claude-opus-4-6", None)]
+            )
+            / 2
+        )
+        assert (model["claude-imaginary-9"].failed, model["claude-imaginary-9"].unpriced) == (1, 1)
+        assert [c.key for c in costs["route"]] == [
+            "large>large",
+            "small>large",
+            "small>small",
+            None,
+        ]
+        assert [(c.key, c.successful, c.failed) for c in costs["day"]] == [
+            ("2026-11-01", 2, 2),
+            ("2026-11-02", 1, 0),
+        ]
+
+    @pytest.mark.parametrize("by", ["model", "route", "day"])
+    def test_matches_a_reference_and_adds_up(self, ledger: Ledger, by: Any) -> None:
+        """Each dimension equals sums computed in Python, and its groups' costs add up to
+        task_cost()'s (counts may add up to more: a task can use two models)."""
+        _routed_tasks(ledger)
+        _fill(ledger)
+        ledger.mark_outcome("c0", "success")
+        ledger.mark_outcome("c1", "failure")
+        groups = ledger.task_costs(by=[by])[by]
+        assert groups == _reference_task_costs(ledger, by)
+        whole = ledger.task_cost()
+        assert sum(g.cost_usd for g in groups) == whole.cost_usd
+        assert sum(g.successful for g in groups) >= whole.successful
+
+    def test_filters_apply(self, ledger: Ledger) -> None:
+        """A model filter keeps that model's rows only."""
+        _routed_tasks(ledger)
+        only = ledger.task_costs(by=["route"], model="claude-haiku-4-5")["route"]
+        assert [(c.key, c.successful, c.failed) for c in only] == [("small>small", 1, 1)]
+
+    def test_empty_and_bad_dimension(self, ledger: Ledger) -> None:
+        """No marked task: empty groups; an unknown dimension is a ValueError."""
+        assert ledger.task_costs() == {"model": [], "route": [], "day": []}
+        with pytest.raises(ValueError, match="model, route, day"):
+            ledger.task_costs(by=["session"])  # type: ignore[list-item]
+
+    async def test_async_twin(self, ledger: Ledger) -> None:
+        """task_costs_async answers like task_costs."""
+        _routed_tasks(ledger)
+        assert await ledger.task_costs_async() == ledger.task_costs()
+
+    def test_postgres_same_as_sqlite(self, pg_url: str) -> None:
+        """PostgreSQL groups, orders (NULL last) and attributes exactly as SQLite."""
+        with Ledger.open(pg_url) as pg, Ledger.open(":memory:") as lite:
+            for led in (pg, lite):
+                _routed_tasks(led)
+                _fill(led)
+                led.mark_outcome("c2", "success")
+            assert pg.task_costs() == lite.task_costs()
+            assert pg.task_costs(since=T0 + dt.timedelta(hours=1)) == lite.task_costs(
+                since=T0 + dt.timedelta(hours=1)
+            )
+            assert pg.task_costs()["route"][-1].key is None
 
 
 usages = st.builds(

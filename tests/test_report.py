@@ -81,9 +81,10 @@ class TestFormats:
             assert text in out
 
     def test_csv(self, ledger_path: str) -> None:
-        """CSV has a header, one row per group, an (all) row, then the busts."""
+        """CSV has a header, one row per group, an (all) row, then the busts (and the
+        cost-per-task rows, tested below)."""
         every = list(csv.DictReader(io.StringIO(_run("--ledger", ledger_path, "--format", "csv"))))
-        rows = [r for r in every if r["table"] != "bust"]
+        rows = [r for r in every if r["table"] in ("group", "summary")]
         assert [r["key"] for r in rows] == ["claude-haiku-4-5", "claude-sonnet-4-6", "(all)"]
         assert rows[-1]["table"] == "summary"
         assert sum(int(r["requests"]) for r in rows[:-1]) == int(rows[-1]["requests"]) == 40
@@ -266,3 +267,82 @@ class TestHonestGroups:
         assert "hunter2" not in result.output
         assert "password=***" in result.output
         assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def routed_ledger(tmp_path: Path) -> str:
+    """Three routed conversations: one all on haiku (success), one that moved up to opus
+    (success), one on opus (failure); plus an unmarked one."""
+    path = tmp_path / "routed.db"
+    small, large = "claude-haiku-4-5", "claude-opus-4-6"
+    usage = Usage(input=100, cache_read=10_000, output=300)
+    plan = {
+        "easy": [(small, "small>small"), (small, "small>small")],
+        "mixed": [(small, "small>small"), (large, "large>large"), (large, "small>large")],
+        "hard": [(large, "large>large")],
+        "unmarked": [(small, "small>small")],
+    }
+    with Ledger.open(path) as led:
+        for conversation, turns in plan.items():
+            for model, route in turns:
+                led.append(
+                    LedgerRow.build(
+                        usage,
+                        price(usage, model),
+                        model=model,
+                        time=NOW - dt.timedelta(minutes=5),
+                        conversation_id=conversation,
+                        route=route,
+                    )
+                )
+        for task, outcome in (("easy", "success"), ("mixed", "success"), ("hard", "failure")):
+            led.mark_outcome(task, outcome)  # type: ignore[arg-type]
+    return str(path)
+
+
+class TestCostPerTaskByGroup:
+    """The report shows cost per successful task by model, by route and by day."""
+
+    def test_json_matches_the_ledger(self, routed_ledger: str) -> None:
+        """task_groups carries task_costs() exactly, money as strings."""
+        data = json.loads(_run("--ledger", routed_ledger, "--format", "json"))
+        with Ledger.open(routed_ledger) as led:
+            expected = led.task_costs()
+        assert set(data["task_groups"]) == {"model", "route", "day"}
+        for dimension, groups in expected.items():
+            got = data["task_groups"][dimension]
+            assert [g["key"] for g in got] == [t.key for t in groups]
+            assert [(g["successful"], g["failed"]) for g in got] == [
+                (t.successful, t.failed) for t in groups
+            ]
+            assert [Decimal(g["cost_usd"]) for g in got] == [t.cost_usd for t in groups]
+        opus = next(g for g in data["task_groups"]["model"] if g["key"] == "claude-opus-4-6")
+        # mixed (success) and hard (failure) used opus: opus's share over one success.
+        assert (opus["successful"], opus["failed"]) == (1, 1)
+        assert Decimal(opus["cost_per_success_usd"]) == Decimal(opus["cost_usd"])
+
+    def test_table(self, routed_ledger: str) -> None:
+        """The terminal report has the table, with each route and the counting rule."""
+        out = _run("--ledger", routed_ledger)
+        assert "Cost per successful task" in out
+        for text in ("small>small", "large>large", "small>large", "$ / success", "share"):
+            assert text in out
+
+    def test_markdown_and_csv(self, routed_ledger: str) -> None:
+        """md has the section; csv has one task_<by> row per group, sums matching."""
+        assert "## Cost per successful task" in _run("--ledger", routed_ledger, "--format", "md")
+        every = list(
+            csv.DictReader(io.StringIO(_run("--ledger", routed_ledger, "--format", "csv")))
+        )
+        routes = {r["key"]: r for r in every if r["table"] == "task_route"}
+        assert set(routes) == {"small>small", "large>large", "small>large"}
+        assert routes["small>large"]["successful"] == "1"
+        models = [r for r in every if r["table"] == "task_model"]
+        with Ledger.open(routed_ledger) as led:
+            whole = led.task_cost().cost_usd
+        assert sum(Decimal(r["cost_usd"]) for r in models) == whole
+
+    def test_unrouted_rows(self, ledger_path: str) -> None:
+        """A ledger without routing: its marked tasks' rows are the '(no route)' group."""
+        out = _run("--ledger", ledger_path, "--format", "md")
+        assert "| route | (no route) |" in out

@@ -17,7 +17,7 @@ from typing import Any
 
 from convo.bench.run import RunResult
 
-__all__ = ["SCHEMA_VERSION", "document", "markdown", "plot", "write"]
+__all__ = ["SCHEMA_VERSION", "document", "markdown", "plot", "routing_cells", "write"]
 
 SCHEMA_VERSION = 1
 _TIMELINE_POINTS = 400
@@ -116,9 +116,26 @@ def rows(doc: Mapping[str, Any]) -> dict[tuple[str, int], list[dict[str, Any]]]:
                 "cpu_ms": _mean([m["client_cpu_ms_per_turn"] for m in runs]),
                 "overhead_ms": _mean([m["overhead_ms_per_turn"] for m in runs]),
                 "errors": sum(len(m["errors"]) for m in runs),
+                **_routing_row(runs),
             }
         )
     return table
+
+
+def _routing_row(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The routing workload's columns, averaged over seeds (empty for other workloads)."""
+    if not all("success_rate" in m for m in runs):
+        return {}
+    return {
+        "tasks": _mean([m["tasks"] for m in runs]),
+        "successful_tasks": _mean([m["successful_tasks"] for m in runs]),
+        "success_rate": _mean([m["success_rate"] for m in runs]),
+        "cost_per_success_usd": _mean([m["cost_per_success_usd"] for m in runs]),
+        "conversations_ok": _mean([m["conversations_ok"] for m in runs]),
+        "conversations": _mean([m["conversations"] for m in runs]),
+        "cost_per_ok_conversation_usd": _mean([m["cost_per_ok_conversation_usd"] for m in runs]),
+        "moves": _mean([m["moves"] for m in runs]),
+    }
 
 
 HEADERS = (
@@ -140,7 +157,8 @@ HEADERS = (
 
 def cells(row: Mapping[str, Any]) -> list[str]:
     """One table row as text, in the order of :data:`HEADERS`."""
-    ratio = _fmt(row["ratio"], ".2f") + "×"
+    # No ideal (routing): the bound prices one model's tokens, so it is not shown.
+    ratio = "n/a" if row["ratio"] is None else _fmt(row["ratio"], ".2f") + "×"
     if row["seeds"] > 1 and row["ratio_min"] is not None:
         ratio += f" ({row['ratio_min']:.2f}–{row['ratio_max']:.2f})"
     name = row["strategy"] + (f" ({row['errors']} errors)" if row["errors"] else "")
@@ -170,6 +188,47 @@ def terminal_cells(row: Mapping[str, Any]) -> list[str]:
     return [everything[name] for name in TERMINAL]
 
 
+#: The routing workload's table: cost per successful task instead of the ideal.
+ROUTING_HEADERS = (
+    "strategy",
+    "cost $",
+    "÷ ideal",
+    "turns ok",
+    "success",
+    "$ / ok turn",
+    "convs ok",
+    "$ / ok conv",
+    "moves",
+    "tok hit",
+    "writes",
+    "reqs",
+)
+
+#: The routing columns of the 80-column terminal table (results.md has them all).
+ROUTING_TERMINAL = ("strategy", "cost $", "success", "$ / ok turn", "convs ok", "moves", "tok hit")
+
+
+def routing_cells(row: Mapping[str, Any], headers: Sequence[str] = ROUTING_TERMINAL) -> list[str]:
+    """A routing row as text, in the order of *headers* (one of :data:`ROUTING_HEADERS`)."""
+    name = row["strategy"] + (f" ({row['errors']} errors)" if row["errors"] else "")
+    everything = {
+        "strategy": name,
+        "cost $": _fmt(row["cost_usd"], ".4f"),
+        "÷ ideal": "n/a",
+        "turns ok": f"{_fmt(row.get('successful_tasks'), '.0f')}/{_fmt(row.get('tasks'), '.0f')}",
+        "success": _fmt(row.get("success_rate"), ".1%"),
+        "$ / ok turn": _fmt(row.get("cost_per_success_usd"), ".5f"),
+        "convs ok": f"{_fmt(row.get('conversations_ok'), '.0f')}/"
+        f"{_fmt(row.get('conversations'), '.0f')}",
+        "$ / ok conv": _fmt(row.get("cost_per_ok_conversation_usd"), ".4f"),
+        "moves": _fmt(row.get("moves"), ".0f"),
+        "tok hit": _fmt(row["token_hit_rate"], ".0%"),
+        "writes": _fmt(row["writes"], ".0f"),
+        "reqs": _fmt(row["requests"], ".0f"),
+    }
+    return [everything[name] for name in headers]
+
+
 def markdown(doc: Mapping[str, Any]) -> str:
     """The tables of ``results.md``."""
     machine = doc["machine"]
@@ -185,6 +244,16 @@ def markdown(doc: Mapping[str, Any]) -> str:
         "",
     ]
     for (workload, users), table in rows(doc).items():
+        if all("success_rate" in r for r in table):
+            lines += [
+                f"## {workload} ({users} users; ideal n/a: routing compares models)",
+                "",
+                "| " + " | ".join(ROUTING_HEADERS) + " |",
+                "|" + "|".join("---" for _ in ROUTING_HEADERS) + "|",
+            ]
+            lines += ["| " + " | ".join(routing_cells(r, ROUTING_HEADERS)) + " |" for r in table]
+            lines.append("")
+            continue
         ideal = _mean([r["ideal_usd"] for r in table])
         lines += [
             f"## {workload} ({users} users/tasks; ideal ${_fmt(ideal, '.4f')})",
@@ -205,7 +274,10 @@ def plot(doc: Mapping[str, Any], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
-    grouped = rows(doc)
+    # Routing runs have no ideal, so they have no place on plots of cost ÷ ideal.
+    grouped = {k: t for k, t in rows(doc).items() if not all("success_rate" in r for r in t)}
+    if not grouped:
+        return written
     workloads = list(dict.fromkeys(w for w, _ in grouped))
     strategies = list(dict.fromkeys(r["strategy"] for t in grouped.values() for r in t))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import heapq
+import itertools
 import math
 import threading
 import time
@@ -31,6 +32,8 @@ import attrs
 import convo
 from convo import tokens
 from convo.bench.ideal import TurnLog, ideal_timeline, ideal_usage, unit_rates
+from convo.bench.routing import ROUTING_STRATEGIES, Routed, RoutingStrategy
+from convo.bench.routing import make as make_routing
 from convo.bench.strategies import Sent, make
 from convo.bench.workloads import Conversation, Workload
 from convo.emulator import LatencyModel, RunningEmulator, VirtualClock, serve
@@ -46,7 +49,12 @@ _COLD_AFTER_S = 300.0  # the shortest TTL: a prefix sent more recently is live
 class RequestRecord:
     """One request as the client saw it.
 
+    ``model``, ``required`` and ``tier`` are set on the turns of a routing run: the model
+    that answered, the tier the turn needed and the tier that answered.
+
     .. versionadded:: 0.1
+    .. versionchanged:: 0.4
+       ``model``, ``required``, ``tier``.
     """
 
     at: float
@@ -56,13 +64,22 @@ class RequestRecord:
     cost_usd: float
     latency_s: float
     cpu_s: float
+    model: str | None = None
+    required: str | None = None
+    tier: str | None = None
 
 
 @attrs.frozen
 class RunResult:
     """Everything measured in one run (see ``docs/benchmarks.md`` for each field).
 
+    A routing run (a workload with ``tiers``) has no ideal (``ideal`` and ``ideal_usd`` are
+    ``None``: the bound prices one model), and ``facts`` holds what its ledger said.
+
     .. versionadded:: 0.1
+    .. versionchanged:: 0.4
+       ``tiers``, ``planned`` (turns per conversation) and ``facts``; ``ideal`` and
+       ``ideal_usd`` may be ``None``.
     """
 
     workload: str
@@ -74,12 +91,15 @@ class RunResult:
     turns: tuple[TurnLog, ...]
     billed: convo.Usage
     cost_usd: Decimal
-    ideal: convo.Usage
-    ideal_usd: Decimal
+    ideal: convo.Usage | None
+    ideal_usd: Decimal | None
     rate_limited: int
     slept_s: float
     errors: tuple[str, ...]
     wall_s: float
+    tiers: tuple[tuple[str, str], ...] = ()
+    planned: Mapping[str, int] = attrs.field(factory=dict)
+    facts: Mapping[str, Any] = attrs.field(factory=dict)
 
     def metrics(self) -> dict[str, Any]:
         """The run's metrics as JSON-ready values."""
@@ -88,8 +108,8 @@ class RunResult:
         hit = sum(1 for r in self.records if r.usage.cache_read)
         latencies = sorted(r.latency_s for r in turns)
         cost = float(self.cost_usd)
-        ideal = float(self.ideal_usd)
-        return {
+        ideal = None if self.ideal_usd is None else float(self.ideal_usd)
+        metrics = {
             "workload": self.workload,
             "strategy": self.strategy,
             "seed": self.seed,
@@ -102,7 +122,7 @@ class RunResult:
             "cache_writes": sum(1 for r in self.records if r.usage.cache_write),
             "cost_usd": cost,
             "ideal_usd": ideal,
-            "ideal_tokens": _usage_dict(self.ideal),
+            "ideal_tokens": None if self.ideal is None else _usage_dict(self.ideal),
             "cost_over_ideal": cost / ideal if ideal else None,
             "token_hit_rate": self.billed.cache_read / total_input if total_input else None,
             "request_hit_rate": hit / len(self.records) if self.records else None,
@@ -116,6 +136,52 @@ class RunResult:
             ),
             "errors": list(self.errors),
             "wall_s": self.wall_s,
+        }
+        if self.tiers:
+            metrics |= self._routing(turns, cost)
+        return metrics
+
+    def _routing(self, turns: Sequence[RequestRecord], cost: float) -> dict[str, Any]:
+        """Success, cost per successful task and moves between models (routing runs).
+
+        A task is a turn; a turn the strategy failed to send counts as not successful.
+        """
+        rank = {tier: i for i, (tier, _) in enumerate(self.tiers)}
+        sent: dict[str, list[RequestRecord]] = {}
+        for turn in turns:
+            sent.setdefault(turn.conversation, []).append(turn)
+
+        def ok(turn: RequestRecord) -> bool:
+            if turn.tier is None or turn.required is None:
+                return False
+            return rank[turn.tier] >= rank[turn.required]
+
+        tasks = sum(self.planned.values())
+        successes = sum(1 for t in turns if ok(t))
+        whole = sum(
+            1
+            for conversation, planned in self.planned.items()
+            if len(sent.get(conversation, ())) == planned and all(map(ok, sent[conversation]))
+        )
+        moves = sum(
+            1 for mine in sent.values() for a, b in itertools.pairwise(mine) if a.model != b.model
+        )
+        by_model: dict[str, int] = {}
+        for turn in turns:
+            by_model[str(turn.model)] = by_model.get(str(turn.model), 0) + 1
+        cheapest = self.tiers[0][0]
+        return {
+            "tasks": tasks,
+            "successful_tasks": successes,
+            "success_rate": successes / tasks if tasks else None,
+            "cost_per_success_usd": cost / successes if successes else None,
+            "hard_turns": sum(1 for t in turns if t.required != cheapest),
+            "conversations": len(self.planned),
+            "conversations_ok": whole,
+            "cost_per_ok_conversation_usd": cost / whole if whole else None,
+            "moves": moves,
+            "turns_by_model": by_model,
+            "ledger": dict(self.facts),
         }
 
     def ideal_timeline(self) -> list[tuple[float, float]]:
@@ -164,6 +230,15 @@ def _usd(usage: convo.Usage, model: str) -> Decimal:
     return cost
 
 
+def _routed_cost(records: Sequence[RequestRecord]) -> Decimal:
+    """What *records* cost, each model's usage priced at its own rates."""
+    by_model: dict[str, convo.Usage] = {}
+    for record in records:
+        model = str(record.model)
+        by_model[model] = by_model.get(model, convo.Usage.zero()) + record.usage
+    return sum((_usd(usage, model) for model, usage in by_model.items()), Decimal(0))
+
+
 def _static_tokens(workload: Workload, tools: Sequence[Mapping[str, Any]]) -> int:
     """Tokens of the tools and system blocks (the prefix every request starts with)."""
     total = sum(tokens.block_tokens(dict(t)) for t in tools)
@@ -206,6 +281,7 @@ class Bench:
         self._serving: Any = None
         self.emulator: RunningEmulator | None = None
         self._wave_mode: int | None = None
+        self._reply_tokens: int | None = None  # the running workload's answer length
 
     def __enter__(self) -> Bench:
         self._serving = serve(clock=self.clock)
@@ -223,9 +299,10 @@ class Bench:
         from convo.bench.workloads import build
 
         tiny = build("chatbot", 0, sizes={"users": 2, "system_tokens": 1_500, "turns": (2, 2)})
+        routed = build("routing", 0, sizes={"users": 2, "system_tokens": 4_500, "turns": (2, 2)})
         for strategy in strategies:
             with contextlib.suppress(StrategyUnavailable):
-                self.run(tiny, strategy)
+                self.run(routed if strategy in ROUTING_STRATEGIES else tiny, strategy)
 
     def _mode(self, wave: int) -> None:
         """Configure the emulator for a wave of *wave* requests (answer at once for 1)."""
@@ -233,13 +310,16 @@ class Bench:
         if self._wave_mode == wave:
             return
         assert self.emulator is not None
+        config: dict[str, Any] = {}
+        if self._reply_tokens is not None:
+            config["reply_tokens"] = self._reply_tokens
         if wave > 1:
             hold = self.hold_s + self.hold_per_request_s * wave
             latency = {"base_s": hold, "prefill_uncached_s": 0.0}
             latency |= {"prefill_cached_s": 0.0, "decode_s": 0.0}
-            self.emulator.configure({"time_scale": 1.0, "latency": latency})
+            self.emulator.configure(config | {"time_scale": 1.0, "latency": latency})
         else:
-            self.emulator.configure({"time_scale": 0.0})
+            self.emulator.configure(config | {"time_scale": 0.0})
         self._wave_mode = wave
 
     def run(
@@ -261,13 +341,22 @@ class Bench:
             on_turn: Called after every turn (a progress bar).
 
         Raises:
-            ValueError: for an unknown strategy.
+            ValueError: for an unknown strategy, or one that does not fit the workload (the
+                routing workload takes the routing strategies, the others the rest).
             convo.bench.StrategyUnavailable: when the strategy's package is missing.
         """
         emulator = self.emulator
         assert emulator is not None, "use Bench as a context manager"
+        routing = strategy in ROUTING_STRATEGIES
+        if routing != bool(workload.tiers):
+            kind = "the routing workload" if workload.tiers else f"workload {workload.name!r}"
+            raise ValueError(
+                f"strategy {strategy!r} does not fit {kind}; the routing workload takes "
+                f"{', '.join(ROUTING_STRATEGIES)}, the others the caching strategies"
+            )
         emulator.reset(config=True)
         self._wave_mode = None
+        self._reply_tokens = workload.reply_tokens
         self._mode(1)
         self.clock.advance(7_200.0)  # clear of anything a previous run left in the registry
         origin = self.clock.now()
@@ -282,7 +371,8 @@ class Bench:
                     self.clock.advance(seconds)
                     slept[0] += seconds
 
-        runner = make(strategy, workload, client, clock=self.clock.now, sleep=sleep)
+        build_runner = make_routing if routing else make
+        runner = build_runner(strategy, workload, client, clock=self.clock.now, sleep=sleep)
         records: list[RequestRecord] = []
         logs: list[TurnLog] = []
         errors: list[str] = []
@@ -315,15 +405,20 @@ class Bench:
             latency = self._latency.time_to_first_byte(
                 uncached=usage.input + usage.cache_write, cached=usage.cache_read
             ) + self._latency.decode(usage.output)
+            route = sent if isinstance(sent, Routed) else None
+            model = route.model if route is not None else workload.model
             records.append(
                 RequestRecord(
                     at=self.clock.now(),
                     conversation=conversation,
                     kind=sent.kind,
                     usage=usage,
-                    cost_usd=float(_usd(usage, workload.model)),
+                    cost_usd=float(_usd(usage, model)),
                     latency_s=latency,
                     cpu_s=cpu_s,
+                    model=route.model if route is not None else None,
+                    required=route.required if route is not None else None,
+                    tier=route.tier if route is not None else None,
                 )
             )
 
@@ -401,8 +496,23 @@ class Bench:
 
         stats = emulator.stats()
         billed = convo.Usage(**stats["tokens"])
-        ideal = ideal_usage(logs, unit_rates(workload.model))
         client.close()
+        ideal: convo.Usage | None = None
+        ideal_usd: Decimal | None = None
+        facts: dict[str, Any] = {}
+        if isinstance(runner, RoutingStrategy):
+            # Several models: each request priced at its own model's rates. The emulator's
+            # bill has no split by model, so the records must add up to it exactly.
+            cost = _routed_cost(records)
+            seen = sum((r.usage for r in records), convo.Usage.zero())
+            if _usage_dict(seen) != _usage_dict(billed):
+                errors.append(f"requests seen {_usage_dict(seen)} ≠ billed {_usage_dict(billed)}")
+            facts = runner.finish()
+        else:
+            # The ideal is a bound for one model's prices; a routing run has none.
+            cost = _usd(billed, workload.model)
+            ideal = ideal_usage(logs, unit_rates(workload.model))
+            ideal_usd = _usd(ideal, workload.model)
         return RunResult(
             workload=workload.name,
             model=workload.model,
@@ -412,13 +522,16 @@ class Bench:
             records=tuple(records),
             turns=tuple(logs),
             billed=billed,
-            cost_usd=_usd(billed, workload.model),
+            cost_usd=cost,
             ideal=ideal,
-            ideal_usd=_usd(ideal, workload.model),
+            ideal_usd=ideal_usd,
             rate_limited=int(stats["requests"]["by_status"].get("429", 0)),
             slept_s=slept[0],
             errors=tuple(errors),
             wall_s=time.perf_counter() - wall,
+            tiers=workload.tiers,
+            planned={c.id: len(c.turns) for c in workload.conversations} if routing else {},
+            facts=facts,
         )
 
     @staticmethod

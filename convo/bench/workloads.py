@@ -17,6 +17,7 @@ import attrs
 
 __all__ = [
     "QUICK",
+    "ROUTING_TIERS",
     "USERS_ARGUMENT",
     "WORKLOADS",
     "Conversation",
@@ -48,12 +49,17 @@ class Turn:
     Attributes:
         at: Seconds from the workload's start.
         blocks: The user message's content blocks (text).
+        tier: The model tier the turn needs (``routing``: ``"small"`` or ``"large"``);
+            ``None`` in the caching workloads, where every turn goes to one model.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.4
+       ``tier``.
     """
 
     at: float
     blocks: tuple[Mapping[str, Any], ...]
+    tier: str | None = None
 
 
 @attrs.frozen
@@ -88,8 +94,12 @@ class Workload:
         stateless: Serve every request from stored history with a fresh session.
         max_tokens: ``max_tokens`` of every turn.
         params: The sizes it was drawn with (for the report).
+        tiers: Tier name to model id, cheapest first (``routing``; empty elsewhere).
+        reply_tokens: Output tokens of each emulated answer (``None``: the emulator's 24).
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.4
+       ``tiers`` and ``reply_tokens``.
     """
 
     name: str
@@ -102,6 +112,8 @@ class Workload:
     stateless: bool = False
     max_tokens: int = 64
     params: Mapping[str, Any] = attrs.field(factory=dict)
+    tiers: tuple[tuple[str, str], ...] = ()
+    reply_tokens: int | None = None
 
     def tools_at(self, at: float) -> tuple[Mapping[str, Any], ...]:
         """The tool list in force at *at*."""
@@ -317,6 +329,80 @@ def idle_gaps(
     )
 
 
+#: The routing workload's tiers: a small and a large model, as in ``docs/routing.md``.
+ROUTING_TIERS: tuple[tuple[str, str], ...] = (
+    ("small", "claude-haiku-4-5"),
+    ("large", "claude-opus-4-6"),
+)
+
+
+def routing(
+    seed: int,
+    *,
+    users: int = 40,
+    system_tokens: int = 12_000,
+    suffix_tokens: int = 200,
+    turns: tuple[int, int] = (20, 40),
+    message_tokens: tuple[int, int] = (10, 80),
+    hard_message_tokens: tuple[int, int] = (60, 400),
+    enter_hard: tuple[float, float] = (0.05, 0.30),
+    stay_hard: float = 0.6,
+    long_gap_share: float = 0.15,
+    stagger_s: float = 1_800.0,
+    reply_tokens: int = 300,
+) -> Workload:
+    """Long conversations on a large shared prefix, each turn needing the small or the
+    large tier.
+
+    Whether a turn is hard follows a two-state Markov chain per user, so hard turns
+    cluster (a user working through a problem asks several hard questions in a row): from
+    an easy turn the next is hard with the user's own probability, drawn from
+    *enter_hard*; from a hard turn it stays hard with *stay_hard*. The first turn is drawn
+    from the chain's stationary share. With the defaults about 11–43% of a user's turns
+    are hard (mean run of hard turns 2.5). Hard messages are longer (a pasted snippet, a
+    problem statement). Users start at uniform times over *stagger_s*; think times are the
+    chatbot's (10–120 s, a share of 6–20 minutes). Answers are *reply_tokens* long on
+    every model (the emulator cannot tell a good answer from a bad one).
+    """
+    rng = random.Random(f"routing:{seed}")
+    system = words(rng, system_tokens)
+    small, large = (name for name, _ in ROUTING_TIERS)
+    conversations = []
+    for user in range(users):
+        enter = rng.uniform(*enter_hard)
+        hard = rng.random() < enter / (enter + 1.0 - stay_hard)
+        at = rng.uniform(0.0, stagger_s)
+        items = []
+        for k in range(rng.randint(*turns)):
+            if k:
+                at += _think(rng, long_gap_share)
+                hard = rng.random() < (stay_hard if hard else enter)
+            size = rng.randint(*(hard_message_tokens if hard else message_tokens))
+            items.append(Turn(at, (_text(rng, size),), tier=large if hard else small))
+        conversations.append(
+            Conversation(f"u{user:04d}", f"User {user}: " + words(rng, suffix_tokens), tuple(items))
+        )
+    return Workload(
+        name="routing",
+        model=dict(ROUTING_TIERS)[large],
+        system=(system,),
+        tools=(),
+        conversations=tuple(conversations),
+        max_tokens=1_024,
+        tiers=ROUTING_TIERS,
+        reply_tokens=reply_tokens,
+        params={
+            "users": users,
+            "system_tokens": system_tokens,
+            "turns": list(turns),
+            "enter_hard": list(enter_hard),
+            "stay_hard": stay_hard,
+            "long_gap_share": long_gap_share,
+            "reply_tokens": reply_tokens,
+        },
+    )
+
+
 def _stateless(seed: int, **sizes: Any) -> Workload:
     return chatbot(seed, stateless=True, **sizes)
 
@@ -327,6 +413,7 @@ WORKLOADS: Mapping[str, Callable[..., Workload]] = {
     "agent": agent,
     "idle-gaps": idle_gaps,
     "stateless": _stateless,
+    "routing": routing,
 }
 
 # What --quick runs: the same shapes, smaller, so all 35 runs take under a minute.
@@ -336,6 +423,7 @@ QUICK: Mapping[str, Mapping[str, Any]] = {
     "agent": {"agents": 2, "tools": 12, "steps": (4, 8), "blocks": (5, 30)},
     "idle-gaps": {"users": 4, "system_tokens": 4_000, "turns": (3, 5)},
     "stateless": {"users": 6, "system_tokens": 4_000, "turns": (3, 6)},
+    "routing": {"users": 6, "system_tokens": 5_000, "turns": (8, 14)},
 }
 
 # The argument of each workload that --users sets.
@@ -345,6 +433,7 @@ USERS_ARGUMENT: Mapping[str, str] = {
     "agent": "agents",
     "idle-gaps": "users",
     "stateless": "users",
+    "routing": "users",
 }
 
 

@@ -29,7 +29,7 @@ def _users(value: str | None) -> list[int | None]:
     "--workload",
     "workloads",
     multiple=True,
-    type=click.Choice(["chatbot", "worker-pool", "agent", "idle-gaps", "stateless"]),
+    type=click.Choice(["chatbot", "worker-pool", "agent", "idle-gaps", "stateless", "routing"]),
     help="Repeat to run several (default: all).",
 )
 @click.option(
@@ -37,9 +37,13 @@ def _users(value: str | None) -> list[int | None]:
     "strategies",
     multiple=True,
     type=click.Choice(
-        ["none", "system-only", "docs-layout", "automatic", "convo", "convo-tuned", "cacheguardian"]
+        [
+            *("none", "system-only", "docs-layout", "automatic", "convo", "convo-tuned"),
+            *("cacheguardian", "always-large", "always-small", "naive-router", "convo-router"),
+        ]
     ),
-    help="Repeat to run several (default: all).",
+    help="Repeat to run several (default: all). The routing workload runs the last four, "
+    "the others the rest.",
 )
 @click.option("--seed", "seeds", multiple=True, type=int, help="Repeat for several (default 1).")
 @click.option(
@@ -67,7 +71,8 @@ def bench(
     out: Path,
     no_plots: bool,
 ) -> None:
-    """Compare caching strategies on seeded workloads against the ideal (a lower bound).
+    """Compare caching strategies on seeded workloads against the ideal (a lower bound),
+    and model routers on the routing workload by cost per successful task.
 
     Runs on the embedded emulator's virtual clock: hour-long think times take no wall
     time. Writes results.json, results.md and PNG plots into --out.
@@ -75,22 +80,37 @@ def bench(
     import time
 
     from convo.bench import report
+    from convo.bench.routing import ROUTING_STRATEGIES
     from convo.bench.run import Bench
     from convo.bench.strategies import STRATEGIES, StrategyUnavailable
     from convo.bench.workloads import build, names
 
     console = Console()
-    chosen_workloads = list(workloads) or list(names())
-    chosen_strategies = list(strategies) or list(STRATEGIES)
+    chosen_strategies = list(strategies) or [*STRATEGIES, *ROUTING_STRATEGIES]
+
+    def fitting(workload_name: str) -> list[str]:
+        # The routing workload compares routers; the others compare caching strategies.
+        routing = workload_name == "routing"
+        return [s for s in chosen_strategies if (s in ROUTING_STRATEGIES) == routing]
+
+    # Without --workload: every workload that one of the chosen strategies runs on.
+    chosen_workloads = list(workloads) or [w for w in names() if fitting(w)]
     chosen_seeds = list(seeds) or [1]
     sizes = _users(users)
+
     plan = [
         (build(w, seed, quick=quick, users=n), seed, n)
         for n in sizes
         for w in chosen_workloads
         for seed in chosen_seeds
     ]
-    total = sum(w.requests for w, _, _ in plan) * len(chosen_strategies)
+    unfit = [w for w in chosen_workloads if not fitting(w)]
+    if unfit:
+        raise click.UsageError(
+            f"no chosen strategy runs on {', '.join(unfit)}: the routing workload takes "
+            f"{', '.join(ROUTING_STRATEGIES)}, the others {', '.join(STRATEGIES)}"
+        )
+    total = sum(w.requests * len(fitting(w.name)) for w, _, _ in plan)
     results = []
     skipped: dict[str, str] = {}
     started = time.perf_counter()
@@ -104,7 +124,7 @@ def bench(
         task = progress.add_task("warming up", total=total)
         runner.warm_up(chosen_strategies)
         for workload, seed, n in plan:
-            for strategy in chosen_strategies:
+            for strategy in fitting(workload.name):
                 if strategy in skipped:
                     progress.advance(task, workload.requests)
                     continue
@@ -145,10 +165,11 @@ def bench(
     written = report.write(doc, out, plots=plots)
     for (workload_name, n_users), rows in report.rows(doc).items():
         table = Table(title=f"{workload_name} ({n_users} users/tasks)", title_justify="left")
-        for header in report.TERMINAL:
+        routed = workload_name == "routing"
+        for header in report.ROUTING_TERMINAL if routed else report.TERMINAL:
             table.add_column(header, justify="left" if header == "strategy" else "right")
         for row in rows:
-            table.add_row(*report.terminal_cells(row))
+            table.add_row(*(report.routing_cells(row) if routed else report.terminal_cells(row)))
         console.print(table)
     console.print(
         f"{len(results)} runs in {config['elapsed_s']} s; wrote "

@@ -26,7 +26,7 @@ from convo.cli.common import output_console
 from convo.cli.errors import debugging, one_line
 from convo.cli.tables import Column, print_fitted
 from convo.errors import LedgerError
-from convo.ledger import Ledger, Totals
+from convo.ledger import Ledger, TaskCost, Totals
 from convo.ledger.queries import GroupBy
 
 __all__ = ["build_report", "parse_since", "render_summary", "report"]
@@ -144,7 +144,8 @@ def _group_row(t: Totals, *, summary: bool = False) -> dict[str, Any]:
 def build_report(
     ledger: Ledger, *, by: GroupBy = "model", top: int = 10, **filters: Any
 ) -> dict[str, Any]:
-    """Return the report as plain data: ``summary``, ``groups``, ``busts``, ``tasks``.
+    """Return the report as plain data: ``summary``, ``groups``, ``busts``, ``tasks`` and
+    ``task_groups`` (cost per successful task by model, by route and by day).
 
     Args:
         ledger: The ledger to read.
@@ -154,6 +155,7 @@ def build_report(
     """
     overall = ledger.total(**filters)
     tasks = ledger.task_cost(**filters)
+    task_groups = ledger.task_costs(**filters)
     return {
         "summary": _group_row(overall, summary=True) | {"total_input": overall.total_input},
         "groups": [_group_row(t) for t in ledger.totals(by=by, **filters)],
@@ -174,12 +176,28 @@ def build_report(
             "cost_per_success_usd": tasks.per_success,
             "unpriced_tasks": tasks.unpriced,
         },
+        "task_groups": {
+            dimension: [_task_row(t) for t in groups] for dimension, groups in task_groups.items()
+        },
+    }
+
+
+def _task_row(t: TaskCost) -> dict[str, Any]:
+    return {
+        "key": t.key,
+        "successful": t.successful,
+        "failed": t.failed,
+        "cost_usd": t.cost_usd,
+        "cost_per_success_usd": t.per_success,
+        "unpriced_tasks": t.unpriced,
     }
 
 
 def _fmt(value: Any, key: str = "") -> str:
     if value is None:
         return "(none)" if key == "key" else "-"
+    if isinstance(value, Decimal) and key == "per":
+        return f"{value:,.6f}"  # a cost per task is often well under a cent
     if isinstance(value, Decimal):
         return f"{value:,.4f}"
     if key.endswith("hit_rate"):
@@ -277,6 +295,45 @@ def _render_table(data: dict[str, Any], console: Console, by: str) -> None:
         busts,
         title="Top cache busts",
     )
+    tasks = [
+        {
+            "by": dimension,
+            "key": _task_key(row["key"], dimension),
+            **{k: _fmt(row[k]) for k in ("successful", "failed", "cost_usd")},
+            "per": _fmt(row["cost_per_success_usd"], "per"),
+        }
+        for dimension, rows in data["task_groups"].items()
+        for row in rows
+    ]
+    if tasks:
+        print_fitted(
+            console,
+            [
+                Column("by", "by", text=True, min_width=5),
+                Column("key", "group", text=True, min_width=16),
+                Column("successful", "ok"),
+                Column("failed", "failed"),
+                Column("cost_usd", "cost $"),
+                Column("per", "$ / success"),
+            ],
+            tasks,
+            title="Cost per successful task",
+            legend=_TASK_LEGEND,
+        )
+
+
+#: Under the cost-per-task table: how a task that used several models is counted.
+_TASK_LEGEND = (
+    "a task counts once in each model, route and day it used, with that group's share of its "
+    "cost; route = tier needed>tier that answered"
+)
+
+
+def _task_key(key: str | None, dimension: str) -> str:
+    # Rows without a route are unrouted turns, pre-warms and keep-alives.
+    if key is None:
+        return "(no route)" if dimension == "route" else "(none)"
+    return key
 
 
 def _write(row: dict[str, Any]) -> int:
@@ -312,6 +369,22 @@ def _render_md(data: dict[str, Any], by: str) -> str:
         ),
     ]
     parts += [
+        "## Cost per successful task",
+        _md_table(
+            ["by", "group", "successful", "failed", "cost $", "cost per success $"],
+            [
+                [
+                    dimension,
+                    _task_key(row["key"], dimension),
+                    *(_fmt(row[k]) for k in ("successful", "failed", "cost_usd")),
+                    _fmt(row["cost_per_success_usd"], "per"),
+                ]
+                for dimension, rows in data["task_groups"].items()
+                for row in rows
+            ],
+        ),
+    ]
+    parts += [
         "## Top cache busts",
         _md_table(
             ["reason", "requests", "cache write", "input", "cost $"],
@@ -328,20 +401,32 @@ def _render_md(data: dict[str, Any], by: str) -> str:
 
 
 def _render_csv(data: dict[str, Any]) -> str:
-    """One CSV: the last column, ``table``, says ``group``, ``summary`` or ``bust``; a bust
-    row's ``key`` is its reason and ``cache_write`` its writes (both kinds)."""
+    """One CSV: the last column, ``table``, says ``group``, ``summary``, ``bust`` or
+    ``task_model`` / ``task_route`` / ``task_day``; a bust row's ``key`` is its reason and
+    ``cache_write`` its writes (both kinds); a task row fills ``key``, ``cost_usd``,
+    ``unpriced`` (tasks with an unpriced row) and the three task columns (``successful``,
+    ``failed``, ``cost_per_success_usd``)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     keys = [k for k, _ in _COLUMNS]
-    writer.writerow([*keys, "cache_write", "table"])
+    task_keys = ["successful", "failed", "cost_per_success_usd"]
+    writer.writerow([*keys, "cache_write", *task_keys, "table"])
+    none = [""] * len(task_keys)
     for table, row in [("group", r) for r in data["groups"]] + [("summary", data["summary"])]:
         cells = ["" if row[k] is None else _plain(row[k]) for k in keys]
-        writer.writerow([*cells, _write(row), table])
+        writer.writerow([*cells, _write(row), *none, table])
     for b in data["busts"]:
         bust = {"key": b["reason"], "requests": b["requests"], "input": b["input"]}
         bust["cost_usd"] = b["cost_usd"]
         cells = ["" if bust.get(k) is None else _plain(bust[k]) for k in keys]
-        writer.writerow([*cells, b["cache_write"], "bust"])
+        writer.writerow([*cells, b["cache_write"], *none, "bust"])
+    for dimension, rows in data["task_groups"].items():
+        for row in rows:
+            task = {"key": row["key"], "cost_usd": row["cost_usd"]}
+            task["unpriced"] = row["unpriced_tasks"]
+            cells = ["" if task.get(k) is None else _plain(task[k]) for k in keys]
+            extra = ["" if row[k] is None else _plain(row[k]) for k in task_keys]
+            writer.writerow([*cells, "", *extra, f"task_{dimension}"])
     return out.getvalue()
 
 

@@ -5,7 +5,7 @@
 """
 
 from convo.ledger.core import Ledger
-from convo.ledger.queries import BustCount, Filters, GroupBy, TaskCost, Totals
+from convo.ledger.queries import BustCount, Filters, GroupBy, TaskCost, TaskGroup, Totals
 from convo.ledger.record import CacheOutcome, LedgerRow, Outcome, Purpose, Status, cache_outcome
 from convo.ledger.schema import SCHEMA_VERSION
 
@@ -21,6 +21,7 @@ __all__ = [
     "Purpose",
     "Status",
     "TaskCost",
+    "TaskGroup",
     "Totals",
     "cache_outcome",
 ]

@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -19,7 +20,15 @@ from convo.budget import Spend
 from convo.errors import LedgerError
 from convo.ledger import queries
 from convo.ledger.backends import Backend, PostgresBackend, SQLiteBackend
-from convo.ledger.queries import BustCount, Filters, GroupBy, Query, TaskCost, Totals
+from convo.ledger.queries import (
+    BustCount,
+    Filters,
+    GroupBy,
+    Query,
+    TaskCost,
+    TaskGroup,
+    Totals,
+)
 from convo.ledger.record import OUTCOMES, LedgerRow, Outcome
 from convo.ledger.writer import BatchWriter
 
@@ -375,6 +384,46 @@ class Ledger:
         """
         f = await self._filters_async(since, until, model, session, prefix)
         return await self._run_async(queries.task_cost(self._backend.dialect, f))
+
+    def task_costs(
+        self,
+        *,
+        by: Sequence[TaskGroup] = ("model", "route", "day"),
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        model: str | None = None,
+        session: str | None = None,
+        prefix: str | None = None,
+    ) -> dict[TaskGroup, list[TaskCost]]:
+        """Cost per successful task by model, by route and by UTC day (each dimension in
+        *by*), in one statement: a :class:`TaskCost` per group, sorted by key, ``None``
+        (rows without the key) last.
+
+        A task counts once in every group it has rows in, with those rows' share of its
+        cost; the groups' costs add up to :meth:`task_cost`'s, their task counts may add up
+        to more (a task that used two models counts under both).
+
+        .. versionadded:: 0.4
+        """
+        f = self._filters(since, until, model, session, prefix)
+        return self._run(queries.task_costs(self._backend.dialect, f, by))
+
+    async def task_costs_async(
+        self,
+        *,
+        by: Sequence[TaskGroup] = ("model", "route", "day"),
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        model: str | None = None,
+        session: str | None = None,
+        prefix: str | None = None,
+    ) -> dict[TaskGroup, list[TaskCost]]:
+        """:meth:`task_costs`, awaited without blocking the event loop.
+
+        .. versionadded:: 0.4
+        """
+        f = await self._filters_async(since, until, model, session, prefix)
+        return await self._run_async(queries.task_costs(self._backend.dialect, f, by))
 
     def rows(
         self,

@@ -26,7 +26,7 @@ from convo.ledger.record import COLUMNS, LedgerRow
 from convo.ledger.schema import DAY, ROLLUP_SUMS, Dialect, day_start
 from convo.usage import Usage
 
-__all__ = ["BustCount", "Filters", "GroupBy", "Query", "TaskCost", "Totals"]
+__all__ = ["BustCount", "Filters", "GroupBy", "Query", "TaskCost", "TaskGroup", "Totals"]
 
 T = TypeVar("T")
 
@@ -180,18 +180,40 @@ class BustCount:
     cost_usd: Decimal
 
 
+#: What :meth:`~convo.ledger.Ledger.task_costs` can group by.
+TaskGroup = Literal["model", "route", "day"]
+
+_TASK_GROUP_COLUMNS = {"model": "model", "route": "route"}
+
+
 @attrs.frozen
 class TaskCost:
     """Cost per successful task: all spend on marked tasks over the successful ones.
 
     Failed tasks' spend counts against the successes, because that is what a success
     cost. Tasks never marked are left out of both sides.
+
+    In a group (:meth:`~convo.ledger.Ledger.task_costs`) a task counts once in every group
+    it has rows in (each model, route or day it used), with only the cost of those rows:
+    the groups' costs add up to the whole, their task counts may add up to more.
+
+    Attributes:
+        successful, failed: Marked tasks (in the group).
+        cost_usd: Their spend (the group's share of it).
+        unpriced: Marked tasks with an unpriced row (in the group): ``cost_usd`` is then a
+            lower bound.
+        key: The group (a model id, a route such as ``"small>large"``, ``YYYY-MM-DD``);
+            ``None`` for the whole, or for rows without the key (unrouted rows).
+
+    .. versionchanged:: 0.4
+       ``key``.
     """
 
     successful: int
     failed: int
     cost_usd: Decimal
-    unpriced: int = 0  # marked tasks with an unpriced row: cost_usd is then a lower bound
+    unpriced: int = 0
+    key: str | None = None
 
     @property
     def per_success(self) -> Decimal | None:
@@ -332,31 +354,100 @@ def top_busts(dialect: Dialect, filters: Filters, limit: int) -> Query[list[Bust
     )
 
 
-def task_cost(dialect: Dialect, filters: Filters) -> Query[TaskCost]:
-    """The spend on marked tasks and how many succeeded and failed."""
+def _marked(filters: Filters) -> tuple[str, list[Any]]:
+    """The ``WHERE`` clause of the rows of marked tasks (and its parameters)."""
     # Only marked tasks count, so only their rows are grouped: a task marked through
     # convo_outcomes, or one with an outcome on any of its rows (found through the small
     # partial index convo_usage_outcome). Sorting a third of a million rows instead of
     # all of them is most of this query's time.
-    where, params = filters.where(
+    return filters.where(
         "task_id IS NOT NULL",
         "task_id IN (SELECT task_id FROM convo_outcomes"
         " UNION SELECT task_id FROM convo_usage WHERE outcome IS NOT NULL)",
     )
+
+
+# The latest mark of each task: the one that wins.
+_LATEST_MARK = """m AS (
+            SELECT o.task_id, o.outcome FROM convo_outcomes o
+            JOIN (SELECT task_id, MAX(id) AS id FROM convo_outcomes GROUP BY task_id) last
+            ON o.id = last.id
+        )"""
+
+
+def task_cost(dialect: Dialect, filters: Filters) -> Query[TaskCost]:
+    """The spend on marked tasks and how many succeeded and failed."""
+    where, params = _marked(filters)
     sql = f"""
         WITH t AS (
             SELECT task_id, SUM(COALESCE(cost_nusd, 0)) AS c, MAX(outcome) AS o,
                 MAX(CASE WHEN cost_nusd IS NULL THEN 1 ELSE 0 END) AS u
             FROM convo_usage{where} GROUP BY task_id
-        ), m AS (
-            SELECT o.task_id, o.outcome FROM convo_outcomes o
-            JOIN (SELECT task_id, MAX(id) AS id FROM convo_outcomes GROUP BY task_id) last
-            ON o.id = last.id
-        )
+        ), {_LATEST_MARK}
         SELECT COALESCE(m.outcome, t.o) AS verdict, COUNT(*), SUM(t.c), SUM(t.u)
         FROM t LEFT JOIN m ON m.task_id = t.task_id
         GROUP BY COALESCE(m.outcome, t.o)"""
     return Query(sql, params, _read_task_cost)
+
+
+def task_costs(
+    dialect: Dialect, filters: Filters, by: Sequence[TaskGroup]
+) -> Query[dict[TaskGroup, list[TaskCost]]]:
+    """Cost per successful task in each group of every dimension in *by*, in one statement.
+
+    A task counts once in each group it has rows in, with those rows' cost (see
+    :class:`TaskCost`). The rows of marked tasks are grouped once, by task and every
+    dimension; each dimension is then a small aggregate over that (the CTE is read more
+    than once, so both databases build it once).
+    """
+    dimensions = list(dict.fromkeys(by))
+    if not dimensions or any(d not in ("model", "route", "day") for d in dimensions):
+        raise ValueError(f"by must name one or more of model, route, day; got {by!r}")
+    where, params = _marked(filters)
+    keys = {"day": dialect.day("ts"), **_TASK_GROUP_COLUMNS}
+    columns = ", ".join(str(i + 1) for i in range(len(dimensions) + 1))  # task and each key
+    # The task's own verdict when it was never marked through convo_outcomes: an outcome
+    # on any of its rows, in any group (a window over the task's groups).
+    sql = f"""
+        WITH g AS (
+            SELECT task_id, {", ".join(f"{keys[d]} AS k_{d}" for d in dimensions)},
+                SUM(COALESCE(cost_nusd, 0)) AS c,
+                MAX(MAX(outcome)) OVER (PARTITION BY task_id) AS o,
+                MAX(CASE WHEN cost_nusd IS NULL THEN 1 ELSE 0 END) AS u
+            FROM convo_usage{where} GROUP BY {columns}
+        ), {_LATEST_MARK}, v AS (
+            SELECT g.*, COALESCE(m.outcome, g.o) AS verdict
+            FROM g LEFT JOIN m ON m.task_id = g.task_id
+        )
+        """ + " UNION ALL ".join(
+        f"SELECT '{d}', k_{d}, verdict, COUNT(DISTINCT task_id), SUM(c),"
+        f" COUNT(DISTINCT CASE WHEN u = 1 THEN task_id END) FROM v GROUP BY k_{d}, verdict"
+        for d in dimensions
+    )
+    return Query(sql, params, lambda rows: _read_task_costs(rows, dimensions))
+
+
+def _read_task_costs(
+    rows: list[tuple[Any, ...]], dimensions: Sequence[TaskGroup]
+) -> dict[TaskGroup, list[TaskCost]]:
+    found: dict[str, dict[str | None, list[Any]]] = {d: {} for d in dimensions}
+    for dimension, key, verdict, n, nanos, unpriced in rows:
+        if verdict not in ("success", "failure"):
+            continue
+        group = found[dimension].setdefault(None if key is None else str(key), [0, 0, 0, 0])
+        group[0 if verdict == "success" else 1] += int(n)
+        group[2] += int(nanos or 0)
+        group[3] += int(unpriced or 0)
+    # Sorted here, not in SQL: the two databases put NULL at opposite ends.
+    return {
+        d: [
+            TaskCost(ok, failed, _usd(nanos), unpriced, key)
+            for key, (ok, failed, nanos, unpriced) in sorted(
+                found[d].items(), key=lambda item: (item[0] is None, item[0] or "")
+            )
+        ]
+        for d in dimensions
+    }
 
 
 def _read_task_cost(rows: list[tuple[Any, ...]]) -> TaskCost:
