@@ -14,7 +14,7 @@ import convo
 from convo.emulator import RunningEmulator
 from convo.ledger import Ledger
 from convo.limits import RateLimiter
-from convo.routing import Option, Prices, RouteFacts, decide, default_signal
+from convo.routing import Option, Prices, RouteFacts, RouteState, decide, default_signal
 from convo.routing.decide import horizon, p_return
 from convo.warm import WarmRegistry
 
@@ -55,24 +55,30 @@ class TestArithmetic:
     """A gap in, a decision and its expected costs out (the docs' worked example)."""
 
     def test_the_worked_example_stays_warm_on_the_bigger_model(self) -> None:
-        """Three hard turns of four: the window is short, the move's write does not pay."""
-        decision = decide(options(), facts(p=4 / 6, remaining=3), NAMES)
+        """Large, small, large, now small: the window is short, the move's write does not
+        pay."""
+        p = RouteState(needed=[1, 0, 1]).p_above(2, now=0, prior=[0.4, 0.5])
+        assert p == pytest.approx([0.6, 0.0])
+        decision = decide(options(), facts(p=p[0], remaining=3), NAMES)
         assert decision.model == SONNET
         by_model = {c.model: c for c in decision.candidates}
-        assert by_model[SONNET].total == pytest.approx(0.01548, abs=5e-6)
-        assert by_model[HAIKU].total == pytest.approx(0.01811, abs=5e-6)
+        assert by_model[SONNET].total == pytest.approx(0.01707, abs=5e-6)
+        assert by_model[HAIKU].total == pytest.approx(0.01878, abs=5e-6)
         assert by_model[HAIKU].now == pytest.approx(0.0141875)
         assert decision.reason.startswith(
             f"stayed on {SONNET}: moving to {HAIKU} would write 9,550"
         )
 
     def test_the_worked_example_moves_when_easy_turns_run_long(self) -> None:
-        """One hard turn in six: a long window of cheap turns pays for Haiku's write."""
-        decision = decide(options(), facts(p=2 / 8, remaining=5), NAMES)
+        """Easy turns followed by easy ones: a long window of cheap turns pays for Haiku's
+        write."""
+        p = RouteState(needed=[0, 0, 0, 1, 0]).p_above(2, now=0, prior=[0.4, 0.5])
+        assert p == pytest.approx([0.3, 0.0])
+        decision = decide(options(), facts(p=p[0], remaining=5), NAMES)
         assert decision.model == HAIKU
         by_model = {c.model: c for c in decision.candidates}
-        assert by_model[HAIKU].total == pytest.approx(0.02643, abs=5e-6)
-        assert by_model[SONNET].total == pytest.approx(0.03556, abs=5e-6)
+        assert by_model[HAIKU].total == pytest.approx(0.02505, abs=5e-6)
+        assert by_model[SONNET].total == pytest.approx(0.03171, abs=5e-6)
         assert decision.reason.startswith(f"moved to {HAIKU}: writes 9,550 tokens")
 
     def test_a_warm_cheap_model_is_chosen_where_a_cold_one_is_not(self) -> None:
@@ -110,6 +116,17 @@ class TestArithmetic:
         decision = decide(options(haiku_warm=19_400), f, NAMES)
         assert decision.model == SONNET
         assert [c.model for c in decision.candidates] == [SONNET]
+
+    def test_the_chance_of_a_harder_turn_follows_what_followed_what(self) -> None:
+        """Clustered hard turns: after an easy turn the next is rarely hard, though a third
+        of the turns were; the fleet's rate is the prior with nothing seen."""
+        clustered = RouteState(needed=[0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0])
+        assert clustered.p_above(2, now=0, prior=[0.5, 0.5])[0] == pytest.approx((2 + 1) / (7 + 2))
+        assert RouteState().p_above(2, now=0, prior=[0.2, 0.5]) == pytest.approx([0.2, 0.0])
+        router = convo.Router({"small": HAIKU, "large": SONNET})
+        for before, after in ((0, 0), (0, 1), (0, 0), (1, 0)):
+            router.observe_transition(before, after)
+        assert router.fleet_p_above()[0] == pytest.approx((1 + 1) / (3 + 2))
 
     def test_the_window_is_a_truncated_geometric_sum(self) -> None:
         assert horizon(0.5, 3) == pytest.approx(0.5 + 0.25 + 0.125)

@@ -53,10 +53,14 @@ class Option:
         model: The model id.
         tier: Its tier's rank (0 = the cheapest tier).
         prices: Its rates.
-        warm: Tokens of the conversation so far this model would read from cache now.
-        cold: Tokens of the conversation so far it would write now.
-        uncached: Tokens of the conversation so far it would send uncached (below its
-            minimum cacheable length, or after the last breakpoint).
+        warm: Tokens of the conversation this model would read from cache now.
+        cold: Tokens of the conversation it would write now.
+        uncached: Tokens of the conversation it would send uncached (below its minimum
+            cacheable length, or after the last breakpoint).
+
+    "The conversation" is either what there is so far (and ``RouteFacts.new`` adds the
+    turn's message) or the turn's whole request (and ``new`` is 0), as the caller quotes
+    it; sessions quote the whole request.
         shared: Tokens of the static prefix that stay warm on this model whatever this
             conversation does (another session keeps them alive).
         ttl_left_s: Seconds until what this model holds for the conversation expires.

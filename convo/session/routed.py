@@ -19,15 +19,12 @@ from convo.layout import Layout
 from convo.policy import pool_for
 from convo.routing import Option, RouteDecision, RouteFacts, decide
 from convo.tokens import block_tokens
-from convo.tokens import estimate as estimate_tokens
 from convo.warm import WarmKey
 
 if TYPE_CHECKING:
     from convo.session.core import SessionCore
 
 __all__ = ["route_turn", "use_model"]
-
-_WARM_TEXT = "(cache pre-warm)"
 
 
 def _tokens(message: Mapping[str, Any]) -> int:
@@ -54,7 +51,7 @@ def route_turn(core: SessionCore, message: Mapping[str, Any], tier: str | None) 
         )
     else:
         decision = decide(
-            [_option(core, model, rank) for rank, model in enumerate(router.models)],
+            [_option(core, message, model, rank) for rank, model in enumerate(router.models)],
             _facts(core, message, required),
             names,
         )
@@ -72,35 +69,22 @@ def _prefix_for(core: SessionCore, model: str) -> Any:
         return attrs.evolve(core.prefix, model=model)
 
 
-def _option(core: SessionCore, model: str, rank: int) -> Option:
-    """What *model*'s cache holds for this conversation now (tracker and fleet)."""
+def _option(core: SessionCore, message: Mapping[str, Any], model: str, rank: int) -> Option:
+    """What *model*'s cache holds for this turn's request (tracker and fleet)."""
     router = core.router
     assert router is not None
     prefix = _prefix_for(core, model)
-    options: dict[str, Any] = dict(core._layout_options)
     now = core.clock()
-    if len(core.history):
-        # The conversation as it stands (it ends with an answer), laid out for *model* as
-        # its turns are: with the suffix where it sits in the system prompt (every key
-        # after it depends on it); a suffix placed in the last message is after every
-        # breakpoint and changes no key, so it is left out, as keep-alive does.
-        if options["suffix_placement"] == "system":
-            layout = Layout(prefix, **options)
-        else:
-            layout = Layout(
-                prefix,
-                history=options["history"],
-                history_ttl=options["history_ttl"],
-                max_tokens=options["max_tokens"],
-            )
-        rendered = layout.render(core.history, max_tokens=0)
-    else:
-        layout = Layout(prefix, history="none", max_tokens=options["max_tokens"])
-        rendered = layout.render([{"role": "user", "content": _WARM_TEXT}], max_tokens=0)
+    # The request this turn would send to *model*, laid out as the turn will be (suffix,
+    # breakpoints, the new message last): the server's 20-block lookback counts back from
+    # its last breakpoint, so a quote without the new message could find an entry the real
+    # request cannot reach. Rendering a plain list hashes the history again (a routed
+    # turn's quote costs O(history); an unrouted turn never pays it).
+    options: Any = core._layout_options
+    layout = Layout(prefix, **options)
+    rendered = layout.render([*core.history.stored, message], max_tokens=1)
     p = core.tracker.predict(rendered, previous=None)
     warm, cold, uncached = p.cache_read, p.cache_write_5m + p.cache_write_1h, p.input
-    if not len(core.history):
-        uncached = max(0, uncached - estimate_tokens(_WARM_TEXT))
     # The fleet's entry of the static prefix on this model (another session keeps it).
     content = prefix.keys[-1].hex() if prefix.keys else prefix.fingerprint
     key = WarmKey.for_api_key(core._workspace, model, content)
@@ -126,8 +110,7 @@ def _facts(core: SessionCore, message: Mapping[str, Any], required: int) -> Rout
     router = core.router
     assert router is not None
     state = core.route_state
-    suffix = core._layout_options["suffix"]
-    new = _tokens(message) + (estimate_tokens(suffix) if isinstance(suffix, str) else 0)
+    new = _tokens(message)
     # Before any answer: a quarter of max_tokens (answers rarely run to the limit).
     max_tokens: int = core._layout_options["max_tokens"]  # type: ignore[assignment]
     output = state.output(max_tokens / 4)
@@ -143,7 +126,7 @@ def _facts(core: SessionCore, message: Mapping[str, Any], required: int) -> Rout
     return RouteFacts(
         required=required,
         current=core.prefix.model if core.turns else None,
-        new=new,
+        new=0,  # the options' quotes hold the whole request, this turn's message included
         output=output,
         growth=state.growth(new + output),
         remaining=remaining,
