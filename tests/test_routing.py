@@ -128,6 +128,27 @@ class TestArithmetic:
             router.observe_transition(before, after)
         assert router.fleet_p_above()[0] == pytest.approx((1 + 1) / (3 + 2))
 
+    def test_an_easy_turn_never_moves_up_to_a_model_the_conversation_is_not_on(self) -> None:
+        """On Haiku, an easy turn stays on Haiku even when the way back to Sonnet looks
+        dear: a move up would be undone by the next easy turn."""
+        on_haiku = [
+            Option(HAIKU, 0, HAIKU_P, warm=25_000, cold=100),
+            Option(SONNET, 1, SONNET_P, warm=0, cold=25_100),
+        ]
+        f = RouteFacts(
+            required=0,
+            current=HAIKU,
+            new=0,
+            output=300,
+            growth=400,
+            remaining=30,
+            p_above=[0.9, 0.0],
+            gap_s=60.0,
+        )
+        decision = decide(on_haiku, f, NAMES)
+        assert decision.model == HAIKU
+        assert [c.model for c in decision.candidates] == [HAIKU]
+
     def test_the_window_is_a_truncated_geometric_sum(self) -> None:
         assert horizon(0.5, 3) == pytest.approx(0.5 + 0.25 + 0.125)
         assert horizon(0.0, 4) == 4

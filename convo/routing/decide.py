@@ -14,8 +14,10 @@ answering a turn on model *m* is not this turn's price alone. It is
   answers it must write what it does not hold by then: only what the run added if its entry
   outlived the run, else the whole context (less a shared prefix the fleet keeps warm).
 
-The candidate with the least expected total wins; the current model wins ties, and a model
-below the tier the turn requires is never a candidate. ``docs/routing.md`` works one example
+The candidate with the least expected total wins; the current model wins ties. The
+candidates are the models from the tier the turn requires up to the model the conversation
+is on: never below what the turn needs, and never up past it to a model the conversation is
+not on. ``docs/routing.md`` works one example
 through by hand.
 """
 
@@ -260,9 +262,15 @@ def decide(options: Sequence[Option], facts: RouteFacts, names: Sequence[str]) -
     Raises:
         ValueError: when no option is at or above the required tier.
     """
-    acceptable = [o for o in options if o.tier >= facts.required]
-    if not acceptable:
+    if not any(o.tier >= facts.required for o in options):
         raise ValueError(f"no model at or above tier {names[facts.required]!r}")
+    # A turn goes to its tier's model, or stays on (or moves down towards it from) the
+    # bigger model the conversation is on; never up past what it needs. A move up "to
+    # write the context now rather than later" would be undone by the next turn's own
+    # decision, which finds the smaller model warm again: one big write for nothing.
+    current = next((o.tier for o in options if o.model == facts.current), -1)
+    top = max(facts.required, current)
+    acceptable = [o for o in options if facts.required <= o.tier <= top]
     # One window for every candidate: the turns until one needs more than the required
     # tier (at most the expected remaining turns), so each is costed over the same turns.
     p_req = facts.p_above[facts.required] if facts.required < len(facts.p_above) else 0.0
