@@ -406,8 +406,10 @@ def task_costs(
     where, params = _marked(filters)
     keys = {"day": dialect.day("ts"), **_TASK_GROUP_COLUMNS}
     columns = ", ".join(str(i + 1) for i in range(len(dimensions) + 1))  # task and each key
-    # The task's own verdict when it was never marked through convo_outcomes: an outcome
-    # on any of its rows, in any group (a window over the task's groups).
+    # A task's verdict: its latest mark (one seek in the (task_id, id) index per group; a
+    # join to the latest marks, as task_cost does, ran as a nested scan here and took
+    # minutes at a million rows), else an outcome on any of its rows in any group (a
+    # window over the task's groups).
     sql = f"""
         WITH g AS (
             SELECT task_id, {", ".join(f"{keys[d]} AS k_{d}" for d in dimensions)},
@@ -415,9 +417,12 @@ def task_costs(
                 MAX(MAX(outcome)) OVER (PARTITION BY task_id) AS o,
                 MAX(CASE WHEN cost_nusd IS NULL THEN 1 ELSE 0 END) AS u
             FROM convo_usage{where} GROUP BY {columns}
-        ), {_LATEST_MARK}, v AS (
-            SELECT g.*, COALESCE(m.outcome, g.o) AS verdict
-            FROM g LEFT JOIN m ON m.task_id = g.task_id
+        ), v AS (
+            SELECT g.*, COALESCE(
+                (SELECT x.outcome FROM convo_outcomes x WHERE x.task_id = g.task_id
+                 ORDER BY x.id DESC LIMIT 1),
+                g.o) AS verdict
+            FROM g
         )
         """ + " UNION ALL ".join(
         f"SELECT '{d}', k_{d}, verdict, COUNT(DISTINCT task_id), SUM(c),"
