@@ -404,32 +404,35 @@ def task_costs(
     if not dimensions or any(d not in ("model", "route", "day") for d in dimensions):
         raise ValueError(f"by must name one or more of model, route, day; got {by!r}")
     where, params = _marked(filters)
-    keys = {"day": dialect.day("ts"), **_TASK_GROUP_COLUMNS}
+    # Of the task's rows (under the same filters), the ones with an outcome: a seek in the
+    # partial index convo_usage_outcome (a window over the task's groups cost more).
+    outcome_where, outcome_params = filters.where("outcome IS NOT NULL", "task_id = g.task_id")
+    # Days as integer day starts while grouping rows; as text only per group at the end.
+    keys = {"day": dialect.day_start("ts"), **_TASK_GROUP_COLUMNS}
+    shown = {"day": dialect.day_text("k_day")}
     columns = ", ".join(str(i + 1) for i in range(len(dimensions) + 1))  # task and each key
     # A task's verdict: its latest mark (one seek in the (task_id, id) index per group; a
     # join to the latest marks, as task_cost does, ran as a nested scan here and took
-    # minutes at a million rows), else an outcome on any of its rows in any group (a
-    # window over the task's groups).
+    # minutes at a million rows), else an outcome on any of its rows.
     sql = f"""
         WITH g AS (
             SELECT task_id, {", ".join(f"{keys[d]} AS k_{d}" for d in dimensions)},
                 SUM(COALESCE(cost_nusd, 0)) AS c,
-                MAX(MAX(outcome)) OVER (PARTITION BY task_id) AS o,
                 MAX(CASE WHEN cost_nusd IS NULL THEN 1 ELSE 0 END) AS u
             FROM convo_usage{where} GROUP BY {columns}
         ), v AS (
             SELECT g.*, COALESCE(
                 (SELECT x.outcome FROM convo_outcomes x WHERE x.task_id = g.task_id
                  ORDER BY x.id DESC LIMIT 1),
-                g.o) AS verdict
+                (SELECT MAX(outcome) FROM convo_usage{outcome_where})) AS verdict
             FROM g
         )
         """ + " UNION ALL ".join(
-        f"SELECT '{d}', k_{d}, verdict, COUNT(DISTINCT task_id), SUM(c),"
+        f"SELECT '{d}', {shown.get(d, f'k_{d}')}, verdict, COUNT(DISTINCT task_id), SUM(c),"
         f" COUNT(DISTINCT CASE WHEN u = 1 THEN task_id END) FROM v GROUP BY k_{d}, verdict"
         for d in dimensions
     )
-    return Query(sql, params, lambda rows: _read_task_costs(rows, dimensions))
+    return Query(sql, [*params, *outcome_params], lambda rows: _read_task_costs(rows, dimensions))
 
 
 def _read_task_costs(
