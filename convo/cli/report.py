@@ -154,8 +154,9 @@ def build_report(
         **filters: ``since``, ``until``, ``model``, ``session`` as for :meth:`Ledger.totals`.
     """
     overall = ledger.total(**filters)
-    tasks = ledger.task_cost(**filters)
-    task_groups = ledger.task_costs(**filters)
+    # One pass over the marked tasks' rows for the whole and every breakdown.
+    task_groups = ledger.task_costs(by=("all", "model", "route", "day"), **filters)
+    tasks = task_groups.pop("all")[0]
     return {
         "summary": _group_row(overall, summary=True) | {"total_input": overall.total_input},
         "groups": [_group_row(t) for t in ledger.totals(by=by, **filters)],
