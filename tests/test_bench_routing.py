@@ -44,10 +44,11 @@ class TestWorkload:
 
     def test_same_seed_same_workload(self) -> None:
         """Two draws from one seed are equal, turn tiers included; another seed differs."""
-        assert build("routing", 7) == build("routing", 7)
-        assert build("routing", 7) != build("routing", 8)
-        tiers = [t.tier for c in build("routing", 7).conversations for t in c.turns]
-        assert tiers != [t.tier for c in build("routing", 8).conversations for t in c.turns]
+        seven, again, eight = (build("routing", seed, users=10) for seed in (7, 7, 8))
+        assert seven == again
+        assert seven != eight
+        tiers = [t.tier for c in seven.conversations for t in c.turns]
+        assert tiers != [t.tier for c in eight.conversations for t in c.turns]
 
     def test_shape(self) -> None:
         """40 users of 20–40 turns on a 12k-token prefix above every tier's minimum; every

@@ -529,6 +529,20 @@ class TestTaskCostsByGroup:
         assert sum(g.cost_usd for g in groups) == whole.cost_usd
         assert sum(g.successful for g in groups) >= whole.successful
 
+    @pytest.mark.parametrize(
+        "window",
+        [{}, {"since": T0 + dt.timedelta(hours=3)}, {"model": "claude-opus-4-6"}],
+        ids=["all rows", "since", "one model"],
+    )
+    def test_all_is_task_cost(self, ledger: Ledger, window: dict[str, Any]) -> None:
+        """by=["all"] is task_cost()'s answer, under the same filters (empty: zeros)."""
+        assert ledger.task_costs(by=["all"]) == {"all": [TaskCost(0, 0, Decimal(0))]}
+        _routed_tasks(ledger)
+        _fill(ledger)
+        ledger.mark_outcome("c0", "success")
+        ledger.append(_row(conversation_id="c1", outcome="failure"))
+        assert ledger.task_costs(by=["all"], **window)["all"] == [ledger.task_cost(**window)]
+
     def test_filters_apply(self, ledger: Ledger) -> None:
         """A model filter keeps that model's rows only."""
         _routed_tasks(ledger)
@@ -538,8 +552,10 @@ class TestTaskCostsByGroup:
     def test_empty_and_bad_dimension(self, ledger: Ledger) -> None:
         """No marked task: empty groups; an unknown dimension is a ValueError."""
         assert ledger.task_costs() == {"model": [], "route": [], "day": []}
-        with pytest.raises(ValueError, match="model, route, day"):
+        with pytest.raises(ValueError, match="all, model, route, day"):
             ledger.task_costs(by=["session"])  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="all, model"):
+            ledger.task_costs(by=[])
 
     async def test_async_twin(self, ledger: Ledger) -> None:
         """task_costs_async answers like task_costs."""
@@ -554,6 +570,7 @@ class TestTaskCostsByGroup:
                 _fill(led)
                 led.mark_outcome("c2", "success")
             assert pg.task_costs() == lite.task_costs()
+            assert pg.task_costs(by=["all"]) == lite.task_costs(by=["all"])
             assert pg.task_costs(since=T0 + dt.timedelta(hours=1)) == lite.task_costs(
                 since=T0 + dt.timedelta(hours=1)
             )

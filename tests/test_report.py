@@ -304,10 +304,12 @@ class TestCostPerTaskByGroup:
     """The report shows cost per successful task by model, by route and by day."""
 
     def test_json_matches_the_ledger(self, routed_ledger: str) -> None:
-        """task_groups carries task_costs() exactly, money as strings."""
-        data = json.loads(_run("--ledger", routed_ledger, "--format", "json"))
+        """task_groups carries task_costs() exactly, money as strings; by day too when
+        the report is by day."""
+        data = json.loads(_run("--ledger", routed_ledger, "--format", "json", "--by", "day"))
         with Ledger.open(routed_ledger) as led:
             expected = led.task_costs()
+            assert Decimal(data["tasks"]["cost_usd"]) == led.task_cost().cost_usd
         assert set(data["task_groups"]) == {"model", "route", "day"}
         for dimension, groups in expected.items():
             got = data["task_groups"][dimension]
@@ -322,7 +324,10 @@ class TestCostPerTaskByGroup:
         assert Decimal(opus["cost_per_success_usd"]) == Decimal(opus["cost_usd"])
 
     def test_table(self, routed_ledger: str) -> None:
-        """The terminal report has the table, with each route and the counting rule."""
+        """The terminal report has the table, with each route and the counting rule; by
+        model and route only, unless the report is by day (grouping by day costs more)."""
+        plain = json.loads(_run("--ledger", routed_ledger, "--format", "json"))
+        assert set(plain["task_groups"]) == {"model", "route"}
         out = _run("--ledger", routed_ledger)
         assert "Cost per successful task" in out
         for text in ("small>small", "large>large", "small>large", "$ / success", "share"):

@@ -423,7 +423,7 @@ QUICK: Mapping[str, Mapping[str, Any]] = {
     "agent": {"agents": 2, "tools": 12, "steps": (4, 8), "blocks": (5, 30)},
     "idle-gaps": {"users": 4, "system_tokens": 4_000, "turns": (3, 5)},
     "stateless": {"users": 6, "system_tokens": 4_000, "turns": (3, 6)},
-    "routing": {"users": 6, "system_tokens": 5_000, "turns": (8, 14)},
+    "routing": {"users": 6, "system_tokens": 5_000, "turns": (6, 10)},
 }
 
 # The argument of each workload that --users sets.

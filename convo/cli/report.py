@@ -27,7 +27,7 @@ from convo.cli.errors import debugging, one_line
 from convo.cli.tables import Column, print_fitted
 from convo.errors import LedgerError
 from convo.ledger import Ledger, TaskCost, Totals
-from convo.ledger.queries import GroupBy
+from convo.ledger.queries import GroupBy, TaskGroup
 
 __all__ = ["build_report", "parse_since", "render_summary", "report"]
 
@@ -145,7 +145,8 @@ def build_report(
     ledger: Ledger, *, by: GroupBy = "model", top: int = 10, **filters: Any
 ) -> dict[str, Any]:
     """Return the report as plain data: ``summary``, ``groups``, ``busts``, ``tasks`` and
-    ``task_groups`` (cost per successful task by model, by route and by day).
+    ``task_groups`` (cost per successful task by model and by route, and by day when *by*
+    is ``"day"``).
 
     Args:
         ledger: The ledger to read.
@@ -154,8 +155,14 @@ def build_report(
         **filters: ``since``, ``until``, ``model``, ``session`` as for :meth:`Ledger.totals`.
     """
     overall = ledger.total(**filters)
-    tasks = ledger.task_cost(**filters)
-    task_groups = ledger.task_costs(**filters)
+    # One pass over the marked tasks' rows for the whole and the breakdowns. By day only
+    # when the report is by day: a task's rows spread over days make that grouping about
+    # three times the work of model and route together (docs/ledger.md, Performance).
+    dimensions: tuple[TaskGroup, ...] = ("all", "model", "route")
+    if by == "day":
+        dimensions += ("day",)
+    task_groups = ledger.task_costs(by=dimensions, **filters)
+    tasks = task_groups.pop("all")[0]
     return {
         "summary": _group_row(overall, summary=True) | {"total_input": overall.total_input},
         "groups": [_group_row(t) for t in ledger.totals(by=by, **filters)],

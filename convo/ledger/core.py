@@ -397,7 +397,8 @@ class Ledger:
     ) -> dict[TaskGroup, list[TaskCost]]:
         """Cost per successful task by model, by route and by UTC day (each dimension in
         *by*), in one statement: a :class:`TaskCost` per group, sorted by key, ``None``
-        (rows without the key) last.
+        (rows without the key) last. ``"all"`` in *by* adds the whole (one
+        :class:`TaskCost`, equal to :meth:`task_cost`'s) without another pass.
 
         A task counts once in every group it has rows in, with those rows' share of its
         cost; the groups' costs add up to :meth:`task_cost`'s, their task counts may add up

@@ -180,8 +180,9 @@ class BustCount:
     cost_usd: Decimal
 
 
-#: What :meth:`~convo.ledger.Ledger.task_costs` can group by.
-TaskGroup = Literal["model", "route", "day"]
+#: What :meth:`~convo.ledger.Ledger.task_costs` can group by (``"all"``: one group, the
+#: whole, as :meth:`~convo.ledger.Ledger.task_cost` gives it).
+TaskGroup = Literal["all", "model", "route", "day"]
 
 _TASK_GROUP_COLUMNS = {"model": "model", "route": "route"}
 
@@ -398,39 +399,53 @@ def task_costs(
     A task counts once in each group it has rows in, with those rows' cost (see
     :class:`TaskCost`). The rows of marked tasks are grouped once, by task and every
     dimension; each dimension is then a small aggregate over that (the CTE is read more
-    than once, so both databases build it once).
+    than once, so both databases build it once). ``"all"`` is the whole, one
+    :class:`TaskCost` (zeros when no task is marked): what :func:`task_cost` gives, here
+    without a second pass over the rows.
     """
     dimensions = list(dict.fromkeys(by))
-    if not dimensions or any(d not in ("model", "route", "day") for d in dimensions):
-        raise ValueError(f"by must name one or more of model, route, day; got {by!r}")
+    if not dimensions or any(d not in ("all", "model", "route", "day") for d in dimensions):
+        raise ValueError(f"by must name one or more of all, model, route, day; got {by!r}")
+    keyed = [d for d in dimensions if d != "all"]
     where, params = _marked(filters)
-    keys = {"day": dialect.day("ts"), **_TASK_GROUP_COLUMNS}
-    columns = ", ".join(str(i + 1) for i in range(len(dimensions) + 1))  # task and each key
-    # The task's own verdict when it was never marked through convo_outcomes: an outcome
-    # on any of its rows, in any group (a window over the task's groups).
+    # Of the task's rows (under the same filters), the ones with an outcome: a seek in the
+    # partial index convo_usage_outcome (a window over the task's groups cost more).
+    outcome_where, outcome_params = filters.where("outcome IS NOT NULL", "task_id = g.task_id")
+    # Days as integer day starts while grouping rows; as text only per group at the end.
+    keys = {"day": dialect.day_start("ts"), **_TASK_GROUP_COLUMNS}
+    shown = {"day": dialect.day_text("k_day")}
+    columns = ", ".join(str(i + 1) for i in range(len(keyed) + 1))  # task and each key
+    selected = "".join(f" {keys[d]} AS k_{d}," for d in keyed)
+    # A task's verdict: its latest mark (one seek in the (task_id, id) index per group; a
+    # join to the latest marks, as task_cost does, ran as a nested scan here and took
+    # minutes at a million rows), else an outcome on any of its rows.
     sql = f"""
         WITH g AS (
-            SELECT task_id, {", ".join(f"{keys[d]} AS k_{d}" for d in dimensions)},
-                SUM(COALESCE(cost_nusd, 0)) AS c,
-                MAX(MAX(outcome)) OVER (PARTITION BY task_id) AS o,
+            SELECT task_id,{selected} SUM(COALESCE(cost_nusd, 0)) AS c,
                 MAX(CASE WHEN cost_nusd IS NULL THEN 1 ELSE 0 END) AS u
             FROM convo_usage{where} GROUP BY {columns}
-        ), {_LATEST_MARK}, v AS (
-            SELECT g.*, COALESCE(m.outcome, g.o) AS verdict
-            FROM g LEFT JOIN m ON m.task_id = g.task_id
+        ), v AS (
+            SELECT g.*, COALESCE(
+                (SELECT x.outcome FROM convo_outcomes x WHERE x.task_id = g.task_id
+                 ORDER BY x.id DESC LIMIT 1),
+                (SELECT MAX(outcome) FROM convo_usage{outcome_where})) AS verdict
+            FROM g
         )
         """ + " UNION ALL ".join(
-        f"SELECT '{d}', k_{d}, verdict, COUNT(DISTINCT task_id), SUM(c),"
-        f" COUNT(DISTINCT CASE WHEN u = 1 THEN task_id END) FROM v GROUP BY k_{d}, verdict"
+        f"SELECT '{d}', {'NULL' if d == 'all' else shown.get(d, f'k_{d}')}, verdict,"
+        " COUNT(DISTINCT task_id), SUM(c), COUNT(DISTINCT CASE WHEN u = 1 THEN task_id END)"
+        f" FROM v GROUP BY {'' if d == 'all' else f'k_{d}, '}verdict"
         for d in dimensions
     )
-    return Query(sql, params, lambda rows: _read_task_costs(rows, dimensions))
+    return Query(sql, [*params, *outcome_params], lambda rows: _read_task_costs(rows, dimensions))
 
 
 def _read_task_costs(
     rows: list[tuple[Any, ...]], dimensions: Sequence[TaskGroup]
 ) -> dict[TaskGroup, list[TaskCost]]:
     found: dict[str, dict[str | None, list[Any]]] = {d: {} for d in dimensions}
+    if "all" in found:
+        found["all"][None] = [0, 0, 0, 0]  # the whole is one group, even with no task
     for dimension, key, verdict, n, nanos, unpriced in rows:
         if verdict not in ("success", "failure"):
             continue
