@@ -307,3 +307,32 @@ class TestSessionPolicy:
         reply = session.send("Second")
         assert reply.usage.cache_write_1h == 0
         assert session.prefix.ttl == "5m"
+
+    @pytest.mark.parametrize(
+        "params",
+        [pytest.param(None, id="citations"), pytest.param({"speed": "fast"}, id="speed")],
+    )
+    def test_a_setting_that_rekeys_the_system_does_not_borrow_the_fleets_entry(
+        self,
+        emulator: RunningEmulator,
+        make_session: Callable[..., Session],
+        params: dict[str, Any] | None,
+    ) -> None:
+        """Another session keeps the plain prefix live; a turn whose citations (or speed)
+        re-key the system must predict a write of it, not a read of the fleet's entry."""
+        make_session().send("Keep the prefix warm")
+        emulator.advance(5)
+        session = make_session()
+        content: Any = "A question"
+        if params is None:
+            document = {
+                "type": "document",
+                "source": {"type": "text", "media_type": "text/plain", "data": "A note. " * 40},
+                "citations": {"enabled": True},
+            }
+            content = [document, {"type": "text", "text": "What does the note say?"}]
+        reply = session.send(content, params=params)
+        assert reply.usage.cache_read == 0
+        assert reply.cache.predicted.cache_read == 0
+        assert reply.cache.reason != "evicted_or_unknown"
+        assert reply.cache.exact

@@ -538,6 +538,11 @@ class SessionCore:
         if state.expires_at <= self._prefix_known_until:
             return False  # the tracker already holds this entry at least as long
         rendered = pending.rendered
+        own = self.prefix.keys
+        if position >= len(own) or rendered.fingerprint.keys[position] != own[position]:
+            # A request setting re-keys the system (citations, speed): the registry's entry
+            # is the prefix's plain one, which this request does not read.
+            return False
         self._prefix_known_until = state.expires_at
         started = state.last_write_start if state.last_write_start is not None else now
         self.tracker.add_entry(
