@@ -193,8 +193,28 @@ class TestPrefixPool:
         pool.record_turn("a", 0.0)
         pool.record_turn("a", 100.0)
         pool.record_turn("b", 50.0)
-        # a: gaps [100] (twice); b's wait of 950 at now=1000 is beyond 300: a failure.
-        assert pool.next_turn("a", 1000.0, after=0.0, before=300.0) == pytest.approx(3 / 5)
+        # a: gaps [100] (twice); b's wait of 950 at now=1000 is beyond 300: a failure; so
+        # is the wait that never ends. No pseudo-gap: it prices re-warms from evidence.
+        assert pool.next_turn("a", 1000.0, after=0.0, before=300.0) == pytest.approx(2 / 4)
+
+    def test_rescue_counts_only_uses_after_the_lapse(self) -> None:
+        """A re-warm saves the next use only if it falls after the entry lapses and before
+        the re-warm's own entry would: uses that came back within 5 minutes, or after 10,
+        give it nothing; a lapsed entry cannot be refreshed."""
+        pool = PrefixPool()
+        for at in (0.0, 100.0, 200.0, 300.0):  # gaps of 100 s: always back before a lapse
+            pool.record_use(at)
+        assert pool.rescue(540.0) == 0.0
+        pool.record_use(700.0)  # a gap of 400 s, past a 5m lapse
+        # At 940 (240 s of silence) a re-warm covers uses at 300-540 s after the last: of
+        # the gaps that outlast 240 s (400 s, and the wait that never ends), one is there.
+        assert pool.rescue(940.0) == pytest.approx(1 / 2)
+        assert pool.rescue(1001.0) == 0.0  # lapsed at 1000: a re-warm would write
+
+    def test_nothing_observed_never_pays_for_a_rewarm(self) -> None:
+        """Prices for a spend come from evidence: with nothing seen, no chance at all."""
+        assert within([], [], after=300.0, before=540.0, evidence_only=True) == 0.0
+        assert within([400.0], [], after=300.0, before=540.0, evidence_only=True) == 0.5
 
     def test_entry_ttl_follows_the_writer(self) -> None:
         """A cold prefix takes the writer's TTL; a live one keeps the TTL it was written with."""
@@ -250,9 +270,14 @@ class TestSessionPolicy:
     def test_keep_alive_row_carries_its_expected_saving(
         self, emulator: RunningEmulator, make_session: Callable[..., Session], ledger: Ledger
     ) -> None:
-        """A lone conversation's re-warm protects the prefix too: it pays, and its ledger
-        row says keep_alive with the saving expected (tokens x $3 per million)."""
-        session = make_session(keep_alive=KeepAlive(margin_s=60))
+        """Where users were seen coming back 6-7 minutes later (past a 5m lapse), a lone
+        conversation on 5m entries re-warms, protecting the prefix too: it pays, and its
+        ledger row says keep_alive with the saving expected (tokens x $3 per million)."""
+        earlier = make_session()
+        for text in ("One", "Two", "Three"):
+            earlier.send(text)
+            emulator.advance(400)
+        session = make_session(keep_alive=KeepAlive(margin_s=60), adaptive_ttl=False)
         session.send("Hello")
         emulator.advance(250)
         reply = session.keep_alive_tick()

@@ -28,6 +28,7 @@ __all__ = ["PrefixPool", "cdf", "pool_for", "within"]
 
 _MAX_GAPS = 512  # recent gaps kept per pool: enough to estimate, bounded in memory
 _MAX_CONVERSATIONS = 1024  # open conversations whose latest turn is remembered
+TTL_S = {"5m": 300.0, "1h": 3600.0}
 
 
 def within(
@@ -37,6 +38,7 @@ def within(
     after: float,
     before: float,
     alive: float = 0.0,
+    evidence_only: bool = False,
 ) -> float:
     """P(the next turn starts in ``(after, before]`` seconds | it did not start by ``alive``).
 
@@ -46,6 +48,10 @@ def within(
         after: Start of the window (exclusive), in seconds since the turn; ``>= alive``.
         before: End of the window (inclusive).
         alive: Seconds already elapsed with no next turn (the condition).
+        evidence_only: Leave out the pseudo-gap, keeping only the wait that never ends:
+            the window's chance then comes from observed gaps alone (0 with none seen).
+            For a decision to *spend* on a later turn coming (a re-warm): with little
+            evidence it errs towards not spending, the side whose cost is known.
 
     The Kaplan-Meier estimate of the gap's survival ``S``, so a censored wait counts for
     as long as it is known and no longer: ``(S(after) - S(before)) / S(alive)``. Two
@@ -55,7 +61,11 @@ def within(
     never ends is left at risk: the estimate is 0 (nobody ever came back that late).
     """
     observed = sorted(gaps)
-    events = sorted([*observed, _pseudo_gap(observed, (after + before) / 2)])
+    events = (
+        observed
+        if evidence_only
+        else sorted([*observed, _pseudo_gap(observed, (after + before) / 2)])
+    )
     waits = sorted([*censored, math.inf])
     survival = _survival(events, waits)
     base = survival(alive)
@@ -130,7 +140,7 @@ class PrefixPool:
             return self._live(at)
 
     def _live(self, at: float) -> bool:
-        ttl_s = 3600.0 if self.entry_ttl == "1h" else 300.0
+        ttl_s = TTL_S[self.entry_ttl]
         return self._last_touch is not None and at - self._last_touch < ttl_s
 
     def record_touch(self, at: float) -> None:
@@ -198,13 +208,14 @@ class PrefixPool:
     ) -> float:
         """P(*conversation*'s next turn starts in ``(after, before]`` seconds after its latest
         turn, given none by ``alive``), from every conversation of this prefix. The
-        conversation's own gaps count twice (once in the pool, once more on their own)."""
+        conversation's own gaps count twice (once in the pool, once more on their own).
+        From observed gaps only (``within(..., evidence_only=True)``): it prices re-warms."""
         with self._lock:
             gaps = list(self._turn_gaps)
             if conversation is not None:
                 gaps.extend(self._own.get(conversation, ()))
             censored = [now - t for c, t in self._latest.items() if c != conversation]
-        return within(gaps, censored, after=after, before=before, alive=alive)
+        return within(gaps, censored, after=after, before=before, alive=alive, evidence_only=True)
 
     def next_turn_cdf(
         self, conversation: str | None, now: float, times: Sequence[float]
@@ -218,16 +229,21 @@ class PrefixPool:
             censored = [now - t for c, t in self._latest.items() if c != conversation]
         return cdf(gaps, censored, times)
 
-    def next_use(self, now: float, *, after: float, before: float) -> float:
-        """P(anyone's next use of the prefix starts in ``(now + after, now + before]``,
-        given none since the latest), from the gaps between uses."""
+    def rescue(self, now: float) -> float:
+        """P(anyone's next use of the prefix comes after its entry lapses but within a TTL of
+        *now*), given none since the latest use: the chance that a re-warm now turns that use's
+        write into a read. A use before the lapse would read anyway, and one after the
+        re-warm's own entry lapses would write anyway: neither counts. 0 when the entry has
+        lapsed already (a re-warm would write it, not refresh it)."""
         with self._lock:
             gaps = list(self._prefix_gaps)
-            last = self._last_touch
-        if last is None:
-            return within(gaps, [], after=after, before=before)
-        alive = max(0.0, now - last)
-        return within(gaps, [], after=alive + after, before=alive + before, alive=alive)
+            last_use, last_touch = self._last_use, self._last_touch
+            ttl_s = TTL_S[self.entry_ttl]
+        if last_use is None or last_touch is None or now >= last_touch + ttl_s:
+            return 0.0
+        alive = max(0.0, now - last_use)
+        lapse = max(alive, last_touch + ttl_s - last_use)
+        return within(gaps, [], after=lapse, before=alive + ttl_s, alive=alive, evidence_only=True)
 
     def touched_since(self, at: float) -> bool:
         """Whether any session used or re-warmed the prefix after *at*."""

@@ -412,7 +412,13 @@ class SessionCore:
         now = self.clock()
         live = self._pool.live(now)
         if self.adaptive_ttl and not live:
-            decision = econ.prefix_ttl(self._pool.prefix_gaps(), tokens=self.prefix.tokens)
+            # A warm goes before a use: the silence it ends is a gap between uses already
+            # (the turn records it only after the warm has written the entry).
+            gaps = self._pool.prefix_gaps()
+            last = self._pool.last_use()
+            if last is not None and now > last:
+                gaps.append(now - last)
+            decision = econ.prefix_ttl(gaps, tokens=self.prefix.tokens)
             ttl = "1h" if decision.action == "1h" or self._prefix_floor == "1h" else "5m"
             if ttl != self.prefix.ttl:
                 with warnings.catch_warnings():
@@ -458,9 +464,9 @@ class SessionCore:
         # Touched after this conversation's own latest turn and re-warm: someone else.
         others = start is not None and pool.touched_since(max(start, self._own_touch))
         prefix_tokens = 0 if others else self.prefix.tokens
-        entry_ttl = econ.TTL_SECONDS[pool.entry_ttl]
-        # The prefix is needed by whoever uses it next (this conversation included).
-        p_shared = max(p_next, pool.next_use(now, after=0.0, before=entry_ttl))
+        # The prefix is needed by whoever uses it next (this conversation included), if that
+        # use falls after the prefix's entry lapses but before the re-warm's would.
+        p_shared = max(p_next, pool.rescue(now))
         shared = {
             "shared": prefix_tokens,
             "p_shared": p_shared,
