@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -13,7 +14,15 @@ import convo
 from convo.emulator import RunningEmulator
 from convo.ledger import Ledger
 from convo.limits import RateLimiter
-from convo.policy import PrefixPool, history_ttl, keep_alive, pool_for, prefix_ttl, within
+from convo.policy import (
+    PrefixPool,
+    history_ttl,
+    keep_alive,
+    pool_for,
+    prefix_ttl,
+    prefix_ttl_counts,
+    within,
+)
 from convo.policy.observe import cdf
 from convo.session import KeepAlive, Session
 from convo.warm import WarmRegistry
@@ -225,6 +234,35 @@ class TestPrefixPool:
         assert pool.live(3000.0)
         assert pool.record_write("5m", live=pool.live(3000.0)) == "1h"
         assert not pool.live(3600.0)
+
+    @pytest.mark.parametrize("seed", range(5))
+    def test_memoized_estimates_equal_the_reference(self, seed: int) -> None:
+        """The pool's memoized survival curve gives what cdf() gives from the raw lists,
+        and its gap counts what prefix_ttl() counts, at any time and after new
+        observations."""
+        rng = random.Random(seed)
+        pool = PrefixPool()
+        turns: dict[str, list[float]] = {}
+        at = 0.0
+        for _ in range(400):
+            at += rng.choice([rng.uniform(0, 60), rng.uniform(200, 900), rng.uniform(3000, 5000)])
+            name = f"c{rng.randrange(60)}"
+            pool.record_use(at)
+            pool.record_turn(name, at)
+            turns.setdefault(name, []).append(at)
+            if rng.random() < 0.2:
+                for who in (name, None, "never-seen"):
+                    now = at + rng.uniform(0, 4000)
+                    gaps = list(pool._turn_gaps)
+                    if who is not None:
+                        gaps.extend(pool._own.get(who, ()))
+                    waits = [now - t for c, t in pool._latest.items() if c != who]
+                    times = (300.0, 3600.0)
+                    assert pool.next_turn_cdf(who, now, times) == pytest.approx(
+                        cdf(gaps, waits, times), abs=1e-9
+                    )
+                reference = prefix_ttl(pool.prefix_gaps(), tokens=1000)
+                assert prefix_ttl_counts(*pool.prefix_gap_counts(), tokens=1000) == reference
 
     def test_shared_per_registry(self) -> None:
         """Sessions on one registry share a prefix's pool; another registry has its own."""

@@ -86,6 +86,41 @@ def cdf(gaps: Iterable[float], censored: Iterable[float], times: Sequence[float]
     return [1.0 - survival(t) for t in times]
 
 
+def _cdf_at(
+    observed: Sequence[float],
+    latest: Sequence[float],
+    mine: float | None,
+    now: float,
+    times: Sequence[float],
+) -> list[float]:
+    """:func:`cdf` from sorted observed gaps and the sorted starts of every conversation's
+    latest turn (*mine*, this conversation's, left out): the same estimate, computed
+    without building and sorting the censored waits. A wait ``now - t`` is at risk at an
+    event time ``e`` when ``now - t >= e``; the wait that never ends always is."""
+    events = list(observed)
+    bisect.insort(events, _pseudo_gap(observed, min(times) / 2))
+    horizon = max(times)
+    n = len(events)
+    steps: list[tuple[float, float]] = []
+    s = 1.0
+    i = 0
+    while i < n and events[i] <= horizon:
+        time = events[i]
+        j = bisect.bisect_right(events, time, i)
+        waits = bisect.bisect_right(latest, now - time) + 1
+        if mine is not None and now - mine >= time:
+            waits -= 1
+        s *= 1.0 - (j - i) / (n - i + waits)
+        steps.append((time, s))
+        i = j
+    keys = [t for t, _ in steps]
+    out = []
+    for t in times:
+        k = bisect.bisect_right(keys, t)
+        out.append(1.0 - (steps[k - 1][1] if k else 1.0))
+    return out
+
+
 def _pseudo_gap(observed: Sequence[float], default: float) -> float:
     """Where the prior's pseudo-gap goes: at the median observed gap (so the prior follows
     the data and says nothing about silences longer than any seen), else at *default*."""
@@ -132,6 +167,12 @@ class PrefixPool:
         self._own: dict[str, collections.deque[float]] = {}
         self._growth: collections.deque[int] = collections.deque(maxlen=_MAX_GAPS)
         self._latest: collections.OrderedDict[str, float] = collections.OrderedDict()
+        # Memos, each dropped when what it is computed from changes (a new observation):
+        # estimates are asked for every turn, observations change far less often per call.
+        self._sorted_turn_gaps: list[float] | None = None
+        self._sorted_latest: list[float] | None = None
+        self._sorted_prefix_gaps: list[float] | None = None
+        self._median_growth: int | None = None
 
     def live(self, at: float) -> bool:
         """Whether the prefix's entry should still be live at *at*: used less than its TTL
@@ -163,6 +204,7 @@ class PrefixPool:
         with self._lock:
             if self._last_use is not None and at >= self._last_use:
                 self._prefix_gaps.append(at - self._last_use)
+                self._sorted_prefix_gaps = None
             self._last_use = at if self._last_use is None else max(self._last_use, at)
             self._last_touch = at if self._last_touch is None else max(self._last_touch, at)
 
@@ -170,10 +212,12 @@ class PrefixPool:
         """Record a turn of *conversation* starting at *at* (its use of the prefix is
         recorded apart, by :meth:`record_use`)."""
         with self._lock:
+            self._sorted_latest = None
             previous = self._latest.pop(conversation, None)
             if previous is not None and at > previous:
                 gap = at - previous
                 self._turn_gaps.append(gap)
+                self._sorted_turn_gaps = None
                 own = self._own.setdefault(conversation, collections.deque(maxlen=64))
                 own.append(gap)
             self._latest[conversation] = at if previous is None else max(at, previous)
@@ -191,11 +235,32 @@ class PrefixPool:
         with self._lock:
             return list(self._prefix_gaps)
 
+    def _prefix_sorted(self) -> list[float]:
+        if self._sorted_prefix_gaps is None:
+            self._sorted_prefix_gaps = sorted(self._prefix_gaps)
+        return self._sorted_prefix_gaps
+
+    def prefix_gap_counts(self, *, extra: float | None = None) -> tuple[int, int]:
+        """``(gaps of 5-60 minutes, gaps of an hour or more)`` between uses of the prefix,
+        with *extra* counted as one more gap: what :func:`~convo.policy.prefix_ttl_counts`
+        decides from."""
+        with self._lock:
+            ordered = self._prefix_sorted()
+            five = bisect.bisect_left(ordered, TTL_S["5m"])
+            hour = bisect.bisect_left(ordered, TTL_S["1h"])
+            k, w = hour - five, len(ordered) - hour
+        if extra is not None:
+            k += TTL_S["5m"] <= extra < TTL_S["1h"]
+            w += extra >= TTL_S["1h"]
+        return k, w
+
     def prefix_lapse(self, ttl_s: float) -> float:
         """P(a gap between uses of the prefix by anyone reaches *ttl_s*): how often the fleet
         alone would let an entry of that TTL lapse."""
-        gaps = self.prefix_gaps()
-        return (sum(g >= ttl_s for g in gaps) + 1) / (len(gaps) + 2)
+        with self._lock:
+            ordered = self._prefix_sorted()
+            reached = len(ordered) - bisect.bisect_left(ordered, ttl_s)
+            return (reached + 1) / (len(ordered) + 2)
 
     def next_turn(
         self,
@@ -223,11 +288,17 @@ class PrefixPool:
         """P(*conversation*'s next turn starts within each of *times* seconds of its latest
         turn), from every conversation of this prefix (its own gaps count twice)."""
         with self._lock:
-            gaps = list(self._turn_gaps)
-            if conversation is not None:
-                gaps.extend(self._own.get(conversation, ()))
-            censored = [now - t for c, t in self._latest.items() if c != conversation]
-        return cdf(gaps, censored, times)
+            if self._sorted_turn_gaps is None:
+                self._sorted_turn_gaps = sorted(self._turn_gaps)
+            if self._sorted_latest is None:
+                self._sorted_latest = sorted(self._latest.values())
+            observed = self._sorted_turn_gaps
+            own = self._own.get(conversation) if conversation is not None else None
+            if own:
+                observed = sorted([*observed, *own])
+            latest = self._sorted_latest
+            mine = self._latest.get(conversation) if conversation is not None else None
+            return _cdf_at(observed, latest, mine, now, times)
 
     def rescue(self, now: float) -> float:
         """P(anyone's next use of the prefix comes after its entry lapses but within a TTL of
@@ -254,12 +325,15 @@ class PrefixPool:
         """Record how many tokens a turn added to its conversation."""
         with self._lock:
             self._growth.append(tokens)
+            self._median_growth = None
 
     def typical_growth(self) -> int:
         """The median tokens a turn added, of those recorded (0 before any)."""
         with self._lock:
-            values = sorted(self._growth)
-        return values[len(values) // 2] if values else 0
+            if self._median_growth is None:
+                values = sorted(self._growth)
+                self._median_growth = values[len(values) // 2] if values else 0
+            return self._median_growth
 
     def latest_turn(self, conversation: str) -> float | None:
         """When *conversation*'s latest recorded turn started."""

@@ -280,7 +280,7 @@ class SessionCore:
         """``(prefix TTL, history strategy, history TTL)`` for the turn about to be sent."""
         pool = self._pool
         tokens = self.prefix.tokens
-        prefix = econ.prefix_ttl(pool.prefix_gaps(), tokens=tokens)
+        prefix = econ.prefix_ttl_counts(*pool.prefix_gap_counts(), tokens=tokens)
         if self._prefix_floor == "1h" and prefix.action != "1h":
             prefix = Decision("1h", prefix.expected_saving, "the caller's 1h prefix")
         fixed = self._fixed_history_ttl
@@ -414,11 +414,11 @@ class SessionCore:
         if self.adaptive_ttl and not live:
             # A warm goes before a use: the silence it ends is a gap between uses already
             # (the turn records it only after the warm has written the entry).
-            gaps = self._pool.prefix_gaps()
             last = self._pool.last_use()
-            if last is not None and now > last:
-                gaps.append(now - last)
-            decision = econ.prefix_ttl(gaps, tokens=self.prefix.tokens)
+            counts = self._pool.prefix_gap_counts(
+                extra=now - last if last is not None and now > last else None
+            )
+            decision = econ.prefix_ttl_counts(*counts, tokens=self.prefix.tokens)
             ttl = "1h" if decision.action == "1h" or self._prefix_floor == "1h" else "5m"
             if ttl != self.prefix.ttl:
                 with warnings.catch_warnings():
