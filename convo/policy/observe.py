@@ -99,25 +99,29 @@ def _cdf_at(
     event time ``e`` when ``now - t >= e``; the wait that never ends always is."""
     events = list(observed)
     bisect.insort(events, _pseudo_gap(observed, min(times) / 2))
-    horizon = max(times)
+    order = sorted(range(len(times)), key=times.__getitem__)
+    out = [0.0] * len(times)
     n = len(events)
-    steps: list[tuple[float, float]] = []
+    at_risk = len(latest)  # latest turns at or before now - e: their waits reach e
     s = 1.0
     i = 0
-    while i < n and events[i] <= horizon:
-        time = events[i]
-        j = bisect.bisect_right(events, time, i)
-        waits = bisect.bisect_right(latest, now - time) + 1
-        if mine is not None and now - mine >= time:
-            waits -= 1
-        s *= 1.0 - (j - i) / (n - i + waits)
-        steps.append((time, s))
-        i = j
-    keys = [t for t, _ in steps]
-    out = []
-    for t in times:
-        k = bisect.bisect_right(keys, t)
-        out.append(1.0 - (steps[k - 1][1] if k else 1.0))
+    for k in order:
+        horizon = times[k]
+        while i < n and events[i] <= horizon:
+            time = events[i]
+            j = i + 1
+            while j < n and events[j] == time:
+                j += 1
+            # Events ascend, so now - e descends: walk the latest turns down, never up.
+            limit = now - time
+            while at_risk and latest[at_risk - 1] > limit:
+                at_risk -= 1
+            waits = at_risk + 1  # and the wait that never ends
+            if mine is not None and now - mine >= time:
+                waits -= 1
+            s *= 1.0 - (j - i) / (n - i + waits)
+            i = j
+        out[k] = 1.0 - s
     return out
 
 

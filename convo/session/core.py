@@ -20,6 +20,7 @@ only enqueued (the ledger's writer does the disk work).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import uuid
 import warnings
@@ -62,6 +63,27 @@ def _message_tokens(message: Mapping[str, Any]) -> int:
     if isinstance(content, str):
         return block_tokens(content)
     return sum(block_tokens(b) for b in content or () if isinstance(b, Mapping))
+
+
+def _with_ttl(prefix: Prefix, ttl: str) -> Prefix:
+    """*prefix* with its markers at *ttl*. Memoized: a fleet's sessions switch the same
+    prefix, and rebuilding one re-counts its tokens (milliseconds for a big system). The
+    model table is not part of a prefix's equality, so its identity is part of the key (the
+    cached prefix holds the table: the id cannot be reused while it is cached)."""
+    return _evolved(prefix, id(prefix.models), ttl)
+
+
+@functools.lru_cache(maxsize=64)
+def _evolved(prefix: Prefix, models: int, ttl: str) -> Prefix:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the same content: its warnings were given once
+        return attrs.evolve(prefix, ttl="1h" if ttl == "1h" else "5m")
+
+
+@functools.lru_cache(maxsize=1024)
+def _text_tokens(text: str) -> int:
+    """Estimated tokens of a suffix, which the policy asks for every turn."""
+    return estimate_tokens(text)
 
 
 class SessionCore:
@@ -249,10 +271,7 @@ class SessionCore:
             try:
                 prefix = self.prefix
                 if prefix_ttl != prefix.ttl:
-                    with warnings.catch_warnings():
-                        # Rebuilding the same content: its warnings were given once already.
-                        warnings.simplefilter("ignore")
-                        prefix = attrs.evolve(prefix, ttl="1h" if prefix_ttl == "1h" else "5m")
+                    prefix = _with_ttl(prefix, prefix_ttl)
                 self._use_prefix(prefix, self._workspace)
             except LayoutError:
                 options.update(saved)  # a TTL order the API refuses: keep the layout
@@ -289,7 +308,7 @@ class SessionCore:
             self.last_decision = prefix
             return ttl, self._history_strategy, fixed
         suffix = self._layout_options["suffix"]
-        suffix_tokens = estimate_tokens(suffix) if isinstance(suffix, str) else 0
+        suffix_tokens = _text_tokens(suffix) if isinstance(suffix, str) else 0
         history = self.history.chain.cumulative_tokens
         seen = history[-1] if len(history) else 0
         # This turn writes the previous reply and its own message: about the last exchange
@@ -421,9 +440,7 @@ class SessionCore:
             decision = econ.prefix_ttl_counts(*counts, tokens=self.prefix.tokens)
             ttl = "1h" if decision.action == "1h" or self._prefix_floor == "1h" else "5m"
             if ttl != self.prefix.ttl:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # the same content: warned once already
-                    prefix = attrs.evolve(self.prefix, ttl="1h" if ttl == "1h" else "5m")
+                prefix = _with_ttl(self.prefix, ttl)
                 options = self._layout_options
                 if ttl == "5m" and options["history_ttl"] == "1h":
                     options["history_ttl"] = "5m"  # 1h breakpoints may not follow a 5m one
