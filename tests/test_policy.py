@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -399,3 +400,18 @@ class TestSessionPolicy:
         assert reply.cache.predicted.cache_read == 0
         assert reply.cache.reason != "evicted_or_unknown"
         assert reply.cache.exact
+
+    def test_a_first_turn_protects_its_suffix_once(
+        self, make_session: Callable[..., Session]
+    ) -> None:
+        """A first turn writes the suffix and its message: what it would spare the next
+        turn is those same tokens, the suffix counted once (plus the 2,040-token prefix
+        times the chance the fleet lets it lapse: 1/2 with no gap seen)."""
+        session = make_session(suffix="User: Ada, who plans trips to the north. " * 10)
+        session.send("Hello")
+        decision = session._core.last_decision
+        assert decision is not None
+        match = re.search(r"protected=(\d+)/(\d+), new=(\d+)", decision.reason)
+        assert match is not None
+        five, hour, new = map(int, match.groups())
+        assert five == hour == new + 2040 // 2

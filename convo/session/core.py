@@ -325,7 +325,8 @@ class SessionCore:
         # What the history entry spares the next turn: the conversation's own tokens, and
         # the shared prefix as often as the fleet alone would let it lapse (never, while the
         # prefix has a 1h entry of its own).
-        own = suffix_tokens + seen + added
+        # (On a first turn the suffix is among the tokens added: count it once.)
+        own = seen + added + (suffix_tokens if len(stored) >= 2 else 0)
         lapse = {
             ttl: 0.0 if prefix.action == "1h" else pool.prefix_lapse(econ.TTL_SECONDS[ttl])
             for ttl in ("5m", "1h")
