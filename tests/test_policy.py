@@ -415,3 +415,19 @@ class TestSessionPolicy:
         assert match is not None
         five, hour, new = map(int, match.groups())
         assert five == hour == new + 2040 // 2
+
+    def test_cold_pre_warm_row_carries_its_price(
+        self, make_session: Callable[..., Session], ledger: Ledger
+    ) -> None:
+        """A pre-warm of a cold prefix is sent (the caller asked) and its ledger row says
+        warm, with the expected saving it has: minus a read of what it wrote and its own
+        input (the first turn reads instead of writing), in USD at $3 per million."""
+        session = make_session()
+        reply = session.warm()
+        assert reply is not None
+        ledger.flush()
+        rows = [r for r in ledger.rows(session=session.session_id) if r.purpose == "warm"]
+        assert len(rows) == 1
+        tokens = 0.1 * reply.usage.cache_write + reply.usage.input
+        expected = -Decimal(repr(round(tokens, 3))) * Decimal(3) / 1_000_000
+        assert rows[0].expected_saving_usd == pytest.approx(expected, abs=Decimal("1e-9"))
