@@ -20,15 +20,12 @@ only enqueued (the ledger's writer does the disk work).
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 import uuid
 import warnings
 from collections.abc import Callable, Generator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
-
-import attrs
 
 from convo import models, sdk
 from convo.budget import Budget, Spend
@@ -38,6 +35,7 @@ from convo.ledger import Ledger, LedgerRow, cache_outcome
 from convo.limits import RateLimiter
 from convo.policy import Decision, PrefixPool, pool_for
 from convo.policy import arithmetic as econ
+from convo.policy.reuse import prefix_at_ttl, text_tokens
 from convo.pricing import price
 from convo.request_rules import RequestChecker, needs_streaming
 from convo.retry import ATTEMPT, AttemptRecord, RetryPolicy
@@ -46,7 +44,6 @@ from convo.session.busts import log_bust
 from convo.session.reply import Reply, Stats
 from convo.session.turn import KeepAlive, Pending, user_message
 from convo.tokens import block_tokens
-from convo.tokens import estimate as estimate_tokens
 from convo.tracker import CacheEntry, CacheTracker
 from convo.usage import Usage
 from convo.warm import WarmBackend, WarmKey
@@ -63,27 +60,6 @@ def _message_tokens(message: Mapping[str, Any]) -> int:
     if isinstance(content, str):
         return block_tokens(content)
     return sum(block_tokens(b) for b in content or () if isinstance(b, Mapping))
-
-
-def _with_ttl(prefix: Prefix, ttl: str) -> Prefix:
-    """*prefix* with its markers at *ttl*. Memoized: a fleet's sessions switch the same
-    prefix, and rebuilding one re-counts its tokens (milliseconds for a big system). The
-    model table is not part of a prefix's equality, so its identity is part of the key (the
-    cached prefix holds the table: the id cannot be reused while it is cached)."""
-    return _evolved(prefix, id(prefix.models), ttl)
-
-
-@functools.lru_cache(maxsize=64)
-def _evolved(prefix: Prefix, models: int, ttl: str) -> Prefix:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the same content: its warnings were given once
-        return attrs.evolve(prefix, ttl="1h" if ttl == "1h" else "5m")
-
-
-@functools.lru_cache(maxsize=1024)
-def _text_tokens(text: str) -> int:
-    """Estimated tokens of a suffix, which the policy asks for every turn."""
-    return estimate_tokens(text)
 
 
 class SessionCore:
@@ -271,7 +247,7 @@ class SessionCore:
             try:
                 prefix = self.prefix
                 if prefix_ttl != prefix.ttl:
-                    prefix = _with_ttl(prefix, prefix_ttl)
+                    prefix = prefix_at_ttl(prefix, prefix_ttl)
                 self._use_prefix(prefix, self._workspace)
             except LayoutError:
                 options.update(saved)  # a TTL order the API refuses: keep the layout
@@ -308,7 +284,7 @@ class SessionCore:
             self.last_decision = prefix
             return ttl, self._history_strategy, fixed
         suffix = self._layout_options["suffix"]
-        suffix_tokens = _text_tokens(suffix) if isinstance(suffix, str) else 0
+        suffix_tokens = text_tokens(suffix) if isinstance(suffix, str) else 0
         history = self.history.chain.cumulative_tokens
         seen = history[-1] if len(history) else 0
         # This turn writes the previous reply and its own message: about the last exchange
@@ -441,7 +417,7 @@ class SessionCore:
             decision = econ.prefix_ttl_counts(*counts, tokens=self.prefix.tokens)
             ttl = "1h" if decision.action == "1h" or self._prefix_floor == "1h" else "5m"
             if ttl != self.prefix.ttl:
-                prefix = _with_ttl(self.prefix, ttl)
+                prefix = prefix_at_ttl(self.prefix, ttl)
                 options = self._layout_options
                 if ttl == "5m" and options["history_ttl"] == "1h":
                     options["history_ttl"] = "5m"  # 1h breakpoints may not follow a 5m one
