@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import re
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -13,7 +15,15 @@ import convo
 from convo.emulator import RunningEmulator
 from convo.ledger import Ledger
 from convo.limits import RateLimiter
-from convo.policy import PrefixPool, history_ttl, keep_alive, pool_for, prefix_ttl, within
+from convo.policy import (
+    PrefixPool,
+    history_ttl,
+    keep_alive,
+    pool_for,
+    prefix_ttl,
+    prefix_ttl_counts,
+    within,
+)
 from convo.policy.observe import cdf
 from convo.session import KeepAlive, Session
 from convo.warm import WarmRegistry
@@ -193,8 +203,28 @@ class TestPrefixPool:
         pool.record_turn("a", 0.0)
         pool.record_turn("a", 100.0)
         pool.record_turn("b", 50.0)
-        # a: gaps [100] (twice); b's wait of 950 at now=1000 is beyond 300: a failure.
-        assert pool.next_turn("a", 1000.0, after=0.0, before=300.0) == pytest.approx(3 / 5)
+        # a: gaps [100] (twice); b's wait of 950 at now=1000 is beyond 300: a failure; so
+        # is the wait that never ends. No pseudo-gap: it prices re-warms from evidence.
+        assert pool.next_turn("a", 1000.0, after=0.0, before=300.0) == pytest.approx(2 / 4)
+
+    def test_rescue_counts_only_uses_after_the_lapse(self) -> None:
+        """A re-warm saves the next use only if it falls after the entry lapses and before
+        the re-warm's own entry would: uses that came back within 5 minutes, or after 10,
+        give it nothing; a lapsed entry cannot be refreshed."""
+        pool = PrefixPool()
+        for at in (0.0, 100.0, 200.0, 300.0):  # gaps of 100 s: always back before a lapse
+            pool.record_use(at)
+        assert pool.rescue(540.0) == 0.0
+        pool.record_use(700.0)  # a gap of 400 s, past a 5m lapse
+        # At 940 (240 s of silence) a re-warm covers uses at 300-540 s after the last: of
+        # the gaps that outlast 240 s (400 s, and the wait that never ends), one is there.
+        assert pool.rescue(940.0) == pytest.approx(1 / 2)
+        assert pool.rescue(1001.0) == 0.0  # lapsed at 1000: a re-warm would write
+
+    def test_nothing_observed_never_pays_for_a_rewarm(self) -> None:
+        """Prices for a spend come from evidence: with nothing seen, no chance at all."""
+        assert within([], [], after=300.0, before=540.0, evidence_only=True) == 0.0
+        assert within([400.0], [], after=300.0, before=540.0, evidence_only=True) == 0.5
 
     def test_entry_ttl_follows_the_writer(self) -> None:
         """A cold prefix takes the writer's TTL; a live one keeps the TTL it was written with."""
@@ -205,6 +235,35 @@ class TestPrefixPool:
         assert pool.live(3000.0)
         assert pool.record_write("5m", live=pool.live(3000.0)) == "1h"
         assert not pool.live(3600.0)
+
+    @pytest.mark.parametrize("seed", range(5))
+    def test_memoized_estimates_equal_the_reference(self, seed: int) -> None:
+        """The pool's memoized survival curve gives what cdf() gives from the raw lists,
+        and its gap counts what prefix_ttl() counts, at any time and after new
+        observations."""
+        rng = random.Random(seed)
+        pool = PrefixPool()
+        turns: dict[str, list[float]] = {}
+        at = 0.0
+        for _ in range(400):
+            at += rng.choice([rng.uniform(0, 60), rng.uniform(200, 900), rng.uniform(3000, 5000)])
+            name = f"c{rng.randrange(60)}"
+            pool.record_use(at)
+            pool.record_turn(name, at)
+            turns.setdefault(name, []).append(at)
+            if rng.random() < 0.2:
+                for who in (name, None, "never-seen"):
+                    now = at + rng.uniform(0, 4000)
+                    gaps = list(pool._turn_gaps)
+                    if who is not None:
+                        gaps.extend(pool._own.get(who, ()))
+                    waits = [now - t for c, t in pool._latest.items() if c != who]
+                    times = (300.0, 3600.0)
+                    assert pool.next_turn_cdf(who, now, times) == pytest.approx(
+                        cdf(gaps, waits, times), abs=1e-9
+                    )
+                reference = prefix_ttl(pool.prefix_gaps(), tokens=1000)
+                assert prefix_ttl_counts(*pool.prefix_gap_counts(), tokens=1000) == reference
 
     def test_shared_per_registry(self) -> None:
         """Sessions on one registry share a prefix's pool; another registry has its own."""
@@ -250,9 +309,14 @@ class TestSessionPolicy:
     def test_keep_alive_row_carries_its_expected_saving(
         self, emulator: RunningEmulator, make_session: Callable[..., Session], ledger: Ledger
     ) -> None:
-        """A lone conversation's re-warm protects the prefix too: it pays, and its ledger
-        row says keep_alive with the saving expected (tokens x $3 per million)."""
-        session = make_session(keep_alive=KeepAlive(margin_s=60))
+        """Where users were seen coming back 6-7 minutes later (past a 5m lapse), a lone
+        conversation on 5m entries re-warms, protecting the prefix too: it pays, and its
+        ledger row says keep_alive with the saving expected (tokens x $3 per million)."""
+        earlier = make_session()
+        for text in ("One", "Two", "Three"):
+            earlier.send(text)
+            emulator.advance(400)
+        session = make_session(keep_alive=KeepAlive(margin_s=60), adaptive_ttl=False)
         session.send("Hello")
         emulator.advance(250)
         reply = session.keep_alive_tick()
@@ -307,3 +371,63 @@ class TestSessionPolicy:
         reply = session.send("Second")
         assert reply.usage.cache_write_1h == 0
         assert session.prefix.ttl == "5m"
+
+    @pytest.mark.parametrize(
+        "params",
+        [pytest.param(None, id="citations"), pytest.param({"speed": "fast"}, id="speed")],
+    )
+    def test_a_setting_that_rekeys_the_system_does_not_borrow_the_fleets_entry(
+        self,
+        emulator: RunningEmulator,
+        make_session: Callable[..., Session],
+        params: dict[str, Any] | None,
+    ) -> None:
+        """Another session keeps the plain prefix live; a turn whose citations (or speed)
+        re-key the system must predict a write of it, not a read of the fleet's entry."""
+        make_session().send("Keep the prefix warm")
+        emulator.advance(5)
+        session = make_session()
+        content: Any = "A question"
+        if params is None:
+            document = {
+                "type": "document",
+                "source": {"type": "text", "media_type": "text/plain", "data": "A note. " * 40},
+                "citations": {"enabled": True},
+            }
+            content = [document, {"type": "text", "text": "What does the note say?"}]
+        reply = session.send(content, params=params)
+        assert reply.usage.cache_read == 0
+        assert reply.cache.predicted.cache_read == 0
+        assert reply.cache.reason != "evicted_or_unknown"
+        assert reply.cache.exact
+
+    def test_a_first_turn_protects_its_suffix_once(
+        self, make_session: Callable[..., Session]
+    ) -> None:
+        """A first turn writes the suffix and its message: what it would spare the next
+        turn is those same tokens, the suffix counted once (plus the 2,040-token prefix
+        times the chance the fleet lets it lapse: 1/2 with no gap seen)."""
+        session = make_session(suffix="User: Ada, who plans trips to the north. " * 10)
+        session.send("Hello")
+        decision = session._core.last_decision
+        assert decision is not None
+        match = re.search(r"protected=(\d+)/(\d+), new=(\d+)", decision.reason)
+        assert match is not None
+        five, hour, new = map(int, match.groups())
+        assert five == hour == new + 2040 // 2
+
+    def test_cold_pre_warm_row_carries_its_price(
+        self, make_session: Callable[..., Session], ledger: Ledger
+    ) -> None:
+        """A pre-warm of a cold prefix is sent (the caller asked) and its ledger row says
+        warm, with the expected saving it has: minus a read of what it wrote and its own
+        input (the first turn reads instead of writing), in USD at $3 per million."""
+        session = make_session()
+        reply = session.warm()
+        assert reply is not None
+        ledger.flush()
+        rows = [r for r in ledger.rows(session=session.session_id) if r.purpose == "warm"]
+        assert len(rows) == 1
+        tokens = 0.1 * reply.usage.cache_write + reply.usage.input
+        expected = -Decimal(repr(round(tokens, 3))) * Decimal(3) / 1_000_000
+        assert rows[0].expected_saving_usd == pytest.approx(expected, abs=Decimal("1e-9"))

@@ -62,6 +62,18 @@ def make_session(
     return make
 
 
+def _users_came_back_after(
+    make_session: Callable[..., Session], emulator: RunningEmulator, *gaps: float
+) -> None:
+    """An earlier user whose turns came *gaps* seconds apart: what keep-alive prices from."""
+    earlier = make_session()
+    earlier.send("An earlier user")
+    for gap in gaps:
+        emulator.advance(gap)
+        earlier.send("Back again")
+    emulator.advance(60)
+
+
 class TestConversation:
     """Turns, history, replies and the ledger."""
 
@@ -499,8 +511,10 @@ class TestWarmState:
     def test_keep_alive_bridges_the_six_minute_gap(
         self, emulator: RunningEmulator, make_session: Callable[..., Session]
     ) -> None:
-        """With keep-alive ticking through the gap, the turn after 6 idle minutes is a hit."""
-        session = make_session(keep_alive=KeepAlive(margin_s=60))
+        """With keep-alive ticking through the gap, the turn after 6 idle minutes is a hit
+        (where users were seen coming back after about that long: a re-warm pays)."""
+        _users_came_back_after(make_session, emulator, 400.0, 400.0)
+        session = make_session(keep_alive=KeepAlive(margin_s=60), adaptive_ttl=False)
         session.warm()
         emulator.advance(240)
         assert session.send("After four minutes").reason == "hit"
@@ -534,7 +548,9 @@ class TestWarmState:
         self, emulator: RunningEmulator, make_session: Callable[..., Session]
     ) -> None:
         """Its own re-warms do not keep a session active: after active_for_s they stop."""
-        session = make_session(keep_alive=KeepAlive(margin_s=60, active_for_s=600))
+        _users_came_back_after(make_session, emulator, 400.0, 700.0, 1000.0)
+        keep_alive = KeepAlive(margin_s=60, active_for_s=600)
+        session = make_session(keep_alive=keep_alive, adaptive_ttl=False)
         session.send("Hello")
         rewarms = 0
         for _ in range(60):  # half an hour of ticks, 30 s apart, with nobody talking

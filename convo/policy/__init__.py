@@ -5,7 +5,13 @@ and its expected saving out); :mod:`convo.policy.observe` keeps the inter-arriva
 is fed, per conversation and pooled per prefix. A :class:`~convo.Session` consults both.
 """
 
-from convo.policy.arithmetic import Decision, history_ttl, keep_alive, prefix_ttl
+from convo.policy.arithmetic import (
+    Decision,
+    history_ttl,
+    keep_alive,
+    prefix_ttl,
+    prefix_ttl_counts,
+)
 from convo.policy.observe import PrefixPool, pool_for, within
 
 __all__ = [
@@ -15,5 +21,6 @@ __all__ = [
     "keep_alive",
     "pool_for",
     "prefix_ttl",
+    "prefix_ttl_counts",
     "within",
 ]

@@ -27,6 +27,7 @@ __all__ = [
     "history_ttl",
     "keep_alive",
     "prefix_ttl",
+    "prefix_ttl_counts",
 ]
 
 #: Price multiples of the base input price (every current model).
@@ -83,6 +84,12 @@ def prefix_ttl(gaps: Iterable[float], *, tokens: int = 1) -> Decision:
             w += 1
         elif gap >= TTL_SECONDS["5m"]:
             k += 1
+    return prefix_ttl_counts(k, w, tokens=tokens)
+
+
+def prefix_ttl_counts(k: int, w: int, *, tokens: int = 1) -> Decision:
+    """:func:`prefix_ttl` from the counts it decides on: *k* gaps of 5-60 minutes and *w*
+    gaps of an hour or more (what :meth:`PrefixPool.prefix_gap_counts` keeps)."""
     per_chain = k / (1 + w)
     saving = tokens * ((WRITE["5m"] - READ) * per_chain - (WRITE["1h"] - WRITE["5m"]))
     reason = f"1h vs 5m: {k} gaps of 5-60 min, {w} over 1h"

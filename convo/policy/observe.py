@@ -28,6 +28,7 @@ __all__ = ["PrefixPool", "cdf", "pool_for", "within"]
 
 _MAX_GAPS = 512  # recent gaps kept per pool: enough to estimate, bounded in memory
 _MAX_CONVERSATIONS = 1024  # open conversations whose latest turn is remembered
+TTL_S = {"5m": 300.0, "1h": 3600.0}
 
 
 def within(
@@ -37,6 +38,7 @@ def within(
     after: float,
     before: float,
     alive: float = 0.0,
+    evidence_only: bool = False,
 ) -> float:
     """P(the next turn starts in ``(after, before]`` seconds | it did not start by ``alive``).
 
@@ -46,6 +48,10 @@ def within(
         after: Start of the window (exclusive), in seconds since the turn; ``>= alive``.
         before: End of the window (inclusive).
         alive: Seconds already elapsed with no next turn (the condition).
+        evidence_only: Leave out the pseudo-gap, keeping only the wait that never ends:
+            the window's chance then comes from observed gaps alone (0 with none seen).
+            For a decision to *spend* on a later turn coming (a re-warm): with little
+            evidence it errs towards not spending, the side whose cost is known.
 
     The Kaplan-Meier estimate of the gap's survival ``S``, so a censored wait counts for
     as long as it is known and no longer: ``(S(after) - S(before)) / S(alive)``. Two
@@ -55,7 +61,11 @@ def within(
     never ends is left at risk: the estimate is 0 (nobody ever came back that late).
     """
     observed = sorted(gaps)
-    events = sorted([*observed, _pseudo_gap(observed, (after + before) / 2)])
+    events = (
+        observed
+        if evidence_only
+        else sorted([*observed, _pseudo_gap(observed, (after + before) / 2)])
+    )
     waits = sorted([*censored, math.inf])
     survival = _survival(events, waits)
     base = survival(alive)
@@ -74,6 +84,45 @@ def cdf(gaps: Iterable[float], censored: Iterable[float], times: Sequence[float]
     events = sorted([*observed, _pseudo_gap(observed, min(times) / 2)])
     survival = _survival(events, sorted([*censored, math.inf]))
     return [1.0 - survival(t) for t in times]
+
+
+def _cdf_at(
+    observed: Sequence[float],
+    latest: Sequence[float],
+    mine: float | None,
+    now: float,
+    times: Sequence[float],
+) -> list[float]:
+    """:func:`cdf` from sorted observed gaps and the sorted starts of every conversation's
+    latest turn (*mine*, this conversation's, left out): the same estimate, computed
+    without building and sorting the censored waits. A wait ``now - t`` is at risk at an
+    event time ``e`` when ``now - t >= e``; the wait that never ends always is."""
+    events = list(observed)
+    bisect.insort(events, _pseudo_gap(observed, min(times) / 2))
+    order = sorted(range(len(times)), key=times.__getitem__)
+    out = [0.0] * len(times)
+    n = len(events)
+    at_risk = len(latest)  # latest turns at or before now - e: their waits reach e
+    s = 1.0
+    i = 0
+    for k in order:
+        horizon = times[k]
+        while i < n and events[i] <= horizon:
+            time = events[i]
+            j = i + 1
+            while j < n and events[j] == time:
+                j += 1
+            # Events ascend, so now - e descends: walk the latest turns down, never up.
+            limit = now - time
+            while at_risk and latest[at_risk - 1] > limit:
+                at_risk -= 1
+            waits = at_risk + 1  # and the wait that never ends
+            if mine is not None and now - mine >= time:
+                waits -= 1
+            s *= 1.0 - (j - i) / (n - i + waits)
+            i = j
+        out[k] = 1.0 - s
+    return out
 
 
 def _pseudo_gap(observed: Sequence[float], default: float) -> float:
@@ -122,6 +171,12 @@ class PrefixPool:
         self._own: dict[str, collections.deque[float]] = {}
         self._growth: collections.deque[int] = collections.deque(maxlen=_MAX_GAPS)
         self._latest: collections.OrderedDict[str, float] = collections.OrderedDict()
+        # Memos, each dropped when what it is computed from changes (a new observation):
+        # estimates are asked for every turn, observations change far less often per call.
+        self._sorted_turn_gaps: list[float] | None = None
+        self._sorted_latest: list[float] | None = None
+        self._sorted_prefix_gaps: list[float] | None = None
+        self._median_growth: int | None = None
 
     def live(self, at: float) -> bool:
         """Whether the prefix's entry should still be live at *at*: used less than its TTL
@@ -130,7 +185,7 @@ class PrefixPool:
             return self._live(at)
 
     def _live(self, at: float) -> bool:
-        ttl_s = 3600.0 if self.entry_ttl == "1h" else 300.0
+        ttl_s = TTL_S[self.entry_ttl]
         return self._last_touch is not None and at - self._last_touch < ttl_s
 
     def record_touch(self, at: float) -> None:
@@ -153,6 +208,7 @@ class PrefixPool:
         with self._lock:
             if self._last_use is not None and at >= self._last_use:
                 self._prefix_gaps.append(at - self._last_use)
+                self._sorted_prefix_gaps = None
             self._last_use = at if self._last_use is None else max(self._last_use, at)
             self._last_touch = at if self._last_touch is None else max(self._last_touch, at)
 
@@ -160,10 +216,12 @@ class PrefixPool:
         """Record a turn of *conversation* starting at *at* (its use of the prefix is
         recorded apart, by :meth:`record_use`)."""
         with self._lock:
+            self._sorted_latest = None
             previous = self._latest.pop(conversation, None)
             if previous is not None and at > previous:
                 gap = at - previous
                 self._turn_gaps.append(gap)
+                self._sorted_turn_gaps = None
                 own = self._own.setdefault(conversation, collections.deque(maxlen=64))
                 own.append(gap)
             self._latest[conversation] = at if previous is None else max(at, previous)
@@ -181,11 +239,32 @@ class PrefixPool:
         with self._lock:
             return list(self._prefix_gaps)
 
+    def _prefix_sorted(self) -> list[float]:
+        if self._sorted_prefix_gaps is None:
+            self._sorted_prefix_gaps = sorted(self._prefix_gaps)
+        return self._sorted_prefix_gaps
+
+    def prefix_gap_counts(self, *, extra: float | None = None) -> tuple[int, int]:
+        """``(gaps of 5-60 minutes, gaps of an hour or more)`` between uses of the prefix,
+        with *extra* counted as one more gap: what :func:`~convo.policy.prefix_ttl_counts`
+        decides from."""
+        with self._lock:
+            ordered = self._prefix_sorted()
+            five = bisect.bisect_left(ordered, TTL_S["5m"])
+            hour = bisect.bisect_left(ordered, TTL_S["1h"])
+            k, w = hour - five, len(ordered) - hour
+        if extra is not None:
+            k += TTL_S["5m"] <= extra < TTL_S["1h"]
+            w += extra >= TTL_S["1h"]
+        return k, w
+
     def prefix_lapse(self, ttl_s: float) -> float:
         """P(a gap between uses of the prefix by anyone reaches *ttl_s*): how often the fleet
         alone would let an entry of that TTL lapse."""
-        gaps = self.prefix_gaps()
-        return (sum(g >= ttl_s for g in gaps) + 1) / (len(gaps) + 2)
+        with self._lock:
+            ordered = self._prefix_sorted()
+            reached = len(ordered) - bisect.bisect_left(ordered, ttl_s)
+            return (reached + 1) / (len(ordered) + 2)
 
     def next_turn(
         self,
@@ -198,13 +277,14 @@ class PrefixPool:
     ) -> float:
         """P(*conversation*'s next turn starts in ``(after, before]`` seconds after its latest
         turn, given none by ``alive``), from every conversation of this prefix. The
-        conversation's own gaps count twice (once in the pool, once more on their own)."""
+        conversation's own gaps count twice (once in the pool, once more on their own).
+        From observed gaps only (``within(..., evidence_only=True)``): it prices re-warms."""
         with self._lock:
             gaps = list(self._turn_gaps)
             if conversation is not None:
                 gaps.extend(self._own.get(conversation, ()))
             censored = [now - t for c, t in self._latest.items() if c != conversation]
-        return within(gaps, censored, after=after, before=before, alive=alive)
+        return within(gaps, censored, after=after, before=before, alive=alive, evidence_only=True)
 
     def next_turn_cdf(
         self, conversation: str | None, now: float, times: Sequence[float]
@@ -212,22 +292,33 @@ class PrefixPool:
         """P(*conversation*'s next turn starts within each of *times* seconds of its latest
         turn), from every conversation of this prefix (its own gaps count twice)."""
         with self._lock:
-            gaps = list(self._turn_gaps)
-            if conversation is not None:
-                gaps.extend(self._own.get(conversation, ()))
-            censored = [now - t for c, t in self._latest.items() if c != conversation]
-        return cdf(gaps, censored, times)
+            if self._sorted_turn_gaps is None:
+                self._sorted_turn_gaps = sorted(self._turn_gaps)
+            if self._sorted_latest is None:
+                self._sorted_latest = sorted(self._latest.values())
+            observed = self._sorted_turn_gaps
+            own = self._own.get(conversation) if conversation is not None else None
+            if own:
+                observed = sorted([*observed, *own])
+            latest = self._sorted_latest
+            mine = self._latest.get(conversation) if conversation is not None else None
+            return _cdf_at(observed, latest, mine, now, times)
 
-    def next_use(self, now: float, *, after: float, before: float) -> float:
-        """P(anyone's next use of the prefix starts in ``(now + after, now + before]``,
-        given none since the latest), from the gaps between uses."""
+    def rescue(self, now: float) -> float:
+        """P(anyone's next use of the prefix comes after its entry lapses but within a TTL of
+        *now*), given none since the latest use: the chance that a re-warm now turns that use's
+        write into a read. A use before the lapse would read anyway, and one after the
+        re-warm's own entry lapses would write anyway: neither counts. 0 when the entry has
+        lapsed already (a re-warm would write it, not refresh it)."""
         with self._lock:
             gaps = list(self._prefix_gaps)
-            last = self._last_touch
-        if last is None:
-            return within(gaps, [], after=after, before=before)
-        alive = max(0.0, now - last)
-        return within(gaps, [], after=alive + after, before=alive + before, alive=alive)
+            last_use, last_touch = self._last_use, self._last_touch
+            ttl_s = TTL_S[self.entry_ttl]
+        if last_use is None or last_touch is None or now >= last_touch + ttl_s:
+            return 0.0
+        alive = max(0.0, now - last_use)
+        lapse = max(alive, last_touch + ttl_s - last_use)
+        return within(gaps, [], after=lapse, before=alive + ttl_s, alive=alive, evidence_only=True)
 
     def touched_since(self, at: float) -> bool:
         """Whether any session used or re-warmed the prefix after *at*."""
@@ -238,12 +329,15 @@ class PrefixPool:
         """Record how many tokens a turn added to its conversation."""
         with self._lock:
             self._growth.append(tokens)
+            self._median_growth = None
 
     def typical_growth(self) -> int:
         """The median tokens a turn added, of those recorded (0 before any)."""
         with self._lock:
-            values = sorted(self._growth)
-        return values[len(values) // 2] if values else 0
+            if self._median_growth is None:
+                values = sorted(self._growth)
+                self._median_growth = values[len(values) // 2] if values else 0
+            return self._median_growth
 
     def latest_turn(self, conversation: str) -> float | None:
         """When *conversation*'s latest recorded turn started."""

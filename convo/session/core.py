@@ -27,8 +27,6 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-import attrs
-
 from convo import models, sdk
 from convo.budget import Budget, Spend
 from convo.errors import LayoutError, StreamInterrupted
@@ -37,6 +35,7 @@ from convo.ledger import Ledger, LedgerRow, cache_outcome
 from convo.limits import RateLimiter
 from convo.policy import Decision, PrefixPool, pool_for
 from convo.policy import arithmetic as econ
+from convo.policy.reuse import prefix_at_ttl, text_tokens
 from convo.pricing import price
 from convo.request_rules import RequestChecker, needs_streaming
 from convo.retry import ATTEMPT, AttemptRecord, RetryPolicy
@@ -46,7 +45,6 @@ from convo.session.busts import log_bust
 from convo.session.reply import Reply, Stats
 from convo.session.turn import KeepAlive, Pending, user_message
 from convo.tokens import block_tokens
-from convo.tokens import estimate as estimate_tokens
 from convo.tracker import CacheEntry, CacheTracker
 from convo.usage import Usage
 from convo.warm import WarmBackend, WarmKey
@@ -273,10 +271,7 @@ class SessionCore:
             try:
                 prefix = self.prefix
                 if prefix_ttl != prefix.ttl:
-                    with warnings.catch_warnings():
-                        # Rebuilding the same content: its warnings were given once already.
-                        warnings.simplefilter("ignore")
-                        prefix = attrs.evolve(prefix, ttl="1h" if prefix_ttl == "1h" else "5m")
+                    prefix = prefix_at_ttl(prefix, prefix_ttl)
                 self._use_prefix(prefix, self._workspace)
             except LayoutError:
                 options.update(saved)  # a TTL order the API refuses: keep the layout
@@ -304,7 +299,7 @@ class SessionCore:
         """``(prefix TTL, history strategy, history TTL)`` for the turn about to be sent."""
         pool = self._pool
         tokens = self.prefix.tokens
-        prefix = econ.prefix_ttl(pool.prefix_gaps(), tokens=tokens)
+        prefix = econ.prefix_ttl_counts(*pool.prefix_gap_counts(), tokens=tokens)
         if self._prefix_floor == "1h" and prefix.action != "1h":
             prefix = Decision("1h", prefix.expected_saving, "the caller's 1h prefix")
         fixed = self._fixed_history_ttl
@@ -313,7 +308,7 @@ class SessionCore:
             self.last_decision = prefix
             return ttl, self._history_strategy, fixed
         suffix = self._layout_options["suffix"]
-        suffix_tokens = estimate_tokens(suffix) if isinstance(suffix, str) else 0
+        suffix_tokens = text_tokens(suffix) if isinstance(suffix, str) else 0
         history = self.history.chain.cumulative_tokens
         seen = history[-1] if len(history) else 0
         # This turn writes the previous reply and its own message: about the last exchange
@@ -330,7 +325,8 @@ class SessionCore:
         # What the history entry spares the next turn: the conversation's own tokens, and
         # the shared prefix as often as the fleet alone would let it lapse (never, while the
         # prefix has a 1h entry of its own).
-        own = suffix_tokens + seen + added
+        # (On a first turn the suffix is among the tokens added: count it once.)
+        own = seen + added + (suffix_tokens if len(stored) >= 2 else 0)
         lapse = {
             ttl: 0.0 if prefix.action == "1h" else pool.prefix_lapse(econ.TTL_SECONDS[ttl])
             for ttl in ("5m", "1h")
@@ -445,12 +441,16 @@ class SessionCore:
         now = self.clock()
         live = self._pool.live(now)
         if self.adaptive_ttl and not live:
-            decision = econ.prefix_ttl(self._pool.prefix_gaps(), tokens=self.prefix.tokens)
+            # A warm goes before a use: the silence it ends is a gap between uses already
+            # (the turn records it only after the warm has written the entry).
+            last = self._pool.last_use()
+            counts = self._pool.prefix_gap_counts(
+                extra=now - last if last is not None and now > last else None
+            )
+            decision = econ.prefix_ttl_counts(*counts, tokens=self.prefix.tokens)
             ttl = "1h" if decision.action == "1h" or self._prefix_floor == "1h" else "5m"
             if ttl != self.prefix.ttl:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # the same content: warned once already
-                    prefix = attrs.evolve(self.prefix, ttl="1h" if ttl == "1h" else "5m")
+                prefix = prefix_at_ttl(self.prefix, ttl)
                 options = self._layout_options
                 if ttl == "5m" and options["history_ttl"] == "1h":
                     options["history_ttl"] = "5m"  # 1h breakpoints may not follow a 5m one
@@ -491,9 +491,9 @@ class SessionCore:
         # Touched after this conversation's own latest turn and re-warm: someone else.
         others = start is not None and pool.touched_since(max(start, self._own_touch))
         prefix_tokens = 0 if others else self.prefix.tokens
-        entry_ttl = econ.TTL_SECONDS[pool.entry_ttl]
-        # The prefix is needed by whoever uses it next (this conversation included).
-        p_shared = max(p_next, pool.next_use(now, after=0.0, before=entry_ttl))
+        # The prefix is needed by whoever uses it next (this conversation included), if that
+        # use falls after the prefix's entry lapses but before the re-warm's would.
+        p_shared = max(p_next, pool.rescue(now))
         shared = {
             "shared": prefix_tokens,
             "p_shared": p_shared,
@@ -571,6 +571,11 @@ class SessionCore:
         if state.expires_at <= self._prefix_known_until:
             return False  # the tracker already holds this entry at least as long
         rendered = pending.rendered
+        own = self.prefix.keys
+        if position >= len(own) or rendered.fingerprint.keys[position] != own[position]:
+            # A request setting re-keys the system (citations, speed): the registry's entry
+            # is the prefix's plain one, which this request does not read.
+            return False
         self._prefix_known_until = state.expires_at
         started = state.last_write_start if state.last_write_start is not None else now
         self.tracker.add_entry(
