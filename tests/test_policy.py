@@ -431,3 +431,23 @@ class TestSessionPolicy:
         tokens = 0.1 * reply.usage.cache_write + reply.usage.input
         expected = -Decimal(repr(round(tokens, 3))) * Decimal(3) / 1_000_000
         assert rows[0].expected_saving_usd == pytest.approx(expected, abs=Decimal("1e-9"))
+
+    def test_a_rekeyed_turn_tells_the_registry_nothing_of_the_plain_prefix(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """The first turn on a cold prefix re-keys the system (citations): it writes its own
+        entry, not the plain one, so the next plain session must predict a write."""
+        document = {
+            "type": "document",
+            "source": {"type": "text", "media_type": "text/plain", "data": "A note. " * 40},
+            "citations": {"enabled": True},
+        }
+        first = make_session().send([document, {"type": "text", "text": "What does it say?"}])
+        assert first.usage.cache_write > 0
+        assert first.warm_role is None  # no part in the plain prefix's single flight
+        emulator.advance(5)
+        plain = make_session().send("A plain question")
+        assert plain.usage.cache_read == 0
+        assert plain.cache.predicted.cache_read == 0
+        assert plain.cache.reason != "evicted_or_unknown"
+        assert plain.cache.exact

@@ -552,6 +552,15 @@ class SessionCore:
         prefix_position = next(
             (b.position for b in rendered.breakpoints if b.source == "prefix"), None
         )
+        own = self.prefix.keys
+        if prefix_position is not None and (
+            prefix_position >= len(own)
+            or rendered.fingerprint.keys[prefix_position] != own[prefix_position]
+        ):
+            # A request setting re-keys the system (citations, speed): this request neither
+            # reads nor writes the prefix's plain entry, so it takes no part in that entry's
+            # single flight and tells the registry nothing about it.
+            prefix_position = None
         return Pending(
             rendered=rendered,
             prediction=self.tracker.predict(rendered),
