@@ -149,6 +149,27 @@ class TestArithmetic:
         assert decision.model == HAIKU
         assert [c.model for c in decision.candidates] == [HAIKU]
 
+    def test_a_bigger_model_may_go_first_when_the_turns_own_tier_is_cold(self) -> None:
+        """Nothing of the conversation on Haiku either: both would write it anew, so Sonnet
+        is a candidate for the easy turn (a hard one is likely next)."""
+        cold_both = [
+            Option(HAIKU, 0, HAIKU_P, warm=0, cold=25_100),
+            Option(SONNET, 1, SONNET_P, warm=0, cold=25_100),
+        ]
+        f = RouteFacts(
+            required=0,
+            current=HAIKU,
+            new=0,
+            output=300,
+            growth=400,
+            remaining=30,
+            p_above=[0.9, 0.0],
+            gap_s=60.0,
+        )
+        decision = decide(cold_both, f, NAMES)
+        assert {c.model for c in decision.candidates} == {HAIKU, SONNET}
+        assert decision.model == SONNET
+
     def test_the_window_is_a_truncated_geometric_sum(self) -> None:
         assert horizon(0.5, 3) == pytest.approx(0.5 + 0.25 + 0.125)
         assert horizon(0.0, 4) == 4

@@ -17,7 +17,8 @@ answering a turn on model *m* is not this turn's price alone. It is
 The candidate with the least expected total wins; the current model wins ties. The
 candidates are the models from the tier the turn requires up to the model the conversation
 is on: never below what the turn needs, and never up past it to a model the conversation is
-not on. ``docs/routing.md`` works one example
+not on, unless the turn's own tier holds nothing of the conversation (then every candidate
+writes it anew). ``docs/routing.md`` works one example
 through by hand.
 """
 
@@ -270,7 +271,14 @@ def decide(options: Sequence[Option], facts: RouteFacts, names: Sequence[str]) -
     # decision, which finds the smaller model warm again: one big write for nothing.
     current = next((o.tier for o in options if o.model == facts.current), -1)
     top = max(facts.required, current)
-    acceptable = [o for o in options if facts.required <= o.tier <= top]
+    needed = [o for o in options if o.tier >= facts.required]
+    cheapest = min(needed, key=lambda o: o.tier)
+    if cheapest.warm <= cheapest.shared:
+        # The turn's own tier holds nothing of this conversation (beyond a prefix the fleet
+        # keeps): every candidate writes the conversation anew, and the next easy turn
+        # would have no warm entry to move back down for. A bigger model may go first.
+        top = max(o.tier for o in options)
+    acceptable = [o for o in needed if o.tier <= top]
     # One window for every candidate: the turns until one needs more than the required
     # tier (at most the expected remaining turns), so each is costed over the same turns.
     p_req = facts.p_above[facts.required] if facts.required < len(facts.p_above) else 0.0
