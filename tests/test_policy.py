@@ -423,7 +423,7 @@ class TestSessionPolicy:
         warm, with the expected saving it has: minus a read of what it wrote and its own
         input (the first turn reads instead of writing), in USD at $3 per million."""
         session = make_session()
-        reply = session.warm()
+        reply = session.warm(latency=True)
         assert reply is not None
         ledger.flush()
         rows = [r for r in ledger.rows(session=session.session_id) if r.purpose == "warm"]

@@ -488,7 +488,7 @@ class TestWarmState:
     ) -> None:
         """warm() sends max_tokens 0 when cold, nothing when warm; the first turn then hits."""
         session = make_session()
-        warm = session.warm()
+        warm = session.warm(latency=True)
         assert warm is not None
         assert warm.message.content == []
         assert warm.usage.output == 0
@@ -497,12 +497,26 @@ class TestWarmState:
         assert reply.usage.cache_read == session.prefix.tokens
         assert emulator.stats()["requests"]["total"] == 2
 
+    def test_a_cold_pre_warm_is_sent_only_to_buy_latency(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """By default warm() does not write a cold prefix (it would cost a read more than
+        the first turn writing it) and says why; latency=True writes it."""
+        session = make_session()
+        assert session.warm() is None
+        assert emulator.stats()["requests"]["total"] == 0
+        assert session.last_decision is not None
+        assert session.last_decision.action == "skip"
+        assert session.last_decision.expected_saving < 0
+        assert session.warm(latency=True) is not None
+        assert emulator.stats()["requests"]["total"] == 1
+
     def test_ttl_on_the_virtual_clock(
         self, emulator: RunningEmulator, make_session: Callable[..., Session]
     ) -> None:
         """Warm, idle 4 min, send: hit. Idle 6 min, send: expired."""
         session = make_session()
-        session.warm()
+        session.warm(latency=True)
         emulator.advance(240)
         assert session.send("After four minutes").reason == "hit"
         emulator.advance(360)
@@ -515,7 +529,7 @@ class TestWarmState:
         (where users were seen coming back after about that long: a re-warm pays)."""
         _users_came_back_after(make_session, emulator, 400.0, 400.0)
         session = make_session(keep_alive=KeepAlive(margin_s=60), adaptive_ttl=False)
-        session.warm()
+        session.warm(latency=True)
         emulator.advance(240)
         assert session.send("After four minutes").reason == "hit"
         ticks = []

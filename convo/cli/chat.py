@@ -311,7 +311,8 @@ class _Chat:
         import convo
 
         try:
-            reply = self.session.warm()
+            # Asked for at the prompt: a cold prefix is written (time to first token).
+            reply = self.session.warm(latency=True)
         except convo.ConvoError as error:
             self.say(f"[red]error:[/] {escape(one_line(error))}")
             return

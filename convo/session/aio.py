@@ -95,13 +95,14 @@ class AsyncSession(SessionBase):
         result: Reply = await steps.drive_async(self._core.turn(pending), self._io)
         return result
 
-    async def warm(self) -> Reply | None:
-        """Pre-warm the static prefix if cold or about to expire (single flight)."""
+    async def warm(self, *, latency: bool = False) -> Reply | None:
+        """Pre-warm the static prefix by expected value; a cold one only with
+        ``latency=True`` (see :meth:`convo.Session.warm`)."""
         margin = self._core.keep_alive.margin_s if self._core.keep_alive else 0.0
         needs = await self._core.registry.needs_warming_async(self._core.warm_key, margin=margin)
         if not needs:
             return None
-        pending = self._core.begin_warm()
+        pending = self._core.begin_warm(latency=latency)
         if pending is None:
             return None
         result: Reply = await steps.drive_async(self._core.turn(pending), self._io)

@@ -154,6 +154,13 @@ class SessionBase:
         return self._core.warm_key
 
     @property
+    def last_decision(self) -> Any:
+        """The cache policy's latest decision for this session (a TTL, or whether a
+        pre-warm or keep-alive re-warm was sent and why): a
+        :class:`convo.policy.Decision`, or ``None`` before any."""
+        return self._core.last_decision
+
+    @property
     def tracker(self) -> CacheTracker:
         """What this session believes the server's cache holds."""
         return self._core.tracker

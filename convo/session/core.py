@@ -395,7 +395,7 @@ class SessionCore:
             self.rollback()
             raise
 
-    def begin_warm(self, *, keep_alive: bool = False) -> Pending | None:
+    def begin_warm(self, *, keep_alive: bool = False, latency: bool = False) -> Pending | None:
         """Plan a ``max_tokens: 0`` pre-warm: of the prefix, or (keep-alive) the conversation.
 
         Returns ``None`` when there is nothing a pre-warm could cache (a prefix below the
@@ -406,6 +406,23 @@ class SessionCore:
         """
         if keep_alive:
             return self._keep_alive_plan()
+        if not latency:
+            # Judge a cold prefix before preparing the warm (which records a write in the
+            # pool): a cold pre-warm never pays in money, so it is sent only when asked.
+            probe = self._warm_layout.render(
+                [{"role": "user", "content": _WARM_TEXT}], max_tokens=0
+            )
+            if not probe.breakpoints:
+                return None
+            p = self.tracker.predict(probe)
+            if not p.cache_read and not self._pool.live(self.clock()):
+                self.last_decision = Decision(
+                    "skip",
+                    -(econ.READ * p.cache_write + econ.INPUT * p.input),
+                    "a cold pre-warm costs a read of the prefix more than the first turn "
+                    "writing it; warm(latency=True) buys time to first token at that price",
+                )
+                return None
         self._prepare_warm()
         rendered = self._warm_layout.render([{"role": "user", "content": _WARM_TEXT}], max_tokens=0)
         if not rendered.breakpoints:
@@ -416,7 +433,8 @@ class SessionCore:
         if not p.cache_read:
             # A pre-warm of a cold prefix moves its write earlier: the first turn then reads
             # it, so it costs that read and the warm's own text more. It buys time to first
-            # token, not money; sent because the caller asked, with the price on record.
+            # token, not money; sent because the caller asked (latency=True), with the
+            # price on record.
             cost = econ.READ * p.cache_write + econ.INPUT * p.input
             decision = Decision("send", -cost, "cold pre-warm vs the first turn writing")
         else:

@@ -136,17 +136,25 @@ class Session(SessionBase):
         result: Reply = steps.drive(self._core.turn(pending), self._io)
         return result
 
-    def warm(self) -> Reply | None:
-        """Pre-warm the static prefix with ``max_tokens: 0`` if the registry says it is cold
-        or about to expire; single flight, so concurrent sessions send one write.
+    def warm(self, *, latency: bool = False) -> Reply | None:
+        """Pre-warm the static prefix with ``max_tokens: 0``, by expected value: a live
+        prefix about to expire is refreshed when the policy expects the refresh to pay
+        (``docs/economics.md``); single flight, so concurrent sessions send one write.
+
+        A cold prefix is written only with ``latency=True``. Such a pre-warm never saves
+        money: the first turn then reads what it wrote, so it costs a read of the prefix
+        more than letting that turn write it. What it buys is time to first token (the
+        turn does not wait for the write). Its ledger row carries that negative expected
+        saving.
 
         Returns:
-            The pre-warm's reply, or ``None`` when nothing needed warming.
+            The pre-warm's reply, or ``None`` when nothing was sent (see
+            ``session.last_decision`` for why).
         """
         margin = self._core.keep_alive.margin_s if self._core.keep_alive else 0.0
         if not self._core.registry.needs_warming(self._core.warm_key, margin=margin):
             return None
-        pending = self._core.begin_warm()
+        pending = self._core.begin_warm(latency=latency)
         if pending is None:
             return None
         result: Reply = steps.drive(self._core.turn(pending), self._io)
