@@ -430,7 +430,10 @@ class SessionCore:
         pending = self._plan(rendered, turn=0, user_appended=False)
         pending.purpose = "warm"
         p = pending.prediction
-        if not p.cache_read:
+        # The fleet's entry (another session's write) is live though this session's
+        # tracker has not learnt it yet: the warm would read it, a refresh like any other.
+        read = p.cache_read or (self.prefix.tokens if self._pool.live(self.clock()) else 0)
+        if not read:
             # A pre-warm of a cold prefix moves its write earlier: the first turn then reads
             # it, so it costs that read and the warm's own text more. It buys time to first
             # token, not money; sent because the caller asked (latency=True), with the
@@ -441,8 +444,8 @@ class SessionCore:
             # A live prefix about to lapse: a refresh, sent only when it pays.
             decision = econ.keep_alive(
                 p_next=self._next_use_probability(self.clock()),
-                protected=p.cache_read,
-                read=p.cache_read,
+                protected=read,
+                read=read,
                 rewrite=econ.WRITE[self.prefix.ttl],
                 tail=p.input / econ.WRITE["5m"],
             )
