@@ -8,9 +8,17 @@ Invariants:
 * A batch that fails to commit is kept and retried with backoff; it is never dropped. Its
   failure is reported to every flush waiting on it.
 
-Batching is natural: while one batch commits, new rows pile up in the queue, and the next
-cycle takes up to ``batch_size`` of them at once. Under light load a row is written within
-one cycle; under heavy load batches grow and the cost per row falls.
+* A row waits at most ``linger`` seconds (plus the commit in progress) before its batch
+  commits; a flush or a stop cuts the wait short, so :meth:`BatchWriter.flush` and
+  :meth:`BatchWriter.stop` never wait out a linger.
+
+Batching: while one batch commits, new rows pile up in the queue, and the next cycle takes
+up to ``batch_size`` of them at once. Rows that arrive spread out (one per turn of a few
+busy sessions) would each be a transaction of their own, and a commit costs several times
+what a row does (the roll-up's catch-up runs per commit); so after a row wakes the writer
+it lingers a few milliseconds for the rows behind it, and commits them together. Speed over
+latency here: a row reaches the store up to ``linger`` later, and a reader of the store
+sees it then (convo's own queries flush first, so they never miss it).
 """
 
 from __future__ import annotations
@@ -46,16 +54,28 @@ class BatchWriter:
         backend: Where rows go.
         batch_size: The most rows committed in one transaction.
         retry_delay: Seconds before retrying a failed batch (doubles up to 5 s).
+        linger: Seconds the writer waits, once a row has woken it, for more rows to commit
+            in the same transaction (``0``: commit what is queued at once).
     """
 
     def __init__(
-        self, backend: Backend, *, batch_size: int = 50_000, retry_delay: float = 0.05
+        self,
+        backend: Backend,
+        *,
+        batch_size: int = 50_000,
+        retry_delay: float = 0.05,
+        linger: float = 0.005,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if linger < 0:
+            raise ValueError(f"linger must be >= 0, got {linger}")
         self._backend = backend
         self._batch_size = batch_size
         self._retry_delay = retry_delay
+        self._linger = linger
+        # Set by flush() and stop() after queueing their token: cuts a linger short.
+        self._hurry = threading.Event()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending_rows: list[tuple[Any, ...]] = []
         self._pending_outcomes: list[tuple[Any, ...]] = []
@@ -86,6 +106,7 @@ class BatchWriter:
             return
         token = _FlushToken()
         self._queue.put(token)
+        self._hurry.set()
         if not token.done.wait(timeout):
             raise LedgerError(f"ledger {self._backend.where}: flush timed out after {timeout} s")
         if token.error is not None:
@@ -114,6 +135,7 @@ class BatchWriter:
 
         token = _FlushToken(notify)
         self._queue.put(token)
+        self._hurry.set()
         await woken
         if token.error is not None:
             raise token.error
@@ -123,6 +145,7 @@ class BatchWriter:
         if not self._thread.is_alive():
             return
         self._queue.put(_STOP)
+        self._hurry.set()
         self._thread.join(timeout)
 
     def _run(self) -> None:
@@ -137,6 +160,11 @@ class BatchWriter:
                 first = None
             tokens: list[_FlushToken] = []
             stop = self._take(first, tokens)
+            if not (stop or tokens or waiting) and self._linger and first is not None:
+                # A row woke us: let the rows behind it join its transaction. A flush or a
+                # stop sets _hurry after queueing its token, so the drain below finds it.
+                self._hurry.wait(self._linger)
+                self._hurry.clear()
             while not stop and len(self._pending_rows) < self._batch_size:
                 try:
                     stop = self._take(self._queue.get_nowait(), tokens)
