@@ -12,16 +12,18 @@ interleaved in one run so a noisy machine slows both alike:
     misprediction path; the emulator answers with the usage a real server would.)
     A 40,000-token system prompt; the convo arms *grow* their conversation to 10, 100 and
     1,000 turns by sending (so their trackers hold what a real session's would), then the
-    next turns are timed, the arms taking turns in a rotating order. The raw arm starts
+    next turns are timed, the arms taking turns in a random order each turn (fixed seed),
+    so each arm is first, and follows each other arm, equally often. The raw arm starts
     from a copy of the grown history (same content objects) and keeps a ``cache_control``
     marker on the system prompt and on the newest user message, as a careful SDK user does.
     Reported, by the wall clock and by the calling thread's CPU clock (the CPU figure
     ignores time lost to other processes, the main noise on a shared machine, but also
     misses the ledger writer's thread): each arm's median client µs per call, convo's
     added µs per turn (paired with the raw call of the same turn) with the quartiles of
-    those differences, added µs as a share of the raw call, and the ratio of added µs at
-    1,000 turns to 10 turns. The heap is frozen and collected before each timed call, so
-    no arm pays for garbage another left (see ``mock_size``).
+    those differences, added µs as a share of the raw call, and the ratios at 1,000 turns
+    to 10 turns of added µs and of each convo arm's own µs per call. The heap is frozen and
+    collected before each timed call, so no arm pays for garbage another left (see
+    ``mock_size``).
 (b) **Loopback emulator**, served by another process: a 200-turn conversation, convo vs the
     raw SDK, turns interleaved; wall time per arm is the sum of its calls.
 (c) **200 concurrent** ``AsyncSession``s vs 200 tasks on one raw ``AsyncAnthropic``, each a
@@ -43,6 +45,7 @@ import gc
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -174,6 +177,11 @@ def mock_size(
 ) -> dict[str, Any]:
     """Time *window* turns after *turns* of history, over *conversations* conversations."""
     arms = ["raw", "convo"] + (["convo_no_ledger"] if ledger_off else [])
+    # A random order each turn (fixed seed): every arm goes first, and follows every other
+    # arm, equally often. Order matters at this scale: the first call after the heap is
+    # frozen costs several hundred µs more, and a call right after one of the same arm runs
+    # on warm caches. (A fixed rotation started every conversation with the same arm.)
+    shuffle = random.Random(turns).shuffle
     wall: dict[str, list[float]] = {arm: [] for arm in arms}
     cpu: dict[str, list[float]] = {arm: [] for arm in arms}
     entries = 0
@@ -200,7 +208,8 @@ def mock_size(
         gc.collect()
         gc.freeze()
         for i in range(turns, turns + window):
-            order = arms[i % len(arms) :] + arms[: i % len(arms)]
+            order = list(arms)
+            shuffle(order)
             for arm in order:
                 n = arms.index(arm)
                 gc.collect()
@@ -290,6 +299,15 @@ def run_mock(args: argparse.Namespace) -> dict[str, Any]:
                 arm: round(
                     sizes[1000][clock][arm]["added_us"] / sizes[10][clock][arm]["added_us"], 2
                 )
+                for arm in sizes[10][clock]
+                if isinstance(sizes[10][clock][arm], dict)
+            }
+            for clock in ("wall", "cpu")
+        }
+        # Issue 15's measure: each convo arm's own time per call, 1,000 turns over 10.
+        result["per_call_1000_over_10"] = {
+            clock: {
+                arm: round(sizes[1000][clock][arm]["us"] / sizes[10][clock][arm]["us"], 2)
                 for arm in sizes[10][clock]
                 if isinstance(sizes[10][clock][arm], dict)
             }
@@ -465,6 +483,7 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append("")
         if "added_1000_over_10" in mock:
             lines.append(f"added µs, 1,000 turns over 10 turns: {mock['added_1000_over_10']}")
+            lines.append(f"µs per call, 1,000 turns over 10 turns: {mock['per_call_1000_over_10']}")
     loop = report.get("loopback")
     if loop:
         lines += [

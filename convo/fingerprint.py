@@ -199,18 +199,31 @@ class _Spliced(Sequence[T]):
 
     The list belongs to an append-only :class:`BlockChain`, so the first *n* items never
     change; viewing them instead of copying keeps a fingerprint O(1) in history length.
+    A *body* that is itself a plain view (no head, no tail) is unwrapped, so indexing is
+    one level deep. Lengths are fixed at construction (the tracker and the layout index
+    these views a hundred times a turn: speed over brevity in ``__getitem__``).
     """
 
-    __slots__ = ("_body", "_head", "_n", "_tail")
+    __slots__ = ("_body", "_head", "_head_len", "_n", "_size", "_tail")
+    _body: Sequence[T]
+    _head: Sequence[T]
+    _head_len: int
+    _n: int
+    _size: int
+    _tail: Sequence[T]
 
     def __init__(self, head: Sequence[T], body: Sequence[T], n: int, tail: Sequence[T]) -> None:
+        if type(body) is _Spliced and not body._head_len and body._size == body._n:
+            body = body._body
         self._head = head
         self._body = body
         self._n = n
         self._tail = tail
+        self._head_len = len(head)
+        self._size = self._head_len + n + len(tail)
 
     def __len__(self) -> int:
-        return len(self._head) + self._n + len(self._tail)
+        return self._size
 
     @overload
     def __getitem__(self, index: int) -> T: ...
@@ -218,17 +231,18 @@ class _Spliced(Sequence[T]):
     def __getitem__(self, index: slice) -> Sequence[T]: ...
     def __getitem__(self, index: int | slice) -> T | Sequence[T]:
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        size = len(self)
+            return [self[i] for i in range(*index.indices(self._size))]
         if index < 0:
-            index += size
-        if not 0 <= index < size:
-            raise IndexError(index)
-        if index < len(self._head):
+            index += self._size
+            if index < 0:
+                raise IndexError(index)
+        if index < self._head_len:
             return self._head[index]
-        index -= len(self._head)
+        index -= self._head_len
         if index < self._n:
             return self._body[index]
+        if index - self._n >= len(self._tail):
+            raise IndexError(index + self._head_len)
         return self._tail[index - self._n]
 
     def __iter__(self) -> Iterator[T]:
@@ -252,14 +266,18 @@ class _Spliced(Sequence[T]):
 class _Offset(Sequence[int]):
     """A read-only view of an int sequence with a constant added to every item."""
 
-    __slots__ = ("_base", "_offset")
+    __slots__ = ("_base", "_len", "_offset")
 
     def __init__(self, base: Sequence[int], offset: int) -> None:
+        self._len = len(base)
+        # A plain view over a growing list: index the list itself, within this length.
+        if type(base) is _Spliced and not base._head_len and base._size == base._n:
+            base = base._body
         self._base = base
         self._offset = offset
 
     def __len__(self) -> int:
-        return len(self._base)
+        return self._len
 
     @overload
     def __getitem__(self, index: int) -> int: ...
@@ -267,7 +285,13 @@ class _Offset(Sequence[int]):
     def __getitem__(self, index: slice) -> Sequence[int]: ...
     def __getitem__(self, index: int | slice) -> int | Sequence[int]:
         if isinstance(index, slice):
-            return [v + self._offset for v in self._base[index]]
+            return [self[i] for i in range(*index.indices(self._len))]
+        if index < 0:
+            index += self._len
+            if index < 0:
+                raise IndexError(index)
+        elif index >= self._len:
+            raise IndexError(index)
         return self._base[index] + self._offset
 
 

@@ -31,8 +31,10 @@ from typing import Any
 import anthropic
 import attrs
 import httpx2
+import pydantic
 from anthropic._constants import DEFAULT_TIMEOUT, MODEL_NONSTREAMING_TOKENS, RAW_RESPONSE_HEADER
 from anthropic._data import DEPRECATED_MODELS, MODELS_TO_WARN_WITH_THINKING_ENABLED
+from anthropic._models import add_response_ids
 from anthropic._streaming import AsyncStream, Stream
 from anthropic.lib._stainless_helpers import (
     HELPER_METHOD_STREAM,
@@ -396,6 +398,40 @@ def _post_arguments(client: Any, request: wire.Request, *, stream: bool) -> dict
     return {"cast_to": Message, "content": content, "options": request_options, "stream": stream}
 
 
+def _json_body(raw: Any) -> bool:
+    """Whether the SDK would build *raw*'s ``Message`` from its JSON body without checking
+    it (the default: no ``_strict_response_validation``, no ``post_parser``, a JSON body)."""
+    if raw._client._strict_response_validation:
+        return False
+    if not isinstance(raw._options.post_parser, anthropic.NotGiven):
+        return False
+    content_type = raw.http_response.headers.get("content-type", "*").split(";")[0]
+    return bool(content_type.lower().endswith("json"))
+
+
+def _message(raw: Any, body: bytes) -> Message | None:
+    """The ``Message`` in *body*, built by pydantic's validator (in Rust) from the JSON
+    bytes; ``None`` when the body does not validate strictly (a block type or a
+    ``stop_reason`` this SDK does not know, a number sent as a string), for the SDK's own
+    lenient parse to build it as it is.
+
+    The SDK builds a response with ``construct_type``, a Python walk of the type tree that
+    checks nothing and costs about 200 µs for a short reply. For a body that validates,
+    validation builds the same objects (the same classes and values; the SDK's models keep
+    unknown fields either way) several times faster. One difference: ``model_fields_set``
+    of the message or its ``usage`` also names the unknown fields a reply carried (the
+    SDK's construct names them on some models and not on others); ``model_dump`` is the
+    same. Speed over sameness of code path here: ``tests/test_sdk.py`` compares the two on
+    every kind of reply.
+    """
+    try:
+        message = Message.model_validate_json(body, strict=True)
+    except pydantic.ValidationError:
+        return None
+    add_response_ids(message, request_id=raw.request_id, workspace_id=raw.workspace_id)
+    return message
+
+
 def send(client: anthropic.Anthropic, arguments: Arguments, *, now: float) -> Outcome:
     """One plain ``messages.create`` attempt; the parsed ``Message`` on success.
 
@@ -408,7 +444,9 @@ def send(client: anthropic.Anthropic, arguments: Arguments, *, now: float) -> Ou
             raw = client.messages.with_raw_response.create(**_as_kwargs(arguments))
         else:
             raw = client.post("/v1/messages", **_post_arguments(client, request, stream=False))
-        message = raw.parse()
+        message = _message(raw, raw.read()) if request is not None and _json_body(raw) else None
+        if message is None:
+            message = raw.parse()
     except Exception as error:
         return _failure(error, now)
     return _success(message, raw.headers, raw.request_id)
@@ -426,7 +464,11 @@ async def send_async(
             raw = await client.post(
                 "/v1/messages", **_post_arguments(client, request, stream=False)
             )
-        message = await raw.parse()
+        message = (
+            _message(raw, await raw.read()) if request is not None and _json_body(raw) else None
+        )
+        if message is None:
+            message = await raw.parse()
     except Exception as error:
         return _failure(error, now)
     return _success(message, raw.headers, raw.request_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import anthropic
 import httpx2
@@ -84,3 +85,156 @@ class TestFacts:
         """A date hint is relative to the clock passed in, not the machine's."""
         error = _status_error(429, {}, {"retry-after": "Thu, 01 Jan 1970 00:01:00 GMT"})
         assert sdk.facts_of(error, now=30.0).retry_after == pytest.approx(30.0)
+
+
+_USAGE = {
+    "input_tokens": 3,
+    "cache_creation_input_tokens": 120,
+    "cache_read_input_tokens": 4000,
+    "output_tokens": 9,
+    "cache_creation": {"ephemeral_5m_input_tokens": 120, "ephemeral_1h_input_tokens": 0},
+    "service_tier": "standard",
+}
+_REPLIES = {
+    "text": [{"type": "text", "text": "Hello."}],
+    "citations": [
+        {
+            "type": "text",
+            "text": "Quoted.",
+            "citations": [
+                {
+                    "type": "char_location",
+                    "cited_text": "Quoted",
+                    "document_index": 0,
+                    "document_title": None,
+                    "start_char_index": 0,
+                    "end_char_index": 6,
+                }
+            ],
+        }
+    ],
+    "tool_use": [
+        {"type": "text", "text": "Let me look."},
+        {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": [1, 2.5, None]}},
+    ],
+    "thinking": [
+        {"type": "thinking", "thinking": "Hmm.", "signature": "sig"},
+        {"type": "redacted_thinking", "data": "opaque"},
+        {"type": "text", "text": "Done."},
+    ],
+    "unknown_block": [{"type": "a_block_from_the_future", "payload": {"x": 1}}],
+    "unknown_field": [{"type": "text", "text": "Hi.", "new_field": [1, "two"]}],
+    "empty": [],
+}
+
+
+def _reply(content: list[dict[str, object]], **fields: object) -> dict[str, object]:
+    return {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-6",
+        "content": content,
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": _USAGE,
+        **fields,
+    }
+
+
+_BODIES = {
+    **{name: _reply(content) for name, content in _REPLIES.items()},
+    "unknown_stop_reason": _reply(_REPLIES["text"], stop_reason="a_new_reason"),
+    "extra_top_level": _reply(_REPLIES["text"], container=None, something_new={"a": 1}),
+    "string_for_int": _reply(_REPLIES["text"], usage={**_USAGE, "output_tokens": "9"}),
+}
+
+
+def _shape(value: object) -> object:
+    """What a caller sees of a parsed response: classes, values, unknown fields, which known
+    fields were set (of unknown ones, the SDK's construct names some and not others), and
+    the dump that is echoed back in the history."""
+    if isinstance(value, anthropic.BaseModel):
+        fields = {k: _shape(v) for k, v in value.__dict__.items()}
+        extra = {k: _shape(v) for k, v in (value.__pydantic_extra__ or {}).items()}
+        known = sorted(value.model_fields_set & set(type(value).model_fields))
+        with warnings.catch_warnings():
+            # The SDK's lenient parse holds values its types do not admit; pydantic warns.
+            warnings.simplefilter("ignore")
+            dump = value.model_dump(mode="json", exclude_unset=True)
+        return (type(value), fields, extra, known, dump)
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    return (type(value), value)
+
+
+def _answering(body: dict[str, object], *, strict: bool = False) -> anthropic.Anthropic:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(
+            200, json=body, headers={"request-id": "req_parse", "content-type": "application/json"}
+        )
+
+    return anthropic.Anthropic(
+        api_key="sk-test",
+        base_url="http://parse.invalid",
+        max_retries=0,
+        http_client=anthropic.DefaultHttpxClient(transport=httpx2.MockTransport(handler)),
+        _strict_response_validation=strict,
+    )
+
+
+class TestParse:
+    """A reply sent as convo's bytes is parsed into what the SDK's own parse gives."""
+
+    @pytest.mark.parametrize("kind", sorted(_BODIES))
+    def test_same_message_as_the_sdk(self, kind: str) -> None:
+        """Same classes, fields, unknown fields, fields set and request id, for every kind
+        of reply, including ones only the SDK's lenient parse accepts."""
+        from convo import wire
+
+        client = _answering(_BODIES[kind])
+        body = {"max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+        request = wire.Request({**body, "model": "claude-sonnet-4-6"})
+        outcome = sdk.send(client, request, now=0.0)
+        assert outcome.ok, outcome.error
+        expected = client.messages.create(model="claude-sonnet-4-6", **body)  # type: ignore[call-overload]
+        assert _shape(outcome.value) == _shape(expected)
+        assert outcome.value._request_id == expected._request_id == "req_parse"
+
+    async def test_async_same_message_as_the_sdk(self) -> None:
+        """The async path parses the same way."""
+        from convo import wire
+
+        body = _BODIES["tool_use"]
+
+        async def handler(request: httpx2.Request) -> httpx2.Response:
+            return httpx2.Response(200, json=body, headers={"request-id": "req_parse"})
+
+        client = anthropic.AsyncAnthropic(
+            api_key="sk-test",
+            base_url="http://parse.invalid",
+            max_retries=0,
+            http_client=anthropic.DefaultAsyncHttpxClient(transport=httpx2.MockTransport(handler)),
+        )
+        request = wire.Request(
+            {"max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], "model": "m"}
+        )
+        outcome = await sdk.send_async(client, request, now=0.0)
+        expected = _answering(body).messages.create(
+            model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert _shape(outcome.value) == _shape(expected)
+        await client.close()
+
+    def test_strict_client_keeps_the_sdk_parse(self) -> None:
+        """A client built with strict response validation gets the SDK's own check."""
+        from convo import wire
+
+        client = _answering(_BODIES["unknown_block"], strict=True)
+        request = wire.Request(
+            {"max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], "model": "m"}
+        )
+        outcome = sdk.send(client, request, now=0.0)
+        assert isinstance(outcome.error, anthropic.APIResponseValidationError)

@@ -13,6 +13,7 @@ from convo.errors import LayoutError
 from convo.fingerprint import ROOT, block_digest, chain
 from convo.models import MODELS, ModelInfo, UnknownModel, is_server_tool, lookup
 from convo.tokens import block_tokens, canonical_json
+from convo.wire import encode
 
 __all__ = [
     "TTL",
@@ -221,6 +222,10 @@ class Prefix:
     tools_digest: str = attrs.field(init=False, eq=False, repr=False, hash=False)
     system_digest: str = attrs.field(init=False, eq=False, repr=False, hash=False)
     fingerprint: str = attrs.field(init=False, eq=False, hash=False)
+    #: Each tool, then each system block, as sent (:func:`convo.wire.encode`): encoded once
+    #: per prefix, shared by every session's layouts (a long system prompt is most of a
+    #: session's setup cost otherwise).
+    encoded: tuple[bytes, ...] = attrs.field(init=False, eq=False, repr=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -231,6 +236,7 @@ class Prefix:
             raise LayoutError(f"Prefix.model: {exc}") from exc
         keys: list[bytes] = []
         block_digests: list[bytes] = []
+        encoded: list[bytes] = []
         cumulative: list[int] = []
         previous, total = ROOT, 0
         digests = {"tool": xxhash.xxh3_128(), "system": xxhash.xxh3_128()}
@@ -238,6 +244,7 @@ class Prefix:
         for kind, blocks in (("tool", self.tools), ("system", self.system)):
             for frozen in blocks:
                 block = thaw(frozen)
+                encoded.append(encode(block))
                 digest = block_digest(kind, block)
                 digests[kind].update(digest)
                 block_digests.append(digest)
@@ -258,6 +265,7 @@ class Prefix:
             ("tools_digest", digests["tool"].hexdigest()),
             ("system_digest", digests["system"].hexdigest()),
             ("fingerprint", fingerprint),
+            ("encoded", tuple(encoded)),
         ):
             object.__setattr__(self, name, value)
         if total < info.min_cacheable_tokens:

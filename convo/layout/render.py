@@ -189,8 +189,8 @@ class Layout:
         self._strip_thinking = strips_thinking(prefix.model, prefix.models)
         self._tools = [thaw(t) for t in prefix.tools]
         # Each prefix block encoded once; the arrays per set of breakpoints on them.
-        self._tool_wire = [encode(t) for t in self._tools]
-        self._system_wire = [encode(b) for b in self._system]
+        self._tool_wire = list(prefix.encoded[: len(self._tools)])
+        self._system_wire = list(prefix.encoded[len(self._tools) :])
         self._head_wire: dict[tuple[tuple[int, str], ...], tuple[bytes, bytes, bytes]] = {}
 
     def _suffix_text(self) -> str:

@@ -7,10 +7,19 @@ Invariants:
   every item put before it was committed (or failed).
 * A batch that fails to commit is kept and retried with backoff; it is never dropped. Its
   failure is reported to every flush waiting on it.
+* A row waits at most about ``linger`` seconds (plus the commit in progress) before its
+  batch commits; a flush or a stop cuts the wait short, so :meth:`BatchWriter.flush` and
+  :meth:`BatchWriter.stop` never wait out a linger.
 
-Batching is natural: while one batch commits, new rows pile up in the queue, and the next
-cycle takes up to ``batch_size`` of them at once. Under light load a row is written within
-one cycle; under heavy load batches grow and the cost per row falls.
+Batching: while one batch commits, new rows pile up in the queue, and the next cycle takes
+up to ``batch_size`` of them at once. Rows that arrive spread out (one per turn of a few
+busy sessions) would each be a transaction of their own, and a commit costs several times
+what a row does (the roll-up's catch-up runs per commit); so after a row wakes the writer
+it lingers (20 ms by default) for the rows behind it, and commits them together. While
+rows keep coming it polls every ``linger`` instead of waiting on the queue, so a put wakes
+no thread; after about 200 ms without rows it waits on the queue again. Speed over latency
+here: a row reaches the store up to ``linger`` later, and a reader of the store sees it
+then (convo's own queries flush first, so they never miss it).
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from convo.ledger.record import LedgerRow
 __all__ = ["BatchWriter"]
 
 _STOP = object()
+#: Empty polls (each a linger long) before the writer blocks on its queue again.
+_IDLE_POLLS = 10
 
 
 class _FlushToken:
@@ -46,16 +57,29 @@ class BatchWriter:
         backend: Where rows go.
         batch_size: The most rows committed in one transaction.
         retry_delay: Seconds before retrying a failed batch (doubles up to 5 s).
+        linger: Seconds the writer waits, once a row has woken it, for more rows to commit
+            in the same transaction, and between polls while rows keep coming (``0``:
+            commit what is queued at once, and wait on the queue).
     """
 
     def __init__(
-        self, backend: Backend, *, batch_size: int = 50_000, retry_delay: float = 0.05
+        self,
+        backend: Backend,
+        *,
+        batch_size: int = 50_000,
+        retry_delay: float = 0.05,
+        linger: float = 0.02,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if linger < 0:
+            raise ValueError(f"linger must be >= 0, got {linger}")
         self._backend = backend
         self._batch_size = batch_size
         self._retry_delay = retry_delay
+        self._linger = linger
+        # Set by flush() and stop() after queueing their token: cuts a linger short.
+        self._hurry = threading.Event()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending_rows: list[tuple[Any, ...]] = []
         self._pending_outcomes: list[tuple[Any, ...]] = []
@@ -86,6 +110,7 @@ class BatchWriter:
             return
         token = _FlushToken()
         self._queue.put(token)
+        self._hurry.set()
         if not token.done.wait(timeout):
             raise LedgerError(f"ledger {self._backend.where}: flush timed out after {timeout} s")
         if token.error is not None:
@@ -114,6 +139,7 @@ class BatchWriter:
 
         token = _FlushToken(notify)
         self._queue.put(token)
+        self._hurry.set()
         await woken
         if token.error is not None:
             raise token.error
@@ -123,20 +149,40 @@ class BatchWriter:
         if not self._thread.is_alive():
             return
         self._queue.put(_STOP)
+        self._hurry.set()
         self._thread.join(timeout)
 
     def _run(self) -> None:
         delay = self._retry_delay
         stop = False
+        # Polling: while rows keep coming, the writer sleeps a linger and takes what came,
+        # instead of blocking on the queue, so a put wakes no thread (a wake-up costs the
+        # putting thread a context switch, on an event loop a stall). After _IDLE_POLLS
+        # empty polls it blocks on the queue again, and an idle ledger costs nothing.
+        idle = _IDLE_POLLS
         while not stop:
             waiting = bool(self._pending_rows or self._pending_outcomes)
+            polling = idle < _IDLE_POLLS and not waiting
             try:
-                # With a failed batch pending, wake up to retry it even if nothing new comes.
-                first = self._queue.get(timeout=delay if waiting else None)
+                if polling:
+                    # A flush or a stop sets _hurry after queueing its token: found below.
+                    self._hurry.wait(self._linger)
+                    self._hurry.clear()
+                    first = self._queue.get_nowait()
+                else:
+                    # With a failed batch pending, wake up to retry it even if nothing new
+                    # comes.
+                    first = self._queue.get(timeout=delay if waiting else None)
             except queue.Empty:
                 first = None
             tokens: list[_FlushToken] = []
             stop = self._take(first, tokens)
+            if not (stop or tokens or waiting or polling) and self._linger and first is not None:
+                # A row woke us: let the rows behind it join its transaction.
+                self._hurry.wait(self._linger)
+                self._hurry.clear()
+            if self._linger:
+                idle = 0 if first is not None else idle + 1
             while not stop and len(self._pending_rows) < self._batch_size:
                 try:
                     stop = self._take(self._queue.get_nowait(), tokens)

@@ -917,11 +917,11 @@ class SessionCore:
         if pending.purpose != "keep_alive":
             # Only real use keeps a session active: its own re-warms must not keep it alive.
             self.last_used = self.clock()
-        actual = pending.billed + usage
-        for budget, hold in holds:
-            budget.settle(
-                hold, Spend(actual.total_input, actual.output, price(actual, self.prefix.model).usd)
-            )
+        if holds:
+            actual = pending.billed + usage
+            spent = Spend(actual.total_input, actual.output, price(actual, self.prefix.model).usd)
+            for budget, hold in holds:
+                budget.settle(hold, spent)
         return reply
 
     def _expected_saving_usd(self, pending: Pending) -> Decimal | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -102,8 +101,9 @@ class Stats:
 
     def add(self, reply: Reply) -> Stats:
         """Return these totals with *reply* added."""
-        reasons = Counter(self.reasons)
-        reasons[reply.reason] += 1
+        reasons = dict(self.reasons)
+        reason = str(reply.cache.reason)
+        reasons[reason] = reasons.get(reason, 0) + 1
 
         def plus(total: Decimal | None, value: Decimal | None) -> Decimal | None:
             return None if total is None or value is None else total + value
@@ -116,5 +116,5 @@ class Stats:
             saved_usd=plus(self.saved_usd, reply.cost.saved_usd),
             rate_limit_tokens=self.rate_limit_tokens + reply.cost.rate_limit_tokens,
             hit_requests=self.hit_requests + (reply.usage.cache_read > 0),
-            reasons=dict(reasons),
+            reasons=reasons,
         )
