@@ -441,9 +441,16 @@ class SessionCore:
             cost = econ.READ * p.cache_write + econ.INPUT * p.input
             decision = Decision("send", -cost, "cold pre-warm vs the first turn writing")
         else:
-            # A live prefix about to lapse: a refresh, sent only when it pays.
+            # A live prefix about to lapse: a refresh, sent only when it pays. It protects
+            # the shared prefix for whoever uses it next, this conversation's next turn
+            # included: what counts is a use of the prefix after its lapse (a use before
+            # it reads anyway), from the gaps between the fleet's uses.
+            now = self.clock()
+            p_next = self._pool.rescue(now)
+            if self._last_turn_start is not None:
+                p_next = max(p_next, self._next_use_probability(now))
             decision = econ.keep_alive(
-                p_next=self._next_use_probability(self.clock()),
+                p_next=p_next,
                 protected=read,
                 read=read,
                 rewrite=econ.WRITE[self.prefix.ttl],
