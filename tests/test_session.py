@@ -511,6 +511,29 @@ class TestWarmState:
         assert session.warm(latency=True) is not None
         assert emulator.stats()["requests"]["total"] == 1
 
+    def test_a_session_on_its_own_clock_judges_ttls_on_it_without_a_registry(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """No registry given, a virtual clock: the default registry must run on that clock,
+        or after six virtual minutes it would still call the prefix live (wall time barely
+        moved) and the turn would predict a read that misses."""
+        clock = emulator.emulator.clock.now
+        session = Session(
+            convo.Prefix(model=MODEL, system=[SYSTEM]),
+            client=client,
+            clock=clock,
+            ledger=False,
+            max_tokens=64,
+            suffix="User: Ada",
+        )
+        replies = [session.send("One")]
+        emulator.advance(60)
+        replies.append(session.send("Two"))
+        emulator.advance(400)
+        replies.append(session.send("Three"))
+        assert [r.reason for r in replies] == ["cold", "hit", "expired"]
+        assert all(r.cache.exact for r in replies)
+
     def test_ttl_on_the_virtual_clock(
         self, emulator: RunningEmulator, make_session: Callable[..., Session]
     ) -> None:

@@ -15,9 +15,14 @@ from convo.session import steps
 from convo.session.core import SessionCore
 from convo.session.reply import Stats
 from convo.session.turn import Pending
-from convo.session.wiring import default_ledger, default_limiter, workspace_of
+from convo.session.wiring import (
+    default_ledger,
+    default_limiter,
+    default_registry,
+    workspace_of,
+)
 from convo.tracker import CacheTracker
-from convo.warm import WarmKey, WarmRegistry
+from convo.warm import WarmKey
 
 __all__ = ["SessionBase"]
 
@@ -76,7 +81,7 @@ class SessionBase:
             suffix=options["suffix"],
             suffix_placement=options["suffix_placement"],
             history=options["history"],
-            registry=registry if registry is not None else WarmRegistry.default(),
+            registry=registry if registry is not None else default_registry(options["clock"]),
             limiter=limiter if limiter is not None else default_limiter(prefix.model, workspace),
             # Routed to another model, a default limiter follows it (limits are per model).
             limiter_for=None if limiter is not None else lambda m: default_limiter(m, workspace),

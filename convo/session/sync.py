@@ -40,7 +40,9 @@ class Session(SessionBase):
         history_ttl: TTL of the history breakpoints (default: the prefix's); a 1h prefix with
             ``"5m"`` history keeps the shared part an hour and each conversation 5 minutes.
         registry: Warm state shared between sessions (single-flight writes of the prefix).
-            Default: the process-wide :meth:`WarmRegistry.default`.
+            Default: the process-wide :meth:`WarmRegistry.default`; a session given its own
+            *clock* shares one with every session on that clock instead (TTLs are judged
+            on one clock).
         limiter: Client-side rate limits. Default: one process-wide limiter per model
             class, which learns the limits from response headers.
         ledger: Where every attempt is recorded. Default: :meth:`convo.Ledger.default`;
