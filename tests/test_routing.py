@@ -313,6 +313,22 @@ class TestRoutedSession:
         assert move.usage.cache_write > 10_000  # the naive move wrote the conversation again
         assert stay.cost.usd < move.cost.usd
 
+    def test_a_streamed_turn_is_routed_like_a_sent_one(
+        self, routed: Callable[..., tuple[convo.Session, Ledger]], emulator: RunningEmulator
+    ) -> None:
+        session, ledger = routed(OPUS_ROUTER)
+        session.send("A hard opening question. " * 30, tier="large")
+        emulator.advance(20)
+        with session.stream("And a hard follow-up. " * 30, tier="large") as streaming:
+            text = "".join(streaming.text_stream)
+        reply = streaming.reply
+        assert text == reply.text
+        assert reply.route is not None
+        assert reply.route.model == OPUS
+        assert reply.message.model == OPUS
+        ledger.flush()
+        assert [row.route for row in ledger.rows()] == ["large>large", "large>large"]
+
     def test_the_signal_decides_without_a_tier(
         self, routed: Callable[..., tuple[convo.Session, Ledger]]
     ) -> None:
