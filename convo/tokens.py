@@ -32,6 +32,7 @@ __all__ = [
     "block_tokens",
     "canonical_json",
     "estimate",
+    "message_tokens",
     "request_tokens",
 ]
 
@@ -66,6 +67,11 @@ def _content_tokens(content: str | Iterable[Mapping[str, Any]] | None) -> int:
     if isinstance(content, str):
         return estimate(content)
     return sum(block_tokens(b) for b in content)
+
+
+def message_tokens(message: Mapping[str, Any]) -> int:
+    """Return the estimated tokens of one message's content (a str or content blocks)."""
+    return _content_tokens(message.get("content"))
 
 
 def block_tokens(block: Mapping[str, Any] | str) -> int:

@@ -1,9 +1,9 @@
 """What the policy's per-turn work would otherwise rebuild every turn, memoized.
 
-A session under the adaptive TTL switches its prefix between 5m and 1h markers and asks
-for its suffix's size on every turn; rebuilding a :class:`~convo.Prefix` re-counts its
-tokens (milliseconds for a big system prompt), so a fleet's sessions share one copy per
-TTL.
+A session under the adaptive TTL switches its prefix between 5m and 1h markers (and a
+routed session between models) and asks for its suffix's size on every turn; rebuilding a
+:class:`~convo.Prefix` re-counts its tokens (milliseconds for a big system prompt), so a
+fleet's sessions share one copy per TTL and model.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import attrs
 from convo.layout import Prefix
 from convo.tokens import estimate
 
-__all__ = ["prefix_at_ttl", "text_tokens"]
+__all__ = ["prefix_at_ttl", "prefix_on_model", "text_tokens"]
 
 
 def prefix_at_ttl(prefix: Prefix, ttl: str) -> Prefix:
@@ -25,14 +25,23 @@ def prefix_at_ttl(prefix: Prefix, ttl: str) -> Prefix:
     The model table is not part of a prefix's equality, so its identity is part of the
     memo's key (the cached prefix holds that table, so its id is not reused while cached).
     """
-    return _evolved(prefix, id(prefix.models), ttl)
+    return _evolved(prefix, id(prefix.models), prefix.model, "1h" if ttl == "1h" else "5m")
+
+
+def prefix_on_model(prefix: Prefix, model: str) -> Prefix:
+    """*prefix* sent to *model* instead (a routed turn), the same content and TTL."""
+    return _evolved(prefix, id(prefix.models), model, prefix.ttl)
 
 
 @functools.lru_cache(maxsize=64)
-def _evolved(prefix: Prefix, models: int, ttl: str) -> Prefix:
+def _evolved(prefix: Prefix, models: int, model: str, ttl: str) -> Prefix:
+    if (model, ttl) == (prefix.model, prefix.ttl):
+        return prefix
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the same content: its warnings were given once
-        return attrs.evolve(prefix, ttl="1h" if ttl == "1h" else "5m")
+        # The same content: its warnings were given once (on another model, e.g. below
+        # that model's minimum, they are the router's business, not the caller's).
+        warnings.simplefilter("ignore")
+        return attrs.evolve(prefix, model=model, ttl="1h" if ttl == "1h" else "5m")
 
 
 @functools.lru_cache(maxsize=1024)

@@ -44,7 +44,7 @@ from convo.session import routed, steps
 from convo.session.busts import log_bust
 from convo.session.reply import Reply, Stats
 from convo.session.turn import KeepAlive, Pending, user_message
-from convo.tokens import block_tokens
+from convo.tokens import message_tokens
 from convo.tracker import CacheEntry, CacheTracker
 from convo.usage import Usage
 from convo.warm import WarmBackend, WarmKey
@@ -62,13 +62,6 @@ def _route_fields(pending: Pending) -> dict[str, Any]:
     if route is None:
         return {}
     return {"route": f"{route.required}>{route.tier}", "route_reason": route.reason}
-
-
-def _message_tokens(message: Mapping[str, Any]) -> int:
-    content = message.get("content")
-    if isinstance(content, str):
-        return block_tokens(content)
-    return sum(block_tokens(b) for b in content or () if isinstance(b, Mapping))
 
 
 class SessionCore:
@@ -315,7 +308,7 @@ class SessionCore:
         # (the first turn writes the suffix, and a message not seen yet).
         stored = self.history.stored
         if len(stored) >= 2:
-            added = sum(_message_tokens(m) for m in stored[-2:])
+            added = sum(message_tokens(m) for m in stored[-2:])
             pool.record_growth(added)
         else:  # the first message is not seen yet: the typical turn's size stands in
             added = suffix_tokens + pool.typical_growth()
@@ -877,7 +870,7 @@ class SessionCore:
             pending.prediction, usage, getattr(message, "diagnostics", None)
         )
         if pending.route is not None and pending.user_appended:
-            added = _message_tokens(self.history[-1]) + usage.output
+            added = message_tokens(self.history.stored[-1]) + usage.output
             routed.note_reply(self, pending.route, usage.output, added)
         if pending.user_appended:
             self.history.append({"role": "assistant", "content": message.content})

@@ -8,30 +8,21 @@ a router; the core calls :func:`route_turn` before it lays the turn out.
 from __future__ import annotations
 
 import statistics
-import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-
-import attrs
 
 from convo import models
 from convo.layout import Layout
 from convo.policy import pool_for
+from convo.policy.reuse import prefix_on_model
 from convo.routing import Option, RouteDecision, RouteFacts, decide
-from convo.tokens import block_tokens
+from convo.tokens import message_tokens
 from convo.warm import WarmKey
 
 if TYPE_CHECKING:
     from convo.session.core import SessionCore
 
 __all__ = ["route_turn", "use_model"]
-
-
-def _tokens(message: Mapping[str, Any]) -> int:
-    content = message.get("content")
-    if isinstance(content, str):
-        return block_tokens(content)
-    return sum(block_tokens(b) for b in content or () if isinstance(b, Mapping))
 
 
 def route_turn(core: SessionCore, message: Mapping[str, Any], tier: str | None) -> RouteDecision:
@@ -60,13 +51,7 @@ def route_turn(core: SessionCore, message: Mapping[str, Any], tier: str | None) 
 
 
 def _prefix_for(core: SessionCore, model: str) -> Any:
-    if model == core.prefix.model:
-        return core.prefix
-    with warnings.catch_warnings():
-        # The same content on another model: its warnings (e.g. below the minimum) are
-        # the router's business here, not the caller's.
-        warnings.simplefilter("ignore")
-        return attrs.evolve(core.prefix, model=model)
+    return prefix_on_model(core.prefix, model)
 
 
 def _option(core: SessionCore, message: Mapping[str, Any], model: str, rank: int) -> Option:
@@ -110,7 +95,7 @@ def _facts(core: SessionCore, message: Mapping[str, Any], required: int) -> Rout
     router = core.router
     assert router is not None
     state = core.route_state
-    new = _tokens(message)
+    new = message_tokens(message)
     # Before any answer: a quarter of max_tokens (answers rarely run to the limit).
     max_tokens: int = core._layout_options["max_tokens"]  # type: ignore[assignment]
     output = state.output(max_tokens / 4)
