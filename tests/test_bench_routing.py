@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from convo import models, tokens
 from convo.bench import Bench, RunResult, build
 from convo.bench.routing import ROUTING_STRATEGIES
-from convo.bench.workloads import ROUTING_TIERS
+from convo.bench.workloads import ROUTING_TIERS, THREE_TIERS
 from convo.cli import main
 from convo.pricing import price
 
@@ -80,6 +80,29 @@ class TestWorkload:
         assert p_hard_hard > 0.5 > 0.25 > p_easy_hard
         share = sum(1 for _, b in pairs if b == "large") / len(pairs)
         assert 0.2 < share < 0.4
+
+    def test_three_tiers_keep_one_tier_per_hard_run(self) -> None:
+        """With three tiers an easy turn needs the small one, and a run of hard turns needs
+        the standard or the large tier throughout; both occur, and the conversations start
+        on the top model."""
+        workload = build("routing", 1, sizes={"tiers": THREE_TIERS})
+        assert workload.tiers == THREE_TIERS
+        assert workload.model == THREE_TIERS[-1][1]
+        needed = [[t.tier for t in c.turns] for c in workload.conversations]
+        assert {tier for turns in needed for tier in turns} == {"small", "standard", "large"}
+        for turns in needed:
+            for a, b in pairwise(turns):
+                # A hard run never switches between standard and large without an easy turn.
+                assert {a, b} != {"standard", "large"}
+
+    def test_the_two_tier_draw_is_unchanged_by_the_tiers_argument(self) -> None:
+        """Passing the two tiers explicitly draws the same workload as the default (the
+        third tier's extra draws happen only when there is a middle tier)."""
+        assert build("routing", 2, sizes={"tiers": ROUTING_TIERS}) == build("routing", 2)
+
+    def test_fewer_than_two_tiers_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="at least two tiers"):
+            build("routing", 1, sizes={"tiers": ROUTING_TIERS[:1]})
 
 
 class TestStrategies:
@@ -155,6 +178,27 @@ class TestStrategies:
             assert ledger["ledger_cost_per_ok_conversation_usd"] == pytest.approx(
                 metrics["cost_per_ok_conversation_usd"]
             )
+
+    def test_three_tiers_every_turn_at_or_above_its_tier(self) -> None:
+        """On three tiers the routers answer every turn at its tier or above (every tier's
+        model used), and always-small fails exactly the turns that need more."""
+        workload = build("routing", 1, quick=True, sizes={"tiers": THREE_TIERS})
+        rank = {tier: i for i, (tier, _) in enumerate(THREE_TIERS)}
+        with Bench() as bench:
+            results = {
+                name: bench.run(workload, name, seed=1)
+                for name in ("always-small", "naive-router", "convo-router")
+            }
+        for name in ("naive-router", "convo-router"):
+            turns = _turns(results[name])
+            assert all(rank[answered] >= rank[required] for required, answered, _ in turns)
+            assert results[name].metrics()["success_rate"] == 1.0
+        naive = _turns(results["naive-router"])
+        assert {model for _, _, model in naive} == {model for _, model in THREE_TIERS}
+        small = _turns(results["always-small"])
+        harder = sum(1 for required, _, _ in small if required != "small")
+        assert harder > 0
+        assert results["always-small"].metrics()["successful_tasks"] == len(small) - harder
 
     def test_strategies_fit_their_workloads(self) -> None:
         """A router on a caching workload, or a caching strategy on routing, is refused."""

@@ -18,6 +18,7 @@ import attrs
 __all__ = [
     "QUICK",
     "ROUTING_TIERS",
+    "THREE_TIERS",
     "USERS_ARGUMENT",
     "WORKLOADS",
     "Conversation",
@@ -335,6 +336,13 @@ ROUTING_TIERS: tuple[tuple[str, str], ...] = (
     ("large", "claude-opus-4-6"),
 )
 
+#: Three tiers, small / standard / large (``routing(..., tiers=THREE_TIERS)``).
+THREE_TIERS: tuple[tuple[str, str], ...] = (
+    ("small", "claude-haiku-4-5"),
+    ("standard", "claude-sonnet-4-6"),
+    ("large", "claude-opus-4-6"),
+)
+
 
 def routing(
     seed: int,
@@ -347,49 +355,64 @@ def routing(
     hard_message_tokens: tuple[int, int] = (60, 400),
     enter_hard: tuple[float, float] = (0.05, 0.30),
     stay_hard: float = 0.6,
+    top_share: tuple[float, float] = (0.2, 0.6),
     long_gap_share: float = 0.15,
     stagger_s: float = 1_800.0,
     reply_tokens: int = 300,
+    tiers: Sequence[tuple[str, str]] = ROUTING_TIERS,
 ) -> Workload:
-    """Long conversations on a large shared prefix, each turn needing the small or the
-    large tier.
+    """Long conversations on a large shared prefix, each turn needing one of *tiers*.
 
     Whether a turn is hard follows a two-state Markov chain per user, so hard turns
     cluster (a user working through a problem asks several hard questions in a row): from
     an easy turn the next is hard with the user's own probability, drawn from
     *enter_hard*; from a hard turn it stays hard with *stay_hard*. The first turn is drawn
     from the chain's stationary share. With the defaults about 11–43% of a user's turns
-    are hard (mean run of hard turns 2.5). Hard messages are longer (a pasted snippet, a
-    problem statement). Users start at uniform times over *stagger_s*; think times are the
-    chatbot's (10–120 s, a share of 6–20 minutes). Answers are *reply_tokens* long on
-    every model (the emulator cannot tell a good answer from a bad one).
+    are hard (mean run of hard turns 2.5). An easy turn needs the cheapest tier. A run of
+    hard turns needs one tier above it throughout (one problem, one level of difficulty):
+    the top tier with the user's own probability, drawn from *top_share*, else one of the
+    middle tiers at random (with two tiers every hard turn needs the top one). Hard
+    messages are longer (a pasted snippet, a problem statement). Users start at uniform
+    times over *stagger_s*; think times are the chatbot's (10–120 s, a share of 6–20
+    minutes). Answers are *reply_tokens* long on every model (the emulator cannot tell a
+    good answer from a bad one).
     """
+    tiers = tuple((str(name), str(model)) for name, model in tiers)
+    if len(tiers) < 2:
+        raise ValueError(f"the routing workload needs at least two tiers; got {tiers}")
     rng = random.Random(f"routing:{seed}")
     system = words(rng, system_tokens)
-    small, large = (name for name, _ in ROUTING_TIERS)
+    names = [name for name, _ in tiers]
     conversations = []
     for user in range(users):
         enter = rng.uniform(*enter_hard)
+        # Drawn only with middle tiers, so the two-tier shape draws what it always drew.
+        top = rng.uniform(*top_share) if len(tiers) > 2 else 1.0
         hard = rng.random() < enter / (enter + 1.0 - stay_hard)
         at = rng.uniform(0.0, stagger_s)
         items = []
+        level = _hard_level(rng, top, len(tiers)) if hard else 0
         for k in range(rng.randint(*turns)):
             if k:
                 at += _think(rng, long_gap_share)
+                was = hard
                 hard = rng.random() < (stay_hard if hard else enter)
+                if hard and not was:
+                    level = _hard_level(rng, top, len(tiers))
             size = rng.randint(*(hard_message_tokens if hard else message_tokens))
-            items.append(Turn(at, (_text(rng, size),), tier=large if hard else small))
+            tier = names[level] if hard else names[0]
+            items.append(Turn(at, (_text(rng, size),), tier=tier))
         conversations.append(
             Conversation(f"u{user:04d}", f"User {user}: " + words(rng, suffix_tokens), tuple(items))
         )
     return Workload(
         name="routing",
-        model=dict(ROUTING_TIERS)[large],
+        model=tiers[-1][1],
         system=(system,),
         tools=(),
         conversations=tuple(conversations),
         max_tokens=1_024,
-        tiers=ROUTING_TIERS,
+        tiers=tiers,
         reply_tokens=reply_tokens,
         params={
             "users": users,
@@ -397,10 +420,20 @@ def routing(
             "turns": list(turns),
             "enter_hard": list(enter_hard),
             "stay_hard": stay_hard,
+            "top_share": list(top_share),
             "long_gap_share": long_gap_share,
             "reply_tokens": reply_tokens,
+            "tiers": [list(t) for t in tiers],
         },
     )
+
+
+def _hard_level(rng: random.Random, top: float, count: int) -> int:
+    """The tier rank a run of hard turns needs: the top with probability *top*, else a
+    middle tier at random (the top when there is none)."""
+    if count <= 2 or rng.random() < top:
+        return count - 1
+    return rng.randint(1, count - 2)
 
 
 def _stateless(seed: int, **sizes: Any) -> Workload:
