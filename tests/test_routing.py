@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anthropic
+import attrs
 import pytest
 
 import convo
@@ -48,6 +49,28 @@ def facts(
         remaining=remaining,
         p_above=[p, 0.0],
         gap_s=gap,
+    )
+
+
+def cold_on_both() -> list[Option]:
+    """A 25,100-token conversation neither Haiku nor Sonnet holds."""
+    return [
+        Option(HAIKU, 0, HAIKU_P, warm=0, cold=25_100),
+        Option(SONNET, 1, SONNET_P, warm=0, cold=25_100),
+    ]
+
+
+def hard_next(*, current: str | None) -> RouteFacts:
+    """An easy turn of a long conversation whose next turn is very likely hard."""
+    return RouteFacts(
+        required=0,
+        current=current,
+        new=0,
+        output=300,
+        growth=400,
+        remaining=30,
+        p_above=[0.9, 0.0],
+        gap_s=60.0,
     )
 
 
@@ -135,40 +158,95 @@ class TestArithmetic:
             Option(HAIKU, 0, HAIKU_P, warm=25_000, cold=100),
             Option(SONNET, 1, SONNET_P, warm=0, cold=25_100),
         ]
-        f = RouteFacts(
-            required=0,
-            current=HAIKU,
-            new=0,
-            output=300,
-            growth=400,
-            remaining=30,
-            p_above=[0.9, 0.0],
-            gap_s=60.0,
-        )
-        decision = decide(on_haiku, f, NAMES)
+        decision = decide(on_haiku, hard_next(current=HAIKU), NAMES)
         assert decision.model == HAIKU
         assert [c.model for c in decision.candidates] == [HAIKU]
 
     def test_a_bigger_model_may_go_first_when_the_turns_own_tier_is_cold(self) -> None:
         """Nothing of the conversation on Haiku either: both would write it anew, so Sonnet
         is a candidate for the easy turn (a hard one is likely next)."""
-        cold_both = [
-            Option(HAIKU, 0, HAIKU_P, warm=0, cold=25_100),
-            Option(SONNET, 1, SONNET_P, warm=0, cold=25_100),
-        ]
-        f = RouteFacts(
-            required=0,
-            current=HAIKU,
-            new=0,
-            output=300,
-            growth=400,
-            remaining=30,
-            p_above=[0.9, 0.0],
-            gap_s=60.0,
-        )
-        decision = decide(cold_both, f, NAMES)
+        decision = decide(cold_on_both(), hard_next(current=HAIKU), NAMES)
         assert {c.model for c in decision.candidates} == {HAIKU, SONNET}
         assert decision.model == SONNET
+
+    def test_a_first_turn_goes_to_its_own_tier(self) -> None:
+        """Before any turn no model holds the conversation, so there is nothing to stay
+        for: an easy first turn goes to Haiku however likely a hard turn is next."""
+        decision = decide(cold_on_both(), hard_next(current=None), NAMES)
+        assert decision.model == HAIKU
+        assert [c.model for c in decision.candidates] == [HAIKU]
+
+    def test_a_cold_static_prefix_costs_a_turn_its_share_of_the_fleet(self) -> None:
+        """A static prefix written now serves every conversation's turns on that model
+        while it lives: with 9 other turns expected, this turn pays a tenth of its write,
+        and the rest of the cold context in full."""
+        alone = Option(SONNET, 1, SONNET_P, warm=0, cold=12_000, fleet_cold=10_000)
+        busy = attrs.evolve(alone, fleet_uses=9.0)
+        assert alone.write_cost(12_000) == pytest.approx(12_000 * 3.75e-6)
+        assert busy.write_cost(12_000) == pytest.approx((2_000 + 10_000 / 10) * 3.75e-6)
+        # Fewer tokens than the prefix's cold part: all of them are the fleet's.
+        assert busy.write_cost(5_000) == pytest.approx(5_000 / 10 * 3.75e-6)
+
+    def test_a_busy_fleet_makes_a_move_to_a_model_with_a_cold_prefix_pay(self) -> None:
+        """On Sonnet, a standard turn: Haiku is below it, Opus holds the conversation,
+        Sonnet holds nothing (its 10,000-token prefix is cold too). Alone, writing the
+        prefix on Sonnet does not pay; when 20 other turns will read it, it does."""
+        opus_p = Prices(input=5e-6, read=0.5e-6, write=6.25e-6, output=25e-6)
+        sonnet = Option(SONNET, 1, SONNET_P, warm=0, cold=14_000, fleet_cold=10_000)
+        three = [
+            Option(HAIKU, 0, HAIKU_P, warm=10_000, cold=4_000, shared=10_000),
+            sonnet,
+            Option(OPUS, 2, opus_p, warm=14_000, cold=0, shared=10_000, ttl_left_s=3_000.0),
+        ]
+        f = RouteFacts(
+            required=1,
+            current=OPUS,
+            new=0,
+            output=300,
+            growth=500,
+            remaining=6,
+            p_above=[0.3, 0.2, 0.0],
+            gap_s=60.0,
+            p_same=0.6,
+        )
+        names = ("small", "standard", "large")
+        assert decide(three, f, names).model == OPUS
+        three[1] = attrs.evolve(sonnet, fleet_uses=20.0)
+        assert decide(three, f, names).model == SONNET
+
+    def test_a_middle_tiers_run_ends_at_a_lower_turn_too(self) -> None:
+        """The window of a standard turn is the run of standard turns: an easy turn ends it
+        (it goes to Haiku whatever this turn does), so with p_same the window is shorter
+        than counting every turn up to the next hard one."""
+        base = RouteFacts(
+            required=1,
+            current=OPUS,
+            new=0,
+            output=300,
+            growth=500,
+            remaining=10,
+            p_above=[0.3, 0.1, 0.0],
+            gap_s=60.0,
+        )
+        assert base.p_leave == pytest.approx(0.1)
+        run = attrs.evolve(base, p_same=0.5)
+        assert run.p_leave == pytest.approx(0.5)
+        assert horizon(run.p_leave, 10) < horizon(base.p_leave, 10)
+        # The conversation's own runs, two pseudo-turns at the fleet's rate.
+        state = RouteState(needed=[1, 1, 0, 1, 2, 1, 1])
+        assert state.p_same(1, now=0, prior=0.5) == pytest.approx((2 + 0 + 1) / (5 + 2))
+
+    def test_the_fleet_learns_shares_runs_and_its_turn_rate(self) -> None:
+        router = convo.Router({"small": HAIKU, "standard": SONNET, "large": OPUS})
+        assert router.fleet_share() == pytest.approx([1 / 3] * 3)
+        assert router.fleet_rate() == 0.0
+        for before, after in ((0, 1), (1, 1), (1, 0), (0, 0)):
+            router.observe_transition(before, after)
+        assert router.fleet_share() == pytest.approx([(2 + 1) / 7, (2 + 1) / 7, 1 / 7])
+        assert router.fleet_p_same()[1] == pytest.approx((1 + 1) / (2 + 2))
+        for at in (0.0, 10.0, 20.0, 40.0):
+            router.observe_turn_at(at)
+        assert router.fleet_rate() == pytest.approx(3 / 40)
 
     def test_the_window_is_a_truncated_geometric_sum(self) -> None:
         assert horizon(0.5, 3) == pytest.approx(0.5 + 0.25 + 0.125)

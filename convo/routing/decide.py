@@ -67,6 +67,11 @@ class Option:
         shared: Tokens of the static prefix that stay warm on this model whatever this
             conversation does (another session keeps them alive).
         ttl_left_s: Seconds until what this model holds for the conversation expires.
+        fleet_cold: Tokens of the static prefix among ``cold``: written now, they serve
+            every conversation of the fleet that uses this model while they live, so a turn
+            pays only its share.
+        fleet_uses: Expected turns of other conversations on this model while a static
+            prefix written now lives: they share its write.
     """
 
     model: str
@@ -77,6 +82,15 @@ class Option:
     uncached: int = 0
     shared: int = 0
     ttl_left_s: float = 0.0
+    fleet_cold: int = 0
+    fleet_uses: float = 0.0
+
+    def write_cost(self, tokens: float) -> float:
+        """Writing *tokens* of the conversation on this model (the static prefix's cold part
+        among them first, at this conversation's share of it)."""
+        rate = self.prices.write if self.caches else self.prices.input
+        fleet = min(float(self.fleet_cold), max(0.0, tokens))
+        return (tokens - fleet) * rate + fleet * rate / (1.0 + max(0.0, self.fleet_uses))
 
     @property
     def context(self) -> int:
@@ -103,6 +117,10 @@ class RouteFacts:
         p_above: For each tier rank, the probability that a later turn needs a tier above
             it (the top tier's is 0).
         gap_s: Expected seconds between turns.
+        p_same: The probability that the next turn needs exactly the required tier, given
+            that this one does (how long a run of this tier lasts; a turn of a lower tier
+            ends it too, as it goes to its own cheaper model). Default: ``1 -
+            p_above[required]``, the same thing when the required tier is the cheapest.
     """
 
     required: int
@@ -113,6 +131,14 @@ class RouteFacts:
     remaining: float
     p_above: Sequence[float]
     gap_s: float
+    p_same: float | None = None
+
+    @property
+    def p_leave(self) -> float:
+        """P(the next turn needs another tier than this one: the run ends)."""
+        if self.p_same is not None:
+            return min(1.0, max(0.0, 1.0 - self.p_same))
+        return self.p_above[self.required] if self.required < len(self.p_above) else 0.0
 
 
 @attrs.frozen
@@ -192,7 +218,8 @@ def p_return(p_above: float, remaining: float) -> float:
 def _now(option: Option, facts: RouteFacts) -> float:
     p = option.prices
     if option.caches:
-        writes = (option.cold + facts.new) * p.write
+        # The static prefix, if cold, is written once for the fleet: this turn's share.
+        writes = option.write_cost(option.cold + facts.new)
     else:
         writes = (option.cold + facts.new) * p.input
     return option.warm * p.read + writes + option.uncached * p.input + facts.output * p.output
@@ -216,8 +243,7 @@ def _way_back(option: Option, target: Option, turns: float, facts: RouteFacts) -
     held = target.warm if away < target.ttl_left_s else target.shared
     context = option.context + facts.new + facts.output + added
     missing = max(0.0, context - held)
-    rate = target.prices.write if target.caches else target.prices.input
-    return missing * rate
+    return target.write_cost(missing)
 
 
 def _cost(option: Option, options: Sequence[Option], facts: RouteFacts, turns: float) -> Costed:
@@ -225,18 +251,18 @@ def _cost(option: Option, options: Sequence[Option], facts: RouteFacts, turns: f
     *turns* after it that the required tier can answer, and the way back when the turn
     that ends the window needs more than *option*'s model."""
     p = facts.p_above
-    p_req = p[facts.required] if facts.required < len(p) else 0.0
+    p_leave = facts.p_leave
     p_up = p[option.tier] if option.tier < len(p) else 0.0
     back = 0.0
     above = [o for o in options if o.tier > option.tier]
-    if above and p_req > 0.0:
+    if above and p_leave > 0.0:
         # The way back goes to the current model when it is above this one (its entry may
         # outlive the run), else to the cheapest model of the next tier up.
         current = next((o for o in above if o.model == facts.current), None)
         target = current or min(above, key=lambda o: (o.tier, _now(o, facts)))
-        # The window ends with a turn above the required tier; it needs more than this
-        # model with probability p_up / p_req.
-        p_back = p_return(p_req, facts.remaining) * min(1.0, p_up / p_req)
+        # The window ends with a turn of another tier; it needs more than this model with
+        # probability about p_up / p_leave.
+        p_back = p_return(p_leave, facts.remaining) * min(1.0, p_up / p_leave)
         back = p_back * _way_back(option, target, turns, facts)
     return Costed(
         model=option.model,
@@ -273,7 +299,7 @@ def decide(options: Sequence[Option], facts: RouteFacts, names: Sequence[str]) -
     top = max(facts.required, current)
     needed = [o for o in options if o.tier >= facts.required]
     cheapest = min(needed, key=lambda o: o.tier)
-    if cheapest.warm <= cheapest.shared:
+    if facts.current is not None and cheapest.warm <= cheapest.shared:
         # The turn's own tier holds nothing of this conversation (beyond a prefix the fleet
         # keeps): every candidate writes the conversation anew, and the next easy turn
         # would have no warm entry to move back down for. A bigger model may go first.
@@ -281,8 +307,7 @@ def decide(options: Sequence[Option], facts: RouteFacts, names: Sequence[str]) -
     acceptable = [o for o in needed if o.tier <= top]
     # One window for every candidate: the turns until one needs more than the required
     # tier (at most the expected remaining turns), so each is costed over the same turns.
-    p_req = facts.p_above[facts.required] if facts.required < len(facts.p_above) else 0.0
-    turns = horizon(p_req, facts.remaining)
+    turns = horizon(facts.p_leave, facts.remaining)
     costed = sorted(
         (_cost(o, options, facts, turns) for o in acceptable),
         # Ties go to the current model (a move must earn its keep), then the cheaper tier.

@@ -7,6 +7,7 @@ one conversation (which tiers its turns needed, how long its answers are) lives 
 
 from __future__ import annotations
 
+import collections
 import re
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -111,6 +112,12 @@ class Router:
     # learnt from every conversation routed by this Router (the prior of each one's
     # estimate). Counts only grow; a lost update under threads costs a little evidence.
     _fleet: dict[int, list[int]] = attrs.field(factory=dict, init=False, repr=False, eq=False)
+    # When the latest routed turns were sent (any conversation): the fleet's turn rate.
+    _times: collections.deque[float] = attrs.field(
+        factory=lambda: collections.deque(maxlen=256), init=False, repr=False, eq=False
+    )
+    # (rank needed, rank the next turn needed) -> count, over the same turns.
+    _pairs: dict[tuple[int, int], int] = attrs.field(factory=dict, init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if self.expected_turns is not None and not (
@@ -165,6 +172,41 @@ class Router:
                 counts = self._fleet.setdefault(rank, [0, 0])
                 counts[0] += 1
                 counts[1] += after > rank
+        self._pairs[before, after] = self._pairs.get((before, after), 0) + 1
+
+    def observe_turn_at(self, at: float) -> None:
+        """Learn that a routed turn was sent at *at* (seconds, the session's clock)."""
+        self._times.append(at)
+
+    def fleet_rate(self) -> float:
+        """Routed turns per second across every conversation of this Router, over the
+        latest ones (0 before two)."""
+        times = list(self._times)
+        if len(times) < 2 or times[-1] <= times[0]:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
+
+    def fleet_share(self) -> list[float]:
+        """Per rank, the share of turns (in every conversation this Router routed, after
+        each one's first) that needed exactly it; even shares before any (one pseudo-turn
+        each)."""
+        ranks = len(self.tiers)
+        counts = [0] * ranks
+        for (_, after), n in list(self._pairs.items()):
+            counts[after] += n
+        total = sum(counts)
+        return [(counts[rank] + 1) / (total + ranks) for rank in range(ranks)]
+
+    def fleet_p_same(self) -> list[float]:
+        """Per rank, the share of turns needing exactly it whose next turn needed it too;
+        ½ for a rank with nothing seen."""
+        pairs = list(self._pairs.items())
+        result = []
+        for rank in range(len(self.tiers)):
+            seen = sum(n for (before, _), n in pairs if before == rank)
+            same = self._pairs.get((rank, rank), 0)
+            result.append((same + 1) / (seen + 2))
+        return result
 
     def fleet_p_above(self) -> list[float]:
         """Per rank, the share of turns at or below it (in every conversation this Router
@@ -226,6 +268,15 @@ class RouteState:
             up = sum(1 for b in seen if b > rank)
             result.append((up + 2 * base) / (len(seen) + 2))
         return result
+
+    def p_same(self, rank: int, *, now: int, prior: float) -> float:
+        """P(the turn after one needing exactly *rank* needs exactly *rank* too): of this
+        conversation's turns that needed *rank* and had a next turn (the turn being routed,
+        needing *now*, is the next of the previous one), the share whose next did; two
+        pseudo-turns at *prior* (the fleet's rate)."""
+        pairs = zip(self.needed, [*self.needed[1:], now][: len(self.needed)], strict=True)
+        seen = [after for before, after in pairs if before == rank]
+        return (sum(1 for after in seen if after == rank) + 2 * prior) / (len(seen) + 2)
 
     def output(self, default: float) -> float:
         """Mean output tokens of this conversation's answers (*default* before any)."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from convo import models
 from convo.layout import Layout
 from convo.policy import pool_for
+from convo.policy.arithmetic import TTL_SECONDS
 from convo.policy.reuse import prefix_on_model
 from convo.routing import Option, RouteDecision, RouteFacts, decide
 from convo.tokens import message_tokens
@@ -77,6 +78,12 @@ def _option(core: SessionCore, message: Mapping[str, Any], model: str, rank: int
     shared = prefix.tokens if pool.live(now) and cold + warm >= prefix.tokens else 0
     if shared > warm:
         cold, warm = cold - (shared - warm), shared
+    # The static prefix's part of what must be written: the fleet's, not this turn's alone.
+    # Other conversations' turns on this model while a prefix written now lives share it:
+    # the fleet's turn rate less this conversation's own, times this tier's share.
+    fleet_cold = max(0, min(cold, prefix.tokens - warm))
+    own_rate = 1.0 / _gap_s(core)
+    others = max(0.0, router.fleet_rate() - own_rate) * router.fleet_share()[rank]
     entries = [core.tracker.expires_at(e) for e in core.tracker.entries() if e.model == model]
     ttl_left = max((x - now for x in entries if x > now), default=0.0)
     return Option(
@@ -88,6 +95,8 @@ def _option(core: SessionCore, message: Mapping[str, Any], model: str, rank: int
         uncached=uncached,
         shared=shared,
         ttl_left_s=ttl_left,
+        fleet_cold=fleet_cold,
+        fleet_uses=others * _prefix_ttl_s(core),
     )
 
 
@@ -105,9 +114,9 @@ def _facts(core: SessionCore, message: Mapping[str, Any], required: int) -> Rout
     else:
         remaining = max(1.0, float(turns))  # n turns so far: about n more
     p_above = state.p_above(len(router.tiers), now=required, prior=router.fleet_p_above())
-    gaps = core._gaps
-    # Before two turns: half the 5-minute TTL (as likely to outlive it as not).
-    gap = statistics.median(gaps[-20:]) if gaps else 150.0
+    gap = _gap_s(core)
+    # How long a run of this tier lasts (a turn of a lower tier ends it too).
+    p_same = state.p_same(required, now=required, prior=router.fleet_p_same()[required])
     return RouteFacts(
         required=required,
         current=core.prefix.model if core.turns else None,
@@ -117,7 +126,20 @@ def _facts(core: SessionCore, message: Mapping[str, Any], required: int) -> Rout
         remaining=remaining,
         p_above=p_above,
         gap_s=gap,
+        p_same=p_same,
     )
+
+
+def _gap_s(core: SessionCore) -> float:
+    """The conversation's typical seconds between turns: the median of its latest gaps;
+    before two turns, half the 5-minute TTL (as likely to outlive it as not)."""
+    gaps = core._gaps
+    return max(1e-3, statistics.median(gaps[-20:])) if gaps else 150.0
+
+
+def _prefix_ttl_s(core: SessionCore) -> float:
+    """How long the static prefix lives once written: its TTL as laid out now."""
+    return TTL_SECONDS.get(core.prefix.ttl, TTL_SECONDS["5m"])
 
 
 def use_model(core: SessionCore, model: str) -> None:
@@ -143,5 +165,6 @@ def note_reply(core: SessionCore, decision: RouteDecision, output: int, added: i
     if state.needed:
         router.observe_transition(state.needed[-1], rank)
     state.needed.append(rank)
+    router.observe_turn_at(core.clock())
     core.route_state.outputs.append(output)
     core.route_state.growths.append(added)
