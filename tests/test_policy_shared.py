@@ -181,8 +181,9 @@ class TestObservation:
             {"o": "a", "s": "1", "k": "forecast", "t": "1.0"},
             {"o": "a", "s": "one", "k": "use", "t": "1.0"},
             {"o": "a", "k": "use", "t": "1.0"},
+            {"o": "a", "s": "1", "k": "use", "t": "nan"},
         ],
-        ids=["unknown-kind", "bad-number", "missing-field"],
+        ids=["unknown-kind", "bad-number", "missing-field", "not-a-time"],
     )
     def test_an_entry_it_cannot_read_is_skipped(self, fields: dict[str, str]) -> None:
         """An entry another version wrote gives None, not an error."""

@@ -164,6 +164,14 @@ class TestExchange:
         assert b.exchange_observations() == 6
         assert shared(b).prefix_gaps() == [700.0]
 
+    async def test_aclose_sends_what_is_left_without_blocking_the_loop(self, process: Any) -> None:
+        """An async application's aclose sends the rest too (from a worker thread)."""
+        a, b = process(), process()
+        shared(b)
+        record_a_user(shared(a), "x", 1000.0, 1700.0)
+        await a.aclose()
+        assert b.exchange_observations() == 6
+
     def test_the_background_thread_exchanges_on_its_own(self, process: Any) -> None:
         """With a short share_interval, A's turns reach B with nobody asking."""
         a, b = process(share_interval=0.05), process(share_interval=0.05)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import collections
 import hashlib
+import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
@@ -96,14 +97,14 @@ class Observation:
         (an entry written by another version is skipped, not fatal)."""
         text = {_text(k): _text(v) for k, v in fields.items()}
         try:
-            kind = text["k"]
-            if kind not in _KINDS:
+            kind, at = text["k"], float(text["t"])
+            if kind not in _KINDS or not math.isfinite(at):
                 return None
             return cls(
                 origin=text["o"],
                 seq=int(text["s"]),
                 kind=kind,  # type: ignore[arg-type]  # checked against _KINDS above
-                at=float(text["t"]),
+                at=at,
                 conversation=text.get("c", ""),
                 tokens=int(text.get("n", "0")),
             )
