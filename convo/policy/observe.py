@@ -344,6 +344,24 @@ class PrefixPool:
         with self._lock:
             return self._latest.get(conversation)
 
+    def adopt_uses(self, uses: Sequence[float]) -> None:
+        """Take the gaps between uses of the prefix from *uses*: the start times of its
+        latest uses, ascending, this pool's own among them (what a
+        :class:`~convo.policy.shared.SharedPrefixPool` merging another process's uses
+        knows). The pool then holds what it would had it recorded each of them in time
+        order; its latest use and touch only move forward.
+
+        .. versionadded:: 0.3
+        """
+        with self._lock:
+            gaps = (later - earlier for earlier, later in itertools.pairwise(uses))
+            self._prefix_gaps = collections.deque(gaps, maxlen=_MAX_GAPS)
+            self._sorted_prefix_gaps = None
+            if uses:
+                last = uses[-1]
+                self._last_use = last if self._last_use is None else max(self._last_use, last)
+                self._last_touch = last if self._last_touch is None else max(self._last_touch, last)
+
 
 _POOLS: weakref.WeakKeyDictionary[Any, dict[str, PrefixPool]] = weakref.WeakKeyDictionary()
 _POOLS_LOCK = threading.Lock()
@@ -352,9 +370,16 @@ _POOLS_LOCK = threading.Lock()
 def pool_for(registry: Any, prefix_key: str) -> PrefixPool:
     """The pool of *prefix_key* shared by every session on *registry*.
 
-    Pools are kept beside the registry object (not in Redis): sessions of one process that
-    share a registry learn together; other processes learn on their own.
+    A registry that shares pools itself (a :class:`~convo.RedisWarmRegistry`: its
+    ``shared_pool`` gives one whose observations other processes merge) gives the pool.
+    Otherwise pools are kept beside the registry object: sessions of one process that share
+    a registry learn together; other processes learn on their own.
     """
+    shared = getattr(registry, "shared_pool", None)
+    if shared is not None:
+        pool: PrefixPool | None = shared(prefix_key)
+        if pool is not None:
+            return pool
     with _POOLS_LOCK:
         try:
             pools = _POOLS.setdefault(registry, {})

@@ -43,6 +43,7 @@ from convo.warm.redis_clients import (
     trouble_types,
     where,
 )
+from convo.warm.redis_pool import PoolExchange
 from convo.warm.redis_scripts import SCRIPTS, Reply, parse_reply
 from convo.warm.redis_wake import (
     WAKE_ALL,
@@ -56,6 +57,8 @@ from convo.warm.redis_wake import (
 if TYPE_CHECKING:
     import redis as redis_sync
     import redis.asyncio as redis_async
+
+    from convo.policy import PrefixPool
 
 __all__ = ["RedisWarmRegistry"]
 
@@ -94,6 +97,11 @@ class RedisWarmRegistry:
       ``redis`` exception leaves any method.
     - **Cancellation leaves nothing behind**: a cancelled ``acquire_async`` unregisters its
       wake-up, and releases the claim if its script may have taken one.
+    - **The policy learns from the fleet.** The gaps the TTL and keep-alive policy decides
+      from (:func:`convo.policy.pool_for`) are pooled across every process on the same Redis
+      and ``prefix``: each process records in memory and exchanges its new observations
+      with the others every ``share_interval`` seconds, from a background thread, so a turn
+      gains no round trip (:mod:`convo.warm.redis_pool`).
 
     Hosts must keep their clocks in step (NTP): TTL times are the hosts' wall clocks, and a
     skew of *s* seconds moves the live window by *s*.
@@ -111,10 +119,15 @@ class RedisWarmRegistry:
             you pass, whose pools are yours.
         probe_interval: While Redis is down, seconds (registry clock) between attempts to
             reach it again.
+        share_interval: Seconds (real time) between exchanges of the policy's observations
+            with other processes; ``None`` keeps them per process.
+        share_cap: Observations kept per prefix in Redis (the latest).
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2 Woken waiters, ``refresh_at``, ``Flight.state``, blocking pools
        (``max_connections``), degrading to an in-process registry (``probe_interval``).
+    .. versionchanged:: 0.3 The policy's pools are shared across processes
+       (``share_interval``, ``share_cap``, :meth:`shared_pool`, :meth:`exchange_observations`).
     """
 
     def __init__(
@@ -128,12 +141,21 @@ class RedisWarmRegistry:
         poll_interval: float = 1.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         probe_interval: float = 5.0,
+        share_interval: float | None = 5.0,
+        share_cap: int = 4096,
     ) -> None:
         module = import_redis()
         if write_timeout <= 0 or poll_interval <= 0 or probe_interval <= 0:
             raise ValueError(
                 "write_timeout, poll_interval and probe_interval must be positive seconds"
             )
+        if share_interval is not None and not share_interval > 0:
+            raise ValueError(
+                f"share_interval must be positive seconds, or None to keep the policy's "
+                f"observations per process; got {share_interval!r}"
+            )
+        if isinstance(share_cap, bool) or not isinstance(share_cap, int) or share_cap < 1:
+            raise ValueError(f"share_cap must be a positive int, got {share_cap!r}")
         if not isinstance(max_connections, int) or max_connections < 2:
             raise ValueError(
                 f"max_connections must be an int of at least 2 (one is the wake-up "
@@ -179,6 +201,17 @@ class RedisWarmRegistry:
         )
         # Releases of claims by cancelled acquires, kept referenced until they finish.
         self._releases: set[asyncio.Task[None]] = set()
+        self._exchange = (
+            None
+            if share_interval is None
+            else PoolExchange(
+                self._redis,
+                prefix=prefix,
+                interval=float(share_interval),
+                cap=share_cap,
+                trouble=self._trouble,
+            )
+        )
 
     @property
     def degraded(self) -> bool:
@@ -243,15 +276,22 @@ class RedisWarmRegistry:
         return found
 
     def close(self) -> None:
-        """Stop the wake-up thread and close the sync client if this registry built it."""
+        """Stop the wake-up thread, send the policy's last observations and stop sharing
+        them, and close the sync client if this registry built it."""
         self._sync_wake.close()
+        if self._exchange is not None:
+            self._exchange.close()
         if self._url is not None:
             with contextlib.suppress(Exception):
                 self._redis.close()
                 self._redis.connection_pool.disconnect()
 
     async def aclose(self) -> None:
-        """Stop the running loop's wake-ups and close its client if this registry built it."""
+        """Stop the running loop's wake-ups and close its client if this registry built it;
+        send the policy's last observations and stop sharing them."""
+        if self._exchange is not None:
+            # The exchange is the sync client's (a thread's): off the loop.
+            await asyncio.to_thread(self._exchange.close)
         found = self._loops.pop(asyncio.get_running_loop(), None)
         if found is None:
             return
@@ -260,6 +300,21 @@ class RedisWarmRegistry:
             with contextlib.suppress(Exception):
                 await found.client.aclose()
                 await found.client.connection_pool.disconnect()
+
+    # -- the policy's pools -----------------------------------------------------------------
+
+    def shared_pool(self, prefix_key: str) -> PrefixPool | None:
+        """The policy's pool of *prefix_key* for this registry's sessions, shared with every
+        process on the same Redis and ``prefix``; ``None`` with ``share_interval=None``
+        (then :func:`convo.policy.pool_for` keeps one per process)."""
+        return None if self._exchange is None else self._exchange.pool(prefix_key)
+
+    def exchange_observations(self) -> int:
+        """Send the policy's observations recorded since the last exchange and merge the
+        other processes' new ones, now, in one round trip (the background thread does this
+        every ``share_interval`` seconds). Returns how many were merged; 0 when Redis did
+        not answer (what was to be sent is kept for the next exchange)."""
+        return 0 if self._exchange is None else self._exchange.exchange()
 
     # -- keys and arguments ----------------------------------------------------------------
 

@@ -1,0 +1,323 @@
+"""The policy's pools shared through Redis: two registries stand for two processes."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import pytest
+import redis
+import redis.connection
+
+import convo
+from convo.emulator import RunningEmulator
+from convo.limits import RateLimiter
+from convo.policy import PrefixPool, pool_for
+from convo.policy.shared import SharedPrefixPool
+from convo.warm import RedisWarmRegistry
+from tests.warm_support import RedisServer, calls_between, wait_until
+
+from .conftest import service_missing
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+MODEL = "claude-sonnet-4-6"
+SYSTEM = "You answer questions about the travel plan, briefly and exactly. " * 120
+KEY = "the prefix's key"
+HOUR = 3600.0  # a share_interval no test waits for: exchanges happen when a test asks
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A key prefix of this test's own; every key under it is deleted afterwards."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        client.close()
+        service_missing("no Redis at 127.0.0.1:6379 (.ci/run starts one)")
+    name = f"convo:test:pool:{uuid.uuid4().hex}:"
+    yield name
+    for found in client.scan_iter(match=f"{name}*"):
+        client.delete(found)
+    client.close()
+
+
+@pytest.fixture
+def registries(prefix: str) -> Iterator[list[RedisWarmRegistry]]:
+    """Registries a test builds (each a process of the fleet); closed when it ends."""
+    built: list[RedisWarmRegistry] = []
+    yield built
+    for registry in built:
+        registry.close()
+
+
+@pytest.fixture
+def process(prefix: str, registries: list[RedisWarmRegistry]) -> Any:
+    """Builds a registry on the shared Redis and prefix: one process of the fleet."""
+
+    def build(url: str = REDIS_URL, **options: Any) -> RedisWarmRegistry:
+        options.setdefault("share_interval", HOUR)
+        registry = RedisWarmRegistry(url, prefix=prefix, **options)
+        registries.append(registry)
+        return registry
+
+    return build
+
+
+def shared(registry: RedisWarmRegistry) -> SharedPrefixPool:
+    pool = pool_for(registry, KEY)
+    assert isinstance(pool, SharedPrefixPool)
+    return pool
+
+
+def statistics(pool: PrefixPool, now: float) -> dict[str, object]:
+    """What the policy reads from a pool, for conversation "x" at *now*."""
+    return {
+        "prefix_gaps": sorted(pool.prefix_gaps()),
+        "growth": pool.typical_growth(),
+        "cdf": pool.next_turn_cdf("x", now, (300.0, 3600.0)),
+        "latest": pool.latest_turn("x"),
+        "last_use": pool.last_use(),
+    }
+
+
+def record_a_user(pool: PrefixPool, conversation: str, *times: float) -> None:
+    """Turns of one user at *times*, as a session records them."""
+    for at in times:
+        pool.record_use(at)
+        pool.record_turn(conversation, at)
+        pool.record_growth(200)
+
+
+class TestExchange:
+    """What one process records reaches the others, once."""
+
+    def test_observations_of_one_process_reach_the_other(self, process: Any) -> None:
+        """B sees nothing of A's turns until A sends and B merges; then both pools hold
+        the same statistics, B's own turns included."""
+        a, b = process(), process()
+        record_a_user(shared(a), "x", 1000.0, 1600.0, 2400.0)
+        shared(a).record_touch(2500.0)
+        record_a_user(shared(b), "y", 1300.0)
+        assert b.exchange_observations() == 0  # nothing sent yet
+        assert shared(b).prefix_gaps() == []
+        assert a.exchange_observations() == 3  # b's use, turn and growth
+        assert b.exchange_observations() == 10  # a's 3 uses, turns and growths, 1 re-warm
+        assert statistics(shared(a), 2600.0) == statistics(shared(b), 2600.0)
+        assert shared(b).prefix_gaps() == [300.0, 300.0, 800.0]
+        assert shared(b).latest_turn("x") == 2400.0
+        assert shared(b).touched_since(2450.0)
+
+    def test_exchanging_again_counts_nothing_twice(self, process: Any) -> None:
+        """Repeated exchanges on both sides merge each observation once."""
+        a, b = process(), process()
+        shared(b)  # a session of b's on the prefix: b exchanges its pool
+        record_a_user(shared(a), "x", 1000.0, 1400.0)
+        a.exchange_observations()
+        assert b.exchange_observations() == 6
+        before = statistics(shared(b), 1500.0)
+        for _ in range(3):
+            assert a.exchange_observations() == 0
+            assert b.exchange_observations() == 0
+        assert statistics(shared(b), 1500.0) == before == statistics(shared(a), 1500.0)
+
+    def test_a_new_process_starts_with_what_the_fleet_learnt(self, process: Any) -> None:
+        """A registry built after the others read the stream from its start."""
+        a = process()
+        record_a_user(shared(a), "x", 1000.0, 1400.0, 2000.0)
+        a.exchange_observations()
+        late = process()
+        shared(late)
+        assert late.exchange_observations() == 9
+        assert statistics(shared(late), 2100.0) == statistics(shared(a), 2100.0)
+
+    def test_redis_keeps_at_most_the_cap(self, process: Any, prefix: str) -> None:
+        """With share_cap=10, the stream holds the latest 10 observations, and a process
+        that reads it merges those."""
+        a, b = process(share_cap=10), process(share_cap=10)
+        shared(b)
+        for at in range(25):
+            shared(a).record_use(1000.0 + 100 * at)
+        a.exchange_observations()
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            streams = list(client.scan_iter(match=f"{prefix}pool:*"))
+            assert len(streams) == 1
+            assert client.xlen(streams[0]) == 10
+            assert client.pttl(streams[0]) > 0  # an abandoned prefix's stream goes away
+        finally:
+            client.close()
+        assert b.exchange_observations() == 10
+        assert shared(b).prefix_gaps() == [100.0] * 9
+        assert shared(b).last_use() == 3400.0
+
+    def test_close_sends_what_is_left(self, process: Any) -> None:
+        """Observations recorded after the last exchange leave at close."""
+        a, b = process(), process()
+        shared(b)
+        record_a_user(shared(a), "x", 1000.0, 1700.0)
+        a.close()
+        assert b.exchange_observations() == 6
+        assert shared(b).prefix_gaps() == [700.0]
+
+    async def test_aclose_sends_what_is_left_without_blocking_the_loop(self, process: Any) -> None:
+        """An async application's aclose sends the rest too (from a worker thread)."""
+        a, b = process(), process()
+        shared(b)
+        record_a_user(shared(a), "x", 1000.0, 1700.0)
+        await a.aclose()
+        assert b.exchange_observations() == 6
+
+    def test_the_background_thread_exchanges_on_its_own(self, process: Any) -> None:
+        """With a short share_interval, A's turns reach B with nobody asking."""
+        a, b = process(share_interval=0.05), process(share_interval=0.05)
+        record_a_user(shared(a), "x", 1000.0, 1700.0)
+        pool = shared(b)
+        wait_until(lambda: pool.prefix_gaps() == [700.0])
+
+    def test_a_registry_dropped_without_close_takes_its_thread_along(self, prefix: str) -> None:
+        """The background thread holds the exchange weakly: it ends once nothing else does."""
+        before = set(threading.enumerate())
+        registry = RedisWarmRegistry(REDIS_URL, prefix=prefix, share_interval=0.01)
+        shared(registry)
+        threads = [
+            t for t in set(threading.enumerate()) - before if t.name == "convo-pool-exchange"
+        ]
+        assert len(threads) == 1
+        del registry
+        gc.collect()
+        wait_until(lambda: not any(t.is_alive() for t in threads))
+
+    def test_a_redis_away_loses_nothing_recent(self, process: Any) -> None:
+        """While Redis is down an exchange merges nothing and raises nothing; what was
+        recorded meanwhile is sent once it answers again."""
+        server = RedisServer()
+        server.start()
+        try:
+            a, b = process(server.url), process(server.url)
+            shared(b)
+            record_a_user(shared(a), "x", 1000.0)
+            server.kill()
+            record_a_user(shared(a), "x", 1500.0)
+            assert a.exchange_observations() == 0
+            server.start()  # empty: it lost what it had, as a restarted Redis does
+            a.exchange_observations()
+            assert b.exchange_observations() == 6
+            assert shared(b).prefix_gaps() == [500.0]
+        finally:
+            for registry in (a, b):
+                registry.close()
+            server.close()
+
+    def test_share_interval_none_keeps_pools_per_process(self, process: Any) -> None:
+        """share_interval=None: a plain per-process pool, and nothing to exchange."""
+        a = process(share_interval=None)
+        pool = pool_for(a, KEY)
+        assert type(pool) is PrefixPool
+        assert pool_for(a, KEY) is pool
+        assert a.exchange_observations() == 0
+
+    @pytest.mark.parametrize(
+        "options",
+        [{"share_interval": 0}, {"share_interval": -1.0}, {"share_cap": 0}, {"share_cap": 2.5}],
+        ids=["zero-interval", "negative-interval", "zero-cap", "float-cap"],
+    )
+    def test_bad_sharing_options_are_refused(self, options: dict[str, Any]) -> None:
+        """Misuse raises ValueError saying what is allowed."""
+        with pytest.raises(ValueError, match="share_"):
+            RedisWarmRegistry(REDIS_URL, **options)
+
+
+def session_on(
+    registry: RedisWarmRegistry, client: anthropic.Anthropic, emulator: RunningEmulator
+) -> convo.Session:
+    """A session with the adaptive TTL on *registry*, on the emulator's clock."""
+    return convo.Session(
+        convo.Prefix(model=MODEL, system=[SYSTEM]),
+        client=client,
+        clock=emulator.emulator.clock.now,
+        registry=registry,
+        limiter=RateLimiter(),
+        ledger=False,
+        max_tokens=64,
+        adaptive_ttl=True,
+    )
+
+
+class TestFleetPolicy:
+    """A process's TTL choice follows the gaps another process saw."""
+
+    def test_b_writes_one_hour_after_a_saw_ten_minute_gaps(
+        self, client: anthropic.Anthropic, emulator: RunningEmulator, process: Any
+    ) -> None:
+        """A's user came back after 10 minutes. A process on its own has seen no gap and
+        lays the prefix out for 5 minutes; B, having merged A's observations, for an hour."""
+        clock = emulator.emulator.clock.now
+        a, b = process(clock=clock), process(clock=clock)
+        alone = process(clock=clock, share_interval=None)
+        first = session_on(a, client, emulator)
+        first.send("Hello")
+        emulator.advance(600)
+        first.send("Ten minutes later")
+        assert first.prefix.ttl == "1h"  # A learnt it from its own user
+        emulator.advance(30)
+        on_its_own = session_on(alone, client, emulator)
+        fleet = session_on(b, client, emulator)
+        a.exchange_observations()
+        b.exchange_observations()
+        on_its_own.send("A new user in a process that learns alone")
+        assert on_its_own.prefix.ttl == "5m"
+        reply = fleet.send("A new user in a process that learns with the fleet")
+        assert fleet.prefix.ttl == "1h"
+        assert reply.reason == "hit"  # A's entry, read: only the marker's TTL differs
+
+
+class TestRoundTrips:
+    """Sharing adds no Redis round trip to a turn."""
+
+    def test_a_turn_sends_nothing_and_an_exchange_is_one_round_trip(
+        self,
+        client: anthropic.Anthropic,
+        emulator: RunningEmulator,
+        registries: list[RedisWarmRegistry],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A warm turn runs only the registry's scripts (its observations stay in memory);
+        the exchange that sends them is one pipeline: one send on the wire."""
+        server = RedisServer()
+        server.start()
+        try:
+            clock = emulator.emulator.clock.now
+            registry = RedisWarmRegistry(server.url, clock=clock, share_interval=HOUR)
+            registries.append(registry)
+            session = session_on(registry, client, emulator)
+            session.send("Where do we start?")
+            emulator.advance(10)
+            before = server.calls()
+            assert session.send("And then?").reason == "hit"
+            during = calls_between(before, server.calls())
+            assert "evalsha" in during  # the registry's scripts (their commands count too)
+            assert not {"xadd", "xrange"} & set(during)
+            sends = []
+            original = redis.connection.AbstractConnection.send_packed_command
+
+            def counted(conn: Any, *args: Any, **kw: Any) -> Any:
+                sends.append(args)
+                return original(conn, *args, **kw)
+
+            before = server.calls()
+            monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+            assert registry.exchange_observations() == 0  # its own, read back and skipped
+            monkeypatch.undo()
+            assert len(sends) == 1
+            calls = calls_between(before, server.calls())
+            assert calls["xrange"] == 1
+            assert calls["xadd"] > 0
+        finally:
+            for registry in registries:
+                registry.close()
+            server.close()
