@@ -19,6 +19,7 @@ from convo.policy import (
     PrefixPool,
     history_ttl,
     keep_alive,
+    observe,
     pool_for,
     prefix_ttl,
     prefix_ttl_counts,
@@ -191,6 +192,34 @@ class TestCdf:
         assert hour == pytest.approx(five)
 
 
+def _reference_cdf_at(
+    observed: list[float], latest: list[float], mine: float | None, now: float, times: Any
+) -> list[float]:
+    """``observe._cdf_at`` as it was first written (one event at a time, from the start
+    for every horizon): what the faster loop must equal to the last bit."""
+    events = sorted([*observed, observe._pseudo_gap(observed, min(times) / 2)])
+    out = [0.0] * len(times)
+    n = len(events)
+    at_risk = len(latest)
+    s = 1.0
+    i = 0
+    for k in sorted(range(len(times)), key=times.__getitem__):
+        while i < n and events[i] <= times[k]:
+            time = events[i]
+            j = i + 1
+            while j < n and events[j] == time:
+                j += 1
+            while at_risk and latest[at_risk - 1] > now - time:
+                at_risk -= 1
+            waits = at_risk + 1
+            if mine is not None and now - mine >= time:
+                waits -= 1
+            s *= 1.0 - (j - i) / (n - i + waits)
+            i = j
+        out[k] = 1.0 - s
+    return out
+
+
 class TestPrefixPool:
     """The pool records uses, turns and the prefix entry's TTL."""
 
@@ -264,6 +293,39 @@ class TestPrefixPool:
                     )
                 reference = prefix_ttl(pool.prefix_gaps(), tokens=1000)
                 assert prefix_ttl_counts(*pool.prefix_gap_counts(), tokens=1000) == reference
+
+    @pytest.mark.parametrize("seed", range(3))
+    def test_sorted_copies_follow_evictions_and_estimates_are_unchanged(
+        self, seed: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With the gap deques and the conversations bounded (and overflowing), the pool's
+        sorted copies, kept up to date one observation at a time, equal a fresh sort of
+        what they mirror; and the estimate from them is exactly (not approximately) the
+        one a fresh build gives."""
+        monkeypatch.setattr(observe, "_MAX_GAPS", 40)
+        monkeypatch.setattr(observe, "_MAX_CONVERSATIONS", 12)
+        rng = random.Random(seed)
+        pool = PrefixPool()
+        at = 0.0
+        for step in range(600):
+            at += rng.choice([rng.uniform(0, 60), rng.uniform(200, 900), 30.0])
+            name = f"c{rng.randrange(20)}"
+            pool.record_use(at)
+            pool.record_turn(name, at)
+            if step % 7:
+                continue
+            for who in (name, None, "never-seen"):
+                now = at + rng.uniform(0, 4000)
+                times = (300.0, 3600.0)
+                estimate = pool.next_turn_cdf(who, now, times)
+                assert pool._sorted_turn_gaps == sorted(pool._turn_gaps)
+                assert pool._sorted_latest == sorted(pool._latest.values())
+                fresh = sorted([*pool._turn_gaps, *pool._own.get(who or "", ())])
+                mine = pool._latest.get(who) if who is not None else None
+                latest = sorted(pool._latest.values())
+                assert estimate == _reference_cdf_at(fresh, latest, mine, now, times)
+            pool.prefix_gap_counts()
+            assert pool._sorted_prefix_gaps == sorted(pool._prefix_gaps)
 
     def test_shared_per_registry(self) -> None:
         """Sessions on one registry share a prefix's pool; another registry has its own."""
