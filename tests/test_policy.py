@@ -327,6 +327,29 @@ class TestPrefixPool:
             pool.prefix_gap_counts()
             assert pool._sorted_prefix_gaps == sorted(pool._prefix_gaps)
 
+    @pytest.mark.parametrize("seed", range(20))
+    def test_survival_loop_equals_the_first_written_one(self, seed: int) -> None:
+        """The survival loop (horizons found by bisection, its own wait one comparison)
+        gives, to the last bit, what the loop first written gives: with many ties, with
+        latest turns dropping out among the events, with and without this conversation's
+        own wait, for horizons among the events and beyond them."""
+        rng = random.Random(seed)
+        now = 10_000.0
+        grid = [rng.choice([1.0, 7.5, 30.0, 300.0]) * rng.randrange(1, 40) for _ in range(5)]
+        observed = sorted(
+            rng.choice(grid) if rng.random() < 0.4 else rng.uniform(0, 4000)
+            for _ in range(rng.randrange(0, 700))
+        )
+        latest = sorted(
+            now - rng.choice([*observed, rng.uniform(0, 5000)] if observed else [0.0])
+            for _ in range(rng.randrange(1, 1200))
+        )
+        mine = rng.choice([None, rng.choice(latest)])
+        times = rng.choice([(300.0, 3600.0), (3600.0, 300.0), (rng.uniform(0, 5000), 1e9)])
+        assert observe._cdf_at(observed, latest, mine, now, times) == _reference_cdf_at(
+            observed, latest, mine, now, times
+        )
+
     def test_shared_per_registry(self) -> None:
         """Sessions on one registry share a prefix's pool; another registry has its own."""
         one, two = WarmRegistry(), WarmRegistry()
