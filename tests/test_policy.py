@@ -27,6 +27,7 @@ from convo.policy import (
 )
 from convo.policy.observe import cdf
 from convo.session import KeepAlive, Session
+from convo.tokens import message_tokens
 from convo.warm import WarmRegistry
 
 MODEL = "claude-sonnet-4-6"  # $3 per million input tokens
@@ -445,6 +446,18 @@ class TestSessionPolicy:
         assert reply.usage.cache_write_1h == 2040
         assert reply.usage.cache_write_5m == 0
         assert reply.usage.input > 0  # the task itself: sent once, never cached
+
+    def test_growth_recorded_is_the_last_exchanges_tokens(
+        self, make_session: Callable[..., Session]
+    ) -> None:
+        """Each turn records what the exchange before it added: the tokens of the last user
+        message and reply, as message_tokens counts them."""
+        session = make_session()
+        for text in ("hello there", "a longer question about the plan " * 20, "and then?"):
+            session.send(text)
+        stored = session._core.history.stored
+        expected = [sum(message_tokens(m) for m in stored[k : k + 2]) for k in (0, 2)]
+        assert list(session._core._pool._growth)[-2:] == expected
 
     def test_adaptive_ttl_off_keeps_the_layout(
         self, emulator: RunningEmulator, make_session: Callable[..., Session]
