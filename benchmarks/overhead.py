@@ -23,7 +23,10 @@ interleaved in one run so a noisy machine slows both alike:
     misses the ledger writer's thread): each arm's median client µs per call, convo's
     added µs per turn (paired with the raw call of the same turn) with the quartiles of
     those differences, added µs as a share of the raw call, and the ratios at 1,000 turns
-    to 10 turns of added µs and of each convo arm's own µs per call. The heap is frozen and
+    to 10 turns of added µs and of each convo arm's own µs per call. Those ratios compare
+    two phases of the run, minutes apart; the 1,000-turn phase also times convo on fresh
+    10-turn conversations in the same random order (see ``mock_size``), which gives the
+    same ratio with both sides measured at the same moments. The heap is frozen and
     collected before each timed call, so no arm pays for garbage another left (see
     ``mock_size``).
 (b) **Loopback emulator**, served by another process: a 200-turn conversation, convo vs the
@@ -75,6 +78,8 @@ SYSTEM = " ".join(("alpha", "beta", "gamma", "delta")[i % 4] for i in range(40_0
 API_KEY = "sk-bench"
 MOCK_URL = "http://mock.invalid"
 MAX_TOKENS = 1024
+#: Timed turns per short conversation in the interleaved measure (see ``mock_size``).
+SHORT_WINDOW = 3
 # Limits far above anything this benchmark sends, so no arm ever waits on a limiter.
 UNLIMITED = {"limits": {"default": {"rpm": 10**8, "itpm": 10**12, "otpm": 10**12}}}
 
@@ -221,16 +226,26 @@ def mock_size(
     window: int,
     ledger_off: bool,
     tags: list[int],
+    short: int | None = None,
 ) -> dict[str, Any]:
-    """Time *window* turns after *turns* of history, over *conversations* conversations."""
+    """Time *window* turns after *turns* of history, over *conversations* conversations.
+
+    With *short*, one more arm: convo (defaults) on conversations of *short* turns, each
+    timed for :data:`SHORT_WINDOW` turns and then replaced by the next, grown beforehand.
+    Timed in the same random order as the other arms, it measures convo's per-call time
+    at *short* turns under the same conditions (the same process, heap and machine load
+    at the same moments) as at *turns*: the ratio of the two is then convo's own growth
+    with history, not a difference between two phases of the run.
+    """
     arms = ["raw", "convo"] + (["convo_no_ledger"] if ledger_off else [])
+    timed_arms = arms + (["convo_short"] if short else [])
     # A random order each turn (fixed seed): every arm goes first, and follows every other
     # arm, equally often. Order matters at this scale: the first call after the heap is
     # frozen costs several hundred µs more, and a call right after one of the same arm runs
     # on warm caches. (A fixed rotation started every conversation with the same arm.)
     shuffle = random.Random(turns).shuffle
-    wall: dict[str, list[float]] = {arm: [] for arm in arms}
-    cpu: dict[str, list[float]] = {arm: [] for arm in arms}
+    wall: dict[str, list[float]] = {arm: [] for arm in timed_arms}
+    cpu: dict[str, list[float]] = {arm: [] for arm in timed_arms}
     entries = 0
     for _ in range(conversations):
         tag = [next_tag(tags) for _ in arms]
@@ -246,6 +261,13 @@ def mock_size(
                 session.send(question(tag[n], i))
         raw = RawConversation(sessions["convo"].history)
         raw_client = transport.client()
+        shorts: list[tuple[convo.Session, str]] = []
+        for _ in range(-(-window // SHORT_WINDOW) if short else 0):
+            tag_short = next_tag(tags)
+            session = convo.Session(prefix, client=transport.client(), max_tokens=MAX_TOKENS)
+            for i in range(short or 0):
+                session.send(question(tag_short, i))
+            shorts.append((session, tag_short))
         # At 1,000 turns the three arms' histories are tens of thousands of objects, and a
         # full collection would land on whichever arm happens to be running. Freezing what
         # exists now keeps the grown state out of every collection, and a collection
@@ -254,27 +276,54 @@ def mock_size(
         gc.collect()
         gc.freeze()
         for i in range(turns, turns + window):
-            order = list(arms)
+            order = list(timed_arms)
             shuffle(order)
             for arm in order:
-                n = arms.index(arm)
                 gc.collect()
-                if arm == "raw":
+                if arm == "convo_short":
+                    k = i - turns
+                    session, tag_short = shorts[k // SHORT_WINDOW]
+                    text = question(tag_short, (short or 0) + k % SHORT_WINDOW)
+                    us, cpu_us, _ = _timed(transport, session.send, text)
+                elif arm == "raw":
                     kwargs = raw.arguments(question(tag[0], i))
                     us, cpu_us, message = _timed(transport, raw_client.messages.create, **kwargs)
                     raw.answered(message)
                 else:
-                    us, cpu_us, _ = _timed(transport, sessions[arm].send, question(tag[n], i))
+                    text = question(tag[arms.index(arm)], i)
+                    us, cpu_us, _ = _timed(transport, sessions[arm].send, text)
                 wall[arm].append(us)
                 cpu[arm].append(cpu_us)
         gc.unfreeze()
         entries = max(entries, len(sessions["convo"].tracker.entries()))
-    return {
+    result: dict[str, Any] = {
         "samples": len(wall["raw"]),
         "tracker_entries": entries,
         "wall": _paired(wall, arms),
         "cpu": _paired(cpu, arms),
     }
+    if short:
+        result[f"convo_{short}_turns_interleaved"] = {
+            clock: {
+                "short_us": round(statistics.median(samples["convo_short"]), 1),
+                "convo_us": round(statistics.median(samples["convo"]), 1),
+                # Issue 15's measure, each side under the same conditions: convo's time per
+                # call at *turns* over its time at *short* (medians; and the median of the
+                # ratios of calls timed in the same round).
+                "ratio": round(
+                    statistics.median(samples["convo"]) / statistics.median(samples["convo_short"]),
+                    3,
+                ),
+                "paired_ratio": round(
+                    statistics.median(
+                        c / s for c, s in zip(samples["convo"], samples["convo_short"], strict=True)
+                    ),
+                    3,
+                ),
+            }
+            for clock, samples in (("wall", wall), ("cpu", cpu))
+        }
+    return result
 
 
 def next_tag(tags: list[int]) -> str:
@@ -342,6 +391,7 @@ def _run_mock(transport: EmulatorTransport, args: argparse.Namespace) -> dict[st
             window=window,
             ledger_off=not args.no_ledger_off,
             tags=tags,
+            short=10 if turns == 1000 else None,
         )
         sizes[turns]["seconds"] = round(time.perf_counter() - started, 1)
         print(f"(a) {turns} turns: {sizes[turns]}", file=sys.stderr)
@@ -537,6 +587,11 @@ def markdown(report: dict[str, Any]) -> str:
         if "added_1000_over_10" in mock:
             lines.append(f"added µs, 1,000 turns over 10 turns: {mock['added_1000_over_10']}")
             lines.append(f"µs per call, 1,000 turns over 10 turns: {mock['per_call_1000_over_10']}")
+        interleaved = mock["by_history_turns"].get(1000, {}).get("convo_10_turns_interleaved")
+        if interleaved:
+            lines.append(
+                f"µs per call, 1,000 turns over 10 turns, timed interleaved: {interleaved}"
+            )
     loop = report.get("loopback")
     if loop:
         lines += [
