@@ -4,12 +4,14 @@ Three measurements, each comparing convo with the raw SDK doing the same work, a
 interleaved in one run so a noisy machine slows both alike:
 
 (a) **Mock transport.** Both arms use an ``anthropic.Anthropic`` built the same way, whose
-    ``httpx2.MockTransport`` hands the request to the emulator's core in-process
-    (``convo.emulator.Emulator.messages``) and answers with its ``Message``. The emulator's
-    time is measured inside the handler and subtracted, so each figure is the client's own
-    time for one call. (A fixed canned ``Message`` would be cheaper to serve, but its usage
-    could not match what convo predicts, and every convo turn would then take the
-    misprediction path; the emulator answers with the usage a real server would.)
+    ``httpx2.MockTransport`` hands the request's bytes down a pipe to the emulator's core
+    (``convo.emulator.Emulator.messages``) in a child process and answers with its
+    ``Message`` (see :class:`EmulatorTransport`: the server's work stays off the client's
+    thread, its CPU clock and its caches). The emulator's time is subtracted from the wall
+    figure, so each figure is the client's own time for one call. (A fixed canned
+    ``Message`` would be cheaper to serve, but its usage could not match what convo
+    predicts, and every convo turn would then take the misprediction path; the emulator
+    answers with the usage a real server would.)
     A 40,000-token system prompt; the convo arms *grow* their conversation to 10, 100 and
     1,000 turns by sending (so their trackers hold what a real session's would), then the
     next turns are timed, the arms taking turns in a random order each turn (fixed seed),
@@ -21,7 +23,10 @@ interleaved in one run so a noisy machine slows both alike:
     misses the ledger writer's thread): each arm's median client µs per call, convo's
     added µs per turn (paired with the raw call of the same turn) with the quartiles of
     those differences, added µs as a share of the raw call, and the ratios at 1,000 turns
-    to 10 turns of added µs and of each convo arm's own µs per call. The heap is frozen and
+    to 10 turns of added µs and of each convo arm's own µs per call. Those ratios compare
+    two phases of the run, minutes apart; the 1,000-turn phase also times convo on fresh
+    10-turn conversations in the same random order (see ``mock_size``), which gives the
+    same ratio with both sides measured at the same moments. The heap is frozen and
     collected before each timed call, so no arm pays for garbage another left (see
     ``mock_size``).
 (b) **Loopback emulator**, served by another process: a 200-turn conversation, convo vs the
@@ -41,8 +46,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -70,6 +78,8 @@ SYSTEM = " ".join(("alpha", "beta", "gamma", "delta")[i % 4] for i in range(40_0
 API_KEY = "sk-bench"
 MOCK_URL = "http://mock.invalid"
 MAX_TOKENS = 1024
+#: Timed turns per short conversation in the interleaved measure (see ``mock_size``).
+SHORT_WINDOW = 3
 # Limits far above anything this benchmark sends, so no arm ever waits on a limiter.
 UNLIMITED = {"limits": {"default": {"rpm": 10**8, "itpm": 10**12, "otpm": 10**12}}}
 
@@ -111,31 +121,74 @@ class RawConversation:
 # -- (a) mock transport -------------------------------------------------------------------
 
 
+def _serve_pipe(requests: Any, replies: Any) -> None:
+    """The child process of :class:`EmulatorTransport`: the emulator's core answering the
+    requests that come down one pipe, on the other, each with how long it took (wall
+    clock)."""
+    emulator = Emulator(EmulatorConfig.from_dict(UNLIMITED))
+    while True:
+        try:
+            headers = requests.recv()
+        except EOFError:
+            return
+        content = requests.recv_bytes()
+        started = time.perf_counter_ns()
+        body = json.loads(content)
+        plan = emulator.messages(headers, body)
+        plan.begin()
+        reply, reply_headers = json.dumps(plan.message).encode(), plan.headers
+        # Freed before replying, while the client waits: freeing the parse of a long
+        # request (tens of thousands of objects) while the client runs on the other core
+        # would slow the client through the memory both cores share.
+        del body, plan
+        replies.send((reply_headers, time.perf_counter_ns() - started))
+        replies.send_bytes(reply)
+
+
 class EmulatorTransport:
-    """A mock transport answered by the emulator's core, timing its own work (wall clock
-    and this thread's CPU)."""
+    """A mock transport answered by the emulator's core in a child process, over a pipe.
+
+    The server's work (parsing a request of up to 500 kB, hashing its blocks, keeping every
+    prompt it has seen) happens in another process, so it neither counts in the calling
+    thread's CPU time nor leaves that thread's caches and heap full of its data: hosted
+    in-process it slowed every client step after it (even O(1) ones) by about 40% at 1,000
+    turns. The client pays what a real transport makes it pay: the request's bytes are
+    copied out (into the pipe, as into a socket), the reply's copied in. The server's wall
+    time is subtracted from the wall figure; the pipe's round trip (tens of µs) is not.
+    """
 
     def __init__(self) -> None:
-        self.emulator = Emulator(EmulatorConfig.from_dict(UNLIMITED))
-        self.server_ns = self.server_cpu_ns = 0
-        self.garbage: Any = None
+        context = multiprocessing.get_context("spawn")
+        # Two one-way pipes with 1 MiB buffers: a request of up to ~600 kB goes in one
+        # write, without the writer blocking (and being switched out) every 64 kB.
+        requests_in, self._requests = context.Pipe(duplex=False)
+        self._replies, replies_out = context.Pipe(duplex=False)
+        for end in (self._requests, self._replies):
+            with contextlib.suppress(OSError, AttributeError):  # not Linux: default size
+                fcntl.fcntl(end.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+        self._process = context.Process(
+            target=_serve_pipe, args=(requests_in, replies_out), daemon=True
+        )
+        self._process.start()
+        requests_in.close()
+        replies_out.close()
+        self.server_ns = 0
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
-        started, cpu = time.perf_counter_ns(), time.thread_time_ns()
-        body = json.loads(request.content)
-        plan = self.emulator.messages(request.headers, body)
-        plan.begin()
-        # Freed after the call is timed: deallocating the server's parse of a long request
-        # (tens of thousands of objects at 1,000 turns) is the server's work, not the client's.
-        self.garbage = (body, plan)
-        response = httpx2.Response(
-            200,
-            content=json.dumps(plan.message).encode(),
-            headers={**plan.headers, "content-type": "application/json"},
+        self._requests.send(dict(request.headers))
+        self._requests.send_bytes(request.content)
+        headers, server_ns = self._replies.recv()
+        content = self._replies.recv_bytes()
+        self.server_ns += server_ns
+        return httpx2.Response(
+            200, content=content, headers={**headers, "content-type": "application/json"}
         )
-        self.server_ns += time.perf_counter_ns() - started
-        self.server_cpu_ns += time.thread_time_ns() - cpu
-        return response
+
+    def close(self) -> None:
+        """Stop the child process."""
+        self._requests.close()
+        self._replies.close()
+        self._process.join(timeout=10)
 
     def client(self) -> anthropic.Anthropic:
         return anthropic.Anthropic(
@@ -149,19 +202,18 @@ class EmulatorTransport:
 def _timed(
     transport: EmulatorTransport, call: Callable[..., Any], *args: Any, **kwargs: Any
 ) -> tuple[float, float, Any]:
-    """Run *call*; return the microseconds it spent in the client, by the wall clock and by
-    this thread's CPU clock (each minus the emulator's share), and its result.
+    """Run *call*; return the microseconds it spent in the client, by the wall clock (minus
+    the emulator's time) and by this thread's CPU clock, and its result.
 
     The CPU figure leaves out time the thread spent preempted by other processes, which on
     a shared machine is most of the noise; it also leaves out work on other threads (the
     ledger's writer), which the wall figure catches whenever it lands in a timed call.
     """
-    transport.server_ns = transport.server_cpu_ns = 0
+    transport.server_ns = 0
     started, cpu = time.perf_counter_ns(), time.thread_time_ns()
     result = call(*args, **kwargs)
+    cpu = time.thread_time_ns() - cpu
     wall = time.perf_counter_ns() - started - transport.server_ns
-    cpu = time.thread_time_ns() - cpu - transport.server_cpu_ns
-    transport.garbage = None
     return wall / 1000, cpu / 1000, result
 
 
@@ -174,16 +226,26 @@ def mock_size(
     window: int,
     ledger_off: bool,
     tags: list[int],
+    short: int | None = None,
 ) -> dict[str, Any]:
-    """Time *window* turns after *turns* of history, over *conversations* conversations."""
+    """Time *window* turns after *turns* of history, over *conversations* conversations.
+
+    With *short*, one more arm: convo (defaults) on conversations of *short* turns, each
+    timed for :data:`SHORT_WINDOW` turns and then replaced by the next, grown beforehand.
+    Timed in the same random order as the other arms, it measures convo's per-call time
+    at *short* turns under the same conditions (the same process, heap and machine load
+    at the same moments) as at *turns*: the ratio of the two is then convo's own growth
+    with history, not a difference between two phases of the run.
+    """
     arms = ["raw", "convo"] + (["convo_no_ledger"] if ledger_off else [])
+    timed_arms = arms + (["convo_short"] if short else [])
     # A random order each turn (fixed seed): every arm goes first, and follows every other
     # arm, equally often. Order matters at this scale: the first call after the heap is
     # frozen costs several hundred µs more, and a call right after one of the same arm runs
     # on warm caches. (A fixed rotation started every conversation with the same arm.)
     shuffle = random.Random(turns).shuffle
-    wall: dict[str, list[float]] = {arm: [] for arm in arms}
-    cpu: dict[str, list[float]] = {arm: [] for arm in arms}
+    wall: dict[str, list[float]] = {arm: [] for arm in timed_arms}
+    cpu: dict[str, list[float]] = {arm: [] for arm in timed_arms}
     entries = 0
     for _ in range(conversations):
         tag = [next_tag(tags) for _ in arms]
@@ -199,36 +261,69 @@ def mock_size(
                 session.send(question(tag[n], i))
         raw = RawConversation(sessions["convo"].history)
         raw_client = transport.client()
-        # The in-process emulator keeps every prompt it has seen, so at 1,000 turns the
-        # heap is mostly its state and a full collection takes ~100 ms every ~8 calls,
-        # landing on whichever arm happens to be running. Freezing what exists now keeps
-        # that artifact of hosting the server in the client's process out of both arms,
-        # and a collection before each call leaves it no debt from the call before: each
-        # arm pays for collecting what it allocates itself.
+        shorts: list[tuple[convo.Session, str]] = []
+        for _ in range(-(-window // SHORT_WINDOW) if short else 0):
+            tag_short = next_tag(tags)
+            session = convo.Session(prefix, client=transport.client(), max_tokens=MAX_TOKENS)
+            for i in range(short or 0):
+                session.send(question(tag_short, i))
+            shorts.append((session, tag_short))
+        # At 1,000 turns the three arms' histories are tens of thousands of objects, and a
+        # full collection would land on whichever arm happens to be running. Freezing what
+        # exists now keeps the grown state out of every collection, and a collection
+        # before each call leaves it no debt from the call before: each arm pays for
+        # collecting what it allocates itself.
         gc.collect()
         gc.freeze()
         for i in range(turns, turns + window):
-            order = list(arms)
+            order = list(timed_arms)
             shuffle(order)
             for arm in order:
-                n = arms.index(arm)
                 gc.collect()
-                if arm == "raw":
+                if arm == "convo_short":
+                    k = i - turns
+                    session, tag_short = shorts[k // SHORT_WINDOW]
+                    text = question(tag_short, (short or 0) + k % SHORT_WINDOW)
+                    us, cpu_us, _ = _timed(transport, session.send, text)
+                elif arm == "raw":
                     kwargs = raw.arguments(question(tag[0], i))
                     us, cpu_us, message = _timed(transport, raw_client.messages.create, **kwargs)
                     raw.answered(message)
                 else:
-                    us, cpu_us, _ = _timed(transport, sessions[arm].send, question(tag[n], i))
+                    text = question(tag[arms.index(arm)], i)
+                    us, cpu_us, _ = _timed(transport, sessions[arm].send, text)
                 wall[arm].append(us)
                 cpu[arm].append(cpu_us)
         gc.unfreeze()
         entries = max(entries, len(sessions["convo"].tracker.entries()))
-    return {
+    result: dict[str, Any] = {
         "samples": len(wall["raw"]),
         "tracker_entries": entries,
         "wall": _paired(wall, arms),
         "cpu": _paired(cpu, arms),
     }
+    if short:
+        result[f"convo_{short}_turns_interleaved"] = {
+            clock: {
+                "short_us": round(statistics.median(samples["convo_short"]), 1),
+                "convo_us": round(statistics.median(samples["convo"]), 1),
+                # Issue 15's measure, each side under the same conditions: convo's time per
+                # call at *turns* over its time at *short* (medians; and the median of the
+                # ratios of calls timed in the same round).
+                "ratio": round(
+                    statistics.median(samples["convo"]) / statistics.median(samples["convo_short"]),
+                    3,
+                ),
+                "paired_ratio": round(
+                    statistics.median(
+                        c / s for c, s in zip(samples["convo"], samples["convo_short"], strict=True)
+                    ),
+                    3,
+                ),
+            }
+            for clock, samples in (("wall", wall), ("cpu", cpu))
+        }
+    return result
 
 
 def next_tag(tags: list[int]) -> str:
@@ -263,6 +358,13 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 
 def run_mock(args: argparse.Namespace) -> dict[str, Any]:
     transport = EmulatorTransport()
+    try:
+        return _run_mock(transport, args)
+    finally:
+        transport.close()
+
+
+def _run_mock(transport: EmulatorTransport, args: argparse.Namespace) -> dict[str, Any]:
     prefix = convo.Prefix(model=MODEL, system=[SYSTEM], tools=[])
     tags = [0]
     # Warm the shared prefix (registry and emulator) so every measured conversation starts
@@ -289,6 +391,7 @@ def run_mock(args: argparse.Namespace) -> dict[str, Any]:
             window=window,
             ledger_off=not args.no_ledger_off,
             tags=tags,
+            short=10 if turns == 1000 else None,
         )
         sizes[turns]["seconds"] = round(time.perf_counter() - started, 1)
         print(f"(a) {turns} turns: {sizes[turns]}", file=sys.stderr)
@@ -484,6 +587,11 @@ def markdown(report: dict[str, Any]) -> str:
         if "added_1000_over_10" in mock:
             lines.append(f"added µs, 1,000 turns over 10 turns: {mock['added_1000_over_10']}")
             lines.append(f"µs per call, 1,000 turns over 10 turns: {mock['per_call_1000_over_10']}")
+        interleaved = mock["by_history_turns"].get(1000, {}).get("convo_10_turns_interleaved")
+        if interleaved:
+            lines.append(
+                f"µs per call, 1,000 turns over 10 turns, timed interleaved: {interleaved}"
+            )
     loop = report.get("loopback")
     if loop:
         lines += [

@@ -19,6 +19,7 @@ from convo.policy import (
     PrefixPool,
     history_ttl,
     keep_alive,
+    observe,
     pool_for,
     prefix_ttl,
     prefix_ttl_counts,
@@ -26,6 +27,7 @@ from convo.policy import (
 )
 from convo.policy.observe import cdf
 from convo.session import KeepAlive, Session
+from convo.tokens import message_tokens
 from convo.warm import WarmRegistry
 
 MODEL = "claude-sonnet-4-6"  # $3 per million input tokens
@@ -191,6 +193,34 @@ class TestCdf:
         assert hour == pytest.approx(five)
 
 
+def _reference_cdf_at(
+    observed: list[float], latest: list[float], mine: float | None, now: float, times: Any
+) -> list[float]:
+    """``observe._cdf_at`` as it was first written (one event at a time, from the start
+    for every horizon): what the faster loop must equal to the last bit."""
+    events = sorted([*observed, observe._pseudo_gap(observed, min(times) / 2)])
+    out = [0.0] * len(times)
+    n = len(events)
+    at_risk = len(latest)
+    s = 1.0
+    i = 0
+    for k in sorted(range(len(times)), key=times.__getitem__):
+        while i < n and events[i] <= times[k]:
+            time = events[i]
+            j = i + 1
+            while j < n and events[j] == time:
+                j += 1
+            while at_risk and latest[at_risk - 1] > now - time:
+                at_risk -= 1
+            waits = at_risk + 1
+            if mine is not None and now - mine >= time:
+                waits -= 1
+            s *= 1.0 - (j - i) / (n - i + waits)
+            i = j
+        out[k] = 1.0 - s
+    return out
+
+
 class TestPrefixPool:
     """The pool records uses, turns and the prefix entry's TTL."""
 
@@ -264,6 +294,62 @@ class TestPrefixPool:
                     )
                 reference = prefix_ttl(pool.prefix_gaps(), tokens=1000)
                 assert prefix_ttl_counts(*pool.prefix_gap_counts(), tokens=1000) == reference
+
+    @pytest.mark.parametrize("seed", range(3))
+    def test_sorted_copies_follow_evictions_and_estimates_are_unchanged(
+        self, seed: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With the gap deques and the conversations bounded (and overflowing), the pool's
+        sorted copies, kept up to date one observation at a time, equal a fresh sort of
+        what they mirror; and the estimate from them is exactly (not approximately) the
+        one a fresh build gives."""
+        monkeypatch.setattr(observe, "_MAX_GAPS", 40)
+        monkeypatch.setattr(observe, "_MAX_CONVERSATIONS", 12)
+        rng = random.Random(seed)
+        pool = PrefixPool()
+        at = 0.0
+        for step in range(600):
+            at += rng.choice([rng.uniform(0, 60), rng.uniform(200, 900), 30.0])
+            name = f"c{rng.randrange(20)}"
+            pool.record_use(at)
+            pool.record_turn(name, at)
+            if step % 7:
+                continue
+            for who in (name, None, "never-seen"):
+                now = at + rng.uniform(0, 4000)
+                times = (300.0, 3600.0)
+                estimate = pool.next_turn_cdf(who, now, times)
+                assert pool._sorted_turn_gaps == sorted(pool._turn_gaps)
+                assert pool._sorted_latest == sorted(pool._latest.values())
+                fresh = sorted([*pool._turn_gaps, *pool._own.get(who or "", ())])
+                mine = pool._latest.get(who) if who is not None else None
+                latest = sorted(pool._latest.values())
+                assert estimate == _reference_cdf_at(fresh, latest, mine, now, times)
+            pool.prefix_gap_counts()
+            assert pool._sorted_prefix_gaps == sorted(pool._prefix_gaps)
+
+    @pytest.mark.parametrize("seed", range(20))
+    def test_survival_loop_equals_the_first_written_one(self, seed: int) -> None:
+        """The survival loop (horizons found by bisection, its own wait one comparison)
+        gives, to the last bit, what the loop first written gives: with many ties, with
+        latest turns dropping out among the events, with and without this conversation's
+        own wait, for horizons among the events and beyond them."""
+        rng = random.Random(seed)
+        now = 10_000.0
+        grid = [rng.choice([1.0, 7.5, 30.0, 300.0]) * rng.randrange(1, 40) for _ in range(5)]
+        observed = sorted(
+            rng.choice(grid) if rng.random() < 0.4 else rng.uniform(0, 4000)
+            for _ in range(rng.randrange(0, 700))
+        )
+        latest = sorted(
+            now - rng.choice([*observed, rng.uniform(0, 5000)] if observed else [0.0])
+            for _ in range(rng.randrange(1, 1200))
+        )
+        mine = rng.choice([None, rng.choice(latest)])
+        times = rng.choice([(300.0, 3600.0), (3600.0, 300.0), (rng.uniform(0, 5000), 1e9)])
+        assert observe._cdf_at(observed, latest, mine, now, times) == _reference_cdf_at(
+            observed, latest, mine, now, times
+        )
 
     def test_shared_per_registry(self) -> None:
         """Sessions on one registry share a prefix's pool; another registry has its own."""
@@ -360,6 +446,18 @@ class TestSessionPolicy:
         assert reply.usage.cache_write_1h == 2040
         assert reply.usage.cache_write_5m == 0
         assert reply.usage.input > 0  # the task itself: sent once, never cached
+
+    def test_growth_recorded_is_the_last_exchanges_tokens(
+        self, make_session: Callable[..., Session]
+    ) -> None:
+        """Each turn records what the exchange before it added: the tokens of the last user
+        message and reply, as message_tokens counts them."""
+        session = make_session()
+        for text in ("hello there", "a longer question about the plan " * 20, "and then?"):
+            session.send(text)
+        stored = session._core.history.stored
+        expected = [sum(message_tokens(m) for m in stored[k : k + 2]) for k in (0, 2)]
+        assert list(session._core._pool._growth)[-2:] == expected
 
     def test_adaptive_ttl_off_keeps_the_layout(
         self, emulator: RunningEmulator, make_session: Callable[..., Session]

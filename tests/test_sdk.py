@@ -65,6 +65,23 @@ class TestFacts:
         )
         assert not facts.spend_cap
 
+    def test_headers_are_kept_as_a_lookup_reads_them(self) -> None:
+        """An attempt keeps the response's headers as a dict equal to ``dict(headers)``:
+        names lowercased, a repeated name's values joined with ", ", in the reply's order."""
+        headers = httpx2.Headers(
+            [("Retry-After", "2"), ("X-Note", "a"), ("request-id", "req_1"), ("x-note", "b")]
+        )
+        request = httpx2.Request("POST", "http://x/v1/messages")
+        response = httpx2.Response(529, headers=headers, request=request)
+        body = {"error": {"type": "overloaded_error"}}
+        error = anthropic.APIStatusError("failed", response=response, body=body)
+        expected = dict(headers)
+        assert expected == {"retry-after": "2", "x-note": "a, b", "request-id": "req_1"}
+        assert sdk.facts_of(error, now=0.0).headers == expected
+        assert list(sdk._success(None, headers, "req_1").facts.headers.items()) == list(
+            expected.items()
+        )
+
     def test_the_spend_cap_is_a_429_without_retry_after(self) -> None:
         """The documented spend-cap shape is recognised, and only it."""
         body = {

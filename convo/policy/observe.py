@@ -103,25 +103,44 @@ def _cdf_at(
     out = [0.0] * len(times)
     n = len(events)
     at_risk = len(latest)  # latest turns at or before now - e: their waits reach e
+    # This conversation's own wait (now - mine) reaches an event time e when e <= mine_until.
+    mine_until = -math.inf if mine is None else now - mine
     s = 1.0
     i = 0
+    # This runs every turn over up to ~600 gaps, so the loop is kept to the arithmetic:
+    # the events up to each horizon are found by bisection, *mine* is one comparison.
     for k in order:
-        horizon = times[k]
-        while i < n and events[i] <= horizon:
+        end = bisect.bisect_right(events, times[k], i)
+        while i < end:
             time = events[i]
             j = i + 1
-            while j < n and events[j] == time:
+            while j < end and events[j] == time:  # ties die together
                 j += 1
             # Events ascend, so now - e descends: walk the latest turns down, never up.
             limit = now - time
             while at_risk and latest[at_risk - 1] > limit:
                 at_risk -= 1
             waits = at_risk + 1  # and the wait that never ends
-            if mine is not None and now - mine >= time:
+            if time <= mine_until:  # counted in at_risk, but it is not another's wait
                 waits -= 1
             s *= 1.0 - (j - i) / (n - i + waits)
             i = j
         out[k] = 1.0 - s
+    return out
+
+
+def _resort(ordered: list[float], out: float | None, into: float) -> None:
+    """Keep the sorted list *ordered* sorted while one value *out* (if any) leaves it and
+    *into* joins it: a bisection and a move each, instead of sorting it all again."""
+    if out is not None:
+        del ordered[bisect.bisect_left(ordered, out)]
+    bisect.insort(ordered, into)
+
+
+def _appended(values: collections.deque[float], value: float) -> float | None:
+    """Append *value* to the bounded deque *values*; return the value that fell out."""
+    out = values[0] if len(values) == values.maxlen else None
+    values.append(value)
     return out
 
 
@@ -171,8 +190,10 @@ class PrefixPool:
         self._own: dict[str, collections.deque[float]] = {}
         self._growth: collections.deque[int] = collections.deque(maxlen=_MAX_GAPS)
         self._latest: collections.OrderedDict[str, float] = collections.OrderedDict()
-        # Memos, each dropped when what it is computed from changes (a new observation):
-        # estimates are asked for every turn, observations change far less often per call.
+        # Sorted copies of the gaps and of the latest turns' starts, for the estimates asked
+        # every turn. Each is kept sorted as observations come (a bisection per change, not
+        # a sort of up to 512 values per turn); ``None`` means "build it again from the
+        # deque or dict it mirrors" (what code that replaces those wholesale sets).
         self._sorted_turn_gaps: list[float] | None = None
         self._sorted_latest: list[float] | None = None
         self._sorted_prefix_gaps: list[float] | None = None
@@ -207,8 +228,10 @@ class PrefixPool:
         """Record a use of the prefix starting at *at* (a turn of any session)."""
         with self._lock:
             if self._last_use is not None and at >= self._last_use:
-                self._prefix_gaps.append(at - self._last_use)
-                self._sorted_prefix_gaps = None
+                gap = at - self._last_use
+                out = _appended(self._prefix_gaps, gap)
+                if self._sorted_prefix_gaps is not None:
+                    _resort(self._sorted_prefix_gaps, out, gap)
             self._last_use = at if self._last_use is None else max(self._last_use, at)
             self._last_touch = at if self._last_touch is None else max(self._last_touch, at)
 
@@ -216,18 +239,24 @@ class PrefixPool:
         """Record a turn of *conversation* starting at *at* (its use of the prefix is
         recorded apart, by :meth:`record_use`)."""
         with self._lock:
-            self._sorted_latest = None
             previous = self._latest.pop(conversation, None)
             if previous is not None and at > previous:
                 gap = at - previous
-                self._turn_gaps.append(gap)
-                self._sorted_turn_gaps = None
+                out = _appended(self._turn_gaps, gap)
+                if self._sorted_turn_gaps is not None:
+                    _resort(self._sorted_turn_gaps, out, gap)
                 own = self._own.setdefault(conversation, collections.deque(maxlen=64))
                 own.append(gap)
-            self._latest[conversation] = at if previous is None else max(at, previous)
+            latest = at if previous is None else max(at, previous)
+            self._latest[conversation] = latest
+            ordered = self._sorted_latest
+            if ordered is not None:
+                _resort(ordered, previous, latest)
             while len(self._latest) > _MAX_CONVERSATIONS:
-                old, _ = self._latest.popitem(last=False)
+                old, started = self._latest.popitem(last=False)
                 self._own.pop(old, None)
+                if ordered is not None:
+                    del ordered[bisect.bisect_left(ordered, started)]
 
     def last_use(self) -> float | None:
         """When the latest recorded use of the prefix started."""

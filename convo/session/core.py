@@ -302,13 +302,17 @@ class SessionCore:
             return ttl, self._history_strategy, fixed
         suffix = self._layout_options["suffix"]
         suffix_tokens = text_tokens(suffix) if isinstance(suffix, str) else 0
-        history = self.history.chain.cumulative_tokens
+        chain = self.history.chain
+        history = chain.cumulative_tokens
         seen = history[-1] if len(history) else 0
         # This turn writes the previous reply and its own message: about the last exchange
         # (the first turn writes the suffix, and a message not seen yet).
         stored = self.history.stored
         if len(stored) >= 2:
-            added = sum(message_tokens(m) for m in stored[-2:])
+            # The last two messages' tokens, as the chain counted them when they came
+            # (message_tokens sums the same block counts; no re-count every turn).
+            first = chain.starts[-2]
+            added = seen - (history[first - 1] if first else 0)
             pool.record_growth(added)
         else:  # the first message is not seen yet: the typical turn's size stands in
             added = suffix_tokens + pool.typical_growth()
