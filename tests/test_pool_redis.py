@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -321,3 +323,84 @@ class TestRoundTrips:
             for registry in registries:
                 registry.close()
             server.close()
+
+
+class TestForkedWorkers:
+    """A registry built before fork() (gunicorn --preload, multiprocessing's fork) gives
+    each worker an origin of its own: the workers merge one another's observations."""
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+    def test_workers_forked_after_the_registry_merge_each_other(self, process: Any) -> None:
+        registry = process()
+        pool_for(registry, KEY).record_use(900.0)  # a pool made before the fork, too
+        parent = registry._exchange.origin
+        reports = []
+        for worker in range(2):
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the worker: record two uses, then merge the sibling's two
+                code = 1
+                try:
+                    pool = pool_for(registry, KEY)
+                    for at in (1_000.0 + 100 * worker, 1_600.0 + 100 * worker):
+                        pool.record_use(at)
+                    merged, deadline = 0, time.monotonic() + 5.0
+                    while merged < 2 and time.monotonic() < deadline:
+                        merged += registry.exchange_observations()
+                        time.sleep(0.02)
+                    os.write(write, f"{registry._exchange.origin} {merged}".encode())
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(write)
+            reports.append((pid, read))
+        results = []
+        for pid, read in reports:
+            _, status = os.waitpid(pid, 0)
+            results.append(os.read(read, 200).decode().split())
+            os.close(read)
+            assert os.waitstatus_to_exitcode(status) == 0
+        origins = {origin for origin, _ in results}
+        assert len(origins) == 2
+        assert parent not in origins
+        # Each worker merged its sibling's two uses, and not the parent's pre-fork one
+        # (it holds that already): with the parent's origin it would have merged none.
+        assert sorted(int(merged) for _, merged in results) == [2, 2]
+
+
+class TestClose:
+    def test_close_waits_a_bounded_time_for_a_stuck_exchange(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An exchange stuck on an unanswering Redis holds up close() by at most
+        CLOSE_WAIT_S, not until Redis answers."""
+        from convo.warm import redis_pool
+
+        release = threading.Event()
+
+        class Stuck:
+            def pipeline(self, transaction: bool = False) -> Any:
+                return self
+
+            def xadd(self, *args: Any, **kwargs: Any) -> None: ...
+            def pexpire(self, *args: Any) -> None: ...
+            def xrange(self, *args: Any, **kwargs: Any) -> None: ...
+
+            def execute(self) -> list[Any]:
+                release.wait(10.0)
+                return [[]]
+
+        monkeypatch.setattr(redis_pool, "CLOSE_WAIT_S", 0.2)
+        exchange = redis_pool.PoolExchange(
+            Stuck(), prefix="p:", interval=HOUR, cap=16, trouble=(redis.RedisError,)
+        )
+        exchange.pool(KEY).record_use(1.0)
+        stuck = threading.Thread(target=exchange.exchange)
+        stuck.start()
+        wait_until(lambda: exchange._exchanging.locked())
+        started = time.monotonic()
+        exchange.close()
+        took = time.monotonic() - started
+        release.set()
+        stuck.join(5.0)
+        assert took < 2.0

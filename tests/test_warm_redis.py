@@ -569,9 +569,13 @@ class TestWokenNotPolled:
             first = await registry.acquire_async(key, ttl_seconds=300)
             here = registry._loops[asyncio.get_running_loop()]
             await settle(lambda: here.wake.up is not None)
+            started = server.calls()
             flights, tasks = start_acquirers([registry], key, 50)
             await settle(lambda: here.wake.waiting == 50)
-            await asyncio.sleep(0.1)
+            # A waiter registers before its first check: wait for all 50 checks to have run
+            # (a fixed sleep let late ones land in the count below, under load).
+            await settle(lambda: calls_between(started, server.calls()).get("evalsha", 0) >= 50)
+            await asyncio.sleep(0.05)
             before = server.calls()
             await registry.abandon_async(first)
             await settle(lambda: len(flights) == 1)

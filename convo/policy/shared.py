@@ -147,6 +147,19 @@ class SharedPrefixPool(PrefixPool):
         self._uses: list[float] = []
         self._seen: collections.OrderedDict[str, int] = collections.OrderedDict()
 
+    def forked(self, origin: str) -> None:
+        """Become a new process's pool after ``fork()``: what was recorded before the fork
+        is this process's already (its parent sends it), so the parent's entries up to now
+        are taken as merged, and new records carry *origin*. Call in the child only, while
+        it has one thread (its locks are made anew: another thread may have held them)."""
+        self._share = threading.Lock()
+        self._lock = threading.Lock()
+        self._seen[self.origin] = self._seq
+        self._seen.move_to_end(self.origin)
+        self.origin = origin
+        self._seq = 0
+        self._outbox = []
+
     # -- recording (and queueing) -----------------------------------------------------
 
     def record_use(self, at: float) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import uuid
 import weakref
@@ -39,6 +40,22 @@ logger = logging.getLogger("convo")
 #: How long a prefix's stream outlives its last append: gaps of a day and more still count
 #: as gaps, so a fleet back after a quiet weekend keeps what it learnt.
 KEEP_MS = 7 * 24 * 3600 * 1000
+
+
+# Every exchange alive in this process, so a child of fork() can give each a new origin.
+_EXCHANGES: weakref.WeakSet[PoolExchange] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for exchange in list(_EXCHANGES):
+        exchange._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+#: Longest ``close()`` waits for an exchange the background thread has on the wire.
+CLOSE_WAIT_S = 2.0
 
 
 class PoolExchange:
@@ -77,6 +94,19 @@ class PoolExchange:
         self._pools: dict[str, tuple[SharedPrefixPool, str]] = {}
         self._cursors: dict[str, str] = {}  # stream -> the id of the last entry read
         self._stop: threading.Event | None = None  # set to stop the running thread
+        _EXCHANGES.add(self)
+
+    def _forked(self) -> None:
+        """In a child of ``fork()`` (one thread): a new origin, so the parent's entries and
+        the child's are told apart (with the parent's, the child would skip every sibling's
+        entries as its own); fresh locks; no background thread yet (it did not survive the
+        fork: the next :meth:`pool` starts one)."""
+        self.origin = uuid.uuid4().hex
+        self._lock = threading.Lock()
+        self._exchanging = threading.Lock()
+        self._stop = None
+        for pool, _ in self._pools.values():
+            pool.forked(self.origin)
 
     def pool(self, prefix_key: str) -> SharedPrefixPool:
         """The shared pool of *prefix_key*; starts the background exchange if it is not
@@ -98,40 +128,54 @@ class PoolExchange:
                 ).start()
             return found[0]
 
-    def exchange(self) -> int:
+    def exchange(self, *, wait: float | None = None) -> int:
         """Send what the pools recorded since the last exchange and merge the other
         processes' new observations, in one round trip. Returns how many were merged (0
-        when Redis did not answer: what was taken is queued again)."""
-        with self._exchanging:
-            with self._lock:
-                pools = list(self._pools.values())
-            if not pools:
-                return 0
-            taken = [pool.take() for pool, _ in pools]
-            pipe = self._redis.pipeline(transaction=False)
-            for (_, stream), sent in zip(pools, taken, strict=True):
-                for observation in sent:
-                    pipe.xadd(stream, observation.fields(), maxlen=self._cap, approximate=False)
-                if sent:
-                    pipe.pexpire(stream, KEEP_MS)
-            for _, stream in pools:
-                pipe.xrange(stream, min=self._after(stream), max="+", count=self._cap)
-            try:
-                replies = pipe.execute()
-            except self._trouble as error:
-                for (pool, _), sent in zip(pools, taken, strict=True):
-                    pool.untake(sent)
-                logger.debug("convo: sharing the policy's observations failed: %r", error)
-                return 0
-            merged = 0
-            for (pool, stream), entries in zip(pools, replies[-len(pools) :], strict=True):
-                if not entries:
-                    continue
-                last = entries[-1][0]
-                self._cursors[stream] = last.decode() if isinstance(last, bytes) else last
-                found = (Observation.from_fields(fields) for _, fields in entries)
-                merged += pool.merge(o for o in found if o is not None)
-            return merged
+        when Redis did not answer: what was taken is queued again).
+
+        Args:
+            wait: Longest seconds to wait for an exchange already running (the background
+                thread's, perhaps stuck on an unanswering Redis); ``None``: as long as it
+                takes. When the wait runs out, nothing is exchanged and 0 is returned.
+        """
+        if not self._exchanging.acquire(timeout=-1 if wait is None else max(0.0, wait)):
+            return 0
+        try:
+            return self._exchange()
+        finally:
+            self._exchanging.release()
+
+    def _exchange(self) -> int:
+        """The exchange itself; the caller holds the exchange lock."""
+        with self._lock:
+            pools = list(self._pools.values())
+        if not pools:
+            return 0
+        taken = [pool.take() for pool, _ in pools]
+        pipe = self._redis.pipeline(transaction=False)
+        for (_, stream), sent in zip(pools, taken, strict=True):
+            for observation in sent:
+                pipe.xadd(stream, observation.fields(), maxlen=self._cap, approximate=False)
+            if sent:
+                pipe.pexpire(stream, KEEP_MS)
+        for _, stream in pools:
+            pipe.xrange(stream, min=self._after(stream), max="+", count=self._cap)
+        try:
+            replies = pipe.execute()
+        except self._trouble as error:
+            for (pool, _), sent in zip(pools, taken, strict=True):
+                pool.untake(sent)
+            logger.debug("convo: sharing the policy's observations failed: %r", error)
+            return 0
+        merged = 0
+        for (pool, stream), entries in zip(pools, replies[-len(pools) :], strict=True):
+            if not entries:
+                continue
+            last = entries[-1][0]
+            self._cursors[stream] = last.decode() if isinstance(last, bytes) else last
+            found = (Observation.from_fields(fields) for _, fields in entries)
+            merged += pool.merge(o for o in found if o is not None)
+        return merged
 
     def close(self) -> None:
         """Stop the background exchange and run a last one (what was recorded since the
@@ -142,7 +186,8 @@ class PoolExchange:
             return
         stop.set()
         try:
-            self.exchange()
+            # Bounded: an exchange stuck on an unanswering Redis must not hold up close.
+            self.exchange(wait=CLOSE_WAIT_S)
         except Exception:  # closing must not fail on a broken client
             logger.debug("convo: the last exchange of observations failed", exc_info=True)
 

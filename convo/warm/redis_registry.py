@@ -97,11 +97,12 @@ class RedisWarmRegistry:
       ``redis`` exception leaves any method.
     - **Cancellation leaves nothing behind**: a cancelled ``acquire_async`` unregisters its
       wake-up, and releases the claim if its script may have taken one.
-    - **The policy learns from the fleet.** The gaps the TTL and keep-alive policy decides
-      from (:func:`convo.policy.pool_for`) are pooled across every process on the same Redis
-      and ``prefix``: each process records in memory and exchanges its new observations
-      with the others every ``share_interval`` seconds, from a background thread, so a turn
-      gains no round trip (:mod:`convo.warm.redis_pool`).
+    - **The policy can learn from the fleet.** With ``share_interval`` set, the gaps the TTL
+      and keep-alive policy decides from (:func:`convo.policy.pool_for`) are pooled across
+      every process on the same Redis and ``prefix``: each process records in memory and
+      exchanges its new observations with the others every ``share_interval`` seconds,
+      from a background thread, so a turn gains no round trip (:mod:`convo.warm.redis_pool`;
+      off by default: ``docs/economics.md`` lists its limits).
 
     Hosts must keep their clocks in step (NTP): TTL times are the hosts' wall clocks, and a
     skew of *s* seconds moves the live window by *s*.
@@ -120,7 +121,7 @@ class RedisWarmRegistry:
         probe_interval: While Redis is down, seconds (registry clock) between attempts to
             reach it again.
         share_interval: Seconds (real time) between exchanges of the policy's observations
-            with other processes; ``None`` keeps them per process.
+            with other processes, e.g. 5; ``None`` (the default) keeps them per process.
         share_cap: Observations kept per prefix in Redis (the latest).
 
     .. versionadded:: 0.1
@@ -141,7 +142,7 @@ class RedisWarmRegistry:
         poll_interval: float = 1.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         probe_interval: float = 5.0,
-        share_interval: float | None = 5.0,
+        share_interval: float | None = None,
         share_cap: int = 4096,
     ) -> None:
         module = import_redis()
