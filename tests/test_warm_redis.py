@@ -85,22 +85,40 @@ class TestRedisSingleFlight:
     """One writer per cold prefix, however many clients ask at once."""
 
     async def test_fifty_tasks_two_registries_one_writer(
-        self, registry: RedisWarmRegistry, prefix: str, clock: FakeClock, key: WarmKey
+        self, server: RedisServer, clock: FakeClock, key: WarmKey
     ) -> None:
-        """50 tasks over two registries (two connection pools) on a cold key: one writer."""
-        other = RedisWarmRegistry(REDIS_URL, prefix=prefix, clock=clock, poll_interval=0.005)
-        flights, tasks = start_acquirers([registry, other], key, 50)
+        """50 tasks over two registries (two connection pools) on a cold key: one writer,
+        and every reader waits for the write to begin."""
+        raw = server.client()
+        for text in SCRIPTS.values():  # loaded: no EVALSHA misses below
+            raw.script_load(text)
+        raw.close()
+        registry = RedisWarmRegistry(server.url, prefix="fifty:", clock=clock)
+        other = RedisWarmRegistry(server.url, prefix="fifty:", clock=clock)
+        loop = asyncio.get_running_loop()
         try:
-            await settle(lambda: len(flights) == 1)
-            await asyncio.sleep(0.05)
+            # Each registry writes a key of its own first, which starts its wake-up
+            # subscription: with it up, a waiter checks once and then waits, so one EVALSHA
+            # below is one task's first check.
+            for n, each in enumerate((registry, other)):
+                own_key = WarmKey.for_api_key(SECRET, MODEL, f"{n}" * 32)
+                own = await each.acquire_async(own_key, ttl_seconds=300)
+                await each.began_async(own)
+                await settle(lambda each=each: each._loops[loop].wake.up is not None)
+            started = server.calls()
+            flights, tasks = start_acquirers([registry, other], key, 50)
+            # Every task's first check has run before the write begins (a fixed sleep let a
+            # check queued for a connection land after it, under load: that reader found
+            # the write begun and waited 0 s).
+            await settle(lambda: calls_between(started, server.calls()).get("evalsha", 0) >= 50)
             assert [f.role for f in flights] == ["writer"]
             clock.advance(1.0)
             await registry.began_async(flights[0])
-            await asyncio.gather(*tasks)
+            await asyncio.wait_for(asyncio.gather(*tasks), 5)
         finally:
-            await registry.aclose()
-            await other.aclose()
-            other.close()
+            for each in (registry, other):
+                await each.aclose()
+                each.close()
         roles = [f.role for f in flights]
         assert (roles.count("writer"), roles.count("reader")) == (1, 49)
         assert {f.waited for f in flights if f.role == "reader"} == {1.0}
