@@ -21,9 +21,7 @@ from convo.limits import RateLimiter
 from convo.policy import PrefixPool, pool_for
 from convo.policy.shared import SharedPrefixPool
 from convo.warm import RedisWarmRegistry
-from tests.warm_support import RedisServer, calls_between, wait_until
-
-from .conftest import service_missing
+from tests.warm_support import RedisServer, calls_between, delete_under, local_redis, wait_until
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 MODEL = "claude-sonnet-4-6"
@@ -35,16 +33,10 @@ HOUR = 3600.0  # a share_interval no test waits for: exchanges happen when a tes
 @pytest.fixture
 def prefix() -> Iterator[str]:
     """A key prefix of this test's own; every key under it is deleted afterwards."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        client.close()
-        service_missing("no Redis at 127.0.0.1:6379 (.ci/run starts one)")
+    client = local_redis()
     name = f"convo:test:pool:{uuid.uuid4().hex}:"
     yield name
-    for found in client.scan_iter(match=f"{name}*"):
-        client.delete(found)
+    delete_under(client, name)
     client.close()
 
 

@@ -74,6 +74,23 @@ def hard_next(*, current: str | None) -> RouteFacts:
     )
 
 
+def standard_turn_on_opus(
+    *, remaining: float, p_above: list[float], p_same: float | None = None
+) -> RouteFacts:
+    """A turn needing the middle of three tiers, of a conversation on Opus."""
+    return RouteFacts(
+        required=1,
+        current=OPUS,
+        new=0,
+        output=300,
+        growth=500,
+        remaining=remaining,
+        p_above=p_above,
+        gap_s=60.0,
+        p_same=p_same,
+    )
+
+
 class TestArithmetic:
     """A gap in, a decision and its expected costs out (the docs' worked example)."""
 
@@ -198,17 +215,7 @@ class TestArithmetic:
             sonnet,
             Option(OPUS, 2, opus_p, warm=14_000, cold=0, shared=10_000, ttl_left_s=3_000.0),
         ]
-        f = RouteFacts(
-            required=1,
-            current=OPUS,
-            new=0,
-            output=300,
-            growth=500,
-            remaining=6,
-            p_above=[0.3, 0.2, 0.0],
-            gap_s=60.0,
-            p_same=0.6,
-        )
+        f = standard_turn_on_opus(remaining=6, p_above=[0.3, 0.2, 0.0], p_same=0.6)
         names = ("small", "standard", "large")
         assert decide(three, f, names).model == OPUS
         three[1] = attrs.evolve(sonnet, fleet_uses=20.0)
@@ -218,16 +225,7 @@ class TestArithmetic:
         """The window of a standard turn is the run of standard turns: an easy turn ends it
         (it goes to Haiku whatever this turn does), so with p_same the window is shorter
         than counting every turn up to the next hard one."""
-        base = RouteFacts(
-            required=1,
-            current=OPUS,
-            new=0,
-            output=300,
-            growth=500,
-            remaining=10,
-            p_above=[0.3, 0.1, 0.0],
-            gap_s=60.0,
-        )
+        base = standard_turn_on_opus(remaining=10, p_above=[0.3, 0.1, 0.0])
         assert base.p_leave == pytest.approx(0.1)
         run = attrs.evolve(base, p_same=0.5)
         assert run.p_leave == pytest.approx(0.5)

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 
 import anthropic
 import pytest
-import redis
 
 import convo
 from convo.emulator import RunningEmulator
+from tests.warm_support import delete_under, local_redis
 
-from .conftest import API_KEY, service_missing
+from .conftest import API_KEY
 from .test_session import MODEL, OVERLAP, SYSTEM
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -25,14 +25,9 @@ PROCESSES, SESSIONS = 4, 10
 def redis_prefix() -> Iterator[str]:
     """A key prefix of this test's own, removed afterwards."""
     prefix = f"convo:test:{uuid.uuid4().hex}:"
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        service_missing("no Redis at 127.0.0.1:6379 (.ci/run starts one)")
+    client = local_redis()
     yield prefix
-    for key in client.scan_iter(f"{prefix}*"):
-        client.delete(key)
+    delete_under(client, prefix)
     client.close()
 
 

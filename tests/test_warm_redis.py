@@ -28,7 +28,9 @@ from tests.warm_support import (
     RedisServer,
     acquire_in_process,
     calls_between,
+    delete_under,
     free_port,
+    local_redis,
     settle,
     start_acquirers,
     start_threads,
@@ -44,12 +46,7 @@ MODEL = "claude-sonnet-4-6"
 @pytest.fixture
 def client() -> Iterator[redis.Redis]:
     """A sync client on the local Redis (skipped when none runs, failed in CI)."""
-    connection = redis.Redis.from_url(REDIS_URL)
-    try:
-        connection.ping()
-    except redis.ConnectionError:
-        connection.close()
-        service_missing("no Redis at 127.0.0.1:6379 (.ci/run starts one)")
+    connection = local_redis()
     yield connection
     connection.close()
 
@@ -59,8 +56,7 @@ def prefix(client: redis.Redis) -> Iterator[str]:
     """A key prefix unique to this test; every key under it is deleted afterwards."""
     name = f"convo:test:warm:{uuid.uuid4().hex}:"
     yield name
-    for found in client.scan_iter(match=f"{name}*"):
-        client.delete(found)
+    delete_under(client, name)
 
 
 @pytest.fixture

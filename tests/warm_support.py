@@ -13,6 +13,29 @@ from typing import Any
 import redis
 
 from convo.warm import Flight, RedisWarmRegistry, WarmBackend, WarmKey
+from tests.conftest import service_missing
+
+#: The local Redis the tests share (.ci/run starts it).
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def local_redis() -> redis.Redis:
+    """A sync client on the local Redis; the test is skipped when none runs (failed in
+    CI, where one must)."""
+    client = redis.Redis.from_url(LOCAL_REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        client.close()
+        service_missing("no Redis at 127.0.0.1:6379 (.ci/run starts one)")
+    return client
+
+
+def delete_under(client: redis.Redis, prefix: str) -> None:
+    """Delete every key under *prefix* (a test's own keys)."""
+    for found in client.scan_iter(match=f"{prefix}*"):
+        client.delete(found)
+
 
 #: An API key that must never show up in anything a registry keeps.
 SECRET = "sk-ant-api03-very-secret-key-material"

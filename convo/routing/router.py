@@ -108,16 +108,14 @@ class Router:
     cache_aware: bool = True
     expected_turns: float | None = None
     _prices: dict[str, Prices] = attrs.field(factory=dict, init=False, repr=False, eq=False)
-    # Per rank: [turns at or below it followed by a turn, of which the next needed more];
-    # learnt from every conversation routed by this Router (the prior of each one's
-    # estimate). Counts only grow; a lost update under threads costs a little evidence.
-    _fleet: dict[int, list[int]] = attrs.field(factory=dict, init=False, repr=False, eq=False)
+    # (rank a turn needed, rank its next turn needed) -> count, learnt from every
+    # conversation routed by this Router: the prior of each one's estimates. Counts only
+    # grow; a lost update under threads costs a little evidence.
+    _pairs: dict[tuple[int, int], int] = attrs.field(factory=dict, init=False, repr=False, eq=False)
     # When the latest routed turns were sent (any conversation): the fleet's turn rate.
     _times: collections.deque[float] = attrs.field(
         factory=lambda: collections.deque(maxlen=256), init=False, repr=False, eq=False
     )
-    # (rank needed, rank the next turn needed) -> count, over the same turns.
-    _pairs: dict[tuple[int, int], int] = attrs.field(factory=dict, init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if self.expected_turns is not None and not (
@@ -167,11 +165,6 @@ class Router:
 
     def observe_transition(self, before: int, after: int) -> None:
         """Learn that a turn needing rank *before* was followed by one needing *after*."""
-        for rank in range(len(self.tiers) - 1):
-            if before <= rank:
-                counts = self._fleet.setdefault(rank, [0, 0])
-                counts[0] += 1
-                counts[1] += after > rank
         self._pairs[before, after] = self._pairs.get((before, after), 0) + 1
 
     def observe_turn_at(self, at: float) -> None:
@@ -204,7 +197,7 @@ class Router:
         result = []
         for rank in range(len(self.tiers)):
             seen = sum(n for (before, _), n in pairs if before == rank)
-            same = self._pairs.get((rank, rank), 0)
+            same = sum(n for (before, after), n in pairs if before == after == rank)
             result.append((same + 1) / (seen + 2))
         return result
 
@@ -212,10 +205,13 @@ class Router:
         """Per rank, the share of turns at or below it (in every conversation this Router
         routed) whose next turn needed more; ½ for a rank with nothing seen (one
         pseudo-turn each way)."""
-        return [
-            (self._fleet.get(rank, [0, 0])[1] + 1) / (self._fleet.get(rank, [0, 0])[0] + 2)
-            for rank in range(len(self.tiers))
-        ]
+        pairs = list(self._pairs.items())
+        result = []
+        for rank in range(len(self.tiers)):
+            seen = sum(n for (before, _), n in pairs if before <= rank)
+            up = sum(n for (before, after), n in pairs if before <= rank < after)
+            result.append((up + 1) / (seen + 2))
+        return result
 
     def prices(self, model: str, ttl: str) -> Prices:
         """*model*'s rates per token, cache writes at *ttl* (computed once per model)."""
@@ -256,7 +252,7 @@ class RouteState:
         Two pseudo-turns at the *prior* (the fleet's rate; ½ when none) keep it away from
         0 and 1 on little evidence. The top rank's is 0.
         """
-        pairs = list(zip(self.needed, [*self.needed[1:], now][: len(self.needed)], strict=True))
+        pairs = self._pairs(now)
         result: list[float] = []
         for rank in range(ranks):
             if rank >= ranks - 1:
@@ -274,9 +270,14 @@ class RouteState:
         conversation's turns that needed *rank* and had a next turn (the turn being routed,
         needing *now*, is the next of the previous one), the share whose next did; two
         pseudo-turns at *prior* (the fleet's rate)."""
-        pairs = zip(self.needed, [*self.needed[1:], now][: len(self.needed)], strict=True)
-        seen = [after for before, after in pairs if before == rank]
+        seen = [after for before, after in self._pairs(now) if before == rank]
         return (sum(1 for after in seen if after == rank) + 2 * prior) / (len(seen) + 2)
+
+    def _pairs(self, now: int) -> list[tuple[int, int]]:
+        """(rank a turn needed, rank its next needed) for each turn with a next one, the
+        turn being routed (needing *now*) counted as the next of the latest."""
+        nexts = [*self.needed[1:], now][: len(self.needed)]
+        return list(zip(self.needed, nexts, strict=True))
 
     def output(self, default: float) -> float:
         """Mean output tokens of this conversation's answers (*default* before any)."""

@@ -42,8 +42,14 @@ def route_turn(core: SessionCore, message: Mapping[str, Any], tier: str | None) 
             cache_aware=False,
         )
     else:
+        # Other conversations' turns per second, by tier: they share a cold prefix's write.
+        others = max(0.0, router.fleet_rate() - 1.0 / _gap_s(core))
+        per_tier = [others * share for share in router.fleet_share()]
         decision = decide(
-            [_option(core, message, model, rank) for rank, model in enumerate(router.models)],
+            [
+                _option(core, message, model, rank, per_tier[rank])
+                for rank, model in enumerate(router.models)
+            ],
             _facts(core, message, required),
             names,
         )
@@ -55,8 +61,11 @@ def _prefix_for(core: SessionCore, model: str) -> Any:
     return prefix_on_model(core.prefix, model)
 
 
-def _option(core: SessionCore, message: Mapping[str, Any], model: str, rank: int) -> Option:
-    """What *model*'s cache holds for this turn's request (tracker and fleet)."""
+def _option(
+    core: SessionCore, message: Mapping[str, Any], model: str, rank: int, others: float
+) -> Option:
+    """What *model*'s cache holds for this turn's request (tracker and fleet); *others*:
+    the other conversations' turns per second on *model*."""
     router = core.router
     assert router is not None
     prefix = _prefix_for(core, model)
@@ -78,12 +87,9 @@ def _option(core: SessionCore, message: Mapping[str, Any], model: str, rank: int
     shared = prefix.tokens if pool.live(now) and cold + warm >= prefix.tokens else 0
     if shared > warm:
         cold, warm = cold - (shared - warm), shared
-    # The static prefix's part of what must be written: the fleet's, not this turn's alone.
-    # Other conversations' turns on this model while a prefix written now lives share it:
-    # the fleet's turn rate less this conversation's own, times this tier's share.
+    # The static prefix's part of what must be written: the fleet's, not this turn's alone
+    # (the other conversations' turns on this model while it lives share it).
     fleet_cold = max(0, min(cold, prefix.tokens - warm))
-    own_rate = 1.0 / _gap_s(core)
-    others = max(0.0, router.fleet_rate() - own_rate) * router.fleet_share()[rank]
     entries = [core.tracker.expires_at(e) for e in core.tracker.entries() if e.model == model]
     ttl_left = max((x - now for x in entries if x > now), default=0.0)
     return Option(
