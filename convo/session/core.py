@@ -247,12 +247,12 @@ class SessionCore:
                 self._first_turn_at = None
             pool.record_turn(key, now)
         if not self.adaptive_ttl:
-            self._entry_ttl = pool.record_write(self.prefix.ttl, live=prefix_live)
+            self._entry_ttl = pool.record_write(self.prefix.ttl, live=prefix_live, at=now)
             return
         prefix_ttl, history, history_ttl = self._choose_layout(now, key, prefix_live)
         # What the registry is told a read refreshes must be the entry's own TTL (a read
         # never changes it), not the one this turn's marker asks for.
-        self._entry_ttl = pool.record_write(prefix_ttl, live=prefix_live)
+        self._entry_ttl = pool.record_write(prefix_ttl, live=prefix_live, at=now)
         options = self._layout_options
         if (prefix_ttl, history, history_ttl) != (
             self.prefix.ttl,
@@ -480,7 +480,7 @@ class SessionCore:
                 if ttl == "5m" and options["history_ttl"] == "1h":
                     options["history_ttl"] = "5m"  # 1h breakpoints may not follow a 5m one
                 self._use_prefix(prefix, self._workspace)
-        self._entry_ttl = self._pool.record_write(self.prefix.ttl, live=live)
+        self._entry_ttl = self._pool.record_write(self.prefix.ttl, live=live, at=now)
 
     def _next_use_probability(self, now: float) -> float:
         """P(this conversation's next turn comes after its entry lapses but within a TTL of
