@@ -211,6 +211,7 @@ class RedisWarmRegistry:
                 interval=float(share_interval),
                 cap=share_cap,
                 trouble=self._trouble,
+                clock=clock,
             )
         )
 
