@@ -23,7 +23,7 @@ from convo.limits import RateLimiter
 from convo.policy import PrefixPool, pool_for
 from convo.policy.shared import SharedPrefixPool
 from convo.warm import RedisWarmRegistry
-from convo.warm.redis_pool import IDLE_S
+from convo.warm.redis_pool import IDLE_S, SHARE_INTERVAL
 from tests.warm_support import (
     FakeClock,
     RedisServer,
@@ -216,6 +216,14 @@ class TestExchange:
             for registry in (a, b):
                 registry.close()
             server.close()
+
+    def test_sharing_is_on_by_default(self, prefix: str, registries: list[Any]) -> None:
+        """A registry built without share_interval shares its pools, every 5 s."""
+        registry = RedisWarmRegistry(REDIS_URL, prefix=prefix)
+        registries.append(registry)
+        assert isinstance(pool_for(registry, KEY), SharedPrefixPool)
+        assert registry._exchange is not None
+        assert registry._exchange._interval == SHARE_INTERVAL == 5.0
 
     def test_share_interval_none_keeps_pools_per_process(self, process: Any) -> None:
         """share_interval=None: a plain per-process pool, and nothing to exchange."""
