@@ -21,7 +21,7 @@ import convo
 from convo.emulator import RunningEmulator
 from convo.limits import RateLimiter
 from convo.policy import PrefixPool, pool_for
-from convo.policy.shared import SharedPrefixPool
+from convo.policy.shared import SharedPrefixPool, conversation_digest
 from convo.warm import RedisWarmRegistry
 from convo.warm.redis_pool import IDLE_S, SHARE_INTERVAL
 from tests.warm_support import (
@@ -390,6 +390,44 @@ class TestFleetPolicy:
         reply = fleet.send("A new user in a process that learns with the fleet")
         assert fleet.prefix.ttl == "1h"
         assert reply.reason == "hit"  # A's entry, read: only the marker's TTL differs
+
+    def test_a_conversation_that_moves_between_processes_keeps_its_gaps(
+        self, client: anthropic.Anthropic, emulator: RunningEmulator, process: Any
+    ) -> None:
+        """A stateless backend without affinity: the user's turns, 5 minutes apart, go to
+        A, B and A again, each a session rebuilt from the stored messages; nobody exchanges
+        until the end. Both processes then hold the conversation's two 5-minute gaps (A had
+        seen one of 10 minutes, B none). The emulator's clock also runs in real time: the
+        gaps are 5 minutes and a little."""
+        clock = emulator.emulator.clock.now
+        a, b = process(clock=clock), process(clock=clock)
+        history: Any = ()
+        for registry in (a, b, a):
+            session = convo.Session(
+                convo.Prefix(model=MODEL, system=[SYSTEM]),
+                client=client,
+                clock=clock,
+                registry=registry,
+                limiter=RateLimiter(),
+                ledger=False,
+                max_tokens=64,
+                conversation_id="user 42",
+                messages=history,
+            )
+            session.send("And now?")
+            history = session.history
+            emulator.advance(300)
+        key = repr(session._core.warm_key)
+        pools = [pool_for(registry, key) for registry in (a, b)]
+        digest = conversation_digest("user 42")
+        assert list(pools[0]._own[digest]) == [pytest.approx(600.0, abs=5.0)]
+        assert list(pools[1]._own.get(digest, ())) == []
+        a.exchange_observations()
+        b.exchange_observations()
+        a.exchange_observations()
+        for pool in pools:
+            assert sorted(pool._own[digest]) == [pytest.approx(300.0, abs=5.0)] * 2
+        assert statistics(pools[0], clock()) == statistics(pools[1], clock())
 
 
 class TestRoundTrips:
