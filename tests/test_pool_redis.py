@@ -429,6 +429,27 @@ class TestFleetPolicy:
             assert sorted(pool._own[digest]) == [pytest.approx(300.0, abs=5.0)] * 2
         assert statistics(pools[0], clock()) == statistics(pools[1], clock())
 
+    def test_only_a_prewarm_that_is_sent_shares_its_send(
+        self, client: anthropic.Anthropic, emulator: RunningEmulator, process: Any
+    ) -> None:
+        """A pre-warm the policy skips shares no send (the fleet would judge it a write of
+        a lapsed entry); one that is sent shares its send and its re-warm."""
+        clock = emulator.emulator.clock.now
+        a = process(clock=clock)
+        session = session_on(a, client, emulator)
+        session.send("Hello")
+        pool = pool_for(a, repr(session._core.warm_key))
+        pool.take()
+        emulator.advance(10)
+        # The policy's judgement (warm() asks it once the registry says the entry nears
+        # its end): live, and no gap seen says a refresh pays.
+        assert session._core.begin_warm() is None
+        assert session.last_decision.action == "skip"
+        assert pool.take() == []
+        emulator.advance(600)
+        assert session.warm(latency=True) is not None  # lapsed: written, as asked
+        assert [o.kind for o in pool.take()] == ["write", "touch"]
+
 
 class TestRoundTrips:
     """Sharing adds no Redis round trip to a turn."""
