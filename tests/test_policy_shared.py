@@ -74,15 +74,22 @@ class TestSharedPrefixPool:
         assert a.last_use() == b.last_use() == 1600.0
 
     def test_alone_it_answers_like_a_plain_pool(self) -> None:
-        """Recording the same turns, a shared pool and a plain one answer the same."""
+        """Recording the same turns, sends and re-warms, a shared pool and a plain one
+        answer the same: the shared pool's judgement of which sends wrote the entry is the
+        plain pool's *live* (two sessions at one instant included: the second reads)."""
         plain, shared = PrefixPool(), SharedPrefixPool("a")
         for pool in (plain, shared):
-            for at, conversation in ((0.0, "x"), (200.0, "y"), (700.0, "x"), (4000.0, "y")):
-                pool.record_use(at)
-                pool.record_turn(conversation, at)
-                pool.record_growth(int(at) // 10)
-            pool.record_touch(4100.0)
-        assert answers(shared, ["x", "y"], 4200.0) == answers(plain, ["x", "y"], 4200.0)
+            for at, conversation, ttl in (
+                (0.0, "x", "1h"),
+                (200.0, "y", "5m"),
+                (700.0, "x", "5m"),
+                (4400.0, "y", "1h"),  # the entry lapsed at 4300 s: written for an hour
+                (4400.0, "z", "5m"),
+            ):
+                turn(pool, conversation, at, ttl, int(at) // 10)
+            rewarm(pool, 4650.0, "5m")
+        assert shared.entry_ttl == "1h"
+        assert answers(shared, ["x", "y"], 4700.0) == answers(plain, ["x", "y"], 4700.0)
 
     def test_merging_the_same_observations_again_changes_nothing(self) -> None:
         """Observations merged twice count once."""
