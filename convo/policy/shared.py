@@ -222,7 +222,8 @@ class SharedPrefixPool(PrefixPool):
                 super().record_use(at)
                 self._uses.append(at)
                 del self._uses[:-USES_KEPT]
-            self._judge_sends(at, inclusive=False)
+            if self._sends and self._sends[-1].at > at:  # sends after it: judge them again
+                self._judge_sends(at, inclusive=False)
             self._queue("use", at=at)
 
     def record_touch(self, at: float) -> None:
@@ -230,7 +231,8 @@ class SharedPrefixPool(PrefixPool):
         with self._share:
             super().record_touch(at)
             _insert(self._touches, at)
-            self._judge_sends(at, inclusive=False)
+            if self._sends and self._sends[-1].at > at:
+                self._judge_sends(at, inclusive=False)
             self._queue("touch", at=at)
 
     def record_write(self, ttl: str, *, live: bool, at: float | None = None) -> str:
@@ -243,10 +245,15 @@ class SharedPrefixPool(PrefixPool):
         if at is None:
             return super().record_write(ttl, live=live)
         with self._share:
-            send = _Send(at, ttl)
-            bisect.insort_right(self._sends, send, key=_at)
-            self._trim_sends()
-            self._judge_sends(at)
+            sends = self._sends
+            if not sends or sends[-1].at <= at:  # in order, as a process's own sends come
+                sends.append(_Send(at, ttl))
+                self._trim_sends()
+                self._judge_from(len(sends) - 1)
+            else:
+                bisect.insort_right(sends, _Send(at, ttl), key=_at)
+                self._trim_sends()
+                self._judge_sends(at)
             self._queue("write", at=at, ttl=ttl)
             with self._lock:
                 return self.entry_ttl
@@ -377,9 +384,12 @@ class SharedPrefixPool(PrefixPool):
         use or re-warm, or the write of an earlier send) came within the entry's TTL before
         it; the entry then takes the send's TTL. A use at the send's own time is its own,
         and not counted."""
-        sends = self._sends
         search = bisect.bisect_left if inclusive else bisect.bisect_right
-        first = search(sends, at, key=_at)
+        self._judge_from(search(self._sends, at, key=_at))
+
+    def _judge_from(self, first: int) -> None:
+        """Judge again the sends from the index *first* on (see :meth:`_judge_sends`)."""
+        sends = self._sends
         if first == len(sends):
             return
         entry, written = (sends[first - 1].entry, sends[first - 1].written) if first else self._base
