@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import pytest
 from hypothesis import given, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from convo.policy import PrefixPool
 from convo.policy.shared import Observation, SharedPrefixPool
+from convo.policy.shared import conversation_digest as _digest
 
 TIMES = (300.0, 3600.0)
 
@@ -32,12 +34,29 @@ def answers(pool: PrefixPool, conversations: Sequence[str], now: float) -> dict[
         "growth": pool.typical_growth(),
         "rescue": pool.rescue(now),
         "live": pool.live(now),
+        "entry_ttl": pool.entry_ttl,
         "cdf": [pool.next_turn_cdf(c, now, TIMES) for c in (None, *conversations)],
         "next": [
             pool.next_turn(c, now, after=300.0, before=3600.0) for c in (None, *conversations)
         ],
         "latest": [pool.latest_turn(c) for c in conversations],
     }
+
+
+def turn(pool: PrefixPool, conversation: str, at: float, ttl: str = "5m", tokens: int = 0) -> None:
+    """What a session's turn records, in its order (convo.session.core: the entry's
+    liveness is read before the turn's own use refreshes it)."""
+    live = pool.live(at)
+    pool.record_use(at)
+    pool.record_turn(conversation, at)
+    pool.record_write(ttl, live=live, at=at)
+    pool.record_growth(tokens)
+
+
+def rewarm(pool: PrefixPool, at: float, ttl: str = "5m") -> None:
+    """What a sent pre-warm records: its send of the prefix, then its refresh."""
+    pool.record_write(ttl, live=pool.live(at), at=at)
+    pool.record_touch(at)
 
 
 class TestSharedPrefixPool:
@@ -55,15 +74,22 @@ class TestSharedPrefixPool:
         assert a.last_use() == b.last_use() == 1600.0
 
     def test_alone_it_answers_like_a_plain_pool(self) -> None:
-        """Recording the same turns, a shared pool and a plain one answer the same."""
+        """Recording the same turns, sends and re-warms, a shared pool and a plain one
+        answer the same: the shared pool's judgement of which sends wrote the entry is the
+        plain pool's *live* (two sessions at one instant included: the second reads)."""
         plain, shared = PrefixPool(), SharedPrefixPool("a")
         for pool in (plain, shared):
-            for at, conversation in ((0.0, "x"), (200.0, "y"), (700.0, "x"), (4000.0, "y")):
-                pool.record_use(at)
-                pool.record_turn(conversation, at)
-                pool.record_growth(int(at) // 10)
-            pool.record_touch(4100.0)
-        assert answers(shared, ["x", "y"], 4200.0) == answers(plain, ["x", "y"], 4200.0)
+            for at, conversation, ttl in (
+                (0.0, "x", "1h"),
+                (200.0, "y", "5m"),
+                (700.0, "x", "5m"),
+                (4400.0, "y", "1h"),  # the entry lapsed at 4300 s: written for an hour
+                (4400.0, "z", "5m"),
+            ):
+                turn(pool, conversation, at, ttl, int(at) // 10)
+            rewarm(pool, 4650.0, "5m")
+        assert shared.entry_ttl == "1h"
+        assert answers(shared, ["x", "y"], 4700.0) == answers(plain, ["x", "y"], 4700.0)
 
     def test_merging_the_same_observations_again_changes_nothing(self) -> None:
         """Observations merged twice count once."""
@@ -166,12 +192,183 @@ class TestSharedPrefixPool:
         assert answers(b, conversations, now + 60.0) == expected
 
 
+Action = tuple[Literal["turn", "record", "send", "rewarm"], int, float, int, str]
+
+
+class TestConversationsThatMove:
+    """A conversation that moves between processes faster than they exchange keeps every
+    gap: a turn that arrives after a later one splits the gap it falls in."""
+
+    def test_a_turn_merged_after_a_later_one_splits_its_gap(self) -> None:
+        """The user's turns at 0 and 600 s went to A, the one at 300 s to B: after the
+        exchange both hold the conversation's two 300 s gaps, as one process would."""
+        a, b, one = SharedPrefixPool("a"), SharedPrefixPool("b"), PrefixPool()
+        for pool, at in ((a, 1000.0), (b, 1300.0), (a, 1600.0)):
+            pool.record_turn("x", at)
+        for at in (1000.0, 1300.0, 1600.0):
+            one.record_turn("x", at)
+        assert a.next_turn_cdf("x", 1700.0, TIMES) != one.next_turn_cdf("x", 1700.0, TIMES)
+        exchange(a, b)
+        for pool in (a, b):
+            assert sorted(pool._turn_gaps) == sorted(pool._own[_digest("x")]) == [300.0, 300.0]
+            assert pool.latest_turn("x") == 1600.0
+            assert pool.next_turn_cdf("x", 1700.0, TIMES) == one.next_turn_cdf("x", 1700.0, TIMES)
+
+    def test_a_local_turn_recorded_after_a_merged_later_one_falls_into_place(self) -> None:
+        """B's turn at 900 s was merged before A recorded its own at 400 s (A's clock is
+        behind, or its turn was slow to record): A's turn splits the 900 s gap."""
+        a, b = SharedPrefixPool("a"), SharedPrefixPool("b")
+        a.record_turn("x", 0.0)
+        b.merge(a.take())
+        b.record_turn("x", 900.0)
+        a.merge(b.take())
+        a.record_turn("x", 400.0)
+        assert sorted(a._turn_gaps) == [400.0, 500.0]
+        b.merge(a.take())
+        assert sorted(b._turn_gaps) == [400.0, 500.0]
+
+    def test_a_turn_before_the_conversations_first_adds_one_gap(self) -> None:
+        """The conversation's first turn was in B, its second (merged first) in A."""
+        a = SharedPrefixPool("a")
+        a.record_turn("x", 500.0)
+        a.merge([Observation("b", 1, "turn", 200.0, _digest("x"))])
+        assert list(a._turn_gaps) == list(a._own[_digest("x")]) == [300.0]
+        assert a.latest_turn("x") == 500.0
+
+    def test_a_turn_at_a_time_already_known_adds_nothing(self) -> None:
+        """The same turn twice (two sessions that continue one stored conversation at the
+        same instant, say) is one turn, as in one process."""
+        a = SharedPrefixPool("a")
+        for at in (0.0, 300.0, 900.0):
+            a.record_turn("x", at)
+        a.merge([Observation("b", 1, "turn", 300.0, _digest("x"))])
+        assert sorted(a._turn_gaps) == [300.0, 600.0]
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                # "turn": a turn starts, in process a or b (the conversation may move);
+                # "record": a process records its oldest turn not yet recorded (a process
+                # may record late, after the other's later turns reached it); "send": one
+                # process's queue reaches the other; "rewarm": a process re-warms.
+                st.sampled_from(["turn", "turn", "turn", "record", "send", "rewarm"]),
+                st.integers(0, 7),  # the conversation (and by its parity, the process)
+                st.floats(1.0, 5000.0),  # seconds since the previous turn or re-warm
+                st.integers(0, 900),  # the tokens the turn added
+                st.sampled_from(["5m", "1h"]),  # the TTL it sends the prefix with
+            ),
+            max_size=50,
+        )
+    )
+    def test_two_processes_converge_whatever_order_turns_arrive_in(
+        self, actions: list[Action]
+    ) -> None:
+        """Conversations move between two processes at any point; each process records
+        its turns late or on time, exchanges go one way at any point and both ways at the
+        end. Both pools then answer as one pool that recorded every turn and re-warm in
+        time order, the entry's TTL included."""
+        one, pools = PrefixPool(), (SharedPrefixPool("a"), SharedPrefixPool("b"))
+        waiting: tuple[list[tuple[str, float, str, int]], ...] = ([], [])
+        now = 1000.0
+        for action, n, gap, tokens, ttl in actions:
+            side = n % 2
+            if action == "turn":
+                now += gap
+                turn(one, f"c{n // 2}", now, ttl, tokens)
+                waiting[side].append((f"c{n // 2}", now, ttl, tokens))
+            elif action == "record" and waiting[side]:
+                conversation, at, sent, added = waiting[side].pop(0)
+                turn(pools[side], conversation, at, sent, added)
+            elif action == "send":
+                pools[1 - side].merge(pools[side].take())
+            elif action == "rewarm" and not any(waiting):
+                now += gap
+                rewarm(one, now, ttl)
+                rewarm(pools[side], now, ttl)
+        for side in (0, 1):
+            for conversation, at, sent, added in waiting[side]:
+                turn(pools[side], conversation, at, sent, added)
+        exchange(*pools)
+        conversations = [f"c{c}" for c in range(4)]
+        expected = answers(one, conversations, now + 60.0)
+        for pool in pools:
+            assert answers(pool, conversations, now + 60.0) == expected
+
+
+class TestTheEntrysTTL:
+    """``live()`` and ``rescue()`` use the TTL of the fleet's latest write of the entry."""
+
+    def test_a_later_five_minute_rewrite_elsewhere_ends_the_hour(self) -> None:
+        """A wrote the entry for an hour; it lapsed; B wrote it again for 5 minutes. A,
+        having merged B's turn, knows the entry ends 5 minutes after it, not an hour."""
+        a, b = SharedPrefixPool("a"), SharedPrefixPool("b")
+        turn(a, "x", 0.0, "1h")
+        b.merge(a.take())
+        assert b.live(3000.0)
+        turn(b, "y", 5000.0, "5m")  # the hour lapsed at 3600 s: B writes it for 5 minutes
+        a.merge(b.take())
+        assert a.entry_ttl == b.entry_ttl == "5m"
+        assert not a.live(5400.0)  # 400 s after the last use: past the 5-minute entry
+        assert a.rescue(5400.0) == 0.0
+
+    def test_a_send_that_found_the_fleets_entry_live_wrote_nothing(self) -> None:
+        """B, not yet knowing A's use at 100 s, took its send at 350 s for a write of an
+        hour; the fleet's entry (5 minutes, used at 100 s) was live and was read. Once
+        both have exchanged, both know the entry is A's 5-minute one."""
+        a, b = SharedPrefixPool("a"), SharedPrefixPool("b")
+        turn(a, "x", 0.0, "5m")
+        b.merge(a.take())
+        turn(a, "x", 100.0, "5m")
+        turn(b, "y", 350.0, "1h")  # B's view: last use at 0 s, so lapsed at 300 s
+        assert b.entry_ttl == "1h"
+        exchange(a, b)
+        assert a.entry_ttl == b.entry_ttl == "5m"
+        assert not b.live(700.0)  # 350 s after the last use
+
+    def test_a_use_merged_late_makes_a_later_send_a_read(self) -> None:
+        """Judged again when a refresh before it arrives: A's 1h send at 400 s wrote the
+        entry as far as A knew, until B's re-warm at 250 s arrived."""
+        a, b = SharedPrefixPool("a"), SharedPrefixPool("b")
+        turn(a, "x", 0.0, "5m")
+        b.merge(a.take())
+        rewarm(b, 250.0)
+        turn(a, "x", 400.0, "1h")
+        assert a.entry_ttl == "1h"
+        a.merge(b.take())
+        assert a.entry_ttl == "5m"
+
+    def test_a_rewarm_recorded_late_makes_a_merged_later_send_a_read(self) -> None:
+        """B's 1h send at 350 s wrote the entry as far as A knew (its last use was at 0 s)
+        until A recorded its own re-warm at 200 s: then it was a read of the 5m entry."""
+        a, b = SharedPrefixPool("a"), SharedPrefixPool("b")
+        turn(b, "x", 0.0, "5m")
+        turn(b, "x", 350.0, "1h")
+        a.merge(b.take())
+        assert a.entry_ttl == "1h"
+        a.record_touch(200.0)
+        assert a.entry_ttl == "5m"
+
+    def test_without_a_time_a_write_is_this_processs_alone(self) -> None:
+        """record_write without *at* judges from *live* and shares nothing."""
+        a = SharedPrefixPool("a")
+        assert a.record_write("1h", live=False) == "1h"
+        assert a.take() == []
+
+
 class TestObservation:
     """An observation as a Redis stream entry's fields, and back."""
 
-    def test_fields_round_trip_as_bytes(self) -> None:
+    @pytest.mark.parametrize(
+        "sent",
+        [
+            Observation("a", 7, "turn", 1234.5, "abc", 0),
+            Observation("a", 8, "write", 9.5, ttl="1h"),
+        ],
+        ids=["turn", "write"],
+    )
+    def test_fields_round_trip_as_bytes(self, sent: Observation) -> None:
         """What redis-py returns (bytes) decodes to the observation sent."""
-        sent = Observation("a", 7, "turn", 1234.5, "abc", 0)
         raw = {k.encode(): v.encode() for k, v in sent.fields().items()}
         assert Observation.from_fields(raw) == sent
 
@@ -182,8 +379,9 @@ class TestObservation:
             {"o": "a", "s": "one", "k": "use", "t": "1.0"},
             {"o": "a", "k": "use", "t": "1.0"},
             {"o": "a", "s": "1", "k": "use", "t": "nan"},
+            {"o": "a", "s": "1", "k": "write", "t": "1.0", "l": "1d"},
         ],
-        ids=["unknown-kind", "bad-number", "missing-field", "not-a-time"],
+        ids=["unknown-kind", "bad-number", "missing-field", "not-a-time", "unknown-ttl"],
     )
     def test_an_entry_it_cannot_read_is_skipped(self, fields: dict[str, str]) -> None:
         """An entry another version wrote gives None, not an error."""

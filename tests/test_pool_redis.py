@@ -7,21 +7,31 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import anthropic
 import pytest
 import redis
+import redis.client
 import redis.connection
 
 import convo
 from convo.emulator import RunningEmulator
 from convo.limits import RateLimiter
 from convo.policy import PrefixPool, pool_for
-from convo.policy.shared import SharedPrefixPool
+from convo.policy.shared import SharedPrefixPool, conversation_digest
 from convo.warm import RedisWarmRegistry
-from tests.warm_support import RedisServer, calls_between, delete_under, local_redis, wait_until
+from convo.warm.redis_pool import IDLE_S, SHARE_INTERVAL
+from tests.warm_support import (
+    FakeClock,
+    RedisServer,
+    calls_between,
+    delete_under,
+    local_redis,
+    wait_until,
+)
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 MODEL = "claude-sonnet-4-6"
@@ -207,6 +217,14 @@ class TestExchange:
                 registry.close()
             server.close()
 
+    def test_sharing_is_on_by_default(self, prefix: str, registries: list[Any]) -> None:
+        """A registry built without share_interval shares its pools, every 5 s."""
+        registry = RedisWarmRegistry(REDIS_URL, prefix=prefix)
+        registries.append(registry)
+        assert isinstance(pool_for(registry, KEY), SharedPrefixPool)
+        assert registry._exchange is not None
+        assert registry._exchange._interval == SHARE_INTERVAL == 5.0
+
     def test_share_interval_none_keeps_pools_per_process(self, process: Any) -> None:
         """share_interval=None: a plain per-process pool, and nothing to exchange."""
         a = process(share_interval=None)
@@ -224,6 +242,110 @@ class TestExchange:
         """Misuse raises ValueError saying what is allowed."""
         with pytest.raises(ValueError, match="share_"):
             RedisWarmRegistry(REDIS_URL, **options)
+
+
+class XRanges:
+    """Counts the stream reads the exchanges put in their pipelines."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = redis.client.Pipeline.xrange
+
+        def counted(pipe: Any, *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return original(pipe, *args, **kwargs)
+
+        monkeypatch.setattr(redis.client.Pipeline, "xrange", counted)
+
+
+class TestIdlePrefixes:
+    """A prefix unused fleet-wide for over an hour (the longest TTL) is no longer read, and
+    its pool goes once nothing else holds it: state is bounded by the prefixes in use."""
+
+    def test_one_off_prefixes_do_not_pile_up(
+        self, process: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A prefix per user, each used once: over five hours of 100 new prefixes an hour,
+        the process holds and reads only the last hour's, and the earlier pools are gone."""
+        clock = FakeClock()
+        a = process(clock=clock)
+        reads = XRanges(monkeypatch)
+        earlier: list[weakref.ref[PrefixPool]] = []
+        for hour in range(5):
+            for user in range(100):
+                pool = pool_for(a, f"document {hour}/{user}")
+                pool.record_use(clock.now)
+                earlier.append(weakref.ref(pool))
+            del pool
+            reads.count = 0
+            a.exchange_observations()
+            assert reads.count == 100  # this hour's prefixes; the last hour's were let go
+            assert a._exchange.held() == 100
+            gc.collect()
+            alive = [ref for ref in earlier if ref() is not None]
+            assert len(alive) == 100  # held by the exchange: only this hour's
+            clock.advance(IDLE_S + 1)
+        a.exchange_observations()
+        assert a._exchange.held() == 0
+        gc.collect()
+        assert all(ref() is None for ref in earlier)
+        a.exchange_observations()  # forgets the let-go pools that nothing holds
+        assert a._exchange._let_go == {}
+
+    def test_a_prefix_the_fleet_uses_is_kept(self, process: Any) -> None:
+        """Another process's uses count: A, with no session of its own on the prefix for
+        three hours, keeps reading it while B uses it every half hour."""
+        clock = FakeClock()
+        a, b = process(clock=clock), process(clock=clock)
+        shared(a).record_use(clock.now)
+        for _ in range(6):
+            clock.advance(1800.0)
+            shared(b).record_use(clock.now)
+            b.exchange_observations()
+            a.exchange_observations()
+        assert a._exchange.held() == 1
+        assert shared(a).last_use() == clock.now
+
+    def test_a_pool_a_session_still_holds_is_taken_back_when_it_records(self, process: Any) -> None:
+        """Let go while idle, the pool a session holds is whole; once it records again the
+        exchange sends it and reads on from where it stopped (each entry merged once)."""
+        clock = FakeClock()
+        a, b = process(clock=clock), process(clock=clock)
+        shared(b)
+        held_by_a_session = shared(a)
+        held_by_a_session.record_use(1000.0)
+        a.exchange_observations()
+        assert b.exchange_observations() == 1
+        clock.advance(IDLE_S + 1)
+        a.exchange_observations()
+        assert a._exchange.held() == 0
+        shared(b).record_use(5000.0)  # B's session comes back first
+        b.exchange_observations()
+        assert a.exchange_observations() == 0  # A reads nothing: its pool was let go
+        held_by_a_session.record_use(5100.0)
+        assert a.exchange_observations() == 1  # B's use at 5000 s, once
+        assert held_by_a_session.prefix_gaps() == [4000.0, 100.0]
+        assert shared(a) is held_by_a_session
+        assert b.exchange_observations() == 1
+        assert shared(b).prefix_gaps() == [4000.0, 100.0]
+
+    def test_a_prefix_back_after_its_pool_went_is_read_back(self, process: Any) -> None:
+        """Once nothing held the pool, a session back on the prefix gets a new one; the
+        first exchange merges what its predecessor sent, and the statistics are whole."""
+        clock = FakeClock()
+        a = process(clock=clock)
+        record_a_user(shared(a), "x", 1000.0, 1600.0, 2400.0)
+        before = statistics(shared(a), 2500.0)
+        old = weakref.ref(shared(a))
+        a.exchange_observations()
+        clock.advance(IDLE_S + 1)
+        a.exchange_observations()
+        gc.collect()
+        assert old() is None
+        pool = shared(a)
+        assert pool.prefix_gaps() == []
+        assert a.exchange_observations() == 9
+        assert statistics(pool, 2500.0) == before
 
 
 def session_on(
@@ -268,6 +390,65 @@ class TestFleetPolicy:
         reply = fleet.send("A new user in a process that learns with the fleet")
         assert fleet.prefix.ttl == "1h"
         assert reply.reason == "hit"  # A's entry, read: only the marker's TTL differs
+
+    def test_a_conversation_that_moves_between_processes_keeps_its_gaps(
+        self, client: anthropic.Anthropic, emulator: RunningEmulator, process: Any
+    ) -> None:
+        """A stateless backend without affinity: the user's turns, 5 minutes apart, go to
+        A, B and A again, each a session rebuilt from the stored messages; nobody exchanges
+        until the end. Both processes then hold the conversation's two 5-minute gaps (A had
+        seen one of 10 minutes, B none). The emulator's clock also runs in real time: the
+        gaps are 5 minutes and a little."""
+        clock = emulator.emulator.clock.now
+        a, b = process(clock=clock), process(clock=clock)
+        history: Any = ()
+        for registry in (a, b, a):
+            session = convo.Session(
+                convo.Prefix(model=MODEL, system=[SYSTEM]),
+                client=client,
+                clock=clock,
+                registry=registry,
+                limiter=RateLimiter(),
+                ledger=False,
+                max_tokens=64,
+                conversation_id="user 42",
+                messages=history,
+            )
+            session.send("And now?")
+            history = session.history
+            emulator.advance(300)
+        key = repr(session._core.warm_key)
+        pools = [pool_for(registry, key) for registry in (a, b)]
+        digest = conversation_digest("user 42")
+        assert list(pools[0]._own[digest]) == [pytest.approx(600.0, abs=5.0)]
+        assert list(pools[1]._own.get(digest, ())) == []
+        a.exchange_observations()
+        b.exchange_observations()
+        a.exchange_observations()
+        for pool in pools:
+            assert sorted(pool._own[digest]) == [pytest.approx(300.0, abs=5.0)] * 2
+        assert statistics(pools[0], clock()) == statistics(pools[1], clock())
+
+    def test_only_a_prewarm_that_is_sent_shares_its_send(
+        self, client: anthropic.Anthropic, emulator: RunningEmulator, process: Any
+    ) -> None:
+        """A pre-warm the policy skips shares no send (the fleet would judge it a write of
+        a lapsed entry); one that is sent shares its send and its re-warm."""
+        clock = emulator.emulator.clock.now
+        a = process(clock=clock)
+        session = session_on(a, client, emulator)
+        session.send("Hello")
+        pool = pool_for(a, repr(session._core.warm_key))
+        pool.take()
+        emulator.advance(10)
+        # The policy's judgement (warm() asks it once the registry says the entry nears
+        # its end): live, and no gap seen says a refresh pays.
+        assert session._core.begin_warm() is None
+        assert session.last_decision.action == "skip"
+        assert pool.take() == []
+        emulator.advance(600)
+        assert session.warm(latency=True) is not None  # lapsed: written, as asked
+        assert [o.kind for o in pool.take()] == ["write", "touch"]
 
 
 class TestRoundTrips:

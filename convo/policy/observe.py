@@ -28,6 +28,7 @@ __all__ = ["PrefixPool", "cdf", "pool_for", "within"]
 
 _MAX_GAPS = 512  # recent gaps kept per pool: enough to estimate, bounded in memory
 _MAX_CONVERSATIONS = 1024  # open conversations whose latest turn is remembered
+_MAX_OWN_GAPS = 64  # recent gaps kept per conversation
 TTL_S = {"5m": 300.0, "1h": 3600.0}
 
 
@@ -215,10 +216,17 @@ class PrefixPool:
         with self._lock:
             self._last_touch = at if self._last_touch is None else max(self._last_touch, at)
 
-    def record_write(self, ttl: str, *, live: bool) -> str:
+    def record_write(self, ttl: str, *, live: bool, at: float | None = None) -> str:
         """A turn is about to send the prefix with *ttl*; *live* is :meth:`live` as of its
         start. When the entry is not live, the turn writes it with *ttl*. Returns the TTL of
-        the entry the turn will find."""
+        the entry the turn will find.
+
+        *at* (when the turn started) is not needed here: a pool shared between processes
+        (:class:`~convo.policy.shared.SharedPrefixPool`) orders the fleet's writes by it.
+
+        .. versionchanged:: 0.3 *at*.
+        """
+        del at  # one process's writes come in order
         with self._lock:
             if not live:
                 self.entry_ttl = ttl
@@ -245,7 +253,7 @@ class PrefixPool:
                 out = _appended(self._turn_gaps, gap)
                 if self._sorted_turn_gaps is not None:
                     _resort(self._sorted_turn_gaps, out, gap)
-                own = self._own.setdefault(conversation, collections.deque(maxlen=64))
+                own = self._own.setdefault(conversation, collections.deque(maxlen=_MAX_OWN_GAPS))
                 own.append(gap)
             latest = at if previous is None else max(at, previous)
             self._latest[conversation] = latest
@@ -390,6 +398,41 @@ class PrefixPool:
                 last = uses[-1]
                 self._last_use = last if self._last_use is None else max(self._last_use, last)
                 self._last_touch = last if self._last_touch is None else max(self._last_touch, last)
+
+    def split_turn_gap(self, conversation: str, gap: float | None, halves: Sequence[float]) -> None:
+        """A turn of *conversation* recorded late (after a later one of the same
+        conversation) falls inside its *gap*: replace that gap by *halves*, the two it is
+        split into, in the pool and in the conversation's own gaps. With *gap* ``None`` the
+        late turn came before the conversation's first: *halves* is the one gap it adds.
+
+        A gap no longer held (aged out of the bounded gaps) is left out, and so are its
+        halves, which are older still. Where the halves go among the gaps matters only for
+        which gap ages out first: they take the split gap's place.
+
+        .. versionadded:: 0.3
+        """
+        with self._lock:
+            own = self._own.setdefault(conversation, collections.deque(maxlen=_MAX_OWN_GAPS))
+            if gap is None:
+                self._turn_gaps.extend(halves)
+                if len(own) < _MAX_OWN_GAPS:
+                    own.extendleft(reversed(halves))
+            else:
+                _splice(self._turn_gaps, gap, halves)
+                _splice(own, gap, halves)
+            self._sorted_turn_gaps = None
+
+
+def _splice(values: collections.deque[float], old: float, new: Sequence[float]) -> None:
+    """Replace the latest *old* in the bounded deque *values* by *new* (in its place); leave
+    *values* as it is when *old* is not in it."""
+    items = list(values)
+    for i in range(len(items) - 1, -1, -1):
+        if items[i] == old:
+            items[i : i + 1] = new
+            values.clear()
+            values.extend(items)  # past maxlen, the oldest fall out of the deque
+            return
 
 
 _POOLS: weakref.WeakKeyDictionary[Any, dict[str, PrefixPool]] = weakref.WeakKeyDictionary()

@@ -147,6 +147,7 @@ class SessionCore:
         self._first_turn_at: float | None = None
         self._own_touch = float("-inf")  # this session's latest re-warm
         self._entry_ttl: str | None = None  # the TTL of the prefix entry this turn finds
+        self._warm_send: tuple[str, bool, float] = ("5m", True, 0.0)  # a warm's, until sent
         #: The latest decision the policy took for this session (TTL, or a re-warm).
         self.last_decision: Decision | None = None
         self.history = History(messages)
@@ -247,12 +248,12 @@ class SessionCore:
                 self._first_turn_at = None
             pool.record_turn(key, now)
         if not self.adaptive_ttl:
-            self._entry_ttl = pool.record_write(self.prefix.ttl, live=prefix_live)
+            self._entry_ttl = pool.record_write(self.prefix.ttl, live=prefix_live, at=now)
             return
         prefix_ttl, history, history_ttl = self._choose_layout(now, key, prefix_live)
         # What the registry is told a read refreshes must be the entry's own TTL (a read
         # never changes it), not the one this turn's marker asks for.
-        self._entry_ttl = pool.record_write(prefix_ttl, live=prefix_live)
+        self._entry_ttl = pool.record_write(prefix_ttl, live=prefix_live, at=now)
         options = self._layout_options
         if (prefix_ttl, history, history_ttl) != (
             self.prefix.ttl,
@@ -457,12 +458,17 @@ class SessionCore:
         if decision.action != "send":
             return None
         pending.decision = decision
+        # Recorded only now the warm is sent: a pool shared with other processes judges
+        # every send recorded as a write of the fleet's entry if that entry had lapsed.
+        ttl, live, at = self._warm_send
+        self._pool.record_write(ttl, live=live, at=at)
         self._pool.record_touch(self.clock())
         return pending
 
     def _prepare_warm(self) -> None:
         """Before a pre-warm: give a cold prefix the TTL the policy chooses for it (a warm
-        writes it), and note which TTL the entry it finds or writes has."""
+        writes it), and note which TTL the entry it finds or writes has (the pool records
+        the send once the warm is sent)."""
         now = self.clock()
         live = self._pool.live(now)
         if self.adaptive_ttl and not live:
@@ -480,7 +486,8 @@ class SessionCore:
                 if ttl == "5m" and options["history_ttl"] == "1h":
                     options["history_ttl"] = "5m"  # 1h breakpoints may not follow a 5m one
                 self._use_prefix(prefix, self._workspace)
-        self._entry_ttl = self._pool.record_write(self.prefix.ttl, live=live)
+        self._warm_send = (self.prefix.ttl, live, now)
+        self._entry_ttl = self.prefix.ttl if not live else self._pool.entry_ttl
 
     def _next_use_probability(self, now: float) -> float:
         """P(this conversation's next turn comes after its entry lapses but within a TTL of

@@ -43,7 +43,7 @@ from convo.warm.redis_clients import (
     trouble_types,
     where,
 )
-from convo.warm.redis_pool import PoolExchange
+from convo.warm.redis_pool import SHARE_INTERVAL, PoolExchange
 from convo.warm.redis_scripts import SCRIPTS, Reply, parse_reply
 from convo.warm.redis_wake import (
     WAKE_ALL,
@@ -97,12 +97,13 @@ class RedisWarmRegistry:
       ``redis`` exception leaves any method.
     - **Cancellation leaves nothing behind**: a cancelled ``acquire_async`` unregisters its
       wake-up, and releases the claim if its script may have taken one.
-    - **The policy can learn from the fleet.** With ``share_interval`` set, the gaps the TTL
-      and keep-alive policy decides from (:func:`convo.policy.pool_for`) are pooled across
-      every process on the same Redis and ``prefix``: each process records in memory and
-      exchanges its new observations with the others every ``share_interval`` seconds,
-      from a background thread, so a turn gains no round trip (:mod:`convo.warm.redis_pool`;
-      off by default: ``docs/economics.md`` lists its limits).
+    - **The policy learns from the fleet.** The gaps the TTL and keep-alive policy decides
+      from (:func:`convo.policy.pool_for`) are pooled across every process on the same
+      Redis and ``prefix``: each process records in memory and exchanges its new
+      observations with the others every ``share_interval`` seconds (5 by default), from a
+      background thread, so a turn gains no round trip; a prefix unused for over an hour is
+      let go (:mod:`convo.warm.redis_pool`, ``docs/economics.md``). ``share_interval=None``
+      keeps them per process.
 
     Hosts must keep their clocks in step (NTP): TTL times are the hosts' wall clocks, and a
     skew of *s* seconds moves the live window by *s*.
@@ -121,13 +122,14 @@ class RedisWarmRegistry:
         probe_interval: While Redis is down, seconds (registry clock) between attempts to
             reach it again.
         share_interval: Seconds (real time) between exchanges of the policy's observations
-            with other processes, e.g. 5; ``None`` (the default) keeps them per process.
+            with other processes (default 5; ``convo.warm.redis_pool.SHARE_INTERVAL`` says
+            why); ``None`` keeps them per process.
         share_cap: Observations kept per prefix in Redis (the latest).
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2 Woken waiters, ``refresh_at``, ``Flight.state``, blocking pools
        (``max_connections``), degrading to an in-process registry (``probe_interval``).
-    .. versionchanged:: 0.3 The policy's pools are shared across processes
+    .. versionchanged:: 0.3 The policy's pools are shared across processes, by default
        (``share_interval``, ``share_cap``, :meth:`shared_pool`, :meth:`exchange_observations`).
     """
 
@@ -142,7 +144,7 @@ class RedisWarmRegistry:
         poll_interval: float = 1.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         probe_interval: float = 5.0,
-        share_interval: float | None = None,
+        share_interval: float | None = SHARE_INTERVAL,
         share_cap: int = 4096,
     ) -> None:
         module = import_redis()
@@ -211,6 +213,7 @@ class RedisWarmRegistry:
                 interval=float(share_interval),
                 cap=share_cap,
                 trouble=self._trouble,
+                clock=clock,
             )
         )
 
