@@ -18,22 +18,25 @@ interleaved in one run so a noisy machine slows both alike:
     so each arm is first, and follows each other arm, equally often. The raw arm starts
     from a copy of the grown history (same content objects) and keeps a ``cache_control``
     marker on the system prompt and on the newest user message, as a careful SDK user does.
-    Reported, by the wall clock and by the calling thread's CPU clock (the CPU figure
-    ignores time lost to other processes, the main noise on a shared machine, but also
-    misses the ledger writer's thread): each arm's median client µs per call, convo's
-    added µs per turn (paired with the raw call of the same turn) with the quartiles of
-    those differences, added µs as a share of the raw call, and the ratios at 1,000 turns
-    to 10 turns of added µs and of each convo arm's own µs per call. Those ratios compare
-    two phases of the run, minutes apart; the 1,000-turn phase also times convo on fresh
-    10-turn conversations in the same random order (see ``mock_size``), which gives the
-    same ratio with both sides measured at the same moments. The heap is frozen and
-    collected before each timed call, so no arm pays for garbage another left (see
+    Reported, by the wall clock, by the calling thread's CPU clock (the CPU figure ignores
+    time lost to other processes, the main noise on a shared machine, but also misses the
+    ledger writer's thread), and by that CPU clock less the transport's own pipe I/O
+    (``cpu_without_io``: the client's code alone, what a mock transport that copies nothing
+    would see; a real transport copies the body out too): each arm's median client µs per
+    call, convo's added µs per turn (paired with the raw call of the same turn) with the
+    quartiles of those differences, added µs as a share of the raw call, and the ratios at
+    1,000 turns to 10 turns of added µs and of each convo arm's own µs per call. Those
+    ratios compare two phases of the run, minutes apart; the 1,000-turn phase also times
+    convo on fresh 10-turn conversations in the same random order (see ``mock_size``), which
+    gives the same ratio with both sides measured at the same moments. The heap is frozen
+    and collected before each timed call, so no arm pays for garbage another left (see
     ``mock_size``).
 (b) **Loopback emulator**, served by another process: a 200-turn conversation, convo vs the
     raw SDK, turns interleaved; wall time per arm is the sum of its calls.
 (c) **200 concurrent** ``AsyncSession``s vs 200 tasks on one raw ``AsyncAnthropic``, each a
-    short conversation on the same prefix, against the loopback emulator; rounds alternate
-    raw, convo, convo, raw and adjacent rounds are paired.
+    conversation of ``--turns`` turns (default 50, issue 15's measure) on the same prefix,
+    against the loopback emulator; rounds alternate raw, convo, convo, raw and adjacent
+    rounds are paired.
 
 convo is measured as a user gets it by default: the process-wide warm registry and rate
 limiter, and the default SQLite ledger (in a temporary ``CONVO_HOME``, so nothing is written
@@ -80,6 +83,9 @@ MOCK_URL = "http://mock.invalid"
 MAX_TOKENS = 1024
 #: Timed turns per short conversation in the interleaved measure (see ``mock_size``).
 SHORT_WINDOW = 3
+#: The clocks of the mock measure: wall (less the emulator's time), this thread's CPU, and
+#: that CPU less the transport's own pipe I/O (the client's code alone).
+CLOCKS = ("wall", "cpu", "cpu_without_io")
 # Limits far above anything this benchmark sends, so no arm ever waits on a limiter.
 UNLIMITED = {"limits": {"default": {"rpm": 10**8, "itpm": 10**12, "otpm": 10**12}}}
 
@@ -173,13 +179,16 @@ class EmulatorTransport:
         requests_in.close()
         replies_out.close()
         self.server_ns = 0
+        self.io_cpu_ns = 0
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        cpu = time.thread_time_ns()
         self._requests.send(dict(request.headers))
         self._requests.send_bytes(request.content)
         headers, server_ns = self._replies.recv()
         content = self._replies.recv_bytes()
         self.server_ns += server_ns
+        self.io_cpu_ns += time.thread_time_ns() - cpu
         return httpx2.Response(
             200, content=content, headers={**headers, "content-type": "application/json"}
         )
@@ -201,20 +210,26 @@ class EmulatorTransport:
 
 def _timed(
     transport: EmulatorTransport, call: Callable[..., Any], *args: Any, **kwargs: Any
-) -> tuple[float, float, Any]:
+) -> tuple[float, float, float, Any]:
     """Run *call*; return the microseconds it spent in the client, by the wall clock (minus
-    the emulator's time) and by this thread's CPU clock, and its result.
+    the emulator's time), by this thread's CPU clock, and by that CPU clock less the
+    transport's own pipe I/O; and its result.
+
+    The last figure is the client's code alone (convo, the SDK, httpx): what a mock
+    transport that copies nothing would measure. The bytes still have to be copied out by
+    any real transport (a socket write, like the pipe's, costs in proportion to the body),
+    so the CPU figure with the I/O is the one a user's process pays.
 
     The CPU figure leaves out time the thread spent preempted by other processes, which on
     a shared machine is most of the noise; it also leaves out work on other threads (the
     ledger's writer), which the wall figure catches whenever it lands in a timed call.
     """
-    transport.server_ns = 0
+    transport.server_ns = transport.io_cpu_ns = 0
     started, cpu = time.perf_counter_ns(), time.thread_time_ns()
     result = call(*args, **kwargs)
     cpu = time.thread_time_ns() - cpu
     wall = time.perf_counter_ns() - started - transport.server_ns
-    return wall / 1000, cpu / 1000, result
+    return wall / 1000, cpu / 1000, (cpu - transport.io_cpu_ns) / 1000, result
 
 
 def mock_size(
@@ -246,6 +261,7 @@ def mock_size(
     shuffle = random.Random(turns).shuffle
     wall: dict[str, list[float]] = {arm: [] for arm in timed_arms}
     cpu: dict[str, list[float]] = {arm: [] for arm in timed_arms}
+    code: dict[str, list[float]] = {arm: [] for arm in timed_arms}  # CPU less transport I/O
     entries = 0
     for _ in range(conversations):
         tag = [next_tag(tags) for _ in arms]
@@ -284,16 +300,19 @@ def mock_size(
                     k = i - turns
                     session, tag_short = shorts[k // SHORT_WINDOW]
                     text = question(tag_short, (short or 0) + k % SHORT_WINDOW)
-                    us, cpu_us, _ = _timed(transport, session.send, text)
+                    us, cpu_us, code_us, _ = _timed(transport, session.send, text)
                 elif arm == "raw":
                     kwargs = raw.arguments(question(tag[0], i))
-                    us, cpu_us, message = _timed(transport, raw_client.messages.create, **kwargs)
+                    us, cpu_us, code_us, message = _timed(
+                        transport, raw_client.messages.create, **kwargs
+                    )
                     raw.answered(message)
                 else:
                     text = question(tag[arms.index(arm)], i)
-                    us, cpu_us, _ = _timed(transport, sessions[arm].send, text)
+                    us, cpu_us, code_us, _ = _timed(transport, sessions[arm].send, text)
                 wall[arm].append(us)
                 cpu[arm].append(cpu_us)
+                code[arm].append(code_us)
         gc.unfreeze()
         entries = max(entries, len(sessions["convo"].tracker.entries()))
     result: dict[str, Any] = {
@@ -301,6 +320,7 @@ def mock_size(
         "tracker_entries": entries,
         "wall": _paired(wall, arms),
         "cpu": _paired(cpu, arms),
+        "cpu_without_io": _paired(code, arms),
     }
     if short:
         result[f"convo_{short}_turns_interleaved"] = {
@@ -321,7 +341,7 @@ def mock_size(
                     3,
                 ),
             }
-            for clock, samples in (("wall", wall), ("cpu", cpu))
+            for clock, samples in (("wall", wall), ("cpu", cpu), ("cpu_without_io", code))
         }
     return result
 
@@ -405,7 +425,7 @@ def _run_mock(transport: EmulatorTransport, args: argparse.Namespace) -> dict[st
                 for arm in sizes[10][clock]
                 if isinstance(sizes[10][clock][arm], dict)
             }
-            for clock in ("wall", "cpu")
+            for clock in CLOCKS
         }
         # Issue 15's measure: each convo arm's own time per call, 1,000 turns over 10.
         result["per_call_1000_over_10"] = {
@@ -414,7 +434,7 @@ def _run_mock(transport: EmulatorTransport, args: argparse.Namespace) -> dict[st
                 for arm in sizes[10][clock]
                 if isinstance(sizes[10][clock][arm], dict)
             }
-            for clock in ("wall", "cpu")
+            for clock in CLOCKS
         }
     return result
 
@@ -564,7 +584,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = []
     mock = report.get("mock")
     if mock:
-        for clock in ("wall", "cpu"):
+        for clock in CLOCKS:
             lines += [
                 f"Mock transport, client {clock} time per call (medians):",
                 "",
@@ -636,11 +656,16 @@ def main() -> None:
     )
     parser.add_argument("--loopback-turns", type=int, default=200, help="(b) turns")
     parser.add_argument("--sessions", type=int, default=200, help="(c) concurrent sessions")
-    parser.add_argument("--turns", type=int, default=None, help="(c) turns per session")
+    parser.add_argument(
+        "--turns",
+        type=int,
+        default=None,
+        help="(c) turns per session (default 50; 10 with --quick)",
+    )
     parser.add_argument("--no-ledger-off", action="store_true", help="skip the ledger=False arm")
     args = parser.parse_args()
     if args.turns is None:
-        args.turns = 2 if args.quick else 4
+        args.turns = 10 if args.quick else 50
     report: dict[str, Any] = {
         "benchmark": "overhead",
         "machine": machine(),
