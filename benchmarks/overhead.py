@@ -31,6 +31,13 @@ interleaved in one run so a noisy machine slows both alike:
     gives the same ratio with both sides measured at the same moments. The heap is frozen
     and collected before each timed call, so no arm pays for garbage another left (see
     ``mock_size``).
+    With ``--replay`` the same measure runs again in a fresh process on a mock transport
+    that copies nothing (:class:`ReplayTransport`: each call gets the reply the emulator
+    gave the same call in the first run, and the request's bytes are never read): the
+    client's code alone, with no copy of the body out of the process and none of the
+    cache misses that copy leaves behind. A real transport does copy the body (a socket
+    write, like the pipe's), so the first run is what a user's process pays; the replay
+    is what convo and the SDK themselves cost.
 (b) **Loopback emulator**, served by another process: a 200-turn conversation, convo vs the
     raw SDK, turns interleaved; wall time per arm is the sum of its calls.
 (c) **200 concurrent** ``AsyncSession``s vs 200 tasks on one raw ``AsyncAnthropic``, each a
@@ -42,7 +49,7 @@ convo is measured as a user gets it by default: the process-wide warm registry a
 limiter, and the default SQLite ledger (in a temporary ``CONVO_HOME``, so nothing is written
 to the user's data directory). The ``ledger=False`` arm shows what the ledger costs.
 
-Run: ``python benchmarks/overhead.py [--quick] [--markdown]``. Prints JSON.
+Run: ``python benchmarks/overhead.py [--quick] [--replay] [--markdown]``. Prints JSON.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ import gc
 import json
 import multiprocessing
 import os
+import pickle
 import platform
 import random
 import statistics
@@ -180,8 +188,11 @@ class EmulatorTransport:
         replies_out.close()
         self.server_ns = 0
         self.io_cpu_ns = 0
+        #: Per client (in the order :meth:`client` made them), each call's request size and
+        #: reply: what :class:`ReplayTransport` answers with.
+        self.recorded: list[list[tuple[int, dict[str, str], bytes]]] = []
 
-    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+    def _answer(self, request: httpx2.Request, calls: list[Any]) -> httpx2.Response:
         cpu = time.thread_time_ns()
         self._requests.send(dict(request.headers))
         self._requests.send_bytes(request.content)
@@ -189,9 +200,8 @@ class EmulatorTransport:
         content = self._replies.recv_bytes()
         self.server_ns += server_ns
         self.io_cpu_ns += time.thread_time_ns() - cpu
-        return httpx2.Response(
-            200, content=content, headers={**headers, "content-type": "application/json"}
-        )
+        calls.append((len(request.content), headers, content))
+        return _response(headers, content)
 
     def close(self) -> None:
         """Stop the child process."""
@@ -200,16 +210,59 @@ class EmulatorTransport:
         self._process.join(timeout=10)
 
     def client(self) -> anthropic.Anthropic:
-        return anthropic.Anthropic(
-            api_key=API_KEY,
-            base_url=MOCK_URL,
-            max_retries=0,
-            http_client=anthropic.DefaultHttpxClient(transport=httpx2.MockTransport(self)),
-        )
+        calls: list[tuple[int, dict[str, str], bytes]] = []
+        self.recorded.append(calls)
+        return _mock_client(lambda request: self._answer(request, calls))
+
+
+def _response(headers: dict[str, str], content: bytes) -> httpx2.Response:
+    return httpx2.Response(
+        200, content=content, headers={**headers, "content-type": "application/json"}
+    )
+
+
+def _mock_client(handler: Callable[[httpx2.Request], httpx2.Response]) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        api_key=API_KEY,
+        base_url=MOCK_URL,
+        max_retries=0,
+        http_client=anthropic.DefaultHttpxClient(transport=httpx2.MockTransport(handler)),
+    )
+
+
+class ReplayTransport:
+    """A mock transport that copies nothing: each call gets the reply the emulator gave the
+    same call of the same client in an earlier run (:attr:`EmulatorTransport.recorded`).
+
+    The run must make the same calls in the same order (the measure is deterministic: fixed
+    seeds and texts). The request's bytes are never read, only their length, which is
+    compared with the recorded one: a call whose request differs from the recorded one
+    (a layout decision taken otherwise) is counted in :attr:`mismatches`, since its reply's
+    usage may not be what convo predicted.
+    """
+
+    def __init__(self, recorded: list[list[tuple[int, dict[str, str], bytes]]]) -> None:
+        self._recorded = iter(recorded)
+        self.server_ns = 0
+        self.io_cpu_ns = 0
+        self.mismatches = 0
+
+    def client(self) -> anthropic.Anthropic:
+        calls = iter(next(self._recorded))
+
+        def answer(request: httpx2.Request) -> httpx2.Response:
+            size, headers, content = next(calls)
+            self.mismatches += size != len(request.content)
+            return _response(headers, content)
+
+        return _mock_client(answer)
+
+    def close(self) -> None:
+        """Nothing to stop."""
 
 
 def _timed(
-    transport: EmulatorTransport, call: Callable[..., Any], *args: Any, **kwargs: Any
+    transport: Any, call: Callable[..., Any], *args: Any, **kwargs: Any
 ) -> tuple[float, float, float, Any]:
     """Run *call*; return the microseconds it spent in the client, by the wall clock (minus
     the emulator's time), by this thread's CPU clock, and by that CPU clock less the
@@ -233,7 +286,7 @@ def _timed(
 
 
 def mock_size(
-    transport: EmulatorTransport,
+    transport: Any,
     prefix: convo.Prefix,
     *,
     turns: int,
@@ -377,14 +430,43 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 
 
 def run_mock(args: argparse.Namespace) -> dict[str, Any]:
+    """The mock measure on the emulator's pipe; then, with ``--replay``, the same calls again
+    in a fresh process answered by :class:`ReplayTransport` (no copy of the body)."""
+    if args.replay_from:  # the replay run, in its own process
+        with open(args.replay_from, "rb") as file:
+            replay = ReplayTransport(pickle.load(file))
+        result = _run_mock(replay, args)
+        result["replay_mismatches"] = replay.mismatches
+        return result
     transport = EmulatorTransport()
     try:
-        return _run_mock(transport, args)
+        result = _run_mock(transport, args)
     finally:
         transport.close()
+    if args.replay:
+        result["replayed"] = _replayed(transport.recorded, args)
+    return result
 
 
-def _run_mock(transport: EmulatorTransport, args: argparse.Namespace) -> dict[str, Any]:
+def _replayed(recorded: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Run the mock measure again in a new process (a fresh registry, pool and heap, as the
+    first run had), answered from *recorded*."""
+    import subprocess
+
+    with tempfile.NamedTemporaryFile(suffix=".pickle", delete=False) as file:
+        pickle.dump(recorded, file)
+    try:
+        command = [sys.executable, __file__, "--parts", "a", "--replay-from", file.name]
+        command += ["--sizes", *map(str, args.sizes)]
+        command += ["--quick"] * args.quick + ["--no-ledger-off"] * args.no_ledger_off
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    finally:
+        os.unlink(file.name)
+    mock: dict[str, Any] = json.loads(out)["mock"]
+    return mock
+
+
+def _run_mock(transport: Any, args: argparse.Namespace) -> dict[str, Any]:
     prefix = convo.Prefix(model=MODEL, system=[SYSTEM], tools=[])
     tags = [0]
     # Warm the shared prefix (registry and emulator) so every measured conversation starts
@@ -663,6 +745,12 @@ def main() -> None:
         help="(c) turns per session (default 50; 10 with --quick)",
     )
     parser.add_argument("--no-ledger-off", action="store_true", help="skip the ledger=False arm")
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="(a) again, answered from the first run's replies without copying the body",
+    )
+    parser.add_argument("--replay-from", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.turns is None:
         args.turns = 10 if args.quick else 50
