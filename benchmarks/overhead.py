@@ -662,37 +662,50 @@ def machine() -> dict[str, Any]:
     }
 
 
-def markdown(report: dict[str, Any]) -> str:
+def _mock_markdown(mock: dict[str, Any], title: str) -> list[str]:
     lines = []
+    for clock in CLOCKS:
+        lines += [
+            f"{title}, client {clock} time per call (medians):",
+            "",
+            "| history (turns) | calls | raw SDK µs | convo µs | added µs | added / SDK "
+            "| added µs p25–p75 | ledger=False added µs | ledger=False added / SDK |",
+            "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        ]
+        for turns, size in mock["by_history_turns"].items():
+            r = size[clock]
+            off = r.get("convo_no_ledger", {})
+            low, high = r["convo"]["added_us_p25_p75"]
+            lines.append(
+                f"| {turns} | {size['samples']} | {r['raw_us']:.0f} | {r['convo']['us']:.0f} "
+                f"| {r['convo']['added_us']:.0f} | {r['convo']['added_share']:.1%} "
+                f"| {low:.0f} to {high:.0f} "
+                f"| {off.get('added_us', float('nan')):.0f} "
+                f"| {off.get('added_share', float('nan')):.1%} |"
+            )
+        lines.append("")
+    if "added_1000_over_10" in mock:
+        lines.append(f"added µs, 1,000 turns over 10 turns: {mock['added_1000_over_10']}")
+        lines.append(f"µs per call, 1,000 turns over 10 turns: {mock['per_call_1000_over_10']}")
+    interleaved = mock["by_history_turns"].get(1000, mock["by_history_turns"].get("1000", {}))
+    interleaved = interleaved.get("convo_10_turns_interleaved")
+    if interleaved:
+        lines.append(f"µs per call, 1,000 turns over 10 turns, timed interleaved: {interleaved}")
+    lines.append("")
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines: list[str] = []
     mock = report.get("mock")
     if mock:
-        for clock in CLOCKS:
-            lines += [
-                f"Mock transport, client {clock} time per call (medians):",
-                "",
-                "| history (turns) | calls | raw SDK µs | convo µs | added µs | added / SDK "
-                "| added µs p25–p75 | ledger=False added µs | ledger=False added / SDK |",
-                "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
-            ]
-            for turns, size in mock["by_history_turns"].items():
-                r = size[clock]
-                off = r.get("convo_no_ledger", {})
-                low, high = r["convo"]["added_us_p25_p75"]
-                lines.append(
-                    f"| {turns} | {size['samples']} | {r['raw_us']:.0f} | {r['convo']['us']:.0f} "
-                    f"| {r['convo']['added_us']:.0f} | {r['convo']['added_share']:.1%} "
-                    f"| {low:.0f} to {high:.0f} "
-                    f"| {off.get('added_us', float('nan')):.0f} "
-                    f"| {off.get('added_share', float('nan')):.1%} |"
-                )
-            lines.append("")
-        if "added_1000_over_10" in mock:
-            lines.append(f"added µs, 1,000 turns over 10 turns: {mock['added_1000_over_10']}")
-            lines.append(f"µs per call, 1,000 turns over 10 turns: {mock['per_call_1000_over_10']}")
-        interleaved = mock["by_history_turns"].get(1000, {}).get("convo_10_turns_interleaved")
-        if interleaved:
-            lines.append(
-                f"µs per call, 1,000 turns over 10 turns, timed interleaved: {interleaved}"
+        lines += _mock_markdown(mock, "Mock transport (the emulator over a pipe)")
+        if "replayed" in mock:
+            replayed = mock["replayed"]
+            lines += _mock_markdown(
+                replayed,
+                "Mock transport that copies nothing (replayed replies; "
+                f"{replayed.get('replay_mismatches')} requests differed from the recorded run)",
             )
     loop = report.get("loopback")
     if loop:
