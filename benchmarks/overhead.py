@@ -18,28 +18,38 @@ interleaved in one run so a noisy machine slows both alike:
     so each arm is first, and follows each other arm, equally often. The raw arm starts
     from a copy of the grown history (same content objects) and keeps a ``cache_control``
     marker on the system prompt and on the newest user message, as a careful SDK user does.
-    Reported, by the wall clock and by the calling thread's CPU clock (the CPU figure
-    ignores time lost to other processes, the main noise on a shared machine, but also
-    misses the ledger writer's thread): each arm's median client µs per call, convo's
-    added µs per turn (paired with the raw call of the same turn) with the quartiles of
-    those differences, added µs as a share of the raw call, and the ratios at 1,000 turns
-    to 10 turns of added µs and of each convo arm's own µs per call. Those ratios compare
-    two phases of the run, minutes apart; the 1,000-turn phase also times convo on fresh
-    10-turn conversations in the same random order (see ``mock_size``), which gives the
-    same ratio with both sides measured at the same moments. The heap is frozen and
-    collected before each timed call, so no arm pays for garbage another left (see
+    Reported, by the wall clock, by the calling thread's CPU clock (the CPU figure ignores
+    time lost to other processes, the main noise on a shared machine, but also misses the
+    ledger writer's thread), and by that CPU clock less the transport's own pipe I/O
+    (``cpu_without_io``: the client's code alone, what a mock transport that copies nothing
+    would see; a real transport copies the body out too): each arm's median client µs per
+    call, convo's added µs per turn (paired with the raw call of the same turn) with the
+    quartiles of those differences, added µs as a share of the raw call, and the ratios at
+    1,000 turns to 10 turns of added µs and of each convo arm's own µs per call. Those
+    ratios compare two phases of the run, minutes apart; the 1,000-turn phase also times
+    convo on fresh 10-turn conversations in the same random order (see ``mock_size``), which
+    gives the same ratio with both sides measured at the same moments. The heap is frozen
+    and collected before each timed call, so no arm pays for garbage another left (see
     ``mock_size``).
+    With ``--replay`` the same measure runs again in a fresh process on a mock transport
+    that copies nothing (:class:`ReplayTransport`: each call gets the reply the emulator
+    gave the same call in the first run, and the request's bytes are never read): the
+    client's code alone, with no copy of the body out of the process and none of the
+    cache misses that copy leaves behind. A real transport does copy the body (a socket
+    write, like the pipe's), so the first run is what a user's process pays; the replay
+    is what convo and the SDK themselves cost.
 (b) **Loopback emulator**, served by another process: a 200-turn conversation, convo vs the
     raw SDK, turns interleaved; wall time per arm is the sum of its calls.
 (c) **200 concurrent** ``AsyncSession``s vs 200 tasks on one raw ``AsyncAnthropic``, each a
-    short conversation on the same prefix, against the loopback emulator; rounds alternate
-    raw, convo, convo, raw and adjacent rounds are paired.
+    conversation of ``--turns`` turns (default 50, issue 15's measure) on the same prefix,
+    against the loopback emulator; rounds alternate raw, convo, convo, raw and adjacent
+    rounds are paired.
 
 convo is measured as a user gets it by default: the process-wide warm registry and rate
 limiter, and the default SQLite ledger (in a temporary ``CONVO_HOME``, so nothing is written
 to the user's data directory). The ``ledger=False`` arm shows what the ledger costs.
 
-Run: ``python benchmarks/overhead.py [--quick] [--markdown]``. Prints JSON.
+Run: ``python benchmarks/overhead.py [--quick] [--replay] [--markdown]``. Prints JSON.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ import gc
 import json
 import multiprocessing
 import os
+import pickle
 import platform
 import random
 import statistics
@@ -80,6 +91,9 @@ MOCK_URL = "http://mock.invalid"
 MAX_TOKENS = 1024
 #: Timed turns per short conversation in the interleaved measure (see ``mock_size``).
 SHORT_WINDOW = 3
+#: The clocks of the mock measure: wall (less the emulator's time), this thread's CPU, and
+#: that CPU less the transport's own pipe I/O (the client's code alone).
+CLOCKS = ("wall", "cpu", "cpu_without_io")
 # Limits far above anything this benchmark sends, so no arm ever waits on a limiter.
 UNLIMITED = {"limits": {"default": {"rpm": 10**8, "itpm": 10**12, "otpm": 10**12}}}
 
@@ -173,16 +187,21 @@ class EmulatorTransport:
         requests_in.close()
         replies_out.close()
         self.server_ns = 0
+        self.io_cpu_ns = 0
+        #: Per client (in the order :meth:`client` made them), each call's request size and
+        #: reply: what :class:`ReplayTransport` answers with.
+        self.recorded: list[list[tuple[int, dict[str, str], bytes]]] = []
 
-    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+    def _answer(self, request: httpx2.Request, calls: list[Any]) -> httpx2.Response:
+        cpu = time.thread_time_ns()
         self._requests.send(dict(request.headers))
         self._requests.send_bytes(request.content)
         headers, server_ns = self._replies.recv()
         content = self._replies.recv_bytes()
         self.server_ns += server_ns
-        return httpx2.Response(
-            200, content=content, headers={**headers, "content-type": "application/json"}
-        )
+        self.io_cpu_ns += time.thread_time_ns() - cpu
+        calls.append((len(request.content), headers, content))
+        return _response(headers, content)
 
     def close(self) -> None:
         """Stop the child process."""
@@ -191,34 +210,83 @@ class EmulatorTransport:
         self._process.join(timeout=10)
 
     def client(self) -> anthropic.Anthropic:
-        return anthropic.Anthropic(
-            api_key=API_KEY,
-            base_url=MOCK_URL,
-            max_retries=0,
-            http_client=anthropic.DefaultHttpxClient(transport=httpx2.MockTransport(self)),
-        )
+        calls: list[tuple[int, dict[str, str], bytes]] = []
+        self.recorded.append(calls)
+        return _mock_client(lambda request: self._answer(request, calls))
+
+
+def _response(headers: dict[str, str], content: bytes) -> httpx2.Response:
+    return httpx2.Response(
+        200, content=content, headers={**headers, "content-type": "application/json"}
+    )
+
+
+def _mock_client(handler: Callable[[httpx2.Request], httpx2.Response]) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        api_key=API_KEY,
+        base_url=MOCK_URL,
+        max_retries=0,
+        http_client=anthropic.DefaultHttpxClient(transport=httpx2.MockTransport(handler)),
+    )
+
+
+class ReplayTransport:
+    """A mock transport that copies nothing: each call gets the reply the emulator gave the
+    same call of the same client in an earlier run (:attr:`EmulatorTransport.recorded`).
+
+    The run must make the same calls in the same order (the measure is deterministic: fixed
+    seeds and texts). The request's bytes are never read, only their length, which is
+    compared with the recorded one: a call whose request differs from the recorded one
+    (a layout decision taken otherwise) is counted in :attr:`mismatches`, since its reply's
+    usage may not be what convo predicted.
+    """
+
+    def __init__(self, recorded: list[list[tuple[int, dict[str, str], bytes]]]) -> None:
+        self._recorded = iter(recorded)
+        self.server_ns = 0
+        self.io_cpu_ns = 0
+        self.mismatches = 0
+
+    def client(self) -> anthropic.Anthropic:
+        calls = iter(next(self._recorded))
+
+        def answer(request: httpx2.Request) -> httpx2.Response:
+            size, headers, content = next(calls)
+            self.mismatches += size != len(request.content)
+            return _response(headers, content)
+
+        return _mock_client(answer)
+
+    def close(self) -> None:
+        """Nothing to stop."""
 
 
 def _timed(
-    transport: EmulatorTransport, call: Callable[..., Any], *args: Any, **kwargs: Any
-) -> tuple[float, float, Any]:
+    transport: Any, call: Callable[..., Any], *args: Any, **kwargs: Any
+) -> tuple[float, float, float, Any]:
     """Run *call*; return the microseconds it spent in the client, by the wall clock (minus
-    the emulator's time) and by this thread's CPU clock, and its result.
+    the emulator's time), by this thread's CPU clock, and by that CPU clock less the
+    transport's own pipe I/O; and its result.
+
+    The last figure is the client's code alone (convo, the SDK, httpx): what a mock
+    transport that copies nothing would measure. The bytes still have to be copied out by
+    any real transport (a socket write, like the pipe's, costs in proportion to the body),
+    so the CPU figure with the I/O is the one a user's process pays.
 
     The CPU figure leaves out time the thread spent preempted by other processes, which on
     a shared machine is most of the noise; it also leaves out work on other threads (the
     ledger's writer), which the wall figure catches whenever it lands in a timed call.
     """
-    transport.server_ns = 0
+    transport.server_ns = transport.io_cpu_ns = 0
     started, cpu = time.perf_counter_ns(), time.thread_time_ns()
     result = call(*args, **kwargs)
     cpu = time.thread_time_ns() - cpu
     wall = time.perf_counter_ns() - started - transport.server_ns
-    return wall / 1000, cpu / 1000, result
+    return wall / 1000, cpu / 1000, (cpu - transport.io_cpu_ns) / 1000, result
 
 
 def mock_size(
-    transport: EmulatorTransport,
+    transport: Any,
     prefix: convo.Prefix,
     *,
     turns: int,
@@ -246,6 +314,7 @@ def mock_size(
     shuffle = random.Random(turns).shuffle
     wall: dict[str, list[float]] = {arm: [] for arm in timed_arms}
     cpu: dict[str, list[float]] = {arm: [] for arm in timed_arms}
+    code: dict[str, list[float]] = {arm: [] for arm in timed_arms}  # CPU less transport I/O
     entries = 0
     for _ in range(conversations):
         tag = [next_tag(tags) for _ in arms]
@@ -284,16 +353,19 @@ def mock_size(
                     k = i - turns
                     session, tag_short = shorts[k // SHORT_WINDOW]
                     text = question(tag_short, (short or 0) + k % SHORT_WINDOW)
-                    us, cpu_us, _ = _timed(transport, session.send, text)
+                    us, cpu_us, code_us, _ = _timed(transport, session.send, text)
                 elif arm == "raw":
                     kwargs = raw.arguments(question(tag[0], i))
-                    us, cpu_us, message = _timed(transport, raw_client.messages.create, **kwargs)
+                    us, cpu_us, code_us, message = _timed(
+                        transport, raw_client.messages.create, **kwargs
+                    )
                     raw.answered(message)
                 else:
                     text = question(tag[arms.index(arm)], i)
-                    us, cpu_us, _ = _timed(transport, sessions[arm].send, text)
+                    us, cpu_us, code_us, _ = _timed(transport, sessions[arm].send, text)
                 wall[arm].append(us)
                 cpu[arm].append(cpu_us)
+                code[arm].append(code_us)
         gc.unfreeze()
         entries = max(entries, len(sessions["convo"].tracker.entries()))
     result: dict[str, Any] = {
@@ -301,6 +373,7 @@ def mock_size(
         "tracker_entries": entries,
         "wall": _paired(wall, arms),
         "cpu": _paired(cpu, arms),
+        "cpu_without_io": _paired(code, arms),
     }
     if short:
         result[f"convo_{short}_turns_interleaved"] = {
@@ -321,7 +394,7 @@ def mock_size(
                     3,
                 ),
             }
-            for clock, samples in (("wall", wall), ("cpu", cpu))
+            for clock, samples in (("wall", wall), ("cpu", cpu), ("cpu_without_io", code))
         }
     return result
 
@@ -357,14 +430,43 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 
 
 def run_mock(args: argparse.Namespace) -> dict[str, Any]:
+    """The mock measure on the emulator's pipe; then, with ``--replay``, the same calls again
+    in a fresh process answered by :class:`ReplayTransport` (no copy of the body)."""
+    if args.replay_from:  # the replay run, in its own process
+        with open(args.replay_from, "rb") as file:
+            replay = ReplayTransport(pickle.load(file))
+        result = _run_mock(replay, args)
+        result["replay_mismatches"] = replay.mismatches
+        return result
     transport = EmulatorTransport()
     try:
-        return _run_mock(transport, args)
+        result = _run_mock(transport, args)
     finally:
         transport.close()
+    if args.replay:
+        result["replayed"] = _replayed(transport.recorded, args)
+    return result
 
 
-def _run_mock(transport: EmulatorTransport, args: argparse.Namespace) -> dict[str, Any]:
+def _replayed(recorded: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Run the mock measure again in a new process (a fresh registry, pool and heap, as the
+    first run had), answered from *recorded*."""
+    import subprocess
+
+    with tempfile.NamedTemporaryFile(suffix=".pickle", delete=False) as file:
+        pickle.dump(recorded, file)
+    try:
+        command = [sys.executable, __file__, "--parts", "a", "--replay-from", file.name]
+        command += ["--sizes", *map(str, args.sizes)]
+        command += ["--quick"] * args.quick + ["--no-ledger-off"] * args.no_ledger_off
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    finally:
+        os.unlink(file.name)
+    mock: dict[str, Any] = json.loads(out)["mock"]
+    return mock
+
+
+def _run_mock(transport: Any, args: argparse.Namespace) -> dict[str, Any]:
     prefix = convo.Prefix(model=MODEL, system=[SYSTEM], tools=[])
     tags = [0]
     # Warm the shared prefix (registry and emulator) so every measured conversation starts
@@ -405,7 +507,7 @@ def _run_mock(transport: EmulatorTransport, args: argparse.Namespace) -> dict[st
                 for arm in sizes[10][clock]
                 if isinstance(sizes[10][clock][arm], dict)
             }
-            for clock in ("wall", "cpu")
+            for clock in CLOCKS
         }
         # Issue 15's measure: each convo arm's own time per call, 1,000 turns over 10.
         result["per_call_1000_over_10"] = {
@@ -414,7 +516,7 @@ def _run_mock(transport: EmulatorTransport, args: argparse.Namespace) -> dict[st
                 for arm in sizes[10][clock]
                 if isinstance(sizes[10][clock][arm], dict)
             }
-            for clock in ("wall", "cpu")
+            for clock in CLOCKS
         }
     return result
 
@@ -560,37 +662,50 @@ def machine() -> dict[str, Any]:
     }
 
 
-def markdown(report: dict[str, Any]) -> str:
+def _mock_markdown(mock: dict[str, Any], title: str) -> list[str]:
     lines = []
+    for clock in CLOCKS:
+        lines += [
+            f"{title}, client {clock} time per call (medians):",
+            "",
+            "| history (turns) | calls | raw SDK µs | convo µs | added µs | added / SDK "
+            "| added µs p25–p75 | ledger=False added µs | ledger=False added / SDK |",
+            "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        ]
+        for turns, size in mock["by_history_turns"].items():
+            r = size[clock]
+            off = r.get("convo_no_ledger", {})
+            low, high = r["convo"]["added_us_p25_p75"]
+            lines.append(
+                f"| {turns} | {size['samples']} | {r['raw_us']:.0f} | {r['convo']['us']:.0f} "
+                f"| {r['convo']['added_us']:.0f} | {r['convo']['added_share']:.1%} "
+                f"| {low:.0f} to {high:.0f} "
+                f"| {off.get('added_us', float('nan')):.0f} "
+                f"| {off.get('added_share', float('nan')):.1%} |"
+            )
+        lines.append("")
+    if "added_1000_over_10" in mock:
+        lines.append(f"added µs, 1,000 turns over 10 turns: {mock['added_1000_over_10']}")
+        lines.append(f"µs per call, 1,000 turns over 10 turns: {mock['per_call_1000_over_10']}")
+    interleaved = mock["by_history_turns"].get(1000, mock["by_history_turns"].get("1000", {}))
+    interleaved = interleaved.get("convo_10_turns_interleaved")
+    if interleaved:
+        lines.append(f"µs per call, 1,000 turns over 10 turns, timed interleaved: {interleaved}")
+    lines.append("")
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines: list[str] = []
     mock = report.get("mock")
     if mock:
-        for clock in ("wall", "cpu"):
-            lines += [
-                f"Mock transport, client {clock} time per call (medians):",
-                "",
-                "| history (turns) | calls | raw SDK µs | convo µs | added µs | added / SDK "
-                "| added µs p25–p75 | ledger=False added µs | ledger=False added / SDK |",
-                "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
-            ]
-            for turns, size in mock["by_history_turns"].items():
-                r = size[clock]
-                off = r.get("convo_no_ledger", {})
-                low, high = r["convo"]["added_us_p25_p75"]
-                lines.append(
-                    f"| {turns} | {size['samples']} | {r['raw_us']:.0f} | {r['convo']['us']:.0f} "
-                    f"| {r['convo']['added_us']:.0f} | {r['convo']['added_share']:.1%} "
-                    f"| {low:.0f} to {high:.0f} "
-                    f"| {off.get('added_us', float('nan')):.0f} "
-                    f"| {off.get('added_share', float('nan')):.1%} |"
-                )
-            lines.append("")
-        if "added_1000_over_10" in mock:
-            lines.append(f"added µs, 1,000 turns over 10 turns: {mock['added_1000_over_10']}")
-            lines.append(f"µs per call, 1,000 turns over 10 turns: {mock['per_call_1000_over_10']}")
-        interleaved = mock["by_history_turns"].get(1000, {}).get("convo_10_turns_interleaved")
-        if interleaved:
-            lines.append(
-                f"µs per call, 1,000 turns over 10 turns, timed interleaved: {interleaved}"
+        lines += _mock_markdown(mock, "Mock transport (the emulator over a pipe)")
+        if "replayed" in mock:
+            replayed = mock["replayed"]
+            lines += _mock_markdown(
+                replayed,
+                "Mock transport that copies nothing (replayed replies; "
+                f"{replayed.get('replay_mismatches')} requests differed from the recorded run)",
             )
     loop = report.get("loopback")
     if loop:
@@ -636,11 +751,22 @@ def main() -> None:
     )
     parser.add_argument("--loopback-turns", type=int, default=200, help="(b) turns")
     parser.add_argument("--sessions", type=int, default=200, help="(c) concurrent sessions")
-    parser.add_argument("--turns", type=int, default=None, help="(c) turns per session")
+    parser.add_argument(
+        "--turns",
+        type=int,
+        default=None,
+        help="(c) turns per session (default 50; 10 with --quick)",
+    )
     parser.add_argument("--no-ledger-off", action="store_true", help="skip the ledger=False arm")
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="(a) again, answered from the first run's replies without copying the body",
+    )
+    parser.add_argument("--replay-from", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.turns is None:
-        args.turns = 2 if args.quick else 4
+        args.turns = 10 if args.quick else 50
     report: dict[str, Any] = {
         "benchmark": "overhead",
         "machine": machine(),
