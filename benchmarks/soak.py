@@ -117,8 +117,12 @@ async def run_soak(
         prefix = convo.Prefix(model="claude-sonnet-4-6", system=[SYSTEM])
         registry = convo.WarmRegistry(clock=emulator.emulator.clock.now)
         started = time.perf_counter()
+        # Every client timeout as long as the whole soak: a connection the machine's load
+        # slows past the SDK's 5 s connect timeout fails on the client before the emulator
+        # sees it (seen with eight soaks at once on two cores): a real attempt, recorded as
+        # one, but not a fault of the emulator's, and the bill would have no line for it.
         async with anthropic.AsyncAnthropic(
-            base_url=emulator.base_url, api_key="sk-ant-soak", max_retries=0
+            base_url=emulator.base_url, api_key="sk-ant-soak", max_retries=0, timeout=timeout_s
         ) as client:
             work = [
                 _one_session(
