@@ -355,6 +355,32 @@ class TestTheEntrysTTL:
         assert a.record_write("1h", live=False) == "1h"
         assert a.take() == []
 
+    @pytest.mark.parametrize("late", ["turn", "rewarm"])
+    def test_an_observation_older_than_the_bounds_leaves_the_entry_as_it_is(
+        self, late: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A's entry was written for an hour and has been read every 10 minutes since, past
+        the sends and uses a pool keeps. B's turn (or re-warm) at 30 s, a read of that
+        entry, reaches A late (B was cut off from Redis). Judged again from the earliest
+        kept send, whose use before it was dropped, the entry must stay A's hour: the
+        latest use dropped is still the refresh before it."""
+        monkeypatch.setattr("convo.policy.shared.USES_KEPT", 8)
+        one, a, b = PrefixPool(), SharedPrefixPool("a"), SharedPrefixPool("b")
+        for pool in (one, a):
+            turn(pool, "x", 0.0, "1h")
+            for i in range(1, 20):
+                turn(pool, f"c{i % 3}", 600.0 * i, "5m")
+        now = 600.0 * 19 + 400.0
+        assert a.entry_ttl == one.entry_ttl == "1h"
+        if late == "turn":
+            turn(b, "y", 30.0, "5m")  # B, knowing nothing, takes it for a write
+        else:
+            rewarm(b, 30.0, "5m")
+        a.merge(b.take())
+        assert a.entry_ttl == "1h"
+        assert a.live(now)
+        assert a.rescue(now) == one.rescue(now)
+
 
 class TestObservation:
     """An observation as a Redis stream entry's fields, and back."""

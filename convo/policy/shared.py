@@ -76,7 +76,8 @@ class Observation:
     """One thing a pool recorded, as another process needs it.
 
     Attributes:
-        origin: The pool that recorded it (one per registry, so per process).
+        origin: The pool that recorded it (each pool has its own: a pool made again takes
+            a new one).
         seq: Its place in that origin's sequence, from 1: a copy sent twice is merged once.
         kind: ``"use"``, ``"touch"``, ``"turn"``, ``"growth"`` or ``"write"``.
         at: When it happened, in the sessions' clock's seconds (0 for ``"growth"``).
@@ -165,10 +166,11 @@ class SharedPrefixPool(PrefixPool):
     observations. Thread-safe.
 
     Invariants: ``_uses`` and ``_touches`` hold the start times of the latest
-    :data:`USES_KEPT` uses and re-warms seen (this process's and merged ones), ascending,
-    and the pool's gaps between uses are the gaps between consecutive uses; ``_turns``
-    holds, per conversation the pool remembers, the start times of its latest turns,
-    ascending; ``_sends`` holds the latest sends of the prefix in time order, each with the
+    :data:`USES_KEPT` uses and re-warms seen (this process's and merged ones), ascending
+    (``_dropped_use`` and ``_dropped_touch``: the latest of those dropped, none later than
+    any kept), and the pool's gaps between uses are the gaps between consecutive uses;
+    ``_turns`` holds, per conversation the pool remembers, the start times of its latest
+    turns, ascending; ``_sends`` holds the latest sends of the prefix in time order, each with the
     entry the fleet's refreshes and earlier sends make of it, and ``entry_ttl`` is the
     last one's (``_base``: the entry before the first kept).
 
@@ -194,6 +196,10 @@ class SharedPrefixPool(PrefixPool):
         self._touches: list[float] = []
         self._sends: list[_Send] = []
         self._base: tuple[str, float | None] = (self.entry_ttl, None)
+        # The latest use and re-warm dropped from _uses and _touches: the refresh before
+        # the earliest kept, so a send judged again at the bounds' edge still finds it.
+        self._dropped_use = -math.inf
+        self._dropped_touch = -math.inf
         self._turns: collections.OrderedDict[str, list[float]] = collections.OrderedDict()
         self._seen: collections.OrderedDict[str, int] = collections.OrderedDict()
 
@@ -216,12 +222,12 @@ class SharedPrefixPool(PrefixPool):
         """Record a use of the prefix starting at *at* (see ``PrefixPool.record_use``)."""
         with self._share:
             if self._uses and at < self._uses[-1]:
-                _insert(self._uses, at)  # before a merged later use: it splits their gap
+                self._insert_use(at)  # before a merged later use: it splits their gap
                 self.adopt_uses(self._uses)
             else:
                 super().record_use(at)
                 self._uses.append(at)
-                del self._uses[:-USES_KEPT]
+                self._dropped_use = max(self._dropped_use, _trim(self._uses))
             if self._sends and self._sends[-1].at > at:  # sends after it: judge them again
                 self._judge_sends(at, inclusive=False)
             self._queue("use", at=at)
@@ -230,7 +236,7 @@ class SharedPrefixPool(PrefixPool):
         """Record a re-warm of the prefix at *at* (see ``PrefixPool.record_touch``)."""
         with self._share:
             super().record_touch(at)
-            _insert(self._touches, at)
+            self._insert_touch(at)
             if self._sends and self._sends[-1].at > at:
                 self._judge_sends(at, inclusive=False)
             self._queue("touch", at=at)
@@ -248,12 +254,11 @@ class SharedPrefixPool(PrefixPool):
             sends = self._sends
             if not sends or sends[-1].at <= at:  # in order, as a process's own sends come
                 sends.append(_Send(at, ttl))
-                self._trim_sends()
                 self._judge_from(len(sends) - 1)
             else:
                 bisect.insort_right(sends, _Send(at, ttl), key=_at)
-                self._trim_sends()
                 self._judge_sends(at)
+            self._trim_sends()  # once judged: the entry before the first kept is known
             self._queue("write", at=at, ttl=ttl)
             with self._lock:
                 return self.entry_ttl
@@ -329,12 +334,12 @@ class SharedPrefixPool(PrefixPool):
                     self._seen.popitem(last=False)
                 merged += 1
                 if o.kind == "use":
-                    _insert(self._uses, o.at)
+                    self._insert_use(o.at)
                     uses = True
                     since = min(since, o.at)
                 elif o.kind == "touch":
                     super().record_touch(o.at)
-                    _insert(self._touches, o.at)
+                    self._insert_touch(o.at)
                     since = min(since, o.at)
                 elif o.kind == "write":
                     bisect.insort_right(self._sends, _Send(o.at, o.ttl), key=_at)
@@ -346,8 +351,8 @@ class SharedPrefixPool(PrefixPool):
             if uses:
                 self.adopt_uses(self._uses)
             if since < math.inf:
-                self._trim_sends()
                 self._judge_sends(since)
+                self._trim_sends()  # once judged: the entry before the first kept is known
         return merged
 
     # -- the merge's rules (the caller holds the share lock) ----------------------------
@@ -395,8 +400,8 @@ class SharedPrefixPool(PrefixPool):
         entry, written = (sends[first - 1].entry, sends[first - 1].written) if first else self._base
         for send in sends[first:]:
             refresh = max(
-                _before(self._uses, send.at),
-                _before(self._touches, send.at),
+                _before(self._uses, send.at, self._dropped_use),
+                _before(self._touches, send.at, self._dropped_touch),
                 -math.inf if written is None else written,
             )
             if send.at - refresh >= TTL_S[entry]:
@@ -404,6 +409,12 @@ class SharedPrefixPool(PrefixPool):
             send.entry, send.written = entry, written
         with self._lock:
             self.entry_ttl = entry
+
+    def _insert_use(self, at: float) -> None:
+        self._dropped_use = max(self._dropped_use, _insert(self._uses, at))
+
+    def _insert_touch(self, at: float) -> None:
+        self._dropped_touch = max(self._dropped_touch, _insert(self._touches, at))
 
     def _trim_sends(self) -> None:
         """Keep the latest :data:`USES_KEPT` sends; the entry before the first kept is the
@@ -431,16 +442,33 @@ class SharedPrefixPool(PrefixPool):
             del self._outbox[0]
 
 
-def _insert(times: list[float], at: float) -> None:
-    """Put *at* in its place in the ascending *times*; keep the latest :data:`USES_KEPT`."""
+def _insert(times: list[float], at: float) -> float:
+    """Put *at* in its place in the ascending *times*; keep the latest :data:`USES_KEPT`.
+    Returns the latest time dropped (``-inf`` when none was)."""
     bisect.insort(times, at)
-    del times[:-USES_KEPT]
+    return _trim(times)
 
 
-def _before(times: list[float], at: float) -> float:
-    """The latest of the ascending *times* before *at* (``-inf`` when none is)."""
+def _trim(times: list[float]) -> float:
+    """Keep the latest :data:`USES_KEPT` of the ascending *times*; return the latest
+    dropped (``-inf`` when none was)."""
+    drop = len(times) - USES_KEPT
+    if drop <= 0:
+        return -math.inf
+    dropped = times[drop - 1]
+    del times[:drop]
+    return dropped
+
+
+def _before(times: list[float], at: float, dropped: float = -math.inf) -> float:
+    """The latest of the ascending *times* before *at*, or else *dropped* (the latest
+    dropped from them) if it is before *at*; ``-inf`` when neither is. (A time dropped
+    before the latest dropped is not known: a send older than *dropped* with no kept time
+    before it finds none.)"""
     i = bisect.bisect_left(times, at)
-    return times[i - 1] if i else -math.inf
+    if i:
+        return times[i - 1]
+    return dropped if dropped < at else -math.inf
 
 
 def _digest(conversation: str | None) -> str | None:
