@@ -458,8 +458,9 @@ class SessionCore:
         if decision.action != "send":
             return None
         pending.decision = decision
-        # Recorded only now the warm is sent: a pool shared with other processes judges
-        # every send recorded as a write of the fleet's entry if that entry had lapsed.
+        # Recorded only now the warm is decided on (a skipped one is never recorded): a pool
+        # shared with other processes judges every send recorded as a write of the fleet's
+        # entry if that entry had lapsed. (A warm whose request then fails is recorded too.)
         ttl, live, at = self._warm_send
         self._pool.record_write(ttl, live=live, at=at)
         self._pool.record_touch(self.clock())
