@@ -249,12 +249,34 @@ class TestArithmetic:
         assert {c.model for c in decision.candidates} == {HAIKU, SONNET}
         assert decision.model == SONNET
 
-    def test_a_first_turn_goes_to_its_own_tier(self) -> None:
-        """Before any turn no model holds the conversation, so there is nothing to stay
-        for: an easy first turn goes to Haiku however likely a hard turn is next."""
-        decision = decide(cold_on_both(), hard_next(current=None), NAMES)
-        assert decision.model == HAIKU
-        assert [c.model for c in decision.candidates] == [HAIKU]
+    def test_a_first_turn_is_costed_like_any_cold_one(self) -> None:
+        """Before any turn no model holds the conversation, so both would write it anew:
+        an easy first turn goes to Sonnet when a hard turn is likely next (Haiku's write
+        and the way back's cost more than the turn on Sonnet), to Haiku when not."""
+        likely = decide(cold_on_both(), hard_next(current=None), NAMES)
+        assert {c.model for c in likely.candidates} == {HAIKU, SONNET}
+        assert likely.model == SONNET
+        unlikely = attrs.evolve(hard_next(current=None), p_above=[0.1, 0.0], remaining=1)
+        assert decide(cold_on_both(), unlikely, NAMES).model == HAIKU
+
+    def test_a_first_turn_expects_as_many_turns_as_the_fleets_conversations(self) -> None:
+        """A conversation with no turn yet says nothing of its length: the fleet's
+        conversations' turns so far stand in (n turns so far: about n more after that)."""
+        router = convo.Router({"small": HAIKU, "large": SONNET})
+        assert router.fleet_turns() is None
+        router.observe_length(1, 3)
+        router.observe_length(2, 1)
+        router.observe_length(1, 9)
+        assert router.fleet_turns() == pytest.approx((9 + 1) / 2)
+
+    def test_with_nothing_seen_every_tier_is_as_likely_next(self) -> None:
+        """The fleet's prior for a harder next turn: ½ above the cheaper of two tiers; ⅔
+        above the cheapest of three and ⅓ above the middle one; the evidence moves it."""
+        assert TWO.fleet_p_above() == pytest.approx([0.5, 0.0])
+        three = convo.Router({"small": HAIKU, "standard": SONNET, "large": OPUS})
+        assert three.fleet_p_above() == pytest.approx([2 / 3, 1 / 3, 0.0])
+        three.observe_transition(1, 1)
+        assert three.fleet_p_above()[1] == pytest.approx((0 + 2 / 3) / (1 + 2))
 
     def test_a_cold_static_prefix_costs_a_turn_its_share_of_the_fleet(self) -> None:
         """A static prefix written now serves every conversation's turns on that model

@@ -353,10 +353,11 @@ def decide(options: Sequence[Option], facts: RouteFacts, names: Sequence[str]) -
     top = max(facts.required, current)
     needed = [o for o in options if o.tier >= facts.required]
     cheapest = min(needed, key=lambda o: o.tier)
-    if facts.current is not None and cheapest.warm <= cheapest.shared:
+    if cheapest.warm <= cheapest.shared:
         # The turn's own tier holds nothing of this conversation (beyond a prefix the fleet
-        # keeps): every candidate writes the conversation anew, and the next easy turn
-        # would have no warm entry to move back down for. A bigger model may go first.
+        # keeps), as on its first turn: every candidate writes the conversation anew, and
+        # the next easy turn would have no warm entry to move back down for. A bigger
+        # model may go first, when the way back to it would cost more than this turn there.
         top = max(o.tier for o in options)
     acceptable = [o for o in needed if o.tier <= top]
     # One window for every candidate: the turns until one needs more than the required

@@ -128,8 +128,12 @@ def _facts(core: SessionCore, message: Mapping[str, Any], required: int) -> Rout
     max_tokens: int = core._layout_options["max_tokens"]  # type: ignore[assignment]
     output = state.output(max_tokens / 4)
     turns = core.turns
+    fleet = router.fleet_turns()
     if router.expected_turns is not None:
         remaining = max(1.0, router.expected_turns - turns - 1)
+    elif turns == 0 and fleet is not None:
+        # Nothing of this conversation yet: as long as the fleet's conversations so far.
+        remaining = max(1.0, fleet - 1.0)
     else:
         remaining = max(1.0, float(turns))  # n turns so far: about n more
     p_above = state.p_above(len(router.tiers), now=required, prior=router.fleet_p_above())
@@ -184,6 +188,7 @@ def note_reply(core: SessionCore, decision: RouteDecision, output: int, added: i
     if state.needed:
         router.observe_transition(state.needed[-1], rank)
     state.needed.append(rank)
+    router.observe_length(id(state), len(state.needed))
     router.observe_turn_at(core.clock())
     core.route_state.outputs.append(output)
     core.route_state.growths.append(added)
