@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from convo import models, tokens
 from convo.bench import Bench, RunResult, build
 from convo.bench.routing import ROUTING_STRATEGIES
-from convo.bench.workloads import ROUTING_TIERS, THREE_TIERS
+from convo.bench.workloads import ROUTING_SHAPES, ROUTING_TIERS, THREE_TIERS
 from convo.cli import main
 from convo.pricing import price
 
@@ -99,6 +99,18 @@ class TestWorkload:
         """Passing the two tiers explicitly draws the same workload as the default (the
         third tier's extra draws happen only when there is a middle tier)."""
         assert build("routing", 2, sizes={"tiers": ROUTING_TIERS}) == build("routing", 2)
+
+    @pytest.mark.parametrize("shape", sorted(ROUTING_SHAPES))
+    def test_the_named_shapes_build_as_documented(self, shape: str) -> None:
+        """Each shape docs/routing.md measures is a set of size arguments of the same
+        generator; the document shapes carry a 20,000-token document per conversation."""
+        workload = build("routing", 1, sizes={**ROUTING_SHAPES[shape], "users": 3})
+        assert len(workload.conversations) == 3
+        if shape.startswith("document"):
+            assert all(tokens.estimate(c.suffix) > 20_000 for c in workload.conversations)
+        assert workload.tiers[-1][1] == (
+            "claude-sonnet-4-6" if shape == "document-sonnet" else "claude-opus-4-6"
+        )
 
     def test_fewer_than_two_tiers_is_refused(self) -> None:
         with pytest.raises(ValueError, match="at least two tiers"):

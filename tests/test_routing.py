@@ -16,7 +16,7 @@ from convo.emulator import RunningEmulator
 from convo.ledger import Ledger
 from convo.limits import RateLimiter
 from convo.routing import Option, Prices, RouteFacts, RouteState, decide, default_signal
-from convo.routing.decide import horizon, p_return
+from convo.routing.decide import horizon, p_return, run_ends
 from convo.warm import WarmRegistry
 
 HAIKU, SONNET, OPUS = "claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-6"
@@ -103,8 +103,12 @@ class TestArithmetic:
         assert decision.model == SONNET
         by_model = {c.model: c for c in decision.candidates}
         assert by_model[SONNET].total == pytest.approx(0.01707, abs=5e-6)
-        assert by_model[HAIKU].total == pytest.approx(0.01878, abs=5e-6)
+        assert by_model[HAIKU].total == pytest.approx(0.01855, abs=5e-6)
         assert by_model[HAIKU].now == pytest.approx(0.0141875)
+        # The way back: Sonnet outlives every run of 0, 1 or 2 easy turns (at most 120 s
+        # away, 290 s left), so it writes what each run added, weighted by its chance.
+        back = (0.6 * 400 + 0.4 * 0.6 * 800 + 0.4**2 * 0.6 * 1_200) * 3.75e-6
+        assert by_model[HAIKU].back == pytest.approx(back)
         assert decision.reason.startswith(
             f"stayed on {SONNET}: moving to {HAIKU} would write 9,550"
         )
@@ -117,7 +121,7 @@ class TestArithmetic:
         decision = decide(options(), facts(p=p[0], remaining=5), NAMES)
         assert decision.model == HAIKU
         by_model = {c.model: c for c in decision.candidates}
-        assert by_model[HAIKU].total == pytest.approx(0.02505, abs=5e-6)
+        assert by_model[HAIKU].total == pytest.approx(0.02428, abs=5e-6)
         assert by_model[SONNET].total == pytest.approx(0.03171, abs=5e-6)
         assert decision.reason.startswith(f"moved to {HAIKU}: writes 9,550 tokens")
 
@@ -135,6 +139,65 @@ class TestArithmetic:
         lapsing = {c.model: c for c in decide(options(sonnet_ttl_left=20.0), f, NAMES).candidates}
         assert lapsing[HAIKU].back > 10 * live[HAIKU].back
         assert lapsing[SONNET].back == live[SONNET].back == 0.0
+
+    def test_the_way_back_is_summed_over_the_runs_length(self) -> None:
+        """Sonnet's entry has 100 s left and turns come every 40 s: a run of 0 or 1 more
+        easy turns returns while it lives (the run's additions are written), a longer one
+        finds it lapsed (all but the fleet's prefix is written). Priced at the mean run
+        (0.94 turns, back in 78 s) every return would look cheap."""
+        f = facts(p=0.5, remaining=4)
+        haiku = {c.model: c for c in decide(options(sonnet_ttl_left=100.0), f, NAMES).candidates}
+        ends = run_ends(0.5, 4)
+        assert [k for k, _ in ends] == [0, 1, 2, 3]
+        assert [w for _, w in ends] == pytest.approx([0.5, 0.25, 0.125, 0.0625])
+        assert sum(w for _, w in ends) == pytest.approx(p_return(0.5, 4))
+        added = [400 + 400 * k for k, _ in ends]
+        missing = [added[0], added[1], 19_400 + added[2] - 10_000, 19_400 + added[3] - 10_000]
+        expected = sum(w * m for (_, w), m in zip(ends, missing, strict=True)) * 3.75e-6
+        assert haiku[HAIKU].back == pytest.approx(expected)
+        assert (horizon(0.5, 4) + 1) * 40.0 < 100.0  # the mean run would have found it warm
+
+    def test_a_fractional_remaining_count_weighs_its_last_turn_in_part(self) -> None:
+        """The run-length probabilities add up to the chance of a return within the
+        remaining turns, a fractional last one included."""
+        ends = run_ends(0.5, 2.5)
+        assert [k for k, _ in ends] == [0, 1, 2]
+        assert ends[2][1] == pytest.approx(0.25 - 0.5**2.5)
+        assert sum(w for _, w in ends) == pytest.approx(p_return(0.5, 2.5))
+        assert run_ends(0.0, 5) == run_ends(0.5, 0) == []
+
+    def test_what_a_model_holds_later_is_its_deepest_entry_still_alive(self) -> None:
+        """A 1h entry of the 10,000-token prefix outlives the 5m entry of the history
+        behind it: 300 s on, the model holds the prefix alone, whatever the longest TTL."""
+        sonnet = Option(
+            SONNET,
+            1,
+            SONNET_P,
+            warm=19_400,
+            cold=0,
+            holds=((3_500.0, 10_000), (250.0, 19_400)),
+            ttl_left_s=250.0,
+        )
+        assert [sonnet.held_after(t) for t in (0.0, 249.0, 300.0, 3_600.0)] == [
+            19_400,
+            19_400,
+            10_000,
+            0,
+        ]
+        assert attrs.evolve(sonnet, shared=10_000).held_after(3_600.0) == 10_000
+        # Without holds: one entry of what is warm now, with ttl_left_s left.
+        plain = attrs.evolve(sonnet, holds=())
+        assert (plain.held_after(249.0), plain.held_after(251.0)) == (19_400, 0)
+
+    def test_a_cold_static_prefix_is_priced_at_its_own_ttl(self) -> None:
+        """The prefix may be written at 1h while the history is written at 5m: its cold
+        part is priced at the prefix's rate, the rest at the history's."""
+        option = Option(
+            HAIKU, 0, HAIKU_P, warm=0, cold=12_000, fleet_cold=10_000, prefix_write=2e-6
+        )
+        assert option.write_cost(12_000) == pytest.approx(10_000 * 2e-6 + 2_000 * 1.25e-6)
+        shared = attrs.evolve(option, fleet_uses=3.0)
+        assert shared.write_cost(12_000) == pytest.approx(10_000 * 2e-6 / 4 + 2_000 * 1.25e-6)
 
     def test_more_remaining_turns_favour_the_cheaper_model(self) -> None:
         """With few turns left the write is not repaid; with many it is."""
@@ -186,12 +249,34 @@ class TestArithmetic:
         assert {c.model for c in decision.candidates} == {HAIKU, SONNET}
         assert decision.model == SONNET
 
-    def test_a_first_turn_goes_to_its_own_tier(self) -> None:
-        """Before any turn no model holds the conversation, so there is nothing to stay
-        for: an easy first turn goes to Haiku however likely a hard turn is next."""
-        decision = decide(cold_on_both(), hard_next(current=None), NAMES)
-        assert decision.model == HAIKU
-        assert [c.model for c in decision.candidates] == [HAIKU]
+    def test_a_first_turn_is_costed_like_any_cold_one(self) -> None:
+        """Before any turn no model holds the conversation, so both would write it anew:
+        an easy first turn goes to Sonnet when a hard turn is likely next (Haiku's write
+        and the way back's cost more than the turn on Sonnet), to Haiku when not."""
+        likely = decide(cold_on_both(), hard_next(current=None), NAMES)
+        assert {c.model for c in likely.candidates} == {HAIKU, SONNET}
+        assert likely.model == SONNET
+        unlikely = attrs.evolve(hard_next(current=None), p_above=[0.1, 0.0], remaining=1)
+        assert decide(cold_on_both(), unlikely, NAMES).model == HAIKU
+
+    def test_a_first_turn_expects_as_many_turns_as_the_fleets_conversations(self) -> None:
+        """A conversation with no turn yet says nothing of its length: the fleet's
+        conversations' turns so far stand in (n turns so far: about n more after that)."""
+        router = convo.Router({"small": HAIKU, "large": SONNET})
+        assert router.fleet_turns() is None
+        router.observe_length(1, 3)
+        router.observe_length(2, 1)
+        router.observe_length(1, 9)
+        assert router.fleet_turns() == pytest.approx((9 + 1) / 2)
+
+    def test_with_nothing_seen_every_tier_is_as_likely_next(self) -> None:
+        """The fleet's prior for a harder next turn: ½ above the cheaper of two tiers; ⅔
+        above the cheapest of three and ⅓ above the middle one; the evidence moves it."""
+        assert TWO.fleet_p_above() == pytest.approx([0.5, 0.0])
+        three = convo.Router({"small": HAIKU, "standard": SONNET, "large": OPUS})
+        assert three.fleet_p_above() == pytest.approx([2 / 3, 1 / 3, 0.0])
+        three.observe_transition(1, 1)
+        assert three.fleet_p_above()[1] == pytest.approx((0 + 2 / 3) / (1 + 2))
 
     def test_a_cold_static_prefix_costs_a_turn_its_share_of_the_fleet(self) -> None:
         """A static prefix written now serves every conversation's turns on that model

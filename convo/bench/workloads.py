@@ -17,6 +17,7 @@ import attrs
 
 __all__ = [
     "QUICK",
+    "ROUTING_SHAPES",
     "ROUTING_TIERS",
     "THREE_TIERS",
     "USERS_ARGUMENT",
@@ -342,6 +343,30 @@ THREE_TIERS: tuple[tuple[str, str], ...] = (
     ("standard", "claude-sonnet-4-6"),
     ("large", "claude-opus-4-6"),
 )
+
+
+#: Other shapes of the routing workload that ``docs/routing.md`` measures, as size
+#: arguments (``build("routing", seed, sizes=ROUTING_SHAPES["document"])``): a 20,000-token
+#: document in each of 20 conversations with mostly hard turns (50–90% of easy turns
+#: followed by a hard one, 90% of hard turns by another); hard messages that paste
+#: 500–4,000 tokens (files, logs) so that the context grows fast; and the document shape
+#: with Sonnet 4.6 as the large tier.
+ROUTING_SHAPES: Mapping[str, Mapping[str, Any]] = {
+    "document": {
+        "users": 20,
+        "suffix_tokens": 20_000,
+        "enter_hard": (0.5, 0.9),
+        "stay_hard": 0.9,
+    },
+    "document-sonnet": {
+        "users": 20,
+        "suffix_tokens": 20_000,
+        "enter_hard": (0.5, 0.9),
+        "stay_hard": 0.9,
+        "tiers": (("small", "claude-haiku-4-5"), ("large", "claude-sonnet-4-6")),
+    },
+    "pasted": {"hard_message_tokens": (500, 4_000)},
+}
 
 
 def routing(

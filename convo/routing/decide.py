@@ -12,7 +12,8 @@ answering a turn on model *m* is not this turn's price alone. It is
   each reading the context and writing what a turn adds;
 - **the way back**: when the turn that ends the window needs more than *m*, the model that
   answers it must write what it does not hold by then: only what the run added if its entry
-  outlived the run, else the whole context (less a shared prefix the fleet keeps warm).
+  outlived the run, else the whole context (less a shared prefix the fleet keeps warm),
+  summed over the run's possible lengths (a long run outlives the entry, a short one not).
 
 The candidate with the least expected total wins; the current model wins ties. The
 candidates are the models from the tier the turn requires up to the model the conversation
@@ -28,7 +29,16 @@ from collections.abc import Sequence
 
 import attrs
 
-__all__ = ["Option", "Prices", "RouteDecision", "RouteFacts", "decide", "horizon", "p_return"]
+__all__ = [
+    "Option",
+    "Prices",
+    "RouteDecision",
+    "RouteFacts",
+    "decide",
+    "horizon",
+    "p_return",
+    "run_ends",
+]
 
 
 @attrs.frozen
@@ -72,6 +82,12 @@ class Option:
             pays only its share.
         fleet_uses: Expected turns of other conversations on this model while a static
             prefix written now lives: they share its write.
+        holds: ``(seconds left, tokens)`` of each entry this model holds for the
+            conversation: how much of it is still warm at a later time (a 1h entry of the
+            prefix can outlive a 5m entry of the history behind it). Empty: one entry of
+            ``warm`` tokens with ``ttl_left_s`` left.
+        prefix_write: The per-token rate of writing ``fleet_cold`` (the static prefix may be
+            written at another TTL than the history); ``None``: ``prices.write``.
     """
 
     model: str
@@ -84,13 +100,25 @@ class Option:
     ttl_left_s: float = 0.0
     fleet_cold: int = 0
     fleet_uses: float = 0.0
+    holds: tuple[tuple[float, int], ...] = ()
+    prefix_write: float | None = None
 
     def write_cost(self, tokens: float) -> float:
         """Writing *tokens* of the conversation on this model (the static prefix's cold part
-        among them first, at this conversation's share of it)."""
+        among them first, at this conversation's share of it and at the prefix's own TTL)."""
         rate = self.prices.write if self.caches else self.prices.input
+        fleet_rate = self.prefix_write if self.prefix_write is not None and self.caches else rate
         fleet = min(float(self.fleet_cold), max(0.0, tokens))
-        return (tokens - fleet) * rate + fleet * rate / (1.0 + max(0.0, self.fleet_uses))
+        return (tokens - fleet) * rate + fleet * fleet_rate / (1.0 + max(0.0, self.fleet_uses))
+
+    def held_after(self, seconds: float) -> int:
+        """Tokens of the conversation this model still holds *seconds* from now, if nothing
+        refreshes them: the deepest of its entries that outlives them (at most ``warm``), or
+        the fleet's ``shared`` prefix. Without ``holds``, one entry of ``warm`` tokens that
+        lives ``ttl_left_s``."""
+        holds = self.holds or ((self.ttl_left_s, self.warm),)
+        live = (tokens for left, tokens in holds if left > seconds)
+        return max(self.shared, min(self.warm, max(live, default=0)))
 
     @property
     def context(self) -> int:
@@ -234,16 +262,42 @@ def _per_turn(option: Option, facts: RouteFacts) -> float:
     return (context + facts.growth) * p.input + facts.output * p.output
 
 
-def _way_back(option: Option, target: Option, turns: float, facts: RouteFacts) -> float:
-    """What *target* must write when a later turn needs it after a run of *turns* on
-    *option*'s model (it must write nothing for the run if it is the same model)."""
-    added = turns * facts.growth
-    # Time from now to the turn that returns: this turn, the run, and that turn's gap.
-    away = (turns + 1.0) * facts.gap_s
-    held = target.warm if away < target.ttl_left_s else target.shared
-    context = option.context + facts.new + facts.output + added
-    missing = max(0.0, context - held)
-    return target.write_cost(missing)
+def run_ends(p_leave: float, remaining: float) -> list[tuple[int, float]]:
+    """``(k, probability)``: the run of this tier lasts exactly *k* turns after this one and
+    the turn after them is of another tier, within the *remaining* turns. Each later turn
+    leaves with probability *p_leave*, so ``P(k) = (1 - p)^k - (1 - p)^min(k + 1,
+    remaining)``; the probabilities add up to ``p_return(p_leave, remaining)``."""
+    if remaining <= 0 or p_leave <= 0.0:
+        return []
+    stay = 1.0 - p_leave
+    ends = []
+    k = 0
+    while k < remaining and stay**k > 1e-9:
+        ends.append((k, stay**k - stay ** min(k + 1.0, remaining)))
+        k += 1
+    return ends
+
+
+def _way_back(option: Option, target: Option, facts: RouteFacts) -> float:
+    """The expected write of *target* when the run on *option*'s model ends with a turn
+    that needs *target* (before the probability that the turn needs a tier above at all).
+
+    Summed over how long the run lasts rather than priced at its mean length: *target*'s
+    entries lapse after a fixed time, so a long run can find them gone where the mean run
+    would not, and the write of the whole context then dwarfs that of a short run's
+    additions (the cost is not linear in the run's length)."""
+    ends = run_ends(facts.p_leave, facts.remaining)
+    total = sum(w for _, w in ends)
+    if total <= 0.0:
+        return 0.0
+    expected = 0.0
+    for k, weight in ends:
+        # Time from now to the turn that returns: this turn's gap and the k turns' after it.
+        away = (k + 1.0) * facts.gap_s
+        context = option.context + facts.new + facts.output + k * facts.growth
+        missing = max(0.0, context - target.held_after(away))
+        expected += weight * target.write_cost(missing)
+    return expected / total
 
 
 def _cost(option: Option, options: Sequence[Option], facts: RouteFacts, turns: float) -> Costed:
@@ -263,7 +317,7 @@ def _cost(option: Option, options: Sequence[Option], facts: RouteFacts, turns: f
         # The window ends with a turn of another tier; it needs more than this model with
         # probability about p_up / p_leave.
         p_back = p_return(p_leave, facts.remaining) * min(1.0, p_up / p_leave)
-        back = p_back * _way_back(option, target, turns, facts)
+        back = p_back * _way_back(option, target, facts)
     return Costed(
         model=option.model,
         now=_now(option, facts),
@@ -299,10 +353,11 @@ def decide(options: Sequence[Option], facts: RouteFacts, names: Sequence[str]) -
     top = max(facts.required, current)
     needed = [o for o in options if o.tier >= facts.required]
     cheapest = min(needed, key=lambda o: o.tier)
-    if facts.current is not None and cheapest.warm <= cheapest.shared:
+    if cheapest.warm <= cheapest.shared:
         # The turn's own tier holds nothing of this conversation (beyond a prefix the fleet
-        # keeps): every candidate writes the conversation anew, and the next easy turn
-        # would have no warm entry to move back down for. A bigger model may go first.
+        # keeps), as on its first turn: every candidate writes the conversation anew, and
+        # the next easy turn would have no warm entry to move back down for. A bigger
+        # model may go first, when the way back to it would cost more than this turn there.
         top = max(o.tier for o in options)
     acceptable = [o for o in needed if o.tier <= top]
     # One window for every candidate: the turns until one needs more than the required

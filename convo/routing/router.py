@@ -116,6 +116,11 @@ class Router:
     _times: collections.deque[float] = attrs.field(
         factory=lambda: collections.deque(maxlen=256), init=False, repr=False, eq=False
     )
+    # Turns so far of the latest conversations routed (by RouteState id, oldest first):
+    # how long a conversation runs, for one that has had no turn yet.
+    _lengths: collections.OrderedDict[int, int] = attrs.field(
+        factory=collections.OrderedDict, init=False, repr=False, eq=False
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.expected_turns is not None and not (
@@ -171,6 +176,21 @@ class Router:
         """Learn that a routed turn was sent at *at* (seconds, the session's clock)."""
         self._times.append(at)
 
+    def observe_length(self, conversation: int, turns: int) -> None:
+        """Learn that conversation *conversation* (the ``id()`` of its :class:`RouteState`:
+        one that ended may pass its id on to a new one, which then takes its place) has
+        had *turns* routed turns (the latest 1,024 conversations are kept)."""
+        self._lengths[conversation] = turns
+        self._lengths.move_to_end(conversation)
+        while len(self._lengths) > 1_024:
+            self._lengths.popitem(last=False)
+
+    def fleet_turns(self) -> float | None:
+        """The mean turns of the conversations this Router has routed, so far (one still
+        going counts what it has had); ``None`` before any."""
+        lengths = list(self._lengths.values())
+        return statistics.fmean(lengths) if lengths else None
+
     def fleet_rate(self) -> float:
         """Routed turns per second across every conversation of this Router, over the
         latest ones (0 before two)."""
@@ -203,14 +223,16 @@ class Router:
 
     def fleet_p_above(self) -> list[float]:
         """Per rank, the share of turns at or below it (in every conversation this Router
-        routed) whose next turn needed more; ½ for a rank with nothing seen (one
-        pseudo-turn each way)."""
+        routed) whose next turn needed more, with two pseudo-turns at the uninformed rate:
+        every tier equally likely next, so ``(tiers - 1 - rank) / tiers`` (½ with two
+        tiers; ⅔ and ⅓ with three)."""
         pairs = list(self._pairs.items())
+        ranks = len(self.tiers)
         result = []
-        for rank in range(len(self.tiers)):
+        for rank in range(ranks):
             seen = sum(n for (before, _), n in pairs if before <= rank)
             up = sum(n for (before, after), n in pairs if before <= rank < after)
-            result.append((up + 1) / (seen + 2))
+            result.append((up + 2 * (ranks - 1 - rank) / ranks) / (seen + 2))
         return result
 
     def prices(self, model: str, ttl: str) -> Prices:

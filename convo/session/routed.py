@@ -90,8 +90,19 @@ def _option(
     # The static prefix's part of what must be written: the fleet's, not this turn's alone
     # (the other conversations' turns on this model while it lives share it).
     fleet_cold = max(0, min(cold, prefix.tokens - warm))
-    entries = [core.tracker.expires_at(e) for e in core.tracker.entries() if e.model == model]
-    ttl_left = max((x - now for x in entries if x > now), default=0.0)
+    # What this model holds for the conversation, entry by entry: a 1h entry of the prefix
+    # can outlive a 5m entry of the history behind it, so the time left is the deepest
+    # entry's, not the longest-lived one's.
+    factor = core.tracker.factor(model)
+    holds = tuple(
+        sorted(
+            (left, round(e.tokens * factor))
+            for e in core.tracker.entries()
+            if e.model == model and (left := core.tracker.expires_at(e) - now) > 0
+        )
+    )
+    deepest = [left for left, tokens in holds if tokens >= warm]
+    ttl_left = max(deepest, default=max((left for left, _ in holds), default=0.0))
     return Option(
         model=model,
         tier=rank,
@@ -103,6 +114,8 @@ def _option(
         ttl_left_s=ttl_left,
         fleet_cold=fleet_cold,
         fleet_uses=others * _prefix_ttl_s(core),
+        holds=holds,
+        prefix_write=router.prices(model, prefix.ttl).write,
     )
 
 
@@ -115,8 +128,12 @@ def _facts(core: SessionCore, message: Mapping[str, Any], required: int) -> Rout
     max_tokens: int = core._layout_options["max_tokens"]  # type: ignore[assignment]
     output = state.output(max_tokens / 4)
     turns = core.turns
+    fleet = router.fleet_turns()
     if router.expected_turns is not None:
         remaining = max(1.0, router.expected_turns - turns - 1)
+    elif turns == 0 and fleet is not None:
+        # Nothing of this conversation yet: as long as the fleet's conversations so far.
+        remaining = max(1.0, fleet - 1.0)
     else:
         remaining = max(1.0, float(turns))  # n turns so far: about n more
     p_above = state.p_above(len(router.tiers), now=required, prior=router.fleet_p_above())
@@ -171,6 +188,7 @@ def note_reply(core: SessionCore, decision: RouteDecision, output: int, added: i
     if state.needed:
         router.observe_transition(state.needed[-1], rank)
     state.needed.append(rank)
+    router.observe_length(id(state), len(state.needed))
     router.observe_turn_at(core.clock())
     core.route_state.outputs.append(output)
     core.route_state.growths.append(added)
