@@ -329,6 +329,57 @@ class TestIdlePrefixes:
         assert b.exchange_observations() == 1
         assert shared(b).prefix_gaps() == [4000.0, 100.0]
 
+    def test_what_a_let_go_pool_records_is_sent_when_it_goes_unsent(self, process: Any) -> None:
+        """A session holding a pool that was let go records a turn and ends before the next
+        exchange: the pool goes with that observation unsent, and the next exchange sends
+        it all the same (another process merges it)."""
+        clock = FakeClock()
+        a, b = process(clock=clock), process(clock=clock)
+        shared(b)
+        held_by_a_session = shared(a)
+        held_by_a_session.record_use(1000.0)
+        a.exchange_observations()
+        clock.advance(IDLE_S + 1)
+        a.exchange_observations()  # let go, the session still holds it
+        assert a._exchange.held() == 0
+        held_by_a_session.record_use(clock.now)  # the session's turn, recorded
+        gone = weakref.ref(held_by_a_session)
+        del held_by_a_session  # the session ends within the interval
+        gc.collect()
+        assert gone() is None
+        a.exchange_observations()
+        later = process(clock=clock)
+        pool = shared(later)
+        assert later.exchange_observations() == 2  # both uses, the orphan's included
+        assert pool.prefix_gaps() == [IDLE_S + 1]
+
+    def test_an_orphan_waits_out_a_redis_outage(self, process: Any) -> None:
+        """What a let-go pool left unsent when it went is kept while Redis does not
+        answer, and sent by the first exchange after it does."""
+        server = RedisServer()
+        server.start()
+        try:
+            clock = FakeClock()
+            a = process(server.url, clock=clock)
+            held_by_a_session = shared(a)
+            held_by_a_session.record_use(1000.0)
+            a.exchange_observations()
+            clock.advance(IDLE_S + 1)
+            a.exchange_observations()  # let go
+            held_by_a_session.record_use(clock.now)
+            del held_by_a_session
+            gc.collect()
+            server.kill()
+            assert a.exchange_observations() == 0  # nothing raised, nothing lost
+            server.start()  # empty: it lost the first use, as a restarted Redis does
+            a.exchange_observations()
+            later = process(server.url, clock=clock)
+            pool = shared(later)
+            assert later.exchange_observations() == 1  # the orphan's use
+            assert pool.last_use() == clock.now
+        finally:
+            server.close()
+
     def test_a_prefix_back_after_its_pool_went_is_read_back(self, process: Any) -> None:
         """Once nothing held the pool, a session back on the prefix gets a new one; the
         first exchange merges what its predecessor sent, and the statistics are whole."""

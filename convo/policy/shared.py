@@ -300,6 +300,15 @@ class SharedPrefixPool(PrefixPool):
         with self._share:
             return bool(self._outbox)
 
+    def queued(self) -> list[Observation]:
+        """The list observations are queued in until the next :meth:`take` (the same list
+        object until then): what is left in it, should the pool itself be dropped unsent.
+
+        .. versionadded:: 0.3
+        """
+        with self._share:
+            return self._outbox
+
     def take(self) -> list[Observation]:
         """The observations recorded since the last take, oldest first (they leave the
         queue: give back with :meth:`untake` those that could not be sent)."""

@@ -32,6 +32,7 @@ fleet has learnt.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import os
@@ -103,6 +104,8 @@ class _LetGo:
     pool: weakref.ref[SharedPrefixPool]
     stream: str
     cursor: str | None
+    #: Hands what the pool still queues to the exchange if the pool is dropped unsent.
+    finalizer: weakref.finalize[Any, Any]
 
 
 class PoolExchange:
@@ -145,6 +148,11 @@ class PoolExchange:
         self._exchanging = threading.Lock()  # one exchange at a time (cursors, queues)
         self._pools: dict[str, _Held] = {}
         self._let_go: dict[str, _LetGo] = {}
+        # (stream, queue) of let-go pools dropped with observations unsent: a session
+        # recorded into a pool let go while it held it, and ended before the next exchange.
+        # Appended from the garbage collector (any thread, no lock: deque appends are
+        # atomic), sent by the next exchange.
+        self._orphans: collections.deque[tuple[str, list[Observation]]] = collections.deque()
         self._stop: threading.Event | None = None  # set to stop the running thread
         _EXCHANGES.add(self)
 
@@ -157,6 +165,7 @@ class PoolExchange:
         self._made = 0
         self._lock = threading.Lock()
         self._exchanging = threading.Lock()
+        self._orphans = collections.deque()
         self._stop = None
         pools = [held.pool for held in self._pools.values()]
         pools += [p for p in (gone.pool() for gone in self._let_go.values()) if p is not None]
@@ -199,6 +208,7 @@ class PoolExchange:
         pool = None if gone is None else gone.pool()
         if gone is None or pool is None:
             return None
+        gone.finalizer.detach()  # held again: the exchange takes its queue
         held = _Held(pool, gone.stream, self._clock(), gone.cursor)
         self._pools[prefix_key] = held
         return held
@@ -245,12 +255,25 @@ class PoolExchange:
             for key, held in list(self._pools.items()):
                 if now - held.active > IDLE_S and not held.pool.pending():
                     del self._pools[key]
-                    self._let_go[key] = _LetGo(weakref.ref(held.pool), held.stream, held.cursor)
+                    # The queue is empty now and is the list a session still holding the
+                    # pool records into; if the pool goes before it is taken back, what
+                    # it holds then is sent as an orphan.
+                    queue = held.pool.queued()
+                    last = weakref.finalize(held.pool, self._orphans.append, (held.stream, queue))
+                    self._let_go[key] = _LetGo(
+                        weakref.ref(held.pool), held.stream, held.cursor, last
+                    )
             pools = list(self._pools.items())
-        if not pools:
+        orphans = [self._orphans.popleft() for _ in range(len(self._orphans))]
+        orphans = [(stream, queue) for stream, queue in orphans if queue]
+        if not pools and not orphans:
             return 0
         taken = [held.pool.take() for _, held in pools]
         pipe = self._redis.pipeline(transaction=False)
+        for stream, queue in orphans:
+            for observation in queue:
+                pipe.xadd(stream, observation.fields(), maxlen=self._cap, approximate=False)
+            pipe.pexpire(stream, KEEP_MS)
         for (_, held), sent in zip(pools, taken, strict=True):
             for observation in sent:
                 pipe.xadd(held.stream, observation.fields(), maxlen=self._cap, approximate=False)
@@ -263,11 +286,13 @@ class PoolExchange:
         except self._trouble as error:
             for (_, held), sent in zip(pools, taken, strict=True):
                 held.pool.untake(sent)
+            self._orphans.extendleft(reversed(orphans))  # for the next exchange
             logger.debug("convo: sharing the policy's observations failed: %r", error)
             return 0
         now = self._clock()  # after the reply: activity it brought is as of now
         merged = 0
-        for (_, held), sent, entries in zip(pools, taken, replies[-len(pools) :], strict=True):
+        reads = replies[len(replies) - len(pools) :]  # the XRANGEs come last
+        for (_, held), sent, entries in zip(pools, taken, reads, strict=True):
             if entries:
                 last = entries[-1][0]
                 held.cursor = last.decode() if isinstance(last, bytes) else last
