@@ -258,6 +258,18 @@ class XRanges:
         monkeypatch.setattr(redis.client.Pipeline, "xrange", counted)
 
 
+def let_go_while_held(registry: RedisWarmRegistry, clock: FakeClock) -> SharedPrefixPool:
+    """A pool used once at 1000 s and exchanged, then let go by the exchange after an idle
+    hour while the caller (a session) still holds it."""
+    held = shared(registry)
+    held.record_use(1000.0)
+    registry.exchange_observations()
+    clock.advance(IDLE_S + 1)
+    registry.exchange_observations()
+    assert registry._exchange.held() == 0
+    return held
+
+
 class TestIdlePrefixes:
     """A prefix unused fleet-wide for over an hour (the longest TTL) is no longer read, and
     its pool goes once nothing else holds it: state is bounded by the prefixes in use."""
@@ -332,16 +344,10 @@ class TestIdlePrefixes:
     def test_what_a_let_go_pool_records_is_sent_when_it_goes_unsent(self, process: Any) -> None:
         """A session holding a pool that was let go records a turn and ends before the next
         exchange: the pool goes with that observation unsent, and the next exchange sends
-        it all the same (another process merges it)."""
+        it all the same (a process started after reads both uses)."""
         clock = FakeClock()
-        a, b = process(clock=clock), process(clock=clock)
-        shared(b)
-        held_by_a_session = shared(a)
-        held_by_a_session.record_use(1000.0)
-        a.exchange_observations()
-        clock.advance(IDLE_S + 1)
-        a.exchange_observations()  # let go, the session still holds it
-        assert a._exchange.held() == 0
+        a = process(clock=clock)
+        held_by_a_session = let_go_while_held(a, clock)
         held_by_a_session.record_use(clock.now)  # the session's turn, recorded
         gone = weakref.ref(held_by_a_session)
         del held_by_a_session  # the session ends within the interval
@@ -361,11 +367,7 @@ class TestIdlePrefixes:
         try:
             clock = FakeClock()
             a = process(server.url, clock=clock)
-            held_by_a_session = shared(a)
-            held_by_a_session.record_use(1000.0)
-            a.exchange_observations()
-            clock.advance(IDLE_S + 1)
-            a.exchange_observations()  # let go
+            held_by_a_session = let_go_while_held(a, clock)
             held_by_a_session.record_use(clock.now)
             del held_by_a_session
             gc.collect()
