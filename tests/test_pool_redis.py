@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
 import time
@@ -215,6 +216,26 @@ class TestExchange:
         finally:
             for registry in (a, b):
                 registry.close()
+            server.close()
+
+    def test_a_failing_exchange_warns_once_per_outage(
+        self, process: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Sharing is on by default, so a Redis that stops answering (or refuses the
+        stream commands) is said once, on the ``convo`` logger, not every interval."""
+        server = RedisServer()
+        server.start()
+        try:
+            a = process(server.url)
+            shared(a).record_use(1000.0)
+            server.kill()
+            with caplog.at_level(logging.WARNING, logger="convo"):
+                for _ in range(3):
+                    assert a.exchange_observations() == 0
+            warned = [r for r in caplog.records if "sharing the TTL policy" in r.message]
+            assert len(warned) == 1
+            assert "failed" in warned[0].message
+        finally:
             server.close()
 
     def test_sharing_is_on_by_default(self, prefix: str, registries: list[Any]) -> None:

@@ -154,6 +154,7 @@ class PoolExchange:
         # atomic), sent by the next exchange.
         self._orphans: collections.deque[tuple[str, list[Observation]]] = collections.deque()
         self._stop: threading.Event | None = None  # set to stop the running thread
+        self._failing = False  # the last exchange failed (warned once per outage)
         _EXCHANGES.add(self)
 
     def _forked(self) -> None:
@@ -287,8 +288,25 @@ class PoolExchange:
             for (_, held), sent in zip(pools, taken, strict=True):
                 held.pool.untake(sent)
             self._orphans.extendleft(reversed(orphans))  # for the next exchange
-            logger.debug("convo: sharing the policy's observations failed: %r", error)
+            if not self._failing:
+                # Once per outage: sharing is on by default, and a Redis that refuses the
+                # stream commands (an ACL) would otherwise fail every interval unseen.
+                logger.warning(
+                    "convo: sharing the TTL policy's observations through Redis failed "
+                    "(%s: %s); each process learns alone until it answers (tried every "
+                    "%g s; what was recorded is kept, up to %d per prefix)",
+                    type(error).__name__,
+                    error,
+                    self._interval,
+                    self._cap,
+                )
+            else:
+                logger.debug("convo: sharing the policy's observations failed: %r", error)
+            self._failing = True
             return 0
+        if self._failing:
+            logger.info("convo: sharing the TTL policy's observations through Redis again")
+            self._failing = False
         now = self._clock()  # after the reply: activity it brought is as of now
         merged = 0
         reads = replies[len(replies) - len(pools) :]  # the XRANGEs come last
