@@ -37,18 +37,27 @@ def options(*, haiku_warm: int = 10_000, sonnet_ttl_left: float = 290.0) -> list
     ]
 
 
+def route_facts(**fields: Any) -> RouteFacts:
+    """An easy turn of a conversation on Sonnet (300 output tokens, 400 added a turn, a
+    minute apart), with *fields* changed."""
+    defaults: dict[str, Any] = {
+        "required": 0,
+        "current": SONNET,
+        "new": 0,
+        "output": 300,
+        "growth": 400,
+        "remaining": 30,
+        "p_above": [0.5, 0.0],
+        "gap_s": 60.0,
+    }
+    return RouteFacts(**{**defaults, **fields})
+
+
 def facts(
     *, p: float, remaining: float, current: str | None = SONNET, gap: float = 40.0
 ) -> RouteFacts:
-    return RouteFacts(
-        required=0,
-        current=current,
-        new=150,
-        output=250,
-        growth=400,
-        remaining=remaining,
-        p_above=[p, 0.0],
-        gap_s=gap,
+    return route_facts(
+        current=current, new=150, output=250, remaining=remaining, p_above=[p, 0.0], gap_s=gap
     )
 
 
@@ -62,32 +71,15 @@ def cold_on_both() -> list[Option]:
 
 def hard_next(*, current: str | None) -> RouteFacts:
     """An easy turn of a long conversation whose next turn is very likely hard."""
-    return RouteFacts(
-        required=0,
-        current=current,
-        new=0,
-        output=300,
-        growth=400,
-        remaining=30,
-        p_above=[0.9, 0.0],
-        gap_s=60.0,
-    )
+    return route_facts(current=current, p_above=[0.9, 0.0])
 
 
 def standard_turn_on_opus(
     *, remaining: float, p_above: list[float], p_same: float | None = None
 ) -> RouteFacts:
     """A turn needing the middle of three tiers, of a conversation on Opus."""
-    return RouteFacts(
-        required=1,
-        current=OPUS,
-        new=0,
-        output=300,
-        growth=500,
-        remaining=remaining,
-        p_above=p_above,
-        gap_s=60.0,
-        p_same=p_same,
+    return route_facts(
+        required=1, current=OPUS, growth=500, remaining=remaining, p_above=p_above, p_same=p_same
     )
 
 
