@@ -147,7 +147,6 @@ class SessionCore:
         self._first_turn_at: float | None = None
         self._own_touch = float("-inf")  # this session's latest re-warm
         self._entry_ttl: str | None = None  # the TTL of the prefix entry this turn finds
-        self._warm_send: tuple[str, bool, float] = ("5m", True, 0.0)  # a warm's, until sent
         #: The latest decision the policy took for this session (TTL, or a re-warm).
         self.last_decision: Decision | None = None
         self.history = History(messages)
@@ -421,7 +420,7 @@ class SessionCore:
                     "writing it; warm(latency=True) buys time to first token at that price",
                 )
                 return None
-        self._prepare_warm()
+        send = self._prepare_warm()
         rendered = self._warm_layout.render([{"role": "user", "content": _WARM_TEXT}], max_tokens=0)
         if not rendered.breakpoints:
             return None
@@ -461,15 +460,15 @@ class SessionCore:
         # Recorded only now the warm is decided on (a skipped one is never recorded): a pool
         # shared with other processes judges every send recorded as a write of the fleet's
         # entry if that entry had lapsed. (A warm whose request then fails is recorded too.)
-        ttl, live, at = self._warm_send
+        ttl, live, at = send
         self._pool.record_write(ttl, live=live, at=at)
         self._pool.record_touch(self.clock())
         return pending
 
-    def _prepare_warm(self) -> None:
+    def _prepare_warm(self) -> tuple[str, bool, float]:
         """Before a pre-warm: give a cold prefix the TTL the policy chooses for it (a warm
-        writes it), and note which TTL the entry it finds or writes has (the pool records
-        the send once the warm is sent)."""
+        writes it), and note which TTL the entry it finds or writes has. Returns the send
+        to record once the warm is decided on: ``(ttl, live, at)`` for ``record_write``."""
         now = self.clock()
         live = self._pool.live(now)
         if self.adaptive_ttl and not live:
@@ -487,8 +486,8 @@ class SessionCore:
                 if ttl == "5m" and options["history_ttl"] == "1h":
                     options["history_ttl"] = "5m"  # 1h breakpoints may not follow a 5m one
                 self._use_prefix(prefix, self._workspace)
-        self._warm_send = (self.prefix.ttl, live, now)
         self._entry_ttl = self.prefix.ttl if not live else self._pool.entry_ttl
+        return self.prefix.ttl, live, now
 
     def _next_use_probability(self, now: float) -> float:
         """P(this conversation's next turn comes after its entry lapses but within a TTL of
