@@ -47,9 +47,39 @@ _PIECE = re.compile(
 )
 
 
+#: Chunks longer than this are counted each time, not remembered (a long run of base64
+#: or of CJK text is seldom seen twice, and would crowd out the words that are).
+_MEMO_CHUNK = 40
+#: The most chunks remembered; the memo starts afresh when full.
+_MEMO_SIZE = 65_536
+
+
+class _ChunkTokens(dict[str, int]):
+    """Token counts of whitespace-free chunks, each counted by the pattern when first seen.
+
+    No piece of :data:`_PIECE` contains whitespace, and whitespace matches none, so a text's
+    count is the sum of its whitespace-separated chunks' counts (``str.split`` and the
+    pattern's ``\\s`` agree on what whitespace is). Prose repeats its words: counting them
+    from this memo is about 5x faster than running the pattern over the whole text, which
+    convo does for every block it hashes (a text of unique short chunks, all misses, is
+    about 1.4x slower).
+    """
+
+    def __missing__(self, chunk: str) -> int:
+        count = len(_PIECE.findall(chunk))
+        if len(chunk) <= _MEMO_CHUNK:
+            if len(self) >= _MEMO_SIZE:
+                self.clear()
+            self[chunk] = count
+        return count
+
+
+_CHUNK_TOKENS = _ChunkTokens()
+
+
 def estimate(text: str) -> int:
     """Return the estimated token count of *text* (0 for an empty string)."""
-    return len(_PIECE.findall(text))
+    return sum(map(_CHUNK_TOKENS.__getitem__, text.split()))
 
 
 def canonical_json(value: Any) -> str:

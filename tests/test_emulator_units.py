@@ -247,6 +247,23 @@ class TestTokenEstimate:
         """Letters per 5, digits per 3, each symbol and CJK character one, spaces free."""
         assert tokens.estimate(text) == count
 
+    @given(
+        st.text(
+            alphabet=st.one_of(
+                st.characters(),
+                st.sampled_from(" \t\n\x0b\x0c\r\x1c\x1f\x85\xa0\u2028\u3000\u200b_"),
+            ),
+            max_size=60,
+        )
+    )
+    def test_counted_by_chunk_as_by_the_whole_text(self, text: str) -> None:
+        """Counting whitespace-separated chunks (remembered ones among them) gives what the
+        pattern gives over the whole text, for any text, Unicode whitespace included; so
+        does a second count, served from the memo."""
+        whole = len(tokens._PIECE.findall(text))
+        assert tokens.estimate(text) == whole
+        assert tokens.estimate(text) == whole
+
 
 class TestModelTable:
     """The model table as data."""
