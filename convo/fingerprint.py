@@ -129,7 +129,16 @@ def settings_digest(settings: Mapping[str, Any], *, has_images: bool) -> bytes:
     (:data:`DEFAULT_EFFORT` = absent), and whether any image is present.
     """
     picked = _message_settings(settings)
+    if not picked:  # most turns: no setting that re-keys messages, computed once
+        return _NO_SETTINGS[has_images]
+    return _settings_digest(picked, has_images)
+
+
+def _settings_digest(picked: Mapping[str, Any], has_images: bool) -> bytes:
     return xxhash.xxh3_128_digest(canonical_json([picked, has_images]).encode())
+
+
+_NO_SETTINGS = {flag: _settings_digest({}, flag) for flag in (False, True)}
 
 
 def system_settings_digest(settings: Mapping[str, Any], *, has_citations: bool) -> bytes | None:

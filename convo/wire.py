@@ -124,6 +124,11 @@ def encode(value: Any) -> bytes:
     """
     if type(value) in _SCALARS:
         return openapi_dumps(value)
+    if type(value) is dict and all(type(v) in _SCALARS for v in value.values()):
+        # A flat dict of plain values (a text block, most blocks): the transform would
+        # return an equal copy, so skip it (no date, model, file input or omitted value
+        # can hide in a str, int, bool or None).
+        return openapi_dumps(value)
     return openapi_dumps(prepare_request_data(value, location="body"))
 
 

@@ -108,23 +108,30 @@ def _cdf_at(
     mine_until = -math.inf if mine is None else now - mine
     s = 1.0
     i = 0
-    # This runs every turn over up to ~600 gaps, so the loop is kept to the arithmetic:
-    # the events up to each horizon are found by bisection, *mine* is one comparison.
+    # This runs every turn over up to ~600 gaps. Between two event times where no wait
+    # leaves the risk set, the factors (m - d) / m of the events in between telescope: their
+    # product is (m_end) / (m_start), ties or not. So the loop steps from one change of the
+    # risk set to the next (found by bisection), not from event to event.
     for k in order:
         end = bisect.bisect_right(events, times[k], i)
         while i < end:
-            time = events[i]
-            j = i + 1
-            while j < end and events[j] == time:  # ties die together
-                j += 1
             # Events ascend, so now - e descends: walk the latest turns down, never up.
-            limit = now - time
+            limit = now - events[i]
             while at_risk and latest[at_risk - 1] > limit:
                 at_risk -= 1
-            waits = at_risk + 1  # and the wait that never ends
-            if time <= mine_until:  # counted in at_risk, but it is not another's wait
-                waits -= 1
-            s *= 1.0 - (j - i) / (n - i + waits)
+            # The last event time before the next wait leaves the risk set, or before this
+            # conversation's own wait (counted in at_risk, but not another's) does.
+            bound = now - latest[at_risk - 1] if at_risk else math.inf
+            mine_at_risk = events[i] <= mine_until
+            if mine_at_risk and mine_until < bound:
+                bound = mine_until
+            j = max(bisect.bisect_right(events, bound, i, end), i + 1)
+            # At a rounding edge (now - (now - e) is not always e), the bisection may take
+            # in an event the walk above would drop: step back to the walk's own test.
+            while at_risk and j - 1 > i and latest[at_risk - 1] > now - events[j - 1]:
+                j -= 1
+            waits = at_risk + (0 if mine_at_risk else 1)  # and the wait that never ends
+            s *= (n - j + waits) / (n - i + waits)
             i = j
         out[k] = 1.0 - s
     return out
