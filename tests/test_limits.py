@@ -8,6 +8,7 @@ import itertools
 import random
 import threading
 import uuid
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import anthropic
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from convo.emulator import RunningEmulator
 from convo.limits import RateLimiter, Reservation, parse_headers
-from convo.limits.core import DEFAULT_PENALTY_S, parse_rfc3339
+from convo.limits.core import DEFAULT_PENALTY_S, HeaderReading, _reset_at, parse_rfc3339
 
 MODEL = "claude-sonnet-4-6"
 EPOCH = 1_800_000_000.0
@@ -59,6 +60,40 @@ def headers(kind: str, *, limit: int, remaining: int, reset: float | None = None
     if reset is not None:
         found[f"anthropic-ratelimit-{kind}-reset"] = rfc3339(reset)
     return found
+
+
+def _int(raw: str | None) -> int | None:
+    """parse_headers' reading of a count: int(float(text)), None when absent or malformed."""
+    try:
+        return None if raw is None else int(float(raw))
+    except ValueError:
+        return None
+
+
+def _lowered_reading(items: Iterable[tuple[str, str]]) -> dict[str, HeaderReading]:
+    """parse_headers as it was: a lowered copy of every header, then each kind's three."""
+    lowered = {k.lower(): v for k, v in items}
+    expected = {}
+    for kind in ("requests", "input-tokens", "output-tokens"):
+        prefix = f"anthropic-ratelimit-{kind}-"
+        limit, remaining = (_int(lowered.get(prefix + f)) for f in ("limit", "remaining"))
+        reset = lowered.get(prefix + "reset")
+        reset_at = None if reset is None else parse_rfc3339(reset)
+        reset_in = None if reset_at is None else max(0.0, reset_at - EPOCH)
+        if limit is not None or remaining is not None:
+            expected[kind] = HeaderReading(limit, remaining, reset_in)
+    return expected
+
+
+class _Pairs(dict):  # type: ignore[type-arg]
+    """Headers as a list of pairs, possibly differing only in case (as ``httpx.Headers``)."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self._items = items
+
+    def items(self) -> Any:
+        return iter(self._items)
 
 
 class TestValidation:
@@ -450,6 +485,48 @@ class TestHeaders:
     def test_rfc3339(self, text: str, expected: dt.datetime) -> None:
         """RFC 3339 times with Z or an offset and fractions are understood."""
         assert parse_rfc3339(text) == expected.timestamp()
+
+    @pytest.mark.parametrize(
+        "text",
+        ["2027-01-15T08:00:00Z", "2027-01-15T08:00:01Z", " 2027-01-15T09:00:00+01:00", "soon"],
+    )
+    def test_reset_cache_same_answer(self, text: str) -> None:
+        """The cached reset parse gives parse_rfc3339's answer, hit or miss, and is bounded."""
+        assert _reset_at(text) == parse_rfc3339(text)
+        assert _reset_at(text) == parse_rfc3339(text)  # now from the cache
+        assert _reset_at.cache_info().maxsize == 64
+
+    def test_reset_cache_keyed_on_text(self) -> None:
+        """Another reset time is another answer, whatever was parsed before."""
+        first, second = rfc3339(EPOCH + 20), rfc3339(EPOCH + 21)
+        found = [
+            parse_headers({"anthropic-ratelimit-requests-remaining": "5",
+                           "anthropic-ratelimit-requests-reset": text}, wall_now=EPOCH)
+            for text in (first, second, first)
+        ]  # fmt: skip
+        assert [f["requests"].reset_in for f in found] == [20.0, 21.0, 20.0]
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(
+                    [f"anthropic-ratelimit-{k}-{f}" for k in ("requests", "input-tokens",
+                     "output-tokens", "tokens") for f in ("limit", "remaining", "reset")]
+                    + ["date", "request-id"]
+                ).flatmap(lambda n: st.sampled_from([n, n.upper(), n.title()])),
+                st.sampled_from(["10", "1000.7", "-3", "x", "", rfc3339(EPOCH + 5),
+                                 rfc3339(EPOCH - 5), "2027-01-15T09:00:00+01:00"]),
+            ),
+            max_size=20,
+        )
+    )  # fmt: skip
+    def test_parse_same_as_lowered_copy(self, items: list[tuple[str, str]]) -> None:
+        """Reading only the wanted names gives what reading a lowered copy of all did: the
+        last of names differing in case wins, malformed values are ignored."""
+        as_dict = dict(items)
+        assert parse_headers(as_dict, wall_now=EPOCH) == _lowered_reading(as_dict.items())
+        assert parse_headers(_Pairs(items), wall_now=EPOCH) == _lowered_reading(items)
 
     def test_lower_remaining_adopted(self, clock: FakeClock) -> None:
         """The server saw other clients: its lower remaining replaces ours."""

@@ -27,6 +27,7 @@ room the bucket still had at release (nothing when it was far from full).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -55,6 +56,7 @@ Triple = tuple[float, float, float]
 
 #: The three buckets, in a fixed order, named as in ``anthropic-ratelimit-<kind>-*``.
 KINDS: tuple[str, str, str] = ("requests", "input-tokens", "output-tokens")
+_TOKEN_KINDS = KINDS[1:]
 
 #: How long to hold everything back after a 429 that carried no ``retry-after``.
 DEFAULT_PENALTY_S = 5.0
@@ -152,6 +154,28 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
         return None
 
 
+# Every response carries the same nine names, each parse_headers call read them all through
+# f-strings; they are built once here: (kind, limit, remaining, reset) per kind.
+_HEADER_NAMES: tuple[tuple[str, str, str, str], ...] = tuple(
+    (
+        kind,
+        f"anthropic-ratelimit-{kind}-limit",
+        f"anthropic-ratelimit-{kind}-remaining",
+        f"anthropic-ratelimit-{kind}-reset",
+    )
+    for kind in KINDS
+)
+_WANTED = frozenset(name for _, *names in _HEADER_NAMES for name in names)
+
+
+# The reset times repeat: each response gives one per kind, mostly the same second, and
+# concurrent responses within a second give the same again. A parse is pure (the text alone
+# decides it), so it is kept; 64 entries are several seconds of distinct values.
+@functools.lru_cache(maxsize=64)
+def _reset_at(text: str) -> float | None:
+    return parse_rfc3339(text)
+
+
 def parse_headers(headers: Mapping[str, str], *, wall_now: float) -> dict[str, HeaderReading]:
     """Read the ``anthropic-ratelimit-*`` headers of one response, by kind.
 
@@ -162,13 +186,19 @@ def parse_headers(headers: Mapping[str, str], *, wall_now: float) -> dict[str, H
         headers: The response headers (an ``httpx.Headers`` or any mapping).
         wall_now: Seconds since the epoch, to turn the RFC 3339 ``reset`` into a duration.
     """
-    lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+    # Only the nine names read below are kept (the last of any that differ only in case
+    # wins, as in a lowered copy of the whole mapping); the other headers are not copied.
+    found: dict[str, str] = {}
+    for key, value in headers.items():
+        name = str(key).lower()
+        if name in _WANTED:
+            found[name] = str(value)
     readings: dict[str, HeaderReading] = {}
-    for kind in KINDS:
-        prefix = f"anthropic-ratelimit-{kind}-"
-        limit = _int_header(lowered, prefix + "limit")
-        remaining = _int_header(lowered, prefix + "remaining")
-        reset_at = parse_rfc3339(lowered[prefix + "reset"]) if prefix + "reset" in lowered else None
+    for kind, limit_name, remaining_name, reset_name in _HEADER_NAMES:
+        limit = _int_header(found, limit_name)
+        remaining = _int_header(found, remaining_name)
+        reset = found.get(reset_name)
+        reset_at = None if reset is None else _reset_at(reset)
         reset_in = None if reset_at is None else max(0.0, reset_at - wall_now)
         if limit is not None or remaining is not None:
             readings[kind] = HeaderReading(limit, remaining, reset_in)
@@ -232,16 +262,22 @@ class Buckets:
 
     def capacity(self, kind: str) -> int | None:
         """Return the effective capacity of *kind* (``None``: unlimited)."""
-        known = [c for c in (self.configured[kind], self.announced[kind]) if c is not None]
-        return min(known) if known else None
+        # Called for every bucket in every operation: no list, no min() over one value.
+        configured, announced = self.configured[kind], self.announced[kind]
+        if configured is None:
+            return announced
+        if announced is None:
+            return configured
+        return min(configured, announced)
 
     def refill(self, now: float) -> None:
         """Bring every level up to *now* (a clock that steps back is treated as standing still)."""
         elapsed = max(0.0, now - self.updated)
-        for kind, level in self.level.items():
+        level = self.level
+        for kind, value in level.items():
             capacity = self.capacity(kind)
             assert capacity is not None  # levels exist for limited kinds only
-            self.level[kind] = min(float(capacity), level + elapsed * capacity / 60.0)
+            level[kind] = min(float(capacity), value + elapsed * capacity / 60.0)
         self.updated = max(self.updated, now)
 
     def reserve(
@@ -253,25 +289,25 @@ class Buckets:
         amounts (what :meth:`release` gives back with them).
         """
         self.refill(now)
-        debits = [0.0, 0.0, 0.0]
+        level = self.level
         wait = max(0.0, self.blocked_until - now)
-        for kind, amount in zip(KINDS, amounts, strict=True):
-            if kind not in self.level:
+        # (index, kind, amount, capacity) of each limited bucket, for the take below.
+        limited: list[tuple[int, str, int, int]] = []
+        for n, (kind, amount) in enumerate(zip(KINDS, amounts, strict=True)):
+            if kind not in level:
                 continue
             capacity = self.capacity(kind)
             assert capacity is not None
             need = min(amount, capacity)
-            wait = max(wait, (need - self.level[kind]) * 60.0 / capacity)
-        for kind, amount in zip(KINDS, amounts, strict=True):
-            if kind not in self.level:
-                continue
-            capacity = self.capacity(kind)
-            assert capacity is not None
+            wait = max(wait, (need - level[kind]) * 60.0 / capacity)
+            limited.append((n, kind, amount, capacity))
+        debits = [0.0, 0.0, 0.0]
+        for n, kind, amount, capacity in limited:
             rate = capacity / 60.0
-            at_release = min(float(capacity), self.level[kind] + rate * wait)
+            at_release = min(float(capacity), level[kind] + rate * wait)
             in_flight = max(0.0, rate * self.latency - (capacity - at_release))
-            self.level[kind] -= amount + in_flight
-            debits[KINDS.index(kind)] = in_flight
+            level[kind] -= amount + in_flight
+            debits[n] = in_flight
         if wait > 0:
             self.pending.append((now + wait, ticket, *amounts))
         return wait, (debits[0], debits[1], debits[2])
@@ -286,37 +322,46 @@ class Buckets:
         other reservation was made meanwhile: those already waited behind its debt).
         """
         self.refill(now)
+        level = self.level
         for n, kind in enumerate(KINDS):
-            if kind in self.level:
+            if kind in level:
                 capacity = self.capacity(kind)
                 assert capacity is not None
                 refund = amounts[n] + in_flight[n]
-                self.level[kind] = min(float(capacity), self.level[kind] + refund)
-        if ticket:
+                level[kind] = min(float(capacity), level[kind] + refund)
+        if ticket and self.pending:
             self.pending = deque(p for p in self.pending if p[1] != ticket)
 
     def settle(self, now: float, deltas: tuple[int, int]) -> None:
         """Charge (positive) or refund (negative) input and output tokens."""
         self.refill(now)
-        for kind, delta in zip(KINDS[1:], deltas, strict=True):
-            if kind in self.level:
+        level = self.level
+        for kind, delta in zip(_TOKEN_KINDS, deltas, strict=True):
+            if kind in level:
                 capacity = self.capacity(kind)
                 assert capacity is not None
-                self.level[kind] = min(float(capacity), self.level[kind] - delta)
+                level[kind] = min(float(capacity), level[kind] - delta)
 
     def unsent(self, now: float) -> tuple[int, int, int]:
         """Return the amounts reserved but not yet released (the server has not seen them)."""
-        self.pending = deque(p for p in self.pending if p[0] > now)
-        return (
-            sum(p[2] for p in self.pending),
-            sum(p[3] for p in self.pending),
-            sum(p[4] for p in self.pending),
-        )
+        if not self.pending:
+            return (0, 0, 0)  # the common case: nothing to prune or add up
+        kept: deque[tuple[float, str, int, int, int]] = deque()
+        requests = inputs = outputs = 0
+        for p in self.pending:
+            if p[0] > now:
+                kept.append(p)
+                requests += p[2]
+                inputs += p[3]
+                outputs += p[4]
+        self.pending = kept
+        return (requests, inputs, outputs)
 
     def sync(self, now: float, readings: Mapping[str, HeaderReading]) -> None:
         """Adopt what the server's headers say where it knows better than we do."""
         self.refill(now)
         unsent = dict(zip(KINDS, self.unsent(now), strict=True))
+        level = self.level
         for kind, reading in readings.items():
             if reading.limit is not None and reading.limit > 0:
                 before = self.capacity(kind)
@@ -325,23 +370,24 @@ class Buckets:
                 assert capacity is not None
                 if before is None:
                     # Learned now: start from what the server says is left (below).
-                    self.level[kind] = math.inf
+                    level[kind] = math.inf
                 else:
-                    self.level[kind] = min(self.level[kind], float(capacity))
-            capacity = self.capacity(kind)
-            if capacity is None:
-                continue
+                    level[kind] = min(level[kind], float(capacity))
+            else:
+                capacity = self.capacity(kind)
+                if capacity is None:
+                    continue
             # The reset time describes the server's bucket, so it is read at its capacity.
             bounds = server_level(kind, reading, reading_scale(reading, capacity))
             if bounds is None:
-                if math.isinf(self.level[kind]):
-                    self.level[kind] = float(capacity)
+                if math.isinf(level[kind]):
+                    level[kind] = float(capacity)
                 continue
             estimate, upper = bounds
             # Our level plus what we have not sent yet is our view of the server's level.
             # Above the server's upper bound means someone else spent from this budget.
-            if self.level[kind] + unsent[kind] > upper:
-                self.level[kind] = min(float(capacity), estimate) - unsent[kind]
+            if level[kind] + unsent[kind] > upper:
+                level[kind] = min(float(capacity), estimate) - unsent[kind]
 
     def hold(self, now: float, seconds: float) -> None:
         """Release nothing more until ``now + seconds`` (a 429 was seen)."""
