@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from convo.errors import LedgerError
 from convo.ledger import BustCount, Ledger, LedgerRow, TaskCost, Totals
 from convo.ledger.backends import SQLiteBackend, redact
-from convo.ledger.record import COLUMNS, cache_outcome
+from convo.ledger.record import COLUMNS, cache_outcome, from_nanos, to_nanos
 from convo.ledger.schema import POSTGRES, SCHEMA_VERSION, SQLITE, migration_statements
 from convo.ledger.writer import BatchWriter
 from convo.pricing import price
@@ -151,6 +151,38 @@ class TestAppend:
         """A naive datetime is a ValueError saying to use UTC."""
         with pytest.raises(ValueError, match="timezone-aware"):
             LedgerRow(model="m", time=dt.datetime(2026, 1, 1))
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.one_of(
+            st.decimals(allow_nan=False, allow_infinity=False),
+            st.integers(0, 15).flatmap(lambda p: st.decimals(-(10**6), 10**6, places=p)),
+            st.sampled_from([Decimal(x) for x in ("-0", "-1E-10", "5E-10", "25E-10")]),
+        )
+    )
+    def test_money_rounding_as_to_nanos(self, usd: Decimal) -> None:
+        """A row's money is from_nanos(to_nanos(x)), to the exponent: half-even, 0E-9 for -0.
+
+        The row's converter takes a shortcut (one quantize); it must not differ from the
+        reference, not even in how the value prints.
+        """
+        try:
+            expected = from_nanos(to_nanos(usd))
+        except (InvalidOperation, ValueError, OverflowError):
+            return  # beyond what a cost can be (more digits than the context's precision)
+        got = LedgerRow(model="m", cost_usd=usd).cost_usd
+        assert got is not None
+        assert expected is not None
+        assert (got, str(got), got.as_tuple()) == (expected, str(expected), expected.as_tuple())
+
+    def test_time_kept_or_made_utc(self) -> None:
+        """A UTC time is kept as given; another zone's is converted, to the same instant."""
+        utc = dt.datetime(2026, 1, 1, 12, tzinfo=dt.timezone.utc)
+        assert LedgerRow(model="m", time=utc).time is utc
+        paris = dt.datetime(2026, 1, 1, 13, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+        moved = LedgerRow(model="m", time=paris).time
+        assert moved == utc
+        assert moved.tzinfo is dt.timezone.utc
 
     def test_many_threads(self, ledger: Ledger) -> None:
         """Appends from many threads at once are all kept."""

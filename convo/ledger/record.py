@@ -81,7 +81,12 @@ def from_nanos(nanos: int | Decimal | None) -> Decimal | None:
     return Decimal(nanos).scaleb(-9)
 
 
+_UTC = dt.timezone.utc
+
+
 def _utc(value: dt.datetime) -> dt.datetime:
+    if type(value) is dt.datetime and value.tzinfo is _UTC:
+        return value  # already what astimezone would return (the common case: a turn's row)
     if not isinstance(value, dt.datetime):
         raise TypeError(f"time must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None:
@@ -89,7 +94,18 @@ def _utc(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.timezone.utc)
 
 
+#: Zero nano-dollars as :func:`from_nanos` returns it (``0E-9``, never ``-0E-9``).
+_ZERO_USD = Decimal(0).scaleb(-9)
+
+
 def _usd(value: Decimal | None) -> Decimal | None:
+    # from_nanos(to_nanos(value)), in one quantize for a finite Decimal (a row's build runs
+    # on the event loop, once per attempt): the same whole nano-dollars, rounded half-even,
+    # with the same exponent (-9). A zero is returned as from_nanos returns it (a tiny
+    # negative cost rounds to 0E-9 there, not -0E-9).
+    if type(value) is Decimal and value.is_finite():
+        nanos = value.quantize(NANO, rounding=ROUND_HALF_EVEN)
+        return nanos if nanos else _ZERO_USD
     return from_nanos(to_nanos(value))
 
 
