@@ -217,6 +217,9 @@ class BatchWriter:
                     item.notify()
 
     def _take(self, item: Any, tokens: list[_FlushToken]) -> bool:
+        if type(item) is LedgerRow:  # nearly every item: tested first, without isinstance
+            self._pending_rows.append(item.to_db())
+            return False
         if item is None:
             return False
         if item is _STOP:
