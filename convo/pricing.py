@@ -21,6 +21,7 @@ from decimal import Decimal
 import attrs
 import genai_prices
 from genai_prices import data_snapshot
+from genai_prices.types import ModelPrice, StartDateConstraint
 
 from convo import models
 from convo.usage import Usage
@@ -204,8 +205,6 @@ def price(
     rates, source, batch_applied = _resolve(usage, model, when, batch, overrides, notes)
     if rates is None:
         return Cost(usd=None, rate_limit_tokens=weight, model=model, reason=source, source=_SOURCE)
-    rates, derived = _filled(rates)
-    notes.extend(derived)
     if batch and not batch_applied:
         rates = rates.scaled(_BATCH)
         notes.append("batch: 50% applied to every rate")
@@ -242,24 +241,26 @@ def _resolve(
     overrides: Rates | Mapping[str, Rates] | None,
     notes: list[str],
 ) -> tuple[Rates | None, str, bool]:
-    """Return (rates, source or reason, batch already applied)."""
+    """Return (filled rates, source or reason, batch already applied)."""
     override = _override_for(model, overrides)
     if override is not None:
-        return override, "override", False
-    try:
-        _, info = data_snapshot.get_snapshot().find_provider_model(model, None, "anthropic", None)
-    except LookupError:
-        return None, f"no price for model {model!r} in {_SOURCE}; pass overrides=Rates(...)", False
-    standard = info.get_prices(when)
-    chosen = info.get_prices(when, {"processing": "batch"}) if batch else standard
-    batch_applied = batch and chosen != standard
-    if batch_applied:
+        rates, derived = _filled(override)
+        notes.extend(derived)
+        return rates, "override", False
+    found = _listed(model, when, batch)
+    if not found.priced:
+        return None, found.source, False
+    if found.batch_applied:
         notes.append(f"batch: prices from {_SOURCE} batch variant")
     total = usage.total_input
-    values = tuple(_tier(getattr(chosen, key, None), total) for key in _GENAI_KEYS)
-    if values[0] is None or values[1] is None:
-        return None, f"{_SOURCE} has no token prices for {model!r}", False
-    return _published(values), f"{_SOURCE} ({info.id})", batch_applied
+    # Which cliff tier each price is on depends only on how many tier starts the total passes.
+    position = sum(total > start for start in found.starts) if found.starts else 0
+    filled = found.filled.get(position)
+    if filled is None:
+        values = tuple(_tier(value, total) for value in found.values)
+        filled = found.filled[position] = _filled(_published(values))
+    notes.extend(filled[1])
+    return filled[0], found.source, found.batch_applied
 
 
 #: genai-prices' field for each of Rates' fields, in the order Rates takes them.
@@ -272,14 +273,93 @@ _GENAI_KEYS = (
 )
 
 
-# Every turn prices its usage, and building and filling a Rates (ten Decimal conversions,
-# an attrs.evolve) cost more than the arithmetic. A model has a handful of distinct rate
-# sets (tiers, batch, a dated change), so both are cached on the values themselves: a
-# price change in genai-prices yields new values, hence a new entry, never a stale hit.
-@functools.lru_cache(maxsize=256)
+@attrs.frozen
+class _Listing:
+    """What genai-prices lists for one model, day and batch flag, short of the tier choice.
+
+    ``values`` are its five prices (a ``TieredPrices`` where they have cliff tiers),
+    ``starts`` every tier start among them; ``filled`` memoises the filled rates and their
+    notes per tier position (how many starts the total input passes). ``daily`` is false
+    when a price constraint hangs on more than the UTC date: such a listing is not kept.
+    """
+
+    priced: bool
+    source: str  # "genai-prices x.y.z (id)", or why there is no price
+    batch_applied: bool = False
+    values: tuple[object, ...] = ()
+    starts: tuple[int, ...] = ()
+    daily: bool = True
+    filled: dict[int, tuple[Rates, tuple[str, ...]]] = attrs.field(factory=dict, eq=False)
+
+
+# Every turn prices its usage, and finding the model in genai-prices (lookup, dated
+# constraints, batch variant, tiers, then a Rates built and filled) costs more than the
+# arithmetic. What is found depends only on the price table, the model, the UTC date and the
+# batch flag, so it is kept per (model, date, batch) for the table it came from: a new
+# table (genai-prices' UpdatePrices, set_custom_snapshot) empties it, a new day is a new
+# key, and overrides never reach it (_resolve applies them first). Bounded: emptied when it
+# reaches _LISTED_MAX entries (a few per model per day are used).
+_LISTED_MAX = 256
+_listed_cache: tuple[object, dict[tuple[str, dt.date, bool], _Listing]] = (None, {})
+
+
+def _listed(model: str, when: dt.datetime, batch: bool) -> _Listing:
+    global _listed_cache
+    snapshot = data_snapshot.get_snapshot()
+    if type(when) is not dt.datetime:
+        # Not a plain datetime (a subclass, or a date by mistake): looked up as before.
+        return _look_up(snapshot, model, when, batch)
+    table, entries = _listed_cache
+    if table is not snapshot:
+        entries = {}
+        _listed_cache = (snapshot, entries)
+    # The UTC date as genai-prices' StartDateConstraint reads it (a naive time is UTC).
+    utc = when if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+    key = (model, utc.date(), batch)
+    found = entries.get(key)
+    if found is None:
+        found = _look_up(snapshot, model, when, batch)
+        if found.daily:
+            if len(entries) >= _LISTED_MAX:
+                entries.clear()
+            entries[key] = found
+    return found
+
+
+def _look_up(
+    snapshot: data_snapshot.DataSnapshot, model: str, when: dt.datetime, batch: bool
+) -> _Listing:
+    try:
+        _, info = snapshot.find_provider_model(model, None, "anthropic", None)
+    except LookupError:
+        reason = f"no price for model {model!r} in {_SOURCE}; pass overrides=Rates(...)"
+        return _Listing(priced=False, source=reason)
+    conditional = [] if isinstance(info.prices, ModelPrice) else info.prices
+    constraints = [p.constraint for p in (*conditional, *(info.price_variants or ()))]
+    daily = all(c is None or type(c) is StartDateConstraint for c in constraints)
+    standard = info.get_prices(when)
+    chosen = info.get_prices(when, {"processing": "batch"}) if batch else standard
+    values = tuple(getattr(chosen, key, None) for key in _GENAI_KEYS)
+    if values[0] is None or values[1] is None:
+        reason = f"{_SOURCE} has no token prices for {model!r}"
+        return _Listing(priced=False, source=reason, daily=daily)
+    starts = sorted({tier.start for value in values for tier in getattr(value, "tiers", ())})
+    return _Listing(
+        priced=True,
+        source=f"{_SOURCE} ({info.id})",
+        batch_applied=batch and chosen != standard,
+        values=values,
+        starts=tuple(starts),
+        daily=daily,
+    )
+
+
+# Building and filling a Rates (ten Decimal conversions, an attrs.evolve) costs more than the
+# arithmetic. Filled rates are kept on their values (an override is passed at every call);
+# listed ones are also kept on their _Listing, per tier position.
 def _published(values: tuple[Decimal | None, ...]) -> Rates:
     inp, out, w5, w1, read = values
-    # _resolve returns before calling without these two.
+    # _look_up returns unpriced without these two.
     assert inp is not None
     assert out is not None
     return Rates(input=inp, output=out, cache_write_5m=w5, cache_write_1h=w1, cache_read=read)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+from collections.abc import Callable, Iterator
 from decimal import Decimal
+from typing import ClassVar
 
 import genai_prices
 import pytest
+from genai_prices import data_snapshot
+from genai_prices.types import ConditionalPrice, ModelPrice, TimeOfDateConstraint
 
+from convo import pricing
 from convo.pricing import Rates, price, rate_limit_tokens, request_hit_rate, token_hit_rate
 from convo.usage import Usage
 
@@ -23,6 +29,7 @@ PUBLISHED = {
     "claude-haiku-4-5": ("1", "1.25", "2", "0.10", "5"),
 }
 AT = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+_PLUS_2 = dt.timezone(dt.timedelta(hours=2))
 
 
 def _mission(ttl: str) -> Usage:
@@ -228,3 +235,100 @@ class TestRatesCache:
             for batch in (False, True, False)
         ]
         assert costs[0] == costs[2] == 2 * costs[1]  # type: ignore[operator]
+
+
+def _table_with(model: str, prices: object) -> data_snapshot.DataSnapshot:
+    """A genai-prices table whose only Anthropic model is *model*, at *prices*."""
+    provider, info = data_snapshot.get_snapshot().find_provider_model(
+        model, None, "anthropic", None
+    )
+    changed = dataclasses.replace(provider, models=[dataclasses.replace(info, prices=prices)])
+    return data_snapshot.DataSnapshot(providers=[changed], from_auto_update=False)
+
+
+@pytest.fixture
+def custom_table() -> Iterator[Callable[[data_snapshot.DataSnapshot], None]]:
+    """Install a genai-prices table for the test (as UpdatePrices would); restored after."""
+    yield data_snapshot.set_custom_snapshot
+    data_snapshot.set_custom_snapshot(None)
+
+
+class TestListedCache:
+    """What genai-prices lists for a model is kept per (model, UTC date, batch) and table,
+    and a call answers as it would with nothing kept."""
+
+    CASES: ClassVar[list[tuple[Usage, str, dt.datetime]]] = [
+        (Usage(input=300_000, output=10), "claude-sonnet-4-6", dt.datetime(2026, 3, 12, 23, 30)),
+        (Usage(input=300_000, output=10), "claude-sonnet-4-6", dt.datetime(2026, 3, 13, 0, 30)),
+        (_mission("1h"), "claude-sonnet-4-5", AT),
+        (Usage(input=300_000, cache_read=5), "claude-sonnet-4-5", AT),
+        (_mission("5m"), "claude-opus-4-6", dt.datetime(2026, 10, 14, 0, 30, tzinfo=_PLUS_2)),
+        (_mission("5m"), "claude-opus-4-6", dt.datetime(2026, 10, 14, 2, 30, tzinfo=_PLUS_2)),
+        (_mission("5m"), "claude-haiku-4-5", AT),
+        (_mission("5m"), "gpt-4o-mini-claude", AT),
+    ]
+
+    @pytest.mark.parametrize("batch", [False, True])
+    def test_same_answer_as_uncached(self, batch: bool) -> None:
+        """Each case, priced with the cache warm from all the others, equals it priced
+        with the cache emptied first (dates, tiers, batch and unknown models included)."""
+        fresh = []
+        for usage, model, at in self.CASES:
+            pricing._listed_cache = (None, {})
+            fresh.append(price(usage, model, at=at, batch=batch))
+        for _ in range(2):
+            warm = [price(usage, model, at=at, batch=batch) for usage, model, at in self.CASES]
+            assert warm == fresh
+
+    def test_date_changes_the_price(self) -> None:
+        """The day the tiers ended (UTC) prices differently from the day before, in any
+        order and whatever the offset the time was given in."""
+        usage, model = Usage(input=300_000, output=10), "claude-sonnet-4-6"
+        before = dt.datetime(2026, 3, 13, 0, 30, tzinfo=_PLUS_2)  # 12 March, 22:30 UTC
+        after = dt.datetime(2026, 3, 13, 2, 30, tzinfo=_PLUS_2)  # 13 March, 00:30 UTC
+        rates = [price(usage, model, at=at).rates for at in (before, after, before, after)]
+        assert [r.input for r in rates if r is not None] == [6, 3, 6, 3]
+
+    def test_override_not_served_from_cache(self) -> None:
+        """An override applies with the model's listing kept, and does not replace it."""
+        usage, model = _mission("5m"), "claude-haiku-4-5"
+        listed = price(usage, model, at=AT)
+        own = price(usage, model, at=AT, overrides={model: Rates(input=7, output=9)})
+        assert own.source == "override"
+        assert own.rates is not None
+        assert own.rates.input == 7
+        assert price(usage, model, at=AT) == listed
+
+    def test_new_table_empties_it(self, custom_table: Callable[..., None]) -> None:
+        """A new genai-prices table (an update) is read, not the kept listing; and the
+        bundled one again once it is back."""
+        usage, model = _mission("5m"), "claude-haiku-4-5"
+        bundled = price(usage, model, at=AT)
+        custom_table(_table_with(model, ModelPrice(input_mtok=Decimal(2), output_mtok=Decimal(8))))
+        updated = price(usage, model, at=AT)
+        assert updated.rates is not None
+        assert updated.rates.input == 2
+        data_snapshot.set_custom_snapshot(None)
+        assert price(usage, model, at=AT) == bundled
+
+    def test_time_of_day_prices_not_kept(self, custom_table: Callable[..., None]) -> None:
+        """A price that hangs on the time of day (off-peak) is looked up at each call."""
+        model = "claude-haiku-4-5"
+        peak = ModelPrice(input_mtok=Decimal(2), output_mtok=Decimal(8))
+        off_peak = ModelPrice(input_mtok=Decimal(1), output_mtok=Decimal(4))
+        night = TimeOfDateConstraint(start_time=dt.time(22), end_time=dt.time(6))
+        custom_table(
+            _table_with(
+                model, [ConditionalPrice(prices=peak), ConditionalPrice(night, prices=off_peak)]
+            )
+        )
+        day = [dt.datetime(2026, 5, 1, h, tzinfo=dt.timezone.utc) for h in (12, 23, 12, 23)]
+        rates = [price(Usage(input=10), model, at=at).rates for at in day]
+        assert [r.input for r in rates if r is not None] == [2, 1, 2, 1]
+
+    def test_bounded(self) -> None:
+        """Past its bound the cache is emptied rather than grown."""
+        start = dt.datetime(2020, 1, 1)
+        for day in range(pricing._LISTED_MAX + 10):
+            price(Usage(input=10), "claude-haiku-4-5", at=start + dt.timedelta(days=day))
+        assert 0 < len(pricing._listed_cache[1]) <= pricing._LISTED_MAX
