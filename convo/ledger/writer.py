@@ -15,11 +15,15 @@ Batching: while one batch commits, new rows pile up in the queue, and the next c
 up to ``batch_size`` of them at once. Rows that arrive spread out (one per turn of a few
 busy sessions) would each be a transaction of their own, and a commit costs several times
 what a row does (the roll-up's catch-up runs per commit); so after a row wakes the writer
-it lingers (20 ms by default) for the rows behind it, and commits them together. While
+it lingers (100 ms by default) for the rows behind it, and commits them together. While
 rows keep coming it polls every ``linger`` instead of waiting on the queue, so a put wakes
-no thread; after about 200 ms without rows it waits on the queue again. Speed over latency
+no thread; after about a second without rows it waits on the queue again. Speed over latency
 here: a row reaches the store up to ``linger`` later, and a reader of the store sees it
-then (convo's own queries flush first, so they never miss it).
+then (convo's own queries flush first, so they never miss it). The linger was 20 ms; at
+100 ms a busy process commits a fifth as often, and each commit's fixed cost (the
+transaction, the roll-up's catch-up, a writer woken with cold caches: about 250 µs) falls
+on five times the rows: 200 concurrent sessions on one event loop ran 5-6% faster
+(``benchmarks/overhead.py`` part c, docs/wire.md).
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ class BatchWriter:
         *,
         batch_size: int = 50_000,
         retry_delay: float = 0.05,
-        linger: float = 0.02,
+        linger: float = 0.1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
