@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -163,15 +164,20 @@ class BatchWriter:
         # instead of blocking on the queue, so a put wakes no thread (a wake-up costs the
         # putting thread a context switch, on an event loop a stall). After _IDLE_POLLS
         # empty polls it blocks on the queue again, and an idle ledger costs nothing.
+        # A poll comes a linger after the one before, the commit in between included: a
+        # commit that took a linger or more finds rows enough queued behind it and takes
+        # them at once (under sustained load the writer never sleeps between batches).
         idle = _IDLE_POLLS
+        polled = time.monotonic()
         while not stop:
             waiting = bool(self._pending_rows or self._pending_outcomes)
             polling = idle < _IDLE_POLLS and not waiting
             try:
                 if polling:
                     # A flush or a stop sets _hurry after queueing its token: found below.
-                    self._hurry.wait(self._linger)
+                    self._hurry.wait(max(0.0, polled + self._linger - time.monotonic()))
                     self._hurry.clear()
+                    polled = time.monotonic()
                     first = self._queue.get_nowait()
                 else:
                     # With a failed batch pending, wake up to retry it even if nothing new
@@ -185,6 +191,7 @@ class BatchWriter:
                 # A row woke us: let the rows behind it join its transaction.
                 self._hurry.wait(self._linger)
                 self._hurry.clear()
+                polled = time.monotonic()
             if self._linger:
                 idle = 0 if first is not None else idle + 1
             while not stop and len(self._pending_rows) < self._batch_size:
