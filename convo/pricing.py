@@ -354,9 +354,6 @@ def _look_up(
     )
 
 
-# Building and filling a Rates (ten Decimal conversions, an attrs.evolve) costs more than the
-# arithmetic. Filled rates are kept on their values (an override is passed at every call);
-# listed ones are also kept on their _Listing, per tier position.
 def _published(values: tuple[Decimal | None, ...]) -> Rates:
     inp, out, w5, w1, read = values
     # _look_up returns unpriced without these two.
@@ -365,6 +362,9 @@ def _published(values: tuple[Decimal | None, ...]) -> Rates:
     return Rates(input=inp, output=out, cache_write_5m=w5, cache_write_1h=w1, cache_read=read)
 
 
+# Filling a Rates (ten Decimal conversions, an attrs.evolve) costs more than the arithmetic:
+# an override's filled rates are kept on its values (it is passed at every call); a listed
+# model's are kept on its _Listing, per tier position.
 @functools.lru_cache(maxsize=256)
 def _filled(rates: Rates) -> tuple[Rates, tuple[str, ...]]:
     return rates.filled()
