@@ -448,7 +448,9 @@ class _Run:
     def finish(self, wait: float) -> None:
         if self._pending is None:
             return
-        record = attrs.evolve(self._pending, wait=float(wait))
+        record = self._pending
+        if record.wait != wait:  # (evolve is slow; most attempts are followed by no wait)
+            record = attrs.evolve(record, wait=float(wait))
         self._pending = None
         self.records.append(record)
         if self._on_attempt is not None:

@@ -43,6 +43,7 @@ from anthropic.lib._stainless_helpers import (
 )
 from anthropic.lib.streaming import AsyncMessageStreamManager, MessageStreamManager
 from anthropic.types import Message, RawMessageStreamEvent
+from opentelemetry import trace
 
 from convo import tokens, wire
 from convo.usage import Usage, UsageAccumulator
@@ -345,8 +346,6 @@ def _spans_record(client: Any) -> bool:
     except AttributeError:
         return False
     if provider is None:
-        from opentelemetry import trace  # present: the client has a tracer
-
         provider = trace.get_tracer_provider()
         return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
     return True
@@ -375,6 +374,10 @@ def _warn_like_sdk(body: Mapping[str, Any]) -> None:
         )
 
 
+#: The idempotency key given to a client that sends none (see :func:`_post_arguments`).
+_UNSENT_IDEMPOTENCY_KEY = "convo-unsent"
+
+
 def _post_arguments(client: Any, request: wire.Request, *, stream: bool) -> dict[str, Any]:
     """``client.post`` arguments carrying *request* as pre-encoded bytes, with the options
     and headers ``messages.create`` / ``messages.stream`` would have given."""
@@ -398,6 +401,11 @@ def _post_arguments(client: Any, request: wire.Request, *, stream: bool) -> dict
             )
         headers = {**headers, RAW_RESPONSE_HEADER: "raw"}
     request_options["headers"] = headers
+    if getattr(client, "_idempotency_header", None) is None:
+        # The SDK makes a key (a uuid4) for every request, and sends it only under a header
+        # its client names; the Messages API client names none, so the key would go
+        # nowhere. Saying there is one already skips making it.
+        request_options["idempotency_key"] = _UNSENT_IDEMPOTENCY_KEY
     if not isinstance(timeout, anthropic.NotGiven):
         request_options["timeout"] = timeout
     if options.get("extra_query") is not None:

@@ -255,3 +255,49 @@ class TestParse:
         )
         outcome = sdk.send(client, request, now=0.0)
         assert isinstance(outcome.error, anthropic.APIResponseValidationError)
+
+
+class TestIdempotencyKey:
+    """The SDK's idempotency key: made only where its client would send it."""
+
+    @staticmethod
+    def _seen(client_class: type[anthropic.Anthropic]) -> list[httpx2.Headers]:
+        from convo import wire
+
+        seen: list[httpx2.Headers] = []
+
+        def handler(request: httpx2.Request) -> httpx2.Response:
+            seen.append(request.headers)
+            return httpx2.Response(200, json=_BODIES["text"], headers={"request-id": "req_1"})
+
+        client = client_class(
+            api_key="sk-test",
+            base_url="http://keys.invalid",
+            max_retries=0,
+            http_client=anthropic.DefaultHttpxClient(transport=httpx2.MockTransport(handler)),
+        )
+        body = {"max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], "model": "m"}
+        for _ in range(2):
+            assert sdk.send(client, wire.Request(body), now=0.0).ok
+        client.messages.with_raw_response.create(**body)  # type: ignore[arg-type]
+        return seen
+
+    def test_a_client_that_sends_no_key_gets_the_same_headers_as_from_the_sdk(self) -> None:
+        """The Messages API client names no idempotency header: convo's requests carry the
+        same header names as the SDK's own raw-response call (none of them a key)."""
+        first, second, sdk_own = self._seen(anthropic.Anthropic)
+        assert set(first) == set(second) == set(sdk_own)
+        assert not [name for name in first if "idempotency" in name.lower()]
+
+    def test_a_client_that_names_a_header_gets_a_fresh_key_per_request(self) -> None:
+        """A client subclass that sends a key gets the SDK's own, a new one each request."""
+
+        class Keyed(anthropic.Anthropic):
+            def __init__(self, **options: object) -> None:
+                super().__init__(**options)  # type: ignore[arg-type]
+                self._idempotency_header = "Idempotency-Key"
+
+        first, second, sdk_own = self._seen(Keyed)
+        keys = [h["Idempotency-Key"] for h in (first, second, sdk_own)]
+        assert len(set(keys)) == 3
+        assert all(k.startswith("stainless-python-retry-") for k in keys)

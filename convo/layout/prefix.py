@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Literal
 
 import attrs
@@ -226,6 +227,14 @@ class Prefix:
     #: per prefix, shared by every session's layouts (a long system prompt is most of a
     #: session's setup cost otherwise).
     encoded: tuple[bytes, ...] = attrs.field(init=False, eq=False, repr=False, hash=False)
+    #: ``(position, ttl)`` of every ``cache_control`` the caller put in tools or system.
+    caller_marks: tuple[tuple[int, str], ...] = attrs.field(
+        init=False, eq=False, repr=False, hash=False
+    )
+    #: Those markers as given (position to ``cache_control``), for the body's digest.
+    caller_markers: Mapping[int, Mapping[str, Any]] = attrs.field(
+        init=False, eq=False, repr=False, hash=False
+    )
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -257,7 +266,10 @@ class Prefix:
         fingerprint = xxhash.xxh3_128_hexdigest(
             previous + canonical_json([marks, self.ttl]).encode()
         )
+        caller_marks = tuple((i, check_cache_control(marker, "Prefix")) for i, marker in marks)
         for name, value in (
+            ("caller_marks", caller_marks),
+            ("caller_markers", MappingProxyType(dict(marks))),
             ("info", info),
             ("keys", tuple(keys)),
             ("block_digests", tuple(block_digests)),
@@ -281,13 +293,3 @@ class Prefix:
     def tokens(self) -> int:
         """Estimated tokens of the tools and system blocks (:func:`convo.tokens.estimate`)."""
         return self.cumulative[-1] if self.cumulative else 0
-
-    @property
-    def caller_marks(self) -> tuple[tuple[int, str], ...]:
-        """``(position, ttl)`` of every ``cache_control`` the caller put in tools or system."""
-        blocks = (*self.tools, *self.system)
-        return tuple(
-            (i, check_cache_control(b["cache_control"], "Prefix"))
-            for i, b in enumerate(blocks)
-            if "cache_control" in b
-        )

@@ -226,7 +226,8 @@ class Layout:
             history = History(history)
         if not len(history):
             raise LayoutError("history is empty; render needs at least one user message")
-        extra = thaw(freeze(dict(params or {}), "params"))
+        # Deep-copied, so a caller's later change to its dicts changes nothing sent.
+        extra = thaw(freeze(dict(params), "params")) if params else {}
         reserved = _RESERVED & set(extra)
         if reserved:
             raise LayoutError(
@@ -348,11 +349,7 @@ class Layout:
             in_system=in_system,
             in_message=in_message,
         )
-        caller_markers = {
-            i: thaw(b["cache_control"])
-            for i, b in enumerate((*prefix.tools, *prefix.system))
-            if "cache_control" in b
-        }
+        caller_markers = dict(prefix.caller_markers)
         caller_markers.update((suffix_end + p, m) for p, m in history.markers.items())
         all_marks = sorted(
             (
