@@ -176,6 +176,16 @@ def _reset_at(text: str) -> float | None:
     return parse_rfc3339(text)
 
 
+def _lower_case_names(headers: Mapping[str, str]) -> bool:
+    """Whether *headers* is a plain dict whose names are all strings in lower case."""
+    if type(headers) is not dict:
+        return False
+    try:
+        return "".join(headers).islower()
+    except TypeError:  # a name that is not a string
+        return False
+
+
 def parse_headers(headers: Mapping[str, str], *, wall_now: float) -> dict[str, HeaderReading]:
     """Read the ``anthropic-ratelimit-*`` headers of one response, by kind.
 
@@ -189,10 +199,18 @@ def parse_headers(headers: Mapping[str, str], *, wall_now: float) -> dict[str, H
     # Only the nine names read below are kept (the last of any that differ only in case
     # wins, as in a lowered copy of the whole mapping); the other headers are not copied.
     found: dict[str, str] = {}
-    for key, value in headers.items():
-        name = str(key).lower()
-        if name in _WANTED:
-            found[name] = str(value)
+    if _lower_case_names(headers):
+        # A dict of an httpx response's items: look the nine names up instead of lowering
+        # the thirty or so a response carries.
+        for name in _WANTED:
+            value = headers.get(name)
+            if value is not None:
+                found[name] = str(value)
+    else:
+        for key, value in headers.items():
+            name = str(key).lower()
+            if name in _WANTED:
+                found[name] = str(value)
     readings: dict[str, HeaderReading] = {}
     for kind, limit_name, remaining_name, reset_name in _HEADER_NAMES:
         limit = _int_header(found, limit_name)

@@ -270,13 +270,17 @@ class WarmRegistry:
         """
         check_ttl(ttl_seconds)
         check_refresh_at(refresh_at)
-        loop = asyncio.get_running_loop()
-        event = asyncio.Event()
-        waiter = (loop, event)
         with self._lock:
             start = now = self._start()
+            got = self._try(key, ttl_seconds, now, refresh_at)
+            if isinstance(got, tuple):  # the usual case: no wait, so no wake-up to set up
+                return self._flight(key, got, ttl_seconds, start, now)
+        event = asyncio.Event()
+        waiter = (asyncio.get_running_loop(), event)
         try:
             while True:
+                # (The first pass looks again, at the same moment: a writer may have come
+                # between the look above and this one; the lock is not held across.)
                 with self._lock:
                     got = self._try(key, ttl_seconds, now, _later(refresh_at, now - start))
                     if isinstance(got, tuple):
