@@ -42,8 +42,11 @@ interleaved in one run so a noisy machine slows both alike:
     raw SDK, turns interleaved; wall time per arm is the sum of its calls.
 (c) **200 concurrent** ``AsyncSession``s vs 200 tasks on one raw ``AsyncAnthropic``, each a
     conversation of ``--turns`` turns (default 50, issue 15's measure) on the same prefix,
-    against the loopback emulator; rounds alternate raw, convo, convo, raw and adjacent
-    rounds are paired.
+    against the loopback emulator. Every convo round sits between two raw rounds and its
+    throughput is divided by their mean; ``--rounds`` convo rounds (default 4), and a
+    ``ledger=False`` round after every second one. Reported: the median and the geometric
+    mean of those ratios, and each one (a shared machine drifts by 10% or more between
+    rounds, so a single pair says little).
 
 convo is measured as a user gets it by default: the process-wide warm registry and rate
 limiter, and the default SQLite ledger (in a temporary ``CONVO_HOME``, so nothing is written
@@ -613,11 +616,14 @@ async def _round(base_url: str, arm: str, *, tag: str, sessions: int, turns: int
 
 async def run_concurrent(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
     arms = ["convo"] + ([] if args.no_ledger_off else ["convo_no_ledger"])
-    # Every convo round sits between two raw rounds and is compared with their mean.
+    # Every convo round sits between two raw rounds and is compared with their mean. The
+    # machine's speed drifts by 10% or more over minutes (other tenants), so one pair says
+    # little: the default arm gets --rounds rounds, the ledger=False arm one per two.
     pattern = ["raw"]
-    for _ in range(1 if args.quick else 2):
-        for arm in arms:
-            pattern += [arm, "raw"]
+    for n in range(args.rounds):
+        pattern += ["convo", "raw"]
+        if "convo_no_ledger" in arms and (n % 2 == 1 or args.rounds == 1):
+            pattern += ["convo_no_ledger", "raw"]
     rounds = []
     for n, arm in enumerate(pattern):
         rounds.append(
@@ -635,6 +641,7 @@ async def run_concurrent(base_url: str, args: argparse.Namespace) -> dict[str, A
             cpu.append(r["client_cpu_s"] / statistics.mean(x["client_cpu_s"] for x in raw))
         result[arm] = {
             "throughput_ratio_median": round(statistics.median(ratios), 3),
+            "throughput_ratio_geometric_mean": round(statistics.geometric_mean(ratios), 3),
             "throughput_ratios": [round(x, 3) for x in ratios],
             "client_cpu_ratio_median": round(statistics.median(cpu), 3),
         }
@@ -726,14 +733,15 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"| {conc['sessions']} concurrent sessions × {conc['turns_each']} turns "
-            "| throughput / raw (median) | per round | client CPU / raw |",
-            "|---|---:|---|---:|",
+            "| throughput / raw (median) | geometric mean | per round | client CPU / raw |",
+            "|---|---:|---:|---|---:|",
         ]
         for arm in ("convo", "convo_no_ledger"):
             if arm in conc:
                 r = conc[arm]
                 lines.append(
-                    f"| {arm} | {r['throughput_ratio_median']} | {r['throughput_ratios']} "
+                    f"| {arm} | {r['throughput_ratio_median']} "
+                    f"| {r['throughput_ratio_geometric_mean']} | {r['throughput_ratios']} "
                     f"| {r['client_cpu_ratio_median']} |"
                 )
     return "\n".join(lines)
@@ -757,6 +765,13 @@ def main() -> None:
         default=None,
         help="(c) turns per session (default 50; 10 with --quick)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="(c) rounds of the default convo arm, each between two raw rounds "
+        "(default 4; 1 with --quick)",
+    )
     parser.add_argument("--no-ledger-off", action="store_true", help="skip the ledger=False arm")
     parser.add_argument(
         "--replay",
@@ -767,6 +782,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.turns is None:
         args.turns = 10 if args.quick else 50
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 4
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     report: dict[str, Any] = {
         "benchmark": "overhead",
         "machine": machine(),
