@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -140,6 +141,20 @@ class TestPrefix:
         """Invalid prefixes raise LayoutError naming the field before anything is sent."""
         with pytest.raises(LayoutError, match=message):
             prefix(**kwargs)
+
+    def test_pickles_to_an_equal_prefix_that_renders_the_same(self) -> None:
+        """A prefix crosses a process boundary (pickle) whole: equal, same fingerprint, same
+        caller markers, same rendered bytes and body digest."""
+        marked = {"type": "text", "text": BIG, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+        p = prefix(system=[marked])
+        q = pickle.loads(pickle.dumps(p))
+        assert q == p
+        assert q.fingerprint == p.fingerprint
+        assert q.caller_marks == p.caller_marks == ((1, "1h"),)
+        history = [{"role": "user", "content": "hi"}]
+        a, b = Layout(p).render(history), Layout(q).render(history)
+        assert json.dumps(a.body) == json.dumps(b.body)
+        assert a.fingerprint.digest == b.fingerprint.digest
 
     def test_short_prefix_warns_with_minimum_and_estimate(self) -> None:
         """A prefix below the model's minimum warns, naming the minimum and the estimate."""

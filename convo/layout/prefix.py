@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from types import MappingProxyType
 from typing import Any, Literal
 
 import attrs
@@ -231,8 +230,8 @@ class Prefix:
     caller_marks: tuple[tuple[int, str], ...] = attrs.field(
         init=False, eq=False, repr=False, hash=False
     )
-    #: Those markers as given (position to ``cache_control``), for the body's digest.
-    caller_markers: Mapping[int, Mapping[str, Any]] = attrs.field(
+    # Those markers as given, ``(position, cache_control)``, for each render's body digest.
+    _caller_markers: tuple[tuple[int, dict[str, Any]], ...] = attrs.field(
         init=False, eq=False, repr=False, hash=False
     )
 
@@ -269,7 +268,7 @@ class Prefix:
         caller_marks = tuple((i, check_cache_control(marker, "Prefix")) for i, marker in marks)
         for name, value in (
             ("caller_marks", caller_marks),
-            ("caller_markers", MappingProxyType(dict(marks))),
+            ("_caller_markers", tuple((i, marker) for i, marker in marks)),
             ("info", info),
             ("keys", tuple(keys)),
             ("block_digests", tuple(block_digests)),

@@ -349,7 +349,7 @@ class Layout:
             in_system=in_system,
             in_message=in_message,
         )
-        caller_markers = dict(prefix.caller_markers)
+        caller_markers = dict(prefix._caller_markers)
         caller_markers.update((suffix_end + p, m) for p, m in history.markers.items())
         all_marks = sorted(
             (
