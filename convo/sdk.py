@@ -306,9 +306,18 @@ def _plain(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def _success(value: Any, headers: Mapping[str, str], request_id: str | None) -> Outcome:
-    return Outcome(
-        AttemptFacts(status=200, request_id=request_id, headers=_plain(headers)), value=value
-    )
+    # (A dict is taken as made by _plain already: every lookup of an httpx.Headers is a scan.)
+    plain = headers if type(headers) is dict else _plain(headers)
+    return Outcome(AttemptFacts(status=200, request_id=request_id, headers=plain), value=value)
+
+
+def _replied(raw: Any, body: bytes | None) -> tuple[Message | None, dict[str, str]]:
+    """The ``Message`` of a pre-encoded request's reply *raw* (``None``: let the SDK parse
+    it), and the reply's headers as a dict, read once for every lookup that follows."""
+    headers = _plain(raw.headers)
+    if body is None or not _json_body(raw, headers):
+        return None, headers
+    return _message(body, headers), headers
 
 
 def _failure(error: BaseException, now: float, **seen: Any) -> Outcome:
@@ -413,18 +422,19 @@ def _post_arguments(client: Any, request: wire.Request, *, stream: bool) -> dict
     return {"cast_to": Message, "content": content, "options": request_options, "stream": stream}
 
 
-def _json_body(raw: Any) -> bool:
+def _json_body(raw: Any, headers: Mapping[str, str]) -> bool:
     """Whether the SDK would build *raw*'s ``Message`` from its JSON body without checking
-    it (the default: no ``_strict_response_validation``, no ``post_parser``, a JSON body)."""
+    it (the default: no ``_strict_response_validation``, no ``post_parser``, a JSON body).
+    *headers*: the reply's, as :func:`_plain` gives them."""
     if raw._client._strict_response_validation:
         return False
     if not isinstance(raw._options.post_parser, anthropic.NotGiven):
         return False
-    content_type = raw.http_response.headers.get("content-type", "*").split(";")[0]
+    content_type = headers.get("content-type", "*").split(";")[0]
     return bool(content_type.lower().endswith("json"))
 
 
-def _message(raw: Any, body: bytes) -> Message | None:
+def _message(body: bytes, headers: Mapping[str, str]) -> Message | None:
     """The ``Message`` in *body*, built by pydantic's validator (in Rust) from the JSON
     bytes; ``None`` when the body does not validate strictly (a block type or a
     ``stop_reason`` this SDK does not know, a number sent as a string), for the SDK's own
@@ -443,7 +453,11 @@ def _message(raw: Any, body: bytes) -> Message | None:
         message = Message.model_validate_json(body, strict=True)
     except pydantic.ValidationError:
         return None
-    add_response_ids(message, request_id=raw.request_id, workspace_id=raw.workspace_id)
+    add_response_ids(
+        message,
+        request_id=headers.get("request-id"),
+        workspace_id=headers.get("anthropic-workspace-id"),
+    )
     return message
 
 
@@ -459,12 +473,12 @@ def send(client: anthropic.Anthropic, arguments: Arguments, *, now: float) -> Ou
             raw = client.messages.with_raw_response.create(**_as_kwargs(arguments))
         else:
             raw = client.post("/v1/messages", **_post_arguments(client, request, stream=False))
-        message = _message(raw, raw.read()) if request is not None and _json_body(raw) else None
+        message, headers = _replied(raw, None if request is None else raw.read())
         if message is None:
             message = raw.parse()
     except Exception as error:
         return _failure(error, now)
-    return _success(message, raw.headers, raw.request_id)
+    return _success(message, headers, headers.get("request-id"))
 
 
 async def send_async(
@@ -479,14 +493,12 @@ async def send_async(
             raw = await client.post(
                 "/v1/messages", **_post_arguments(client, request, stream=False)
             )
-        message = (
-            _message(raw, await raw.read()) if request is not None and _json_body(raw) else None
-        )
+        message, headers = _replied(raw, None if request is None else await raw.read())
         if message is None:
             message = await raw.parse()
     except Exception as error:
         return _failure(error, now)
-    return _success(message, raw.headers, raw.request_id)
+    return _success(message, headers, headers.get("request-id"))
 
 
 def _as_kwargs(arguments: Arguments) -> dict[str, Any]:

@@ -190,7 +190,13 @@ def _shape(value: object) -> object:
 def _answering(body: dict[str, object], *, strict: bool = False) -> anthropic.Anthropic:
     def handler(request: httpx2.Request) -> httpx2.Response:
         return httpx2.Response(
-            200, json=body, headers={"request-id": "req_parse", "content-type": "application/json"}
+            200,
+            json=body,
+            headers={
+                "request-id": "req_parse",
+                "anthropic-workspace-id": "wrk_parse",
+                "content-type": "application/json",
+            },
         )
 
     return anthropic.Anthropic(
@@ -207,8 +213,8 @@ class TestParse:
 
     @pytest.mark.parametrize("kind", sorted(_BODIES))
     def test_same_message_as_the_sdk(self, kind: str) -> None:
-        """Same classes, fields, unknown fields, fields set and request id, for every kind
-        of reply, including ones only the SDK's lenient parse accepts."""
+        """Same classes, fields, unknown fields, fields set, request and workspace ids, for
+        every kind of reply, including ones only the SDK's lenient parse accepts."""
         from convo import wire
 
         client = _answering(_BODIES[kind])
@@ -219,6 +225,8 @@ class TestParse:
         expected = client.messages.create(model="claude-sonnet-4-6", **body)  # type: ignore[call-overload]
         assert _shape(outcome.value) == _shape(expected)
         assert outcome.value._request_id == expected._request_id == "req_parse"
+        assert outcome.value._workspace_id == expected._workspace_id == "wrk_parse"
+        assert outcome.facts.request_id == "req_parse"
 
     async def test_async_same_message_as_the_sdk(self) -> None:
         """The async path parses the same way."""
@@ -227,7 +235,11 @@ class TestParse:
         body = _BODIES["tool_use"]
 
         async def handler(request: httpx2.Request) -> httpx2.Response:
-            return httpx2.Response(200, json=body, headers={"request-id": "req_parse"})
+            return httpx2.Response(
+                200,
+                json=body,
+                headers={"request-id": "req_parse", "anthropic-workspace-id": "wrk_parse"},
+            )
 
         client = anthropic.AsyncAnthropic(
             api_key="sk-test",
