@@ -313,3 +313,66 @@ class TestIdempotencyKey:
         keys = [h["Idempotency-Key"] for h in (first, second, sdk_own)]
         assert len(set(keys)) == 3
         assert all(k.startswith("stainless-python-retry-") for k in keys)
+
+
+class TestRequestUrl:
+    """convo posts to the URL the SDK would, joined to the base URL once per client."""
+
+    @staticmethod
+    def _urls(client_class: type[anthropic.Anthropic], base_url: str) -> list[str]:
+        from convo import wire
+
+        seen: list[str] = []
+
+        def handler(request: httpx2.Request) -> httpx2.Response:
+            seen.append(str(request.url))
+            return httpx2.Response(200, json=_BODIES["text"], headers={"request-id": "req_1"})
+
+        client = client_class(
+            api_key="sk-test",
+            base_url=base_url,
+            max_retries=0,
+            http_client=anthropic.DefaultHttpxClient(transport=httpx2.MockTransport(handler)),
+        )
+        body = {"max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], "model": "m"}
+        client.messages.create(**body)  # type: ignore[arg-type]
+        for _ in range(2):
+            assert sdk.send(client, wire.Request(body), now=0.0).ok
+        with client.messages.stream(**body) as stream:  # type: ignore[arg-type]
+            stream.until_done()
+        opened = sdk.open_stream(client, wire.Request(body), now=0.0, requested_ttl="5m")
+        assert opened.ok, opened.error
+        opened.value.manager.__exit__(None, None, None)
+        client.base_url = str(client.base_url).rstrip("/") + "/moved/"  # a new base URL
+        assert sdk.send(client, wire.Request(body), now=0.0).ok
+        client.messages.create(**body)  # type: ignore[arg-type]
+        return seen
+
+    @pytest.mark.parametrize(
+        "base_url",
+        [
+            "http://api.invalid",
+            "http://proxy.invalid/anthropic/v2",
+            "http://[::1]:8080",
+            "https://user:secret@gateway.invalid:8443/a%20b/",
+        ],
+    )
+    def test_same_url_as_the_sdk_for_every_base_url(self, base_url: str) -> None:
+        """Plain and streamed, before and after the base URL changes."""
+        sdk_plain, ours, again, sdk_stream, our_stream, moved, sdk_moved = self._urls(
+            anthropic.Anthropic, base_url
+        )
+        assert ours == again == sdk_plain == sdk_stream == our_stream
+        assert moved == sdk_moved != sdk_plain
+
+    def test_a_client_that_prepares_urls_its_own_way_is_given_the_path(self) -> None:
+        """A subclass with its own URL preparation sees the relative path, as from the SDK."""
+        given: list[str] = []
+
+        class Rewriting(anthropic.Anthropic):
+            def _prepare_url(self, url: str) -> httpx2.URL:
+                given.append(url)
+                return super()._prepare_url(url)
+
+        self._urls(Rewriting, "http://api.invalid")
+        assert set(given) == {"/v1/messages"}
