@@ -306,10 +306,13 @@ def _plain(headers: Mapping[str, str]) -> dict[str, str]:
     return dict(headers.items())
 
 
-def _success(value: Any, headers: Mapping[str, str], request_id: str | None) -> Outcome:
-    # (A dict is taken as made by _plain already: every lookup of an httpx.Headers is a scan.)
-    plain = headers if type(headers) is dict else _plain(headers)
-    return Outcome(AttemptFacts(status=200, request_id=request_id, headers=plain), value=value)
+def _success(value: Any, headers: dict[str, str]) -> Outcome:
+    """A successful attempt; *headers* as :func:`_plain` gives them (every lookup in an
+    ``httpx.Headers`` scans all of them, so they are read once, into a dict)."""
+    return Outcome(
+        AttemptFacts(status=200, request_id=headers.get("request-id"), headers=headers),
+        value=value,
+    )
 
 
 def _replied(raw: Any, body: bytes | None) -> tuple[Message | None, dict[str, str]]:
@@ -510,7 +513,7 @@ def send(client: anthropic.Anthropic, arguments: Arguments, *, now: float) -> Ou
             message = raw.parse()
     except Exception as error:
         return _failure(error, now)
-    return _success(message, headers, headers.get("request-id"))
+    return _success(message, headers)
 
 
 async def send_async(
@@ -530,7 +533,7 @@ async def send_async(
             message = await raw.parse()
     except Exception as error:
         return _failure(error, now)
-    return _success(message, headers, headers.get("request-id"))
+    return _success(message, headers)
 
 
 def _as_kwargs(arguments: Arguments) -> dict[str, Any]:
@@ -666,7 +669,7 @@ def open_stream(
     except BaseException as error:
         manager.__exit__(None, None, None)
         return _stream_failure(opened, error, now)
-    return _success(opened, opened.headers, opened.request_id)
+    return _success(opened, _plain(opened.headers))
 
 
 async def open_stream_async(
@@ -698,7 +701,7 @@ async def open_stream_async(
     except BaseException as error:
         await manager.__aexit__(None, None, None)
         return _stream_failure(opened, error, now)
-    return _success(opened, opened.headers, opened.request_id)
+    return _success(opened, _plain(opened.headers))
 
 
 def _stream_failure(opened: OpenStream, error: BaseException, now: float) -> Outcome:
