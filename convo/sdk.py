@@ -25,6 +25,7 @@ import functools
 import math
 import time
 import warnings
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -388,8 +389,8 @@ def _warn_like_sdk(body: Mapping[str, Any]) -> None:
 
 
 _MESSAGES_PATH = "/v1/messages"
-#: Per base URL object: (that object, the path to post to). Bounded; see _messages_path.
-_PATHS: dict[int, tuple[Any, str]] = {}
+#: Per live base URL object: (a weak reference to it, the path to post to).
+_PATHS: dict[int, tuple[weakref.ref[Any], str]] = {}
 
 
 def _messages_path(client: Any) -> str:
@@ -400,19 +401,30 @@ def _messages_path(client: Any) -> str:
     SDK's own (``_prepare_url``), done once per base URL object (a new ``base_url`` is a
     new object); the relative path is kept where the client changes how URLs are prepared,
     or where the joined URL would not parse back to the same URL.
+
+    Every session's client is its own copy (``with_options``), with its own base URL object,
+    so a process serving many sessions holds as many: an entry lasts as long as its object
+    does (a bounded cache thrashed once there were more sessions than entries, and then
+    joined on every request).
     """
     base = client.base_url
-    cached = _PATHS.get(id(base))
-    if cached is not None and cached[0] is base:
+    key = id(base)
+    cached = _PATHS.get(key)
+    if cached is not None and cached[0]() is base:
         return cached[1]
     path = _MESSAGES_PATH
     if type(client)._prepare_url is BaseClient._prepare_url:
         joined = client._prepare_url(_MESSAGES_PATH)
         if client._prepare_url(str(joined)) == joined:
             path = str(joined)
-    if len(_PATHS) >= 64:
-        _PATHS.clear()
-    _PATHS[id(base)] = (base, path)
+
+    def forget(dead: weakref.ref[Any]) -> None:
+        # Called as the URL object is freed, before its id can be reused.
+        entry = _PATHS.get(key)
+        if entry is not None and entry[0] is dead:
+            del _PATHS[key]
+
+    _PATHS[key] = (weakref.ref(base, forget), path)
     return path
 
 

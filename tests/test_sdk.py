@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import warnings
+from typing import Any
 
 import anthropic
 import httpx2
@@ -364,6 +366,35 @@ class TestRequestUrl:
         )
         assert ours == again == sdk_plain == sdk_stream == our_stream
         assert moved == sdk_moved != sdk_plain
+
+    def test_joined_once_per_client_however_many_live(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Each session's copy of the client has its own base URL object: with hundreds of
+        sessions alive, each is joined once, and forgotten when its copy goes."""
+        from anthropic._base_client import BaseClient
+
+        joins: list[str] = []
+        prepare = BaseClient._prepare_url
+
+        def counting(self: BaseClient[Any, Any], url: str) -> httpx2.URL:
+            joins.append(url)
+            return prepare(self, url)
+
+        monkeypatch.setattr(BaseClient, "_prepare_url", counting)
+        gc.collect()  # earlier tests' clients: gone before counting what is kept
+        before = len(sdk._PATHS)
+        client = anthropic.Anthropic(api_key="sk-test", base_url="http://api.invalid")
+        copies = [client.with_options(max_retries=0) for _ in range(300)]
+        assert len({id(c.base_url) for c in copies}) == 300
+        first = [sdk._messages_path(c) for c in copies]
+        joined = len(joins)
+        assert [sdk._messages_path(c) for c in copies] == first
+        assert set(first) == {"http://api.invalid/v1/messages"}
+        assert len(joins) == joined == 600  # the join and its check, once per copy
+        del copies
+        gc.collect()
+        assert len(sdk._PATHS) == before
 
     def test_a_client_that_prepares_urls_its_own_way_is_given_the_path(self) -> None:
         """A subclass with its own URL preparation sees the relative path, as from the SDK."""
