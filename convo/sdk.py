@@ -20,6 +20,7 @@ the API and so is kept in the facts.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import functools
 import math
@@ -422,9 +423,11 @@ def _messages_path(client: Any) -> str:
         # Called as the URL object is freed, before its id can be reused.
         entry = _PATHS.get(key)
         if entry is not None and entry[0] is dead:
-            del _PATHS[key]
+            _PATHS.pop(key, None)
 
-    _PATHS[key] = (weakref.ref(base, forget), path)
+    # A base URL type without weak references is joined again on every request.
+    with contextlib.suppress(TypeError):
+        _PATHS[key] = (weakref.ref(base, forget), path)
     return path
 
 

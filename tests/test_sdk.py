@@ -396,6 +396,23 @@ class TestRequestUrl:
         gc.collect()
         assert len(sdk._PATHS) == before
 
+    def test_a_base_url_without_weak_references_is_joined_each_time(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Where the base URL cannot be referenced weakly, nothing is kept and the URL is
+        still the SDK's."""
+
+        def refuse(obj: Any, callback: Any = None) -> Any:
+            raise TypeError(f"cannot create weak reference to {type(obj).__name__!r} object")
+
+        monkeypatch.setattr(sdk.weakref, "ref", refuse)
+        client = anthropic.Anthropic(api_key="sk-test", base_url="http://api.invalid")
+        before = dict(sdk._PATHS)
+        assert sdk._messages_path(client) == "http://api.invalid/v1/messages"
+        assert sdk._messages_path(client) == "http://api.invalid/v1/messages"
+        assert len(sdk._PATHS) == len(before)
+        assert all(sdk._PATHS[k] is entry for k, entry in before.items())
+
     def test_a_client_that_prepares_urls_its_own_way_is_given_the_path(self) -> None:
         """A subclass with its own URL preparation sees the relative path, as from the SDK."""
         given: list[str] = []
