@@ -270,31 +270,31 @@ class WarmRegistry:
         """
         check_ttl(ttl_seconds)
         check_refresh_at(refresh_at)
-        with self._lock:
-            start = now = self._start()
-            got = self._try(key, ttl_seconds, now, refresh_at)
-            if isinstance(got, tuple):  # the usual case: no wait, so no wake-up to set up
-                return self._flight(key, got, ttl_seconds, start, now)
-        event = asyncio.Event()
-        waiter = (asyncio.get_running_loop(), event)
+        start: float | None = None
+        now = 0.0
+        # Made only by a claim that has to wait (most do not): what ``_wake`` sets.
+        waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         try:
             while True:
-                # (The first pass looks again, at the same moment: a writer may have come
-                # between the look above and this one; the lock is not held across.)
                 with self._lock:
+                    if start is None:
+                        start = now = self._start()
                     got = self._try(key, ttl_seconds, now, _later(refresh_at, now - start))
                     if isinstance(got, tuple):
                         return self._flight(key, got, ttl_seconds, start, now)
                     delay = self._wait_for(key, got, start, timeout, now)
+                    if waiter is None:
+                        waiter = (asyncio.get_running_loop(), asyncio.Event())
                     # Registered under the lock that ``_wake`` takes: no wake-up is lost
                     # between the check above and the wait below.
-                    event.clear()
+                    waiter[1].clear()
                     self._async_waiters.add(waiter)
-                await wait_event(event, delay)
+                await wait_event(waiter[1], delay)
                 now = self._clock()
         finally:
-            with self._lock:
-                self._async_waiters.discard(waiter)
+            if waiter is not None:
+                with self._lock:
+                    self._async_waiters.discard(waiter)
 
     def _flight(
         self,
