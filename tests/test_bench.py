@@ -131,13 +131,19 @@ class TestIdealIsAFloor:
     def test_every_strategy_costs_at_least_the_ideal(
         self, bench: Bench, name: str, seed: int, long_gaps: float
     ) -> None:
-        """Small random workloads, every strategy: billed cost ≥ the ideal."""
+        """Small random workloads, every strategy: billed cost ≥ the ideal; and a strategy
+        that sent only its users' turns costs at least the ideal without refresh reads."""
         sizes = {"long_gap_share": long_gaps} if name in ("chatbot", "stateless") else {}
         workload = tiny(name, seed, **sizes)
         for strategy in STRATEGIES:
             result = bench.run(workload, strategy)
             assert not result.errors, result.errors
+            assert result.ideal_usd is not None
+            assert result.ideal_no_refresh_usd is not None
             assert result.cost_usd >= result.ideal_usd, (strategy, result.metrics())
+            assert result.ideal_no_refresh_usd >= result.ideal_usd
+            if all(r.kind == "turn" for r in result.records):
+                assert result.cost_usd >= result.ideal_no_refresh_usd, (strategy, result.metrics())
 
 
 class TestStrategies:
@@ -190,5 +196,9 @@ class TestCommand:
         for key in ("tokens", "cost_usd", "ideal_usd", "cost_over_ideal", "token_hit_rate"):
             assert key in run
         assert all(r["cost_over_ideal"] >= 1.0 for r in doc["runs"])
+        assert all(r["no_refresh_over_ideal"] >= 1.0 for r in doc["runs"])
+        # Each workload's section names the refresh rule and the bound it leaves.
+        markdown = (out / "results.md").read_text()
+        assert markdown.count("Without refresh reads the bound is $") == 4  # 2 workloads × 2 sizes
         for name in ("results.md", "cost_over_ideal.png", "chatbot_cost.png", "users_sweep.png"):
             assert (out / name).stat().st_size > 0

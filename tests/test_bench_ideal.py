@@ -84,13 +84,25 @@ class TestHandComputed:
         expected = usd(W5 + 4 * READ, 2000) + usd(INPUT, 5 * 40) + usd(OUTPUT, 5 * 24)
         assert ideal_cost(turns, MODEL) == expected
 
-    def test_one_hour_pays_for_gaps_of_ten_minutes(self) -> None:
-        """Uses every 10 minutes for an hour: a 1h write and reads (2 + 6 × 0.1 = 2.6) beat a
-        5m write kept alive through every gap (two refreshes and a read each:
-        1.25 + 6 × 0.3 = 3.05)."""
+    def test_gaps_of_ten_minutes(self) -> None:
+        """Uses every 10 minutes for an hour: a 5m write kept alive to the second use (two
+        refreshes and a read, whose request moves the token into a 1h entry), then five
+        reads: 1.25 + 0.3 + 5 × 0.1 = 2.05. A 1h write at once costs 2.6, a 5m entry kept
+        alive through every gap 1.25 + 6 × 0.3 = 3.05."""
         plan = plan_segment([600.0 * i for i in range(7)], UNIT)
-        assert plan.cost == pytest.approx(2.0 + 6 * 0.1)
-        assert (plan.write_1h, plan.read, plan.refresh) == (1, 6, 0)
+        assert plan.cost == pytest.approx(1.25 + 0.3 + 5 * 0.1)
+        assert (plan.write_5m, plan.write_1h, plan.read, plan.refresh) == (1, 0, 6, 2)
+
+    def test_a_read_moves_the_token_into_a_one_hour_entry(self) -> None:
+        """Uses at 0, 60 s and 1,000 s: the request at 60 s reads the token and may write a
+        1h entry after it, which holds the token too (the API keys an entry by everything
+        before its breakpoint; the tokens after pay the write). So the third use reads it
+        with no refresh: 1.25 + 0.1 + 0.1, with or without refresh reads."""
+        times = [0.0, 60.0, 1000.0]
+        for refresh in (True, False):
+            plan = plan_segment(times, UNIT, refresh=refresh)
+            assert plan.cost == pytest.approx(1.45)
+            assert (plan.write_5m, plan.read, plan.refresh) == (1, 2, 0)
 
     def test_keep_alive_pays_for_a_gap_of_ten_minutes(self) -> None:
         """Two uses 10 minutes apart: 5m kept alive (1.25 + 0.2 + 0.1 = 1.55) beats a 1h
@@ -99,12 +111,42 @@ class TestHandComputed:
         assert plan.cost == pytest.approx(1.55)
         assert (plan.write_5m, plan.read, plan.refresh) == (1, 1, 2)
 
-    def test_one_hour_pays_for_gaps_of_half_an_hour(self) -> None:
-        """Uses 30 minutes apart: 1h write and reads (2 + 3 × 0.1) beat 5m kept alive
-        (1.25 + 3 × (0.1 + 0.6))."""
+    def test_a_shared_entry_is_not_moved_by_a_read(self) -> None:
+        """A prefix three conversations use once each, at 0, 60 s and 1,000 s: the entry
+        they share is written only by a write of the prefix, so a read at 60 s cannot move
+        it into a 1h entry that the third conversation could read (a 1h entry written
+        after it would hold the second conversation's tokens). Cheapest: a 5m write, a
+        read, three refreshes and a read (1.75). Without the conversations named, the
+        read at 60 s may move it (1.45)."""
+        times = [0.0, 60.0, 1000.0]
+        assert plan_segment(times, UNIT, chains=["a", "b", "c"]).cost == pytest.approx(1.75)
+        assert plan_segment(times, UNIT).cost == pytest.approx(1.45)
+        # No refreshes: a 1h write at once and two reads.
+        plain = plan_segment(times, UNIT, chains=["a", "b", "c"], refresh=False)
+        assert plain.cost == pytest.approx(2.2)
+
+    def test_a_conversation_reads_a_shared_token_from_its_own_entry(self) -> None:
+        """Conversation a uses the prefix at 0 and 1,000 s, b at 30 s: a's second use
+        reads it from an entry of a's own, whatever became of the shared one: 1.25 + 0.1 +
+        0.1, no refresh. (A request that writes the prefix for 5 minutes cannot also write
+        a 1h entry after it, as 1h breakpoints must come first; the bound lets it, which
+        only makes it lower: still a bound.)"""
+        plan = plan_segment([0.0, 30.0, 1000.0], UNIT, chains=["a", "b", "a"])
+        assert plan.cost == pytest.approx(1.45)
+        assert plan.refresh == 0
+
+    def test_chains_must_match_the_uses(self) -> None:
+        """One conversation name per use."""
+        with pytest.raises(ValueError, match="2 chains for 3 uses"):
+            plan_segment([0.0, 1.0, 2.0], UNIT, chains=["a", "b"])
+
+    def test_gaps_of_half_an_hour(self) -> None:
+        """Uses 30 minutes apart: a 5m write kept alive to the second use (six refreshes
+        and a read, into a 1h entry), then two reads: 1.25 + 0.7 + 0.2 = 2.15, against a
+        1h write at once (2 + 3 × 0.1 = 2.3)."""
         plan = plan_segment([0.0, 1800.0, 3600.0, 5400.0], UNIT)
-        assert plan.cost == pytest.approx(2.0 + 3 * 0.1)
-        assert (plan.write_1h, plan.read) == (1, 3)
+        assert plan.cost == pytest.approx(1.25 + 0.7 + 0.2)
+        assert (plan.write_5m, plan.read, plan.refresh) == (1, 3, 6)
 
     def test_segment_sizes_must_agree(self) -> None:
         """A segment key with two sizes is a bug in the log, not something to average."""
@@ -113,23 +155,32 @@ class TestHandComputed:
             ideal_usage(turns, UNIT)
 
 
-def brute_force(times: list[float], rates: UnitRates) -> float:
-    """Every sequence of choices at the uses, in the same relaxed model, priced directly."""
+def brute_force(times: list[float], rates: UnitRates, *, refresh: bool = True) -> float:
+    """Every sequence of choices at the uses, in the same relaxed model, priced directly.
+    Without *refresh*, no read happens between uses: an entry must be younger than its TTL
+    at the use that reads it."""
     best = math.inf
-    for choices in itertools.product(("input", "w5", "w1h", "read"), repeat=len(times)):
+    # "read1h": a read by a request that also writes a 1h entry after the token, which then
+    # holds it too.
+    choices_at = ("input", "w5", "w1h", "read", "read1h")
+    for choices in itertools.product(choices_at, repeat=len(times)):
         cost, live, last = 0.0, 0.0, times[0]  # live: TTL of the entry touched at `last`
         for at, choice in zip(times, choices, strict=True):
-            if choice == "read":
+            lapsed = bool(live) and at - last >= live
+            if not refresh and lapsed:
+                live, lapsed = 0.0, False  # gone at exactly its TTL
+            if choice in ("read", "read1h"):
                 if not live:
                     break
                 cost += rates.read * (math.floor((at - last) / live) + 1)
+                live = 3600.0 if choice == "read1h" else live
             elif choice == "input":
                 cost += rates.input
-                if live and at - last >= live:  # an input use leaves a lapsed entry lapsed
+                if lapsed:  # an input use leaves a lapsed entry lapsed
                     live = 0.0
                 if live:
                     cost += rates.read * math.floor((at - last) / live)  # kept alive anyway
-                    live, last = live, at
+                    last = at
                 continue
             else:
                 cost += rates.write_5m if choice == "w5" else rates.write_1h
@@ -180,6 +231,48 @@ class TestPlan:
     def test_no_uses_cost_nothing(self) -> None:
         """A segment never used costs nothing."""
         assert plan_segment([], UNIT).cost == 0.0
+
+
+class TestWithoutRefresh:
+    """The bound for a client whose requests are its users' turns: no read between uses."""
+
+    def test_a_gap_past_the_ttl_is_not_bridged(self) -> None:
+        """1,000 s apart: the ideal keeps a 5m entry alive with 3 refreshes (1.65); without
+        them the cheapest is input twice (2.00; a 1h write and a read is 2.10)."""
+        assert plan_segment([0.0, 1000.0], UNIT).cost == pytest.approx(1.65)
+        plan = plan_segment([0.0, 1000.0], UNIT, refresh=False)
+        assert plan.cost == pytest.approx(2.0)
+        assert (plan.input, plan.refresh) == (2, 0)
+
+    def test_an_entry_is_gone_at_exactly_its_ttl(self) -> None:
+        """299 s: write and read (1.35); 300 s: the 5m entry has lapsed (2.00)."""
+        assert plan_segment([0.0, 299.0], UNIT, refresh=False).cost == pytest.approx(1.35)
+        assert plan_segment([0.0, 300.0], UNIT, refresh=False).cost == pytest.approx(2.0)
+
+    def test_uses_inside_the_ttl_cost_the_same_as_the_ideal(self) -> None:
+        """Every 10 minutes for an hour: a 1h write and six reads either way (2.60)."""
+        times = [600.0 * i for i in range(7)]
+        assert plan_segment(times, UNIT, refresh=False).cost == pytest.approx(2.6)
+
+    @settings(max_examples=200, deadline=None)
+    @given(gaps=gaps)
+    def test_matches_brute_force_and_never_undercuts_the_ideal(self, gaps: list[float]) -> None:
+        """Over at most six uses, the plan costs what exhaustive search without refreshes
+        finds, and at least the ideal (which may refresh)."""
+        times = list(itertools.accumulate([0.0, *gaps]))
+        plan = plan_segment(times, UNIT, refresh=False)
+        assert plan.cost == pytest.approx(brute_force(times, UNIT, refresh=False))
+        assert plan.cost >= plan_segment(times, UNIT).cost - 1e-9
+        assert plan.refresh == 0
+
+    def test_usage_counts_no_refresh_reads(self) -> None:
+        """Two turns 1,000 s apart: with refreshes the reused part is written, refreshed
+        and read; without, all of it is input twice."""
+        kept = ideal_usage(chat((0.0, 1000.0)), UNIT)
+        plain = ideal_usage(chat((0.0, 1000.0)), UNIT, refresh=False)
+        assert kept.cache_read > 0
+        assert (plain.cache_read, plain.cache_write) == (0, 0)
+        assert plain.input == 2 * (2000 + 100 + 50) + 24 + 30
 
 
 class TestTimeline:

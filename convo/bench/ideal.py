@@ -2,8 +2,11 @@
 
 Every request of a workload carries segments: the static prefix, a conversation's suffix,
 each message of its history. A segment's tokens are billed, at each use, as uncached input,
-a 5m or 1h cache write, or a cache read (only while an entry holding them is live). Between
-uses, a segment may be kept alive by extra reads (keep-alive refreshes). The cheapest legal
+a 5m or 1h cache write, or a cache read (only while an entry holding them is live). A read
+at a use may also leave the tokens in a 1h entry: the request that reads them can write a
+1h entry after them, which holds them too (an entry is keyed by everything before its
+breakpoint, and only the tokens it adds are billed as its write). Between uses, a segment
+may be kept alive by extra reads (keep-alive refreshes). The cheapest legal
 history of each segment over its use times is found by dynamic programming; the sum over
 segments is the ideal.
 
@@ -124,7 +127,13 @@ def _plus(plan: SegmentPlan, cost: float, **counts: int) -> SegmentPlan:
     )
 
 
-def plan_segment(times: Sequence[float], rates: UnitRates) -> SegmentPlan:
+def plan_segment(
+    times: Sequence[float],
+    rates: UnitRates,
+    *,
+    refresh: bool = True,
+    chains: Sequence[str | None] | None = None,
+) -> SegmentPlan:
     """Return the cheapest legal history of one token used at *times* (seconds).
 
     States after a use: nothing live, or an entry of TTL 5m / 1h last touched at that use.
@@ -134,20 +143,44 @@ def plan_segment(times: Sequence[float], rates: UnitRates) -> SegmentPlan:
     (each is dominated by a choice at a use; see ``docs/benchmarks.md``), so these choices
     span every history worth considering.
 
+    A read may also leave the token in a 1h entry: the request that reads it can write a
+    1h entry after it, which holds it too (the tokens after it pay for that write). Such an
+    entry serves only requests that begin with that request's prompt: its own
+    conversation's. *chains* names each use's conversation (``None``: none). A token that
+    one conversation uses alone (its history) may move into a 1h entry at any read. A token
+    several share (the static prefix) keeps the states above for the entries they share,
+    which only a write of the token makes; and a conversation's later use may instead read
+    it from an entry of its own, made at its previous use and kept alive by its own
+    refreshes. (That previous use is assumed to have been able to make one, though a use
+    that wrote the token for 5 minutes could not: 1h breakpoints must come first. Allowing
+    more only lowers the bound.)
+
+    With ``refresh=False`` no read happens between uses: an entry serves the next use only
+    if it is younger than its TTL then. That is the bound for a client whose requests are
+    its users' turns: the API reads a prompt from its start, so a refresh of one segment
+    is a request that also reads every segment before it, which the relaxed plan does not
+    charge.
+
     Raises:
-        ValueError: when *times* are not in order.
+        ValueError: when *times* are not in order, or *chains* is not one per use.
     """
     if any(b < a for a, b in itertools.pairwise(times)):
         raise ValueError("use times must be in non-decreasing order")
+    if chains is not None and len(chains) != len(times):
+        raise ValueError(f"{len(chains)} chains for {len(times)} uses")
     if not times:
         return SegmentPlan(cost=0.0)
+    shared = chains is not None and len({c for c in chains if c is not None}) > 1
+    last_use: dict[str, float] = {}  # each conversation's previous use (shared tokens)
+    if shared and chains is not None and chains[0] is not None:
+        last_use[chains[0]] = times[0]
     start = SegmentPlan(cost=0.0)
     best: dict[int, SegmentPlan] = {
         _NONE: _plus(start, rates.input, input=1),
         _5M: _plus(start, rates.write_5m, write_5m=1),
         _1H: _plus(start, rates.write_1h, write_1h=1),
     }
-    for previous, now in itertools.pairwise(times):
+    for index, (previous, now) in enumerate(itertools.pairwise(times), start=1):
         gap = now - previous
         cold = min(best.values(), key=lambda p: p.cost)  # any state may let its entry lapse
         step: dict[int, SegmentPlan] = {
@@ -157,9 +190,24 @@ def plan_segment(times: Sequence[float], rates: UnitRates) -> SegmentPlan:
         }
         for state in (_5M, _1H):
             refreshes = math.floor(gap / _TTL[state])
+            if refreshes and not refresh:
+                continue  # the entry lapsed before this use
             kept = _plus(best[state], rates.read * (refreshes + 1), read=1, refresh=refreshes)
-            if kept.cost < step[state].cost:
-                step[state] = kept
+            # A token of one conversation may also move into a 1h entry here.
+            for after in (state,) if shared else (state, _1H):
+                if kept.cost < step[after].cost:
+                    step[after] = kept
+        chain = chains[index] if shared and chains is not None else None
+        if chain is not None:
+            own = last_use.get(chain)
+            last_use[chain] = now
+            if own is not None:
+                # From the conversation's own entry: the shared ones may lapse meanwhile.
+                hours = math.floor((now - own) / _TTL[_1H])
+                if refresh or not hours:
+                    private = _plus(cold, rates.read * (hours + 1), read=1, refresh=hours)
+                    if private.cost < step[_NONE].cost:
+                        step[_NONE] = private
         best = step
     return min(best.values(), key=lambda p: p.cost)
 
@@ -174,33 +222,57 @@ class TurnLog:
             *and* everything that must precede it in any prompt (a history message's key
             includes the tools and system it follows).
         output: Output tokens it produced.
+        conversation: The conversation it belongs to (its later requests begin with its
+            prompt); ``None``: unknown, and no entry of its own is assumed.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.5
+       ``conversation``.
     """
 
     at: float
     segments: tuple[tuple[str, int], ...]
     output: int = 0
+    conversation: str | None = None
 
 
-def ideal_usage(turns: Iterable[TurnLog], rates: UnitRates) -> Usage:
-    """Return the token counts, by kind, of the cheapest legal bill for *turns*.
+def _uses(ordered: Sequence[TurnLog]) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """Per segment key, the indices of the turns (in *ordered*) that use it, and its size.
 
-    Refresh reads are counted as ``cache_read``. Price the result with :func:`convo.price`.
+    Raises:
+        ValueError: when a key comes with two sizes (a bug in the log, not something to
+            average).
     """
-    uses: dict[str, list[float]] = defaultdict(list)
+    uses: dict[str, list[int]] = defaultdict(list)
     sizes: dict[str, int] = {}
-    output = 0
-    for turn in sorted(turns, key=lambda t: t.at):
-        output += turn.output
+    for index, turn in enumerate(ordered):
         for key, tokens in turn.segments:
             if sizes.setdefault(key, tokens) != tokens:
                 raise ValueError(f"segment {key!r} has two sizes: {sizes[key]} and {tokens}")
-            uses[key].append(turn.at)
-    total = Usage(output=output)
-    for key, times in uses.items():
-        plan = plan_segment(times, rates)
-        n = sizes[key]
+            uses[key].append(index)
+    return uses, sizes
+
+
+def _plans(
+    ordered: Sequence[TurnLog], rates: UnitRates, *, refresh: bool
+) -> Iterable[tuple[list[int], int, SegmentPlan]]:
+    """``(turn indices, tokens, plan)`` of every segment of *ordered*."""
+    uses, sizes = _uses(ordered)
+    for key, indices in uses.items():
+        times = [ordered[i].at for i in indices]
+        chains = [ordered[i].conversation for i in indices]
+        yield indices, sizes[key], plan_segment(times, rates, refresh=refresh, chains=chains)
+
+
+def ideal_usage(turns: Iterable[TurnLog], rates: UnitRates, *, refresh: bool = True) -> Usage:
+    """Return the token counts, by kind, of the cheapest legal bill for *turns*.
+
+    Refresh reads are counted as ``cache_read``; ``refresh=False`` allows none (see
+    :func:`plan_segment`). Price the result with :func:`convo.price`.
+    """
+    ordered = sorted(turns, key=lambda t: t.at)
+    total = Usage(output=sum(turn.output for turn in ordered))
+    for _, n, plan in _plans(ordered, rates, refresh=refresh):
         total += Usage(
             input=n * plan.input,
             cache_write_5m=n * plan.write_5m,
@@ -215,17 +287,10 @@ def ideal_timeline(turns: Iterable[TurnLog], rates: UnitRates) -> list[tuple[flo
     (USD with :func:`unit_rates`): each use charged what the cheapest history charges it,
     output at the output rate. The last value is the ideal's total."""
     ordered = sorted(turns, key=lambda t: t.at)
-    uses: dict[str, list[int]] = defaultdict(list)
-    sizes: dict[str, int] = {}
-    for index, turn in enumerate(ordered):
-        for key, tokens in turn.segments:
-            sizes.setdefault(key, tokens)
-            uses[key].append(index)
     charged = [turn.output * rates.output for turn in ordered]
-    for key, indices in uses.items():
-        plan = plan_segment([ordered[i].at for i in indices], rates)
+    for indices, n, plan in _plans(ordered, rates, refresh=True):
         for index, charge in zip(indices, plan.charges, strict=True):
-            charged[index] += sizes[key] * charge
+            charged[index] += n * charge
     return list(zip([t.at for t in ordered], itertools.accumulate(charged), strict=True))
 
 

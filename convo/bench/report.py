@@ -96,6 +96,8 @@ def rows(doc: Mapping[str, Any]) -> dict[tuple[str, int], list[dict[str, Any]]]:
     table: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for (workload, users, strategy), runs in groups.items():
         ratios = [m["cost_over_ideal"] for m in runs if m["cost_over_ideal"] is not None]
+        bounds = [m.get("no_refresh_over_ideal") for m in runs]
+        no_refresh = [b for b in bounds if b is not None]
         table[(workload, users)].append(
             {
                 "strategy": strategy,
@@ -105,6 +107,9 @@ def rows(doc: Mapping[str, Any]) -> dict[tuple[str, int], list[dict[str, Any]]]:
                 "ratio": _mean(ratios),
                 "ratio_min": min(ratios) if ratios else None,
                 "ratio_max": max(ratios) if ratios else None,
+                "no_refresh_usd": _mean([m.get("ideal_no_refresh_usd") for m in runs]),
+                "no_refresh_min": min(no_refresh) if no_refresh else None,
+                "no_refresh_max": max(no_refresh) if no_refresh else None,
                 "token_hit_rate": _mean([m["token_hit_rate"] for m in runs]),
                 "request_hit_rate": _mean([m["request_hit_rate"] for m in runs]),
                 "writes": _mean([m["cache_writes"] for m in runs]),
@@ -262,8 +267,26 @@ def markdown(doc: Mapping[str, Any]) -> str:
             "|" + "|".join("---" for _ in HEADERS) + "|",
         ]
         lines += ["| " + " | ".join(cells(r)) + " |" for r in table]
-        lines.append("")
+        lines += ["", *_no_refresh_note(table), ""]
     return "\n".join(lines)
+
+
+def _no_refresh_note(table: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The rule that keeps every client above the ideal, and the bound it leaves."""
+    usd = _mean([r.get("no_refresh_usd") for r in table])
+    lows = [r["no_refresh_min"] for r in table if r.get("no_refresh_min") is not None]
+    highs = [r["no_refresh_max"] for r in table if r.get("no_refresh_max") is not None]
+    if usd is None or not lows or not highs:
+        return []
+    low, high = min(lows), max(highs)
+    spread = f"{low:.3f}×" if f"{low:.3f}" == f"{high:.3f}" else f"{low:.3f}–{high:.3f}×"
+    return [
+        f"Without refresh reads the bound is ${_fmt(usd, '.4f')} ({spread} the ideal).",
+        "The ideal may keep one segment alive with a read of that segment alone at any",
+        "moment, but the API reads a prompt from its start, so a refresh is a request that",
+        "reads everything before it too: this is the least a client whose requests are its",
+        "users' turns can pay.",
+    ]
 
 
 def plot(doc: Mapping[str, Any], out: Path) -> list[Path]:

@@ -77,9 +77,14 @@ class RunResult:
     ``None``: the bound prices one model), and ``facts`` holds what its ledger said.
 
     .. versionadded:: 0.1
+    ``ideal_no_refresh_usd`` is the ideal without refresh reads between uses: the least a
+    client whose requests are its users' turns can pay (``None`` for routing).
+
     .. versionchanged:: 0.4
        ``tiers``, ``planned`` (turns per conversation) and ``facts``; ``ideal`` and
        ``ideal_usd`` may be ``None``.
+    .. versionchanged:: 0.5
+       ``ideal_no_refresh_usd``.
     """
 
     workload: str
@@ -100,6 +105,7 @@ class RunResult:
     tiers: tuple[tuple[str, str], ...] = ()
     planned: Mapping[str, int] = attrs.field(factory=dict)
     facts: Mapping[str, Any] = attrs.field(factory=dict)
+    ideal_no_refresh_usd: Decimal | None = None
 
     def metrics(self) -> dict[str, Any]:
         """The run's metrics as JSON-ready values."""
@@ -109,6 +115,8 @@ class RunResult:
         latencies = sorted(r.latency_s for r in turns)
         cost = float(self.cost_usd)
         ideal = None if self.ideal_usd is None else float(self.ideal_usd)
+        bound = self.ideal_no_refresh_usd
+        no_refresh = None if bound is None else float(bound)
         metrics = {
             "workload": self.workload,
             "strategy": self.strategy,
@@ -124,6 +132,8 @@ class RunResult:
             "ideal_usd": ideal,
             "ideal_tokens": None if self.ideal is None else _usage_dict(self.ideal),
             "cost_over_ideal": cost / ideal if ideal else None,
+            "ideal_no_refresh_usd": no_refresh,
+            "no_refresh_over_ideal": no_refresh / ideal if ideal and no_refresh else None,
             "token_hit_rate": self.billed.cache_read / total_input if total_input else None,
             "request_hit_rate": hit / len(self.records) if self.records else None,
             "itpm_weight": sum(_itpm(r.usage) for r in self.records),
@@ -499,6 +509,7 @@ class Bench:
         client.close()
         ideal: convo.Usage | None = None
         ideal_usd: Decimal | None = None
+        no_refresh: Decimal | None = None
         facts: dict[str, Any] = {}
         if isinstance(runner, RoutingStrategy):
             # Several models: each request priced at its own model's rates. The emulator's
@@ -511,8 +522,10 @@ class Bench:
         else:
             # The ideal is a bound for one model's prices; a routing run has none.
             cost = _usd(billed, workload.model)
-            ideal = ideal_usage(logs, unit_rates(workload.model))
+            rates = unit_rates(workload.model)
+            ideal = ideal_usage(logs, rates)
             ideal_usd = _usd(ideal, workload.model)
+            no_refresh = _usd(ideal_usage(logs, rates, refresh=False), workload.model)
         return RunResult(
             workload=workload.name,
             model=workload.model,
@@ -532,6 +545,7 @@ class Bench:
             tiers=workload.tiers,
             planned={c.id: len(c.turns) for c in workload.conversations} if routing else {},
             facts=facts,
+            ideal_no_refresh_usd=no_refresh,
         )
 
     @staticmethod
@@ -568,4 +582,9 @@ class Bench:
             (f"msg:{static}:{conversation.id}:{i}", n) for i, n in enumerate(state.messages)
         )
         state.messages.append(sum(tokens.block_tokens(dict(b)) for b in reply.content))
-        return TurnLog(at=at, segments=tuple(segments), output=reply.usage.output)
+        return TurnLog(
+            at=at,
+            segments=tuple(segments),
+            output=reply.usage.output,
+            conversation=conversation.id,
+        )
