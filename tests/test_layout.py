@@ -271,6 +271,36 @@ class TestStrategies:
         with pytest.raises(LayoutError, match="1h"):
             Layout(prefix(ttl="5m"), history_ttl="1h")
 
+    def test_one_hour_history_can_end_before_a_five_minute_newest_turn(self) -> None:
+        """newest_ttl='5m' under a 1h history: the 1h breakpoint goes on the previous
+        answer (the last block before the newest user turn), a 5m one on that turn."""
+        history = chat(2)
+        r = Layout(prefix(ttl="1h"), history_ttl="1h", newest_ttl="5m").render(history)
+        assert [(bp.source, bp.ttl) for bp in r.breakpoints] == [
+            ("prefix", "1h"),
+            ("earlier", "1h"),
+            ("newest", "5m"),
+        ]
+        earlier = r.breakpoints[1].position
+        assert earlier == r.fingerprint.message_starts[len(history) - 1] - 1
+        answer = r.body["messages"][-2]
+        assert answer["role"] == "assistant"
+        assert answer["content"][-1]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+        assert r.body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+
+    def test_a_first_turn_has_no_earlier_block_and_keeps_the_history_ttl(self) -> None:
+        """With nothing before the first user turn, its own breakpoint takes the 1h."""
+        r = Layout(prefix(ttl="1h"), history_ttl="1h", newest_ttl="5m").render(chat(0))
+        assert [(bp.source, bp.ttl) for bp in r.breakpoints] == [
+            ("prefix", "1h"),
+            ("newest", "1h"),
+        ]
+
+    def test_a_one_hour_newest_turn_after_a_five_minute_history_is_refused(self) -> None:
+        """newest_ttl='1h' under a 5m history would put 1h after 5m."""
+        with pytest.raises(LayoutError, match="newest_ttl"):
+            Layout(prefix(ttl="1h"), history_ttl="5m", newest_ttl="1h")
+
     def test_caller_markers_beyond_four_are_refused(self) -> None:
         """More than four caller cache_control markers raise LayoutError before sending."""
         mark = {"type": "ephemeral"}
@@ -328,6 +358,7 @@ class TestProperties:
         st.sampled_from(["system", "message"]),
         st.sampled_from(["5m", "1h"]),
         st.sampled_from([None, "User: Ada", "plan: pro"]),
+        st.booleans(),
     )
     def test_at_most_four_breakpoints_and_incremental_equals_full(
         self,
@@ -336,12 +367,18 @@ class TestProperties:
         placement: Any,
         ttl: Any,
         suffix: str | None,
+        newest_5m: bool,
     ) -> None:
-        """Any history renders with at most 4 breakpoints; incremental fingerprint == full."""
+        """Any history renders with at most 4 breakpoints, 1h ones first; incremental
+        fingerprint == full."""
         if strategy == "auto" and placement == "message":
             placement = "system"
         layout = Layout(
-            prefix(ttl=ttl), suffix=suffix, suffix_placement=placement, history=strategy
+            prefix(ttl=ttl),
+            suffix=suffix,
+            suffix_placement=placement,
+            history=strategy,
+            newest_ttl="5m" if newest_5m else None,
         )
         history = chat(0)
         marks = 0
@@ -369,6 +406,8 @@ class TestProperties:
             assert list(full.keys) == list(r.fingerprint.keys)
             assert list(full.tokens) == list(r.fingerprint.tokens)
             assert all(bp.position not in r.fingerprint.volatile for bp in r.breakpoints)
+            ttls = [bp.ttl for bp in sorted(r.breakpoints, key=lambda bp: bp.position)]
+            assert ttls == sorted(ttls, key=lambda t: t == "5m")  # every 1h before every 5m
 
 
 SCRIPT = textwrap.dedent(

@@ -73,6 +73,17 @@ class TestHistoryTtl:
         assert decision.action == "1h"
         assert decision.expected_saving == pytest.approx(1125.0)
 
+    def test_a_message_alone_is_not_worth_an_hour_where_the_history_is(self) -> None:
+        """The newest message decided alone (protected = new = its 40 tokens), chatbot-like
+        gaps: 1h 1.0 x (1.2125 + 0.15 - 0.1) x 40 - 1.0 x 40 = 10.5; 5m 0.85 x (1.2125 -
+        0.1) x 40 - 0.25 x 40 = 27.8: 5m. The history behind it (2,000 tokens) takes 1h."""
+        p_within = {"5m": 0.85, "1h": 1.0}
+        alone = history_ttl(p_within=p_within, protected={"5m": 40, "1h": 40}, new=40)
+        assert alone.action == "5m"
+        assert alone.expected_saving == pytest.approx(0.85 * 1.1125 * 40 - 0.25 * 40)
+        history = history_ttl(p_within=p_within, protected={"5m": 2000, "1h": 2000}, new=80)
+        assert history.action == "1h"
+
     def test_a_1h_prefix_write_tips_it_back_to_5m(self) -> None:
         """The same, but a 1h history needs the cold prefix written 1h: 1125 - 0.75 x 2000
         = -375 < 987.5."""

@@ -14,6 +14,7 @@ from convo.emulator import RunningEmulator
 from convo.ledger import Ledger
 from convo.limits import RateLimiter
 from convo.session import AsyncSession, KeepAlive, Session
+from convo.tokens import message_tokens
 from convo.warm import WarmRegistry
 
 MODEL = "claude-sonnet-4-6"
@@ -580,6 +581,55 @@ class TestWarmState:
         assert expired.usage.cache_write_1h > 0
         emulator.advance(16 * 60)
         assert session.send("Sixteen minutes later").reason == "hit"
+
+    def test_a_one_hour_history_writes_only_the_previous_answer_for_an_hour(
+        self, emulator: RunningEmulator, make_session: Callable[..., Session]
+    ) -> None:
+        """Once a 10-minute pause makes a 1h history pay, a turn's 1h breakpoint sits on the
+        previous answer and its own short message gets a 5m one (alone, it is not worth an
+        hour); after another long pause the next turn reads everything up to that answer."""
+        session = make_session()
+        for gap in (60, 60, 600):
+            session.send("Tell me more about the plan, please.")
+            emulator.advance(gap)
+        session.send("After ten minutes")  # the lapse that moves prefix and history to 1h
+        emulator.advance(60)
+        reply = session.send("One minute later")
+        answer = message_tokens(session.history[-3])  # the answer before this turn
+        asked = message_tokens(session.history[-2])
+        assert (reply.usage.cache_write_1h, reply.usage.cache_write_5m) == (answer, asked)
+        before = reply.usage.cache_read + answer  # what the 1h entry holds
+        emulator.advance(700)
+        later = session.send("Twelve minutes later")
+        assert later.usage.cache_read == before  # only the 5m message lapsed
+        assert later.usage.input == 0
+
+    def test_a_session_per_request_decides_as_one_session_does(
+        self,
+        emulator: RunningEmulator,
+        make_session: Callable[..., Session],
+    ) -> None:
+        """A stateless backend (a new Session per request, from the stored messages) pools
+        its turns under the same conversation as one long-lived Session, its first turn
+        included, so it lays out and pays exactly the same, turn by turn."""
+        gaps = (60, 60, 600, 60, 700, 60, 60)
+
+        def run(stateless: bool) -> list[tuple[int, int, int]]:
+            emulator.reset()
+            registry = WarmRegistry(clock=emulator.emulator.clock.now)
+            session = make_session(registry=registry)
+            paid = []
+            for i, gap in enumerate(gaps):
+                if stateless:
+                    session = make_session(registry=registry, messages=session.history)
+                usage = session.send(f"Question {i} about the plan").usage
+                paid.append((usage.cache_read, usage.cache_write_5m, usage.cache_write_1h))
+                emulator.advance(gap)
+            return paid
+
+        one = run(stateless=False)
+        assert any(w1h for _, _, w1h in one)  # the pauses made a 1h history pay
+        assert run(stateless=True) == one
 
     def test_keep_alive_lets_an_idle_session_go(
         self, emulator: RunningEmulator, make_session: Callable[..., Session]

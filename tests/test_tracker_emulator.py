@@ -151,6 +151,7 @@ class TestPredictionMatchesEmulator:
         st.booleans(),
         st.sampled_from(THINKING_MODELS),
         st.sampled_from(["path", "entry"]),
+        st.booleans(),
     )
     def test_every_turn_token_for_token(
         self,
@@ -162,10 +163,12 @@ class TestPredictionMatchesEmulator:
         guard: bool,
         model: str,
         refresh: Any,
+        split: bool,
     ) -> None:
         """Over random turns, suffix/tool/TTL changes, clock jumps, tool fan-outs (parallel
         and sequential), thinking turns and effort changes, on a model that keeps earlier
-        thinking and one that strips it, under either refresh rule: prediction == usage."""
+        thinking and one that strips it, under either refresh rule, and (*split*) with a 1h
+        history ending before a 5m newest turn while the prefix is 1h: prediction == usage."""
         emulator.reset(config=True)
         emulator.configure({"refresh": refresh})
         if strategy == "auto":
@@ -179,7 +182,8 @@ class TestPredictionMatchesEmulator:
                 suffix=options["suffix"],
                 suffix_placement=placement,
                 history=strategy,
-                history_ttl="5m",
+                history_ttl="1h" if split and options["ttl"] == "1h" else "5m",
+                newest_ttl="5m",
                 lookback_guard=guard,
             )
 
@@ -381,6 +385,31 @@ class TestBustReasons:
         assert outcome.reason == "expired"
         assert outcome.cache_read == first.cache_write_1h > 0
         assert outcome.exact
+
+    def test_a_one_hour_entry_ending_before_the_newest_turn_outlives_a_pause(
+        self, emulator: RunningEmulator, client: anthropic.Anthropic
+    ) -> None:
+        """A 1h history with a 5m newest turn: the turn writes the previous answer at the
+        1h rate and its own message at the 5m one; after 20 minutes the next turn reads
+        everything up to the previous answer (the 1h entry) and writes the rest again.
+        The tracker predicts every step exactly."""
+        lay = Layout(prefix(ttl="1h"), history_ttl="1h", newest_ttl="5m")
+        convo = Conversation(client, emulator, lay)
+        convo.send()
+        convo.ask("a question of some length " * 20)
+        second = convo.send()
+        assert second.exact
+        assert second.cache_write_1h > 0  # the first answer, under the 1h breakpoint
+        assert second.cache_write_5m > second.cache_write_1h  # the longer question, at 5m
+        convo.ask()
+        emulator.advance(1200)
+        third = convo.send()
+        assert third.exact
+        # Read: the prefix, the first turn and the first answer; the question lapsed and is
+        # written again with the second answer, under this turn's own 1h breakpoint.
+        assert third.cache_read == second.cache_read + second.cache_write_1h
+        assert third.cache_write_1h > second.cache_write_5m
+        assert 0 < third.cache_write_5m < second.cache_write_5m  # its short question
 
     @pytest.mark.parametrize("guard", [False, True], ids=["without-guard", "with-guard"])
     def test_25_block_fan_out(

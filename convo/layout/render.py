@@ -50,7 +50,7 @@ MAX_BREAKPOINTS = 4
 Strategy = Literal["none", "rolling", "auto"]
 SuffixPlacement = Literal["system", "message"]
 Suffix = str | Callable[[], str] | None
-BreakpointSource = Literal["prefix", "newest", "lookback", "auto", "caller"]
+BreakpointSource = Literal["prefix", "newest", "earlier", "lookback", "auto", "caller"]
 
 _RESERVED = frozenset({"model", "system", "tools", "messages", "cache_control", "max_tokens"})
 
@@ -64,7 +64,9 @@ class Breakpoint:
         ttl: ``"5m"`` or ``"1h"``.
         tokens: Estimated tokens of the prefix through this block.
         source: Why it is there: ``prefix`` (end of the static prefix), ``newest`` (newest
-            stable history block), ``lookback`` (keeps the previous write within the
+            stable history block), ``earlier`` (the last block the conversation had before
+            its newest user turn, when that turn's own breakpoint has a shorter TTL than the
+            history's), ``lookback`` (keeps the previous write within the
             server's 20-block lookback), ``auto`` (top-level automatic caching, resolved
             to the last block), or ``caller`` (a marker in the caller's own blocks).
     """
@@ -137,6 +139,13 @@ class Layout:
             top-level automatic caching plus the prefix breakpoint.
         history_ttl: TTL of history breakpoints; defaults to the prefix's TTL. A ``"1h"``
             history after a ``"5m"`` prefix is refused (1h breakpoints must come first).
+        newest_ttl: TTL of the newest user turn's own breakpoint (``"rolling"``); defaults
+            to *history_ttl*. ``newest_ttl="5m"`` under a ``"1h"`` history puts the 1h
+            breakpoint on the last block before the newest user turn (the previous answer)
+            and a 5m one on that turn: the entry at the 1h breakpoint holds the whole
+            conversation before the turn for an hour, and only the previous answer is
+            written at the 1h rate, the turn's own message at the 5m one. A first turn,
+            with no earlier block of its own, gets *history_ttl*.
         lookback_guard: Add the extra ``"rolling"`` breakpoint (turn off only to study
             what happens without it).
         max_tokens: Default ``max_tokens`` of rendered bodies.
@@ -157,6 +166,7 @@ class Layout:
         suffix_placement: SuffixPlacement = "system",
         history: Strategy = "rolling",
         history_ttl: TTL | None = None,
+        newest_ttl: TTL | None = None,
         lookback_guard: bool = True,
         max_tokens: int = 1024,
     ) -> None:
@@ -164,6 +174,13 @@ class Layout:
         _check_choice("history", history, ("none", "rolling", "auto"))
         ttl = prefix.ttl if history_ttl is None else history_ttl
         _check_choice("history_ttl", ttl, tuple(TTLS))
+        newest = ttl if newest_ttl is None else newest_ttl
+        _check_choice("newest_ttl", newest, tuple(TTLS))
+        if ttl == "5m" and newest == "1h":
+            raise LayoutError(
+                'newest_ttl="1h" after a 5m history would put a 1h breakpoint after a 5m one, '
+                'which the API refuses; use history_ttl="1h" or newest_ttl="5m"'
+            )
         if prefix.ttl == "5m" and ttl == "1h" and history != "none":
             raise LayoutError(
                 'history_ttl="1h" after a prefix with ttl="5m" would put a 1h breakpoint '
@@ -183,6 +200,7 @@ class Layout:
         self.suffix_placement: SuffixPlacement = suffix_placement
         self.strategy: Strategy = history
         self.history_ttl: TTL = ttl
+        self.newest_ttl: TTL = newest
         self.lookback_guard = lookback_guard
         self.max_tokens = max_tokens
         self._system = [thaw(b) for b in prefix.system]
@@ -475,7 +493,12 @@ class Layout:
         if system_end and system_end - 1 not in caller:
             wanted.append((system_end - 1, self.prefix.ttl, "prefix"))
         if self.strategy == "rolling":
-            wanted.append((last_stable, self.history_ttl, "newest"))
+            # Under a 1h history with a 5m newest turn, the 1h entry ends before that turn.
+            earlier = None
+            if self.newest_ttl != self.history_ttl:
+                earlier = self._earlier(history, suffix_end, last_stable)
+            newest_ttl = self.history_ttl if earlier is None else self.newest_ttl
+            wanted.append((last_stable, newest_ttl, "newest"))
             anchor = self._anchor(history, suffix_end)
             # Distances count lookback positions, not blocks: a parallel fan-out (a run of
             # tool_use, then of tool_result) is two positions however many calls it holds.
@@ -488,7 +511,10 @@ class Layout:
                 guard = bisect.bisect_right(groups, groups[anchor] + LOOKBACK - 1) - 1
                 while guard > anchor and _is_thinking(history, guard - suffix_end):
                     guard -= 1  # thinking blocks cannot carry cache_control
-                wanted.append((guard, self.history_ttl, "lookback"))
+                before = earlier is not None and guard < earlier  # 1h ones come first
+                wanted.append((guard, self.history_ttl if before else newest_ttl, "lookback"))
+            if earlier is not None:
+                wanted.append((earlier, self.history_ttl, "earlier"))
         # Never below the minimum (it would write nothing), never on a volatile block,
         # never twice on one block; the first-listed wins when slots run out.
         planned: dict[int, tuple[TTL, BreakpointSource]] = {}
@@ -530,6 +556,20 @@ class Layout:
                     "breakpoint before every 5m one: make the later marker 5m or the earlier 1h"
                 )
         return tuple(result)
+
+    def _earlier(self, history: History, suffix_end: int, last_stable: int) -> int | None:
+        """Position of the last block before the newest user turn: the end of the newest
+        assistant message (thinking blocks cannot carry cache_control), if there is one
+        and a user turn follows it."""
+        index = history.last_assistant
+        starts = history.chain.starts
+        if index < 0 or index + 1 >= len(starts):
+            return None
+        position = suffix_end + starts[index + 1] - 1
+        first = suffix_end + starts[index]
+        while position >= first and _is_thinking(history, position - suffix_end):
+            position -= 1
+        return position if first <= position < last_stable else None
 
     def _anchor(self, history: History, suffix_end: int) -> int | None:
         """Position of the previous turn's newest breakpoint, if the history shows one.

@@ -127,6 +127,7 @@ class SessionCore:
             "suffix_placement": suffix_placement,
             "history": history,
             "history_ttl": history_ttl,
+            "newest_ttl": None,
             "max_tokens": max_tokens,
         }
         self._use_prefix(prefix, workspace)
@@ -141,9 +142,10 @@ class SessionCore:
         self._prefix_floor = prefix.ttl
         self._fixed_history_ttl = history_ttl
         self._pool: PrefixPool = pool_for(registry, repr(self.warm_key))
-        # A session built from stored messages continues a conversation another session
-        # began: key it on its first message (see _conversation); else on this session.
-        self._conversation_key: str | None = conversation_id or (None if messages else "")
+        # Without the caller's conversation id, a conversation is keyed on its first message
+        # and suffix (see _conversation), whichever session sends its turns: a stateless
+        # backend builds a session per request, and the first one starts empty.
+        self._conversation_key: str | None = conversation_id or None
         self._first_turn_at: float | None = None
         self._own_touch = float("-inf")  # this session's latest re-warm
         self._entry_ttl: str | None = None  # the TTL of the prefix entry this turn finds
@@ -249,18 +251,20 @@ class SessionCore:
         if not self.adaptive_ttl:
             self._entry_ttl = pool.record_write(self.prefix.ttl, live=prefix_live, at=now)
             return
-        prefix_ttl, history, history_ttl = self._choose_layout(now, key, prefix_live)
+        prefix_ttl, history, history_ttl, newest_ttl = self._choose_layout(now, key, prefix_live)
         # What the registry is told a read refreshes must be the entry's own TTL (a read
         # never changes it), not the one this turn's marker asks for.
         self._entry_ttl = pool.record_write(prefix_ttl, live=prefix_live, at=now)
         options = self._layout_options
-        if (prefix_ttl, history, history_ttl) != (
+        if (prefix_ttl, history, history_ttl, newest_ttl) != (
             self.prefix.ttl,
             options["history"],
             options["history_ttl"],
+            options["newest_ttl"],
         ):
             saved = dict(options)
             options["history"], options["history_ttl"] = history, history_ttl
+            options["newest_ttl"] = newest_ttl
             try:
                 prefix = self.prefix
                 if prefix_ttl != prefix.ttl:
@@ -278,8 +282,6 @@ class SessionCore:
         """The key this conversation's turns are pooled under: the caller's conversation id,
         else the first message (with a fixed suffix), so a conversation rebuilt from stored
         history in a fresh session is still the same conversation."""
-        if self._conversation_key == "":
-            self._conversation_key = self.session_id
         if self._conversation_key is None and len(self.history):
             suffix = self._layout_options["suffix"]
             digest = self.history.chain.message_digests[0]
@@ -288,8 +290,9 @@ class SessionCore:
 
     def _choose_layout(
         self, now: float, key: str | None, prefix_live: bool
-    ) -> tuple[str, str, str | None]:
-        """``(prefix TTL, history strategy, history TTL)`` for the turn about to be sent."""
+    ) -> tuple[str, str, str | None, str | None]:
+        """``(prefix TTL, history strategy, history TTL, newest turn's TTL)`` for the turn
+        about to be sent (``None``: the layout's default)."""
         pool = self._pool
         tokens = self.prefix.tokens
         prefix = econ.prefix_ttl_counts(*pool.prefix_gap_counts(), tokens=tokens)
@@ -299,7 +302,7 @@ class SessionCore:
         if self._history_strategy != "rolling" or fixed is not None:
             ttl = "1h" if prefix.action == "1h" or fixed == "1h" else "5m"
             self.last_decision = prefix
-            return ttl, self._history_strategy, fixed
+            return ttl, self._history_strategy, fixed, None
         suffix = self._layout_options["suffix"]
         suffix_tokens = text_tokens(suffix) if isinstance(suffix, str) else 0
         chain = self.history.chain
@@ -338,9 +341,20 @@ class SessionCore:
         )
         self.last_decision = decision
         if decision.action == "none":
-            return prefix.action, "none", None
+            return prefix.action, "none", None, None
         ttl = "1h" if prefix.action == "1h" or decision.action == "1h" else "5m"
-        return ttl, "rolling", decision.action
+        newest = None
+        if decision.action == "1h" and len(stored) >= 2:
+            # The 1h entry can end before this turn's message (on the previous answer) and
+            # still hold the whole conversation before it: the message's own tokens then
+            # need a 1h write only if, alone, they are worth one. The message is not
+            # appended yet: the previous one stands in for its size.
+            message = message_tokens(stored[-2])
+            alone = econ.history_ttl(
+                p_within=p_within, protected={"5m": message, "1h": message}, new=message
+            )
+            newest = "1h" if alone.action == "1h" else "5m"
+        return ttl, "rolling", decision.action, newest
 
     # -- planning -------------------------------------------------------------------------
 
@@ -368,6 +382,11 @@ class SessionCore:
         route = routed.route_turn(self, message, tier) if self.router is not None else None
         self._adapt_ttl()
         self.history.append(message)
+        if self._first_turn_at is not None and (key := self._conversation()) is not None:
+            # The first turn is linked to its conversation as soon as it has a message (a
+            # session built for one request has no next turn to do it).
+            self._pool.record_turn(key, self._first_turn_at)
+            self._first_turn_at = None
         try:
             rendered = self.layout.render(
                 self.history, params=self._params(params), max_tokens=max_tokens
@@ -485,6 +504,7 @@ class SessionCore:
                 options = self._layout_options
                 if ttl == "5m" and options["history_ttl"] == "1h":
                     options["history_ttl"] = "5m"  # 1h breakpoints may not follow a 5m one
+                    options["newest_ttl"] = None
                 self._use_prefix(prefix, self._workspace)
         self._entry_ttl = self.prefix.ttl if not live else self._pool.entry_ttl
         return self.prefix.ttl, live, now
