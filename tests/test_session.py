@@ -631,6 +631,24 @@ class TestWarmState:
         assert any(w1h for _, _, w1h in one)  # the pauses made a 1h history pay
         assert run(stateless=True) == one
 
+    def test_a_conversation_is_keyed_by_its_first_exchange(
+        self, make_session: Callable[..., Session]
+    ) -> None:
+        """Sessions rebuilt from the same stored exchange pool as one conversation; two
+        conversations that open with the same words but were answered differently do not
+        (a greeting shared by a thousand users is not one conversation)."""
+
+        def key(answer: str) -> str | None:
+            messages = [
+                {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": answer},
+            ]
+            return make_session(messages=messages)._core._conversation()
+
+        assert key("Hi, how can I help?") == key("Hi, how can I help?") is not None
+        assert key("Hi, how can I help?") != key("Hello! What do you need?")
+        assert make_session()._core._conversation() is None  # nothing to key on yet
+
     def test_keep_alive_lets_an_idle_session_go(
         self, emulator: RunningEmulator, make_session: Callable[..., Session]
     ) -> None:

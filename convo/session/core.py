@@ -142,7 +142,7 @@ class SessionCore:
         self._prefix_floor = prefix.ttl
         self._fixed_history_ttl = history_ttl
         self._pool: PrefixPool = pool_for(registry, repr(self.warm_key))
-        # Without the caller's conversation id, a conversation is keyed on its first message
+        # Without the caller's conversation id, a conversation is keyed on its first exchange
         # and suffix (see _conversation), whichever session sends its turns: a stateless
         # backend builds a session per request, and the first one starts empty.
         self._conversation_key: str | None = conversation_id or None
@@ -242,7 +242,7 @@ class SessionCore:
         pool.record_use(now)
         key = self._conversation()
         if key is None:
-            self._first_turn_at = now  # linked to the conversation once it has a message
+            self._first_turn_at = now  # pooled once its first answer is in (see _link_first_turn)
         else:
             if self._first_turn_at is not None:
                 pool.record_turn(key, self._first_turn_at)
@@ -280,13 +280,23 @@ class SessionCore:
 
     def _conversation(self) -> str | None:
         """The key this conversation's turns are pooled under: the caller's conversation id,
-        else the first message (with a fixed suffix), so a conversation rebuilt from stored
-        history in a fresh session is still the same conversation."""
-        if self._conversation_key is None and len(self.history):
+        else its first exchange (the first message and its answer, with a fixed suffix), so
+        a conversation rebuilt from stored history in a fresh session is still the same
+        conversation, and two that open with the same words are not (their answers
+        differ). ``None`` until the first answer is in the history."""
+        if self._conversation_key is None and len(self.history) >= 2:
             suffix = self._layout_options["suffix"]
-            digest = self.history.chain.message_digests[0]
-            self._conversation_key = f"{digest}:{suffix if isinstance(suffix, str) else ''}"
+            first, answer = self.history.chain.message_digests[:2]
+            fixed = suffix if isinstance(suffix, str) else ""
+            self._conversation_key = f"{first}:{answer}:{fixed}"
         return self._conversation_key
+
+    def _link_first_turn(self) -> None:
+        """Pool the first turn under its conversation once its answer is in the history: a
+        session built for one request (a stateless backend) has no next turn to do it."""
+        if self._first_turn_at is not None and (key := self._conversation()) is not None:
+            self._pool.record_turn(key, self._first_turn_at)
+            self._first_turn_at = None
 
     def _choose_layout(
         self, now: float, key: str | None, prefix_live: bool
@@ -382,11 +392,6 @@ class SessionCore:
         route = routed.route_turn(self, message, tier) if self.router is not None else None
         self._adapt_ttl()
         self.history.append(message)
-        if self._first_turn_at is not None and (key := self._conversation()) is not None:
-            # The first turn is linked to its conversation as soon as it has a message (a
-            # session built for one request has no next turn to do it).
-            self._pool.record_turn(key, self._first_turn_at)
-            self._first_turn_at = None
         try:
             rendered = self.layout.render(
                 self.history, params=self._params(params), max_tokens=max_tokens
@@ -907,6 +912,7 @@ class SessionCore:
             self.history.append({"role": "assistant", "content": message.content})
             self.turns += 1
             self._last_message_id = message.id
+            self._link_first_turn()
         if pending.purpose == "keep_alive" and cost.usd is not None:
             self.keep_alive_spent += cost.usd
         request_id = getattr(message, "_request_id", None) or (
