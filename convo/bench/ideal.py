@@ -170,10 +170,11 @@ def plan_segment(
         raise ValueError(f"{len(chains)} chains for {len(times)} uses")
     if not times:
         return SegmentPlan(cost=0.0)
-    shared = chains is not None and len({c for c in chains if c is not None}) > 1
+    labels = list(chains) if chains is not None else [None] * len(times)
+    shared = len({c for c in labels if c is not None}) > 1
     last_use: dict[str, float] = {}  # each conversation's previous use (shared tokens)
-    if shared and chains is not None and chains[0] is not None:
-        last_use[chains[0]] = times[0]
+    if shared and labels[0] is not None:
+        last_use[labels[0]] = times[0]
     start = SegmentPlan(cost=0.0)
     best: dict[int, SegmentPlan] = {
         _NONE: _plus(start, rates.input, input=1),
@@ -197,7 +198,7 @@ def plan_segment(
             for after in (state,) if shared else (state, _1H):
                 if kept.cost < step[after].cost:
                     step[after] = kept
-        chain = chains[index] if shared and chains is not None else None
+        chain = labels[index] if shared else None
         if chain is not None:
             own = last_use.get(chain)
             last_use[chain] = now

@@ -244,9 +244,7 @@ class SessionCore:
         if key is None:
             self._first_turn_at = now  # pooled once its first answer is in (see _link_first_turn)
         else:
-            if self._first_turn_at is not None:
-                pool.record_turn(key, self._first_turn_at)
-                self._first_turn_at = None
+            self._link_first_turn()  # if its answer's turn did not (a kept partial answer)
             pool.record_turn(key, now)
         if not self.adaptive_ttl:
             self._entry_ttl = pool.record_write(self.prefix.ttl, live=prefix_live, at=now)
