@@ -838,3 +838,109 @@ class TestRedisTrouble:
             assert limiter.levels()["input-tokens"] == pytest.approx(5_990.0)  # Redis's
         finally:
             await limiter.aclose()
+
+
+class _HeldScript:
+    """A registered script whose every call waits until the test answers it."""
+
+    def __init__(self) -> None:
+        self.waiting: list[asyncio.Future[list[str]]] = []
+
+    async def __call__(self, *, keys: list[str], args: list[str]) -> list[str]:
+        reply: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self.waiting.append(reply)
+        return await reply
+
+
+class _HeldClient:
+    """Stands in for both the sync and the asyncio client: only ``register_script``."""
+
+    def __init__(self) -> None:
+        self.held = _HeldScript()
+
+    def register_script(self, source: str) -> _HeldScript:
+        return self.held
+
+
+class TestLinkHealthOrder:
+    """An outcome changes the link's health only if nothing changed it since the call
+    started: replies that overtake one another do not flap it (CI saw two warnings for
+    one outage when a reply sent before the kill arrived after the first failure)."""
+
+    @staticmethod
+    def _link(client: _HeldClient, clock: FakeClock) -> Any:
+        from convo.limits.redis_link import RedisLink
+
+        return RedisLink(
+            client,
+            script="",
+            keys=["k"],
+            owner="test",
+            async_redis=client,
+            max_connections=1,
+            probe_clock=clock,
+            probe_interval=5.0,
+        )
+
+    async def test_a_late_reply_from_before_an_outage_does_not_end_it(
+        self, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        client = _HeldClient()
+        link = self._link(client, clock)
+        with caplog.at_level(logging.INFO, logger="convo"):
+            calls = [asyncio.ensure_future(link.send(["x"])) for _ in range(3)]
+            await asyncio.sleep(0)
+            first, second, third = client.held.waiting
+            first.set_exception(redis.ConnectionError("Connection closed by server."))
+            second.set_result([b"1"])  # answered before the outage, read after it
+            third.set_exception(redis.ConnectionError("Connection closed by server."))
+            assert await asyncio.gather(*calls) == [None, ["1"], None]
+        assert link.degraded
+        assert [r.levelno for r in caplog.records] == [logging.WARNING]
+
+    async def test_a_late_failure_from_before_a_rejoin_does_not_start_an_outage(
+        self, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        client = _HeldClient()
+        link = self._link(client, clock)
+        with caplog.at_level(logging.INFO, logger="convo"):
+            old = [asyncio.ensure_future(link.send(["x"])) for _ in range(2)]
+            await asyncio.sleep(0)
+            client.held.waiting[0].set_exception(redis.ConnectionError("gone"))
+            await old[0]
+            assert link.degraded
+            clock.now += 5.0
+            assert link.try_redis()  # the probe
+            probe = asyncio.ensure_future(link.send(["x"]))
+            await asyncio.sleep(0)
+            client.held.waiting[2].set_result([b"1"])
+            assert await probe == ["1"]
+            assert not link.degraded
+            client.held.waiting[1].set_exception(redis.ConnectionError("gone"))
+            assert await old[1] is None
+        assert not link.degraded
+        assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO]
+
+    async def test_a_failed_probe_keeps_the_outage_and_waits_an_interval(
+        self, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        client = _HeldClient()
+        link = self._link(client, clock)
+        with caplog.at_level(logging.INFO, logger="convo"):
+            call = asyncio.ensure_future(link.send(["x"]))
+            await asyncio.sleep(0)
+            client.held.waiting[0].set_exception(redis.ConnectionError("gone"))
+            await call
+            clock.now += 5.0
+            assert link.try_redis()
+            probe = asyncio.ensure_future(link.send(["x"]))
+            await asyncio.sleep(0)
+            clock.now += 1.0
+            client.held.waiting[1].set_exception(redis.ConnectionError("still gone"))
+            assert await probe is None
+            assert link.degraded
+            clock.now += 4.5  # the interval counts from the failed probe, not its start
+            assert not link.try_redis()
+            clock.now += 0.5
+            assert link.try_redis()
+        assert [r.levelno for r in caplog.records] == [logging.WARNING]

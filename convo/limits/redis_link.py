@@ -147,6 +147,11 @@ class RedisLink:
         self._health = threading.Lock()
         self._down = False
         self._next_probe = 0.0
+        # Counts the changes between up and down. A call notes it when it starts, and its
+        # outcome changes the state only if no change came in between: a reply sent before
+        # an outage (or a failure from before a rejoin) arriving late is old news, and
+        # must not flip the state back (one warning per outage, not one per straggler).
+        self._changes = 0
 
     @property
     def degraded(self) -> bool:
@@ -167,12 +172,15 @@ class RedisLink:
             self._next_probe = now + self._probe_interval
             return True
 
-    def _failed(self, error: BaseException) -> None:
+    def _failed(self, error: BaseException, started: int) -> None:
         with self._health:
+            if started != self._changes:
+                return
             self._next_probe = self._probe_clock() + self._probe_interval
             if self._down:
                 return
             self._down = True
+            self._changes += 1
         _LOG.warning(
             "%r: Redis is unreachable (%s: %s); rate limiting in this process only, with "
             "the same limits, until it answers again (tried every %g s)",
@@ -182,11 +190,12 @@ class RedisLink:
             self._probe_interval,
         )
 
-    def _answered(self) -> None:
+    def _answered(self, started: int) -> None:
         with self._health:
-            if not self._down:
+            if not self._down or started != self._changes:
                 return
             self._down = False
+            self._changes += 1
         _LOG.info("%r: Redis answers again; back on the shared budget", self._owner)
 
     # -- calls --------------------------------------------------------------------------------
@@ -195,12 +204,13 @@ class RedisLink:
         """Run the script; ``None`` when Redis is down or just failed."""
         if not self.try_redis():
             return None
+        started = self._changes
         try:
             raw = self.script(keys=self._keys, args=list(argv))
         except self._errors as error:
-            self._failed(error)
+            self._failed(error, started)
             return None
-        self._answered()
+        self._answered(started)
         return _decode(raw)
 
     def _async_script(self) -> Any:
@@ -227,12 +237,13 @@ class RedisLink:
 
     async def send(self, argv: Sequence[str]) -> list[str] | None:
         """Run the script through redis.asyncio (unshielded: see :meth:`acall`)."""
+        started = self._changes
         try:
             raw = await self._async_script()(keys=self._keys, args=list(argv))
         except self._errors as error:
-            self._failed(error)
+            self._failed(error, started)
             return None
-        self._answered()
+        self._answered(started)
         return _decode(raw)
 
     def spawn(self, coroutine: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
@@ -256,10 +267,11 @@ class RedisLink:
 
     def delete(self) -> None:
         """Delete the keys (errors count as Redis trouble, and are not raised)."""
+        started = self._changes
         try:
             self.redis.delete(*self._keys)
         except self._errors as error:
-            self._failed(error)
+            self._failed(error, started)
 
     async def aclose(self) -> None:
         """Let this loop's background calls finish, then close the asyncio client built
