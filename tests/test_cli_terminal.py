@@ -113,14 +113,14 @@ class TestChat:
         hit = re.search(r"hit\s+read (1,3\d\d)/(1,3\d\d)\s+write", second)
         assert hit, second
         assert hit[1] == hit[2]  # predicted = observed
-        assert re.search(r"\$0\.\d{5}\s+TTL 4:5\d", second)
+        assert re.search(r"\$0\.\d{5}\s+TTL 59:5\d", second)
         assert_fits(first + second)
 
     def test_slash_commands(self, chat: pexpect.spawn, home: Path) -> None:
         """/warm writes the prompt before any turn; /help, /stats, /report answer without
         sending anything; /system shows the bust before applying it; /quit ends."""
         warmed = say(chat, "/warm")
-        assert re.search(r"warmed: wrote 1,3\d\d tokens for \$0\.\d{5}; TTL 4:5\d", warmed)
+        assert re.search(r"warmed: wrote 1,3\d\d tokens for \$0\.\d{5}; TTL 59:5\d", warmed)
         hit = say(chat, "Hello")
         assert re.search(r"hit\s+read 1,3\d\d/1,3\d\d", hit), hit  # the warm paid the write
         helped = say(chat, "/help")

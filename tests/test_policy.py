@@ -40,17 +40,24 @@ class TestPrefixTtl:
     @pytest.mark.parametrize(
         ("gaps", "action", "saving"),
         [
-            pytest.param([400.0], "1h", 1000 * (1.15 * 1 - 0.75), id="one-long-gap"),
-            pytest.param([100.0, 200.0], "5m", -750.0, id="short-gaps-decide-nothing"),
+            pytest.param([400.0], "1h", 1000 * (1.15 * 1.5 / 0.5 - 0.75), id="one-long-gap"),
+            pytest.param([], "1h", 1000 * (1.15 * 1 - 0.75), id="nothing-observed"),
             pytest.param(
-                [400.0, 4000.0], "5m", 1000 * (1.15 * 0.5 - 0.75), id="hour-gap-ends-chain"
+                [100.0, 200.0], "1h", 1000 * (1.15 * 1 - 0.75), id="short-gaps-decide-nothing"
             ),
-            pytest.param([400.0, 900.0, 4000.0], "1h", 1000 * (1.15 * 1 - 0.75), id="two-per-two"),
-            pytest.param([], "5m", -750.0, id="nothing-observed"),
+            pytest.param([4000.0], "5m", 1000 * (1.15 * 0.5 / 1.5 - 0.75), id="hour-gap-alone"),
+            pytest.param(
+                [400.0, 4000.0, 5000.0], "5m", 1000 * (1.15 * 1.5 / 2.5 - 0.75), id="one-per-two"
+            ),
+            pytest.param(
+                [400.0, 900.0, 4000.0], "1h", 1000 * (1.15 * 2.5 / 1.5 - 0.75), id="two-per-one"
+            ),
         ],
     )
     def test_break_even(self, gaps: list[float], action: str, saving: float) -> None:
-        """saving(1h) = tokens x (1.15 k / (1 + w) - 0.75), chosen when positive."""
+        """saving(1h) = tokens x (1.15 (k + 1/2) / (w + 1/2) - 0.75), chosen when positive:
+        with nothing known, or only gaps under 5 minutes, 1h (a chain is as likely to meet a
+        gap of 5-60 minutes as to end); one gap over an hour alone tips it to 5m."""
         decision = prefix_ttl(gaps, tokens=1000)
         assert decision.action == action
         assert decision.expected_saving == pytest.approx(saving)
@@ -454,14 +461,17 @@ class TestSessionPolicy:
         self, emulator: RunningEmulator, make_session: Callable[..., Session]
     ) -> None:
         """Tasks that never have a second turn: the history breakpoint stops being written
-        (its 1.25x would never be read); only the prefix is written, for an hour, since
-        the fleet came back after more than 5 minutes."""
-        for i in range(10):
+        (its 1.25x would never be read). The first task wrote the prefix for an hour (with
+        no gap seen, a chain is as likely to meet a 5-60 minute gap as to end), so a task
+        400 s after the last one reads it."""
+        first = make_session().send("Task 0 of a few words")
+        assert first.usage.cache_write_1h == 2040
+        for i in range(1, 10):
             make_session().send(f"Task {i} of a few words")
         emulator.advance(400)
         reply = make_session().send("Another task of a few words")
-        assert reply.usage.cache_write_1h == 2040
-        assert reply.usage.cache_write_5m == 0
+        assert reply.usage.cache_read == 2040
+        assert reply.usage.cache_write_1h == reply.usage.cache_write_5m == 0
         assert reply.usage.input > 0  # the task itself: sent once, never cached
 
     def test_growth_recorded_is_the_last_exchanges_tokens(
@@ -520,8 +530,8 @@ class TestSessionPolicy:
         self, make_session: Callable[..., Session]
     ) -> None:
         """A first turn writes the suffix and its message: what it would spare the next
-        turn is those same tokens, the suffix counted once (plus the 2,040-token prefix
-        times the chance the fleet lets it lapse: 1/2 with no gap seen)."""
+        turn is those same tokens, the suffix counted once (the prefix, written for an
+        hour with no gap seen, protects itself)."""
         session = make_session(suffix="User: Ada, who plans trips to the north. " * 10)
         session.send("Hello")
         decision = session._core.last_decision
@@ -529,7 +539,7 @@ class TestSessionPolicy:
         match = re.search(r"protected=(\d+)/(\d+), new=(\d+)", decision.reason)
         assert match is not None
         five, hour, new = map(int, match.groups())
-        assert five == hour == new + 2040 // 2
+        assert five == hour == new
 
     def test_cold_pre_warm_row_carries_its_price(
         self, make_session: Callable[..., Session], ledger: Ledger

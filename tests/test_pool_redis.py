@@ -441,28 +441,29 @@ def session_on(
 class TestFleetPolicy:
     """A process's TTL choice follows the gaps another process saw."""
 
-    def test_b_writes_one_hour_after_a_saw_ten_minute_gaps(
+    def test_b_writes_five_minutes_after_a_saw_an_hour_long_gap(
         self, client: anthropic.Anthropic, emulator: RunningEmulator, process: Any
     ) -> None:
-        """A's user came back after 10 minutes. A process on its own has seen no gap and
-        lays the prefix out for 5 minutes; B, having merged A's observations, for an hour."""
+        """A's user came back after 70 minutes. A process on its own has seen no gap and
+        lays the prefix out for an hour (nothing known: a chain is as likely to meet a gap
+        of 5-60 minutes as to end); B, having merged A's hour-long gap, for 5 minutes."""
         clock = emulator.emulator.clock.now
         a, b = process(clock=clock), process(clock=clock)
         alone = process(clock=clock, share_interval=None)
         first = session_on(a, client, emulator)
         first.send("Hello")
-        emulator.advance(600)
-        first.send("Ten minutes later")
-        assert first.prefix.ttl == "1h"  # A learnt it from its own user
+        emulator.advance(4200)
+        first.send("Seventy minutes later")
+        assert first.prefix.ttl == "5m"  # A learnt it from its own user
         emulator.advance(30)
         on_its_own = session_on(alone, client, emulator)
         fleet = session_on(b, client, emulator)
         a.exchange_observations()
         b.exchange_observations()
         on_its_own.send("A new user in a process that learns alone")
-        assert on_its_own.prefix.ttl == "5m"
+        assert on_its_own.prefix.ttl == "1h"
         reply = fleet.send("A new user in a process that learns with the fleet")
-        assert fleet.prefix.ttl == "1h"
+        assert fleet.prefix.ttl == "5m"
         assert reply.reason == "hit"  # A's entry, read: only the marker's TTL differs
 
     def test_a_conversation_that_moves_between_processes_keeps_its_gaps(
@@ -520,7 +521,7 @@ class TestFleetPolicy:
         assert session._core.begin_warm() is None
         assert session.last_decision.action == "skip"
         assert pool.take() == []
-        emulator.advance(600)
+        emulator.advance(3700)
         assert session.warm(latency=True) is not None  # lapsed: written, as asked
         assert [o.kind for o in pool.take()] == ["write", "touch"]
 

@@ -426,7 +426,7 @@ class TestRoutedSession:
         self, routed: Callable[..., tuple[convo.Session, Ledger]], emulator: RunningEmulator
     ) -> None:
         session, ledger = routed(OPUS_ROUTER)
-        tiers = ["large", "small", "small", "large", "small", "small", "small", "small"]
+        tiers = ["large", "small", "small", "large", *["small"] * 10]
         replies = []
         for i, tier in enumerate(tiers):
             replies.append(session.send(f"Question {i}. " * 30, tier=tier))

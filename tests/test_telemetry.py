@@ -122,7 +122,7 @@ class TestSpans:
             assert a["gen_ai.usage.cache_read.input_tokens"] == reply.usage.cache_read
             assert a["gen_ai.usage.cache_creation.input_tokens"] == reply.usage.cache_write
             assert a["convo.usage.cache_write_5m_tokens"] == reply.usage.cache_write_5m
-            assert a["convo.usage.cache_write_1h_tokens"] == 0
+            assert a["convo.usage.cache_write_1h_tokens"] == reply.usage.cache_write_1h
             assert a["convo.cache.reason"] == reply.reason
             assert a["convo.cache.predicted.read_tokens"] == reply.cache.predicted.cache_read
             assert a["convo.cost.usd"] == pytest.approx(float(reply.cost.usd or 0))

@@ -64,13 +64,18 @@ def prefix_ttl(gaps: Iterable[float], *, tokens: int = 1) -> Decision:
 
     A prefix entry, once written, is refreshed by every use, so it lives as a *chain* until a
     gap outlasts its TTL. Against ``"5m"``, ``"1h"`` costs 0.75 more per write and saves 1.15
-    (a 5m rewrite, 1.25, instead of a read, 0.1) on every gap of 5–60 minutes. With ``k``
-    such gaps and ``w`` gaps over an hour among the observed ones, a chain holds on average
-    ``k / (1 + w)`` gaps of 5–60 minutes, so per write::
+    (a 5m rewrite, 1.25, instead of a read, 0.1) on every gap of 5–60 minutes. Gaps under 5
+    minutes are reads under both TTLs and decide nothing; a gap that is not is of 5–60
+    minutes with some probability ``p`` (else over an hour, and the chain ends), so a chain
+    holds ``p / (1 − p)`` gaps of 5–60 minutes on average. With ``k`` such gaps and ``w``
+    over an hour observed, ``p`` is estimated as ``(k + ½) / (k + w + 1)`` (Jeffreys' prior:
+    half a gap of each kind), which makes ``p / (1 − p) = (k + ½) / (w + ½)``, so per write::
 
-        saving(1h) = tokens × (1.15 × k / (1 + w) − 0.75)
+        saving(1h) = tokens × (1.15 × (k + ½) / (w + ½) − 0.75)
 
-    Gaps under 5 minutes are reads under both TTLs and decide nothing.
+    With nothing observed that is ``0.4 × tokens``: 1h. (The estimate ``k / (1 + w)``, used
+    until 2026-12-01, amounted to a prior of one gap over an hour and none of 5–60 minutes:
+    it wrote 5m whenever nothing was known, and that first write lapsed in the first lull.)
 
     Args:
         gaps: Observed seconds between the starts of consecutive uses of the prefix.
@@ -90,7 +95,7 @@ def prefix_ttl(gaps: Iterable[float], *, tokens: int = 1) -> Decision:
 def prefix_ttl_counts(k: int, w: int, *, tokens: int = 1) -> Decision:
     """:func:`prefix_ttl` from the counts it decides on: *k* gaps of 5-60 minutes and *w*
     gaps of an hour or more (what :meth:`PrefixPool.prefix_gap_counts` keeps)."""
-    per_chain = k / (1 + w)
+    per_chain = (k + 0.5) / (w + 0.5)
     saving = tokens * ((WRITE["5m"] - READ) * per_chain - (WRITE["1h"] - WRITE["5m"]))
     reason = f"1h vs 5m: {k} gaps of 5-60 min, {w} over 1h"
     return Decision("1h" if saving > 0 else "5m", saving, reason)
