@@ -203,12 +203,23 @@ class TestWithin:
 class TestCdf:
     """One survival curve for several horizons: the prior never favours the longer one."""
 
-    def test_nothing_seen_after_five_minutes_means_no_more_within_the_hour(self) -> None:
-        """Gaps 60 and 120 (+ the pseudo-gap at the median, 120), waits of 900, 900 (+ inf):
-        S(60) = 5/6, S(120) = 5/6 x 3/5 = 1/2, nothing after: P(<5m) = P(<1h) = 1/2."""
+    def test_only_the_pseudo_gap_separates_the_hour_when_none_was_seen_past_five_minutes(
+        self,
+    ) -> None:
+        """Gaps 60 and 120 (+ the pseudo-gaps at the median, 120, and between the TTLs,
+        ~1039), waits of 900, 900 (+ inf): S(60) = 6/7, S(120) = 6/7 x 4/6 = 4/7, the waits
+        leave at 900, S(1039) = 4/7 x 1/2 = 2/7: P(<5m) = 3/7, P(<1h) = 5/7."""
         five, hour = cdf([60.0, 120.0], [900.0, 900.0], (300.0, 3600.0))
-        assert five == pytest.approx(0.5)
-        assert hour == pytest.approx(five)
+        assert five == pytest.approx(3 / 7)
+        assert hour == pytest.approx(5 / 7)
+
+    @pytest.mark.parametrize("n", [0, 1, 5, 40])
+    def test_the_hour_adds_one_in_n_plus_three_over_short_gaps(self, n: int) -> None:
+        """With n gaps seen, all under 5 minutes, and no wait: the prior's gap between the
+        TTLs gives the hour 1/(n + 3) more than 5 minutes, fading as evidence comes in."""
+        five, hour = cdf([60.0] * n, [], (300.0, 3600.0))
+        assert five == pytest.approx(1 - 2 / (n + 3))
+        assert hour - five == pytest.approx(1 / (n + 3))
 
 
 def _reference_cdf_at(
@@ -219,7 +230,9 @@ def _reference_cdf_at(
     to rounding: the faster loop multiplies one telescoped factor per stretch of event
     times where the risk set holds still (fewer roundings, so if anything nearer the exact
     product)."""
-    events = sorted([*observed, observe._pseudo_gap(observed, min(times) / 2)])
+    events = sorted(
+        [*observed, observe._pseudo_gap(observed, min(times) / 2), observe.BETWEEN_TTLS]
+    )
     out = [0.0] * len(times)
     n = len(events)
     at_risk = len(latest)

@@ -569,24 +569,22 @@ class TestWarmState:
     def test_adaptive_ttl_moves_to_one_hour_when_gaps_make_it_pay(
         self, emulator: RunningEmulator, make_session: Callable[..., Session]
     ) -> None:
-        """With a gap over an hour seen (the prefix goes 5m), a 400 s gap later switches it to
-        1h, and a 16-minute gap after that still reads it."""
+        """Nothing seen: the prefix is written for an hour. After a gap over an hour (and
+        none of 5-60 minutes) it is written for 5 minutes; a 400 s gap then lapses it and
+        tips it back to 1h, and a 16-minute gap after that still reads it."""
         session = make_session(adaptive_ttl=True)
-        assert session.send("First").usage.cache_write_1h > 0  # nothing seen yet: 1h
+        assert session.send("First").usage.cache_write_1h >= 2040
         emulator.advance(4000)
-        assert session.send("After an hour").usage.cache_write_5m > 0
-        emulator.advance(240)
-        assert session.send("Four minutes later").reason == "hit"
-        assert session.prefix.ttl == "5m"  # a gap under 5 minutes decides nothing
+        after_an_hour = session.send("After an hour")
+        assert after_an_hour.usage.cache_write_5m >= 2040
+        assert after_an_hour.usage.cache_write_1h == 0
         emulator.advance(400)
         expired = session.send("Almost seven minutes later")
-        assert session.prefix.ttl == "1h"
         assert expired.reason == "expired"
-        assert expired.usage.cache_write_1h > 0
+        assert session.prefix.ttl == "1h"
+        assert expired.usage.cache_write_1h >= 2040
         emulator.advance(16 * 60)
-        # Everything the 1h write held is read (only the newest message's 5m entry lapsed).
-        later = session.send("Sixteen minutes later")
-        assert later.usage.cache_read == expired.usage.cache_write_1h
+        assert session.send("Sixteen minutes later").usage.cache_read >= 2040
 
     def test_a_one_hour_history_writes_only_the_previous_answer_for_an_hour(
         self, emulator: RunningEmulator, make_session: Callable[..., Session]

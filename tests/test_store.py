@@ -127,7 +127,12 @@ def store(request: pytest.FixtureRequest) -> Iterator[ConversationStore]:
 
 
 class TestRestoredLikeLongLived:
-    """A conversation restored on every request names busts as one long-lived session."""
+    """A conversation restored on every request names busts as one long-lived session.
+
+    The layout is fixed (``adaptive_ttl=False``): the TTL policy decides from the timing
+    its registry's pool has seen, and a process per request sees less than a long-lived
+    one, so with it the two may lay a turn out differently, each predicting its own bill.
+    What is compared here is what the restored tracker knows."""
 
     def reference(self, client: anthropic.Anthropic) -> list[dict[str, Any]]:
         """One process keeping the conversation's session state (its tracker) alive; a
@@ -142,6 +147,7 @@ class TestRestoredLikeLongLived:
                     client=client,
                     ledger=False,
                     registry=registry,
+                    adaptive_ttl=False,
                     messages=session.history if session else (),
                     _tracker=session.tracker if session else None,
                 )
@@ -167,6 +173,7 @@ class TestRestoredLikeLongLived:
                 client=client,
                 ledger=False,
                 registry=convo.WarmRegistry(),
+                adaptive_ttl=False,
             ) as session:
                 got.append(outcome_of(session.send(text)))
         assert got == expected
@@ -210,7 +217,7 @@ WORKER = textwrap.dedent(
     base_url, db, variant, text = sys.argv[1:]
     client = anthropic.Anthropic(base_url=base_url, api_key={API_KEY!r}, max_retries=0)
     with SQLiteStore(db).session("conv-web", prefix_for(variant), client=client,
-                                 ledger=False) as session:
+                                 ledger=False, adaptive_ttl=False) as session:
         reply = session.send(text)
     print(json.dumps(outcome_of(reply)))
     """

@@ -30,6 +30,9 @@ _MAX_GAPS = 512  # recent gaps kept per pool: enough to estimate, bounded in mem
 _MAX_CONVERSATIONS = 1024  # open conversations whose latest turn is remembered
 _MAX_OWN_GAPS = 64  # recent gaps kept per conversation
 TTL_S = {"5m": 300.0, "1h": 3600.0}
+#: Where the turn-gap curve puts its pseudo-gap between the two TTLs: their geometric mean
+#: (about 17 minutes). Only its side of each TTL matters to a decision, not the value.
+BETWEEN_TTLS = math.sqrt(TTL_S["5m"] * TTL_S["1h"])
 
 
 def within(
@@ -76,13 +79,17 @@ def within(
 def cdf(gaps: Iterable[float], censored: Iterable[float], times: Sequence[float]) -> list[float]:
     """P(the next turn starts within each of *times* seconds), from one survival curve.
 
-    One Kaplan-Meier curve serves every time (pseudo-observations as in :func:`within`, the
-    pseudo-gap at half the shortest time when nothing was observed), so the difference
-    between two times comes from real observations only: the prior alone never favours a
-    1h TTL over 5m.
+    One Kaplan-Meier curve serves every time. Its pseudo-observations: a gap at the median
+    observed gap (at half the shortest time when nothing was observed), a gap between the
+    two TTLs (:data:`BETWEEN_TTLS`) and a wait that never ends. With nothing observed that
+    makes the chance of a turn within 5 minutes 1/3 and within the hour 2/3; with ``n`` gaps
+    observed, all under 5 minutes, the hour adds ``1 / (n + 3)``. Without the gap between
+    the TTLs the curve had no mass between them until a real gap fell there, so every
+    conversation laid out before the fleet's first lull took 5m and wrote its whole history
+    again after its own first pause.
     """
     observed = sorted(gaps)
-    events = sorted([*observed, _pseudo_gap(observed, min(times) / 2)])
+    events = sorted([*observed, _pseudo_gap(observed, min(times) / 2), BETWEEN_TTLS])
     survival = _survival(events, sorted([*censored, math.inf]))
     return [1.0 - survival(t) for t in times]
 
@@ -100,6 +107,7 @@ def _cdf_at(
     event time ``e`` when ``now - t >= e``; the wait that never ends always is."""
     events = list(observed)
     bisect.insort(events, _pseudo_gap(observed, min(times) / 2))
+    bisect.insort(events, BETWEEN_TTLS)
     order = sorted(range(len(times)), key=times.__getitem__)
     out = [0.0] * len(times)
     n = len(events)
