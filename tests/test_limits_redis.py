@@ -868,10 +868,11 @@ class TestLinkHealthOrder:
     one outage when a reply sent before the kill arrived after the first failure)."""
 
     @staticmethod
-    def _link(client: _HeldClient, clock: FakeClock) -> Any:
+    def _link(clock: FakeClock) -> tuple[_HeldClient, Any]:
         from convo.limits.redis_link import RedisLink
 
-        return RedisLink(
+        client = _HeldClient()
+        return client, RedisLink(
             client,
             script="",
             keys=["k"],
@@ -882,14 +883,19 @@ class TestLinkHealthOrder:
             probe_interval=5.0,
         )
 
+    @staticmethod
+    async def _sent(link: Any, calls: int) -> list[asyncio.Future[list[str] | None]]:
+        """*calls* scripts sent and waiting for their replies."""
+        sent = [asyncio.ensure_future(link.send(["x"])) for _ in range(calls)]
+        await asyncio.sleep(0)
+        return sent
+
     async def test_a_late_reply_from_before_an_outage_does_not_end_it(
         self, clock: FakeClock, caplog: pytest.LogCaptureFixture
     ) -> None:
-        client = _HeldClient()
-        link = self._link(client, clock)
+        client, link = self._link(clock)
         with caplog.at_level(logging.INFO, logger="convo"):
-            calls = [asyncio.ensure_future(link.send(["x"])) for _ in range(3)]
-            await asyncio.sleep(0)
+            calls = await self._sent(link, 3)
             first, second, third = client.held.waiting
             first.set_exception(redis.ConnectionError("Connection closed by server."))
             second.set_result([b"1"])  # answered before the outage, read after it
@@ -901,18 +907,15 @@ class TestLinkHealthOrder:
     async def test_a_late_failure_from_before_a_rejoin_does_not_start_an_outage(
         self, clock: FakeClock, caplog: pytest.LogCaptureFixture
     ) -> None:
-        client = _HeldClient()
-        link = self._link(client, clock)
+        client, link = self._link(clock)
         with caplog.at_level(logging.INFO, logger="convo"):
-            old = [asyncio.ensure_future(link.send(["x"])) for _ in range(2)]
-            await asyncio.sleep(0)
+            old = await self._sent(link, 2)
             client.held.waiting[0].set_exception(redis.ConnectionError("gone"))
             await old[0]
             assert link.degraded
             clock.now += 5.0
             assert link.try_redis()  # the probe
-            probe = asyncio.ensure_future(link.send(["x"]))
-            await asyncio.sleep(0)
+            (probe,) = await self._sent(link, 1)
             client.held.waiting[2].set_result([b"1"])
             assert await probe == ["1"]
             assert not link.degraded
@@ -924,17 +927,14 @@ class TestLinkHealthOrder:
     async def test_a_failed_probe_keeps_the_outage_and_waits_an_interval(
         self, clock: FakeClock, caplog: pytest.LogCaptureFixture
     ) -> None:
-        client = _HeldClient()
-        link = self._link(client, clock)
+        client, link = self._link(clock)
         with caplog.at_level(logging.INFO, logger="convo"):
-            call = asyncio.ensure_future(link.send(["x"]))
-            await asyncio.sleep(0)
+            (call,) = await self._sent(link, 1)
             client.held.waiting[0].set_exception(redis.ConnectionError("gone"))
             await call
             clock.now += 5.0
             assert link.try_redis()
-            probe = asyncio.ensure_future(link.send(["x"]))
-            await asyncio.sleep(0)
+            (probe,) = await self._sent(link, 1)
             clock.now += 1.0
             client.held.waiting[1].set_exception(redis.ConnectionError("still gone"))
             assert await probe is None
