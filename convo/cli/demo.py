@@ -2,7 +2,9 @@
 
 Part one is a conversation through :class:`convo.Session`: per turn, the cache outcome
 predicted before the call and observed after it, the reason, the cost, and the prefix's TTL
-state; an idle gap longer than the 5-minute TTL shows an ``expired`` miss. Part two is a
+state. Knowing nothing of the gaps yet, the policy writes the prefix for an hour and a
+turn's own message for 5 minutes, so a 6-minute idle gap shows an ``expired`` miss of the
+last message's entry while everything before it is read. Part two is a
 burst of concurrent :class:`convo.AsyncSession` on a cold prefix: single flight makes one
 request write it and the rest read. Everything goes through the real ``anthropic`` SDK on
 loopback; every attempt lands in the demo's own ledger (``demo.sqlite3`` in convo's data
@@ -44,7 +46,7 @@ _QUESTIONS = (
     "Summarise what you told me.",
 )
 
-# (turn index, idle seconds before it): a 6-minute gap outlives the 5-minute TTL.
+# (turn index, idle seconds before it): a 6-minute gap outlives a 5-minute entry.
 _GAPS = {2: 60.0, 3: 360.0}
 
 
@@ -193,7 +195,10 @@ def _conversation(console: Console, emu: Any, session: Any, registry: Any, turns
         title=f"1. A conversation on {_MODEL}, on the emulator",
         legend=(
             "idle: seconds before the turn, on the emulator's virtual clock (no real wait)\n"
-            "TTL: what was left of the cached prefix's 5 minutes as the turn began\n"
+            "TTL: what was left of the cached prefix's lifetime as the turn began (written "
+            "for an hour: nothing was known about the gaps yet)\n"
+            "reason: expired after 6 idle minutes: the last message's 5-minute entry "
+            "lapsed; the prefix and the history before it were read\n"
             "read/write: tokens read from / written to the cache; in: uncached input; "
             "out: output\n"
             "pred: convo's prediction of read, write and in, made before the call, "
