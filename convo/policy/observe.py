@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["PrefixPool", "cdf", "pool_for", "within"]
+__all__ = ["BETWEEN_TTLS", "PrefixPool", "cdf", "pool_for", "within"]
 
 _MAX_GAPS = 512  # recent gaps kept per pool: enough to estimate, bounded in memory
 _MAX_CONVERSATIONS = 1024  # open conversations whose latest turn is remembered
