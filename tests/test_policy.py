@@ -230,9 +230,7 @@ def _reference_cdf_at(
     to rounding: the faster loop multiplies one telescoped factor per stretch of event
     times where the risk set holds still (fewer roundings, so if anything nearer the exact
     product)."""
-    events = sorted(
-        [*observed, observe._pseudo_gap(observed, min(times) / 2), observe.BETWEEN_TTLS]
-    )
+    events = observe._with_pseudo_gaps(sorted(observed), times)
     out = [0.0] * len(times)
     n = len(events)
     at_risk = len(latest)

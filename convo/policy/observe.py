@@ -88,10 +88,18 @@ def cdf(gaps: Iterable[float], censored: Iterable[float], times: Sequence[float]
     conversation laid out before the fleet's first lull took 5m and wrote its whole history
     again after its own first pause.
     """
-    observed = sorted(gaps)
-    events = sorted([*observed, _pseudo_gap(observed, min(times) / 2), BETWEEN_TTLS])
+    events = _with_pseudo_gaps(sorted(gaps), times)
     survival = _survival(events, sorted([*censored, math.inf]))
     return [1.0 - survival(t) for t in times]
+
+
+def _with_pseudo_gaps(observed: Sequence[float], times: Sequence[float]) -> list[float]:
+    """The sorted gaps *observed* with the curve's two pseudo-gaps inserted in order: the
+    prior of :func:`cdf`, in one place for it and :func:`_cdf_at`."""
+    events = list(observed)
+    bisect.insort(events, _pseudo_gap(observed, min(times) / 2))
+    bisect.insort(events, BETWEEN_TTLS)
+    return events
 
 
 def _cdf_at(
@@ -105,9 +113,7 @@ def _cdf_at(
     latest turn (*mine*, this conversation's, left out): the same estimate, computed
     without building and sorting the censored waits. A wait ``now - t`` is at risk at an
     event time ``e`` when ``now - t >= e``; the wait that never ends always is."""
-    events = list(observed)
-    bisect.insort(events, _pseudo_gap(observed, min(times) / 2))
-    bisect.insort(events, BETWEEN_TTLS)
+    events = _with_pseudo_gaps(observed, times)
     order = sorted(range(len(times)), key=times.__getitem__)
     out = [0.0] * len(times)
     n = len(events)
